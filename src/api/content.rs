@@ -1,0 +1,229 @@
+//! Media downloads: `/v1/jobs/{id}/content` (with a key) and `/v1/files/{token}` (signed
+//! link). Both stream from storage with `Content-Length`, `ETag` and byte ranges, so a
+//! 100 MB file never sits in memory.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mediagate_workers::ids::now_ms;
+use mediagate_workers::job::{Job, JobStatus};
+
+use super::auth::Authed;
+use super::error::{ApiError, ApiResult};
+use super::jobs::find_job;
+use super::{AppState, Params};
+
+pub async fn job_content(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    params: Params,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let index = match params.get("index") {
+        None => 0,
+        Some(i) => i.parse::<u32>().map_err(|_| {
+            ApiError::invalid("invalid_field", "index must be a non-negative integer")
+                .with_param("index")
+        })?,
+    };
+    let job = find_job(&state, &caller.account_id, &id).await?;
+    serve(&state, &job, index, &headers).await
+}
+
+pub async fn signed_file(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let grant = state
+        .engine
+        .signer
+        .verify(&token, now_ms())
+        .ok_or_else(|| ApiError::not_found("file (the link is invalid or has expired)"))?;
+    let job = state
+        .engine
+        .store
+        .job(&grant.job_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("file"))?;
+    serve(&state, &job, grant.index, &headers).await
+}
+
+async fn serve(
+    state: &AppState,
+    job: &Job,
+    index: u32,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    if job.status != JobStatus::Completed {
+        return Err(ApiError::conflict(
+            "job_not_completed",
+            format!(
+                "job {} is {}; content exists once it is completed",
+                job.id,
+                job.status.as_str()
+            ),
+        ));
+    }
+    let output = job
+        .outputs
+        .iter()
+        .find(|o| o.index == index)
+        .ok_or_else(|| ApiError::not_found("output").with_param("index"))?;
+    let etag = format!("\"{}\"", output.sha256);
+    let len = output.bytes;
+
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        let mut res = StatusCode::NOT_MODIFIED.into_response();
+        res.headers_mut().insert(header::ETAG, header_value(&etag));
+        return Ok(res);
+    }
+
+    // A Range is honoured unless If-Range names another version.
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(r) if if_range_ok => match parse_range(r, len) {
+            RangeSpec::Satisfiable(a, b) => Some((a, b)),
+            RangeSpec::Unsatisfiable => {
+                let mut res = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "invalid_request_error",
+                    "range_not_satisfiable",
+                    format!("the range does not fit a {len}-byte file"),
+                )
+                .into_response();
+                res.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    header_value(&format!("bytes */{len}")),
+                );
+                return Ok(res);
+            }
+            RangeSpec::Ignore => None,
+        },
+        _ => None,
+    };
+
+    let stream = state
+        .engine
+        .storage
+        .stream(&output.key, range.map(|(a, b)| a..b + 1))
+        .await
+        .map_err(|e| {
+            tracing::error!(job_id = %job.id, key = %output.key, error = %e, "stored output unreadable");
+            ApiError::internal()
+        })?;
+    let mut res = Response::new(Body::from_stream(stream));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, header_value(&output.content_type));
+    h.insert(header::ETAG, header_value(&etag));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    match range {
+        Some((a, b)) => {
+            *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_LENGTH,
+                header_value(&(b - a + 1).to_string()),
+            );
+            h.insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes {a}-{b}/{len}")),
+            );
+        }
+        None => {
+            res.headers_mut()
+                .insert(header::CONTENT_LENGTH, header_value(&len.to_string()));
+        }
+    }
+    Ok(res)
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    /// Inclusive first and last byte.
+    Satisfiable(u64, u64),
+    Unsatisfiable,
+    /// Malformed or multi-range: answer with the whole file, as RFC 9110 allows.
+    Ignore,
+}
+
+fn parse_range(header: &str, len: u64) -> RangeSpec {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Ignore;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Ignore;
+    }
+    let Some((start, end)) = spec.trim().split_once('-') else {
+        return RangeSpec::Ignore;
+    };
+    let (start, end) = (start.trim(), end.trim());
+    match (start.parse::<u64>(), end.parse::<u64>()) {
+        (Ok(a), Ok(b)) if a <= b => {
+            if a >= len {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Satisfiable(a, b.min(len - 1))
+            }
+        }
+        (Ok(a), Err(_)) if end.is_empty() => {
+            if a >= len {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Satisfiable(a, len - 1)
+            }
+        }
+        (Err(_), Ok(n)) if start.is_empty() => {
+            if n == 0 || len == 0 {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Satisfiable(len.saturating_sub(n), len - 1)
+            }
+        }
+        _ => RangeSpec::Ignore,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-9", 100), RangeSpec::Satisfiable(0, 9));
+        assert_eq!(
+            parse_range("bytes=90-200", 100),
+            RangeSpec::Satisfiable(90, 99)
+        );
+        assert_eq!(
+            parse_range("bytes=50-", 100),
+            RangeSpec::Satisfiable(50, 99)
+        );
+        assert_eq!(
+            parse_range("bytes=-10", 100),
+            RangeSpec::Satisfiable(90, 99)
+        );
+        assert_eq!(parse_range("bytes=100-", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), RangeSpec::Ignore);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeSpec::Ignore);
+        assert_eq!(parse_range("items=0-1", 100), RangeSpec::Ignore);
+    }
+}

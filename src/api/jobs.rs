@@ -1,0 +1,172 @@
+//! `/v1/jobs`: create, get, list, cancel.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mediagate_workers::ids::{IdKind, looks_like};
+use mediagate_workers::intake::{self, Cancelled, Created, IdempotencyKey};
+use mediagate_workers::job::{Job, JobStatus};
+use mediagate_workers::store::jobs::JobFilter;
+use serde_json::{Value, json};
+
+use super::auth::Authed;
+use super::error::{ApiError, ApiResult};
+use super::{AppState, JsonBody, Params};
+
+/// `POST /v1/jobs` → 202 with the job and `Location`.
+pub async fn create(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> ApiResult<Response> {
+    let key = idempotency_key(&headers)?.map(|k| IdempotencyKey::new(&k, &body.raw));
+    let request = intake::parse_job_request(&body.value)?;
+    let engine = &state.engine;
+    match intake::create_job(engine, &caller.account_id, request, key.as_ref()).await? {
+        Created::New(job) => Ok(accepted(engine.job_json(&job), &job, false)),
+        Created::Replayed(job) => Ok(accepted(engine.job_json(&job), &job, true)),
+        Created::InFlight => Err(ApiError::conflict(
+            "idempotency_key_in_use",
+            "a request with this Idempotency-Key is still being handled; retry shortly",
+        )),
+        Created::KeyMismatch => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_error",
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body",
+        )),
+    }
+}
+
+fn accepted(body: Value, job: &Job, replayed: bool) -> Response {
+    let mut res = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let location = format!("/v1/jobs/{}", job.id);
+    res.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("job ids are ASCII"),
+    );
+    if replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
+}
+
+/// A present `Idempotency-Key` must be 1–255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::invalid(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+        .with_param("Idempotency-Key")
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    if text.is_empty()
+        || text.len() > 255
+        || !text.bytes().all(|b| (0x20..0x7f).contains(&b))
+        || text.trim().is_empty()
+    {
+        return Err(bad());
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// The caller's job, or 404 (also for another account's job).
+pub async fn find_job(state: &AppState, account_id: &str, id: &str) -> ApiResult<Job> {
+    if !looks_like(IdKind::Job, id) {
+        return Err(ApiError::not_found("job"));
+    }
+    state
+        .engine
+        .store
+        .job_for_account(account_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job"))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let job = find_job(&state, &caller.account_id, &id).await?;
+    Ok(Json(state.engine.job_json(&job)))
+}
+
+/// `GET /v1/jobs?status=&model=&limit=&after=`, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    params: Params,
+) -> ApiResult<Json<Value>> {
+    let mut filter = JobFilter {
+        limit: 20,
+        ..Default::default()
+    };
+    if let Some(s) = params.get("status") {
+        filter.status = Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_field",
+                "status must be one of queued, in_progress, completed, failed, cancelled, expired",
+            )
+            .with_param("status")
+        })?);
+    }
+    filter.model = params.get("model").map(str::to_owned);
+    if let Some(l) = params.get("limit") {
+        filter.limit = l
+            .parse()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid("invalid_field", "limit must be an integer from 1 to 100")
+                    .with_param("limit")
+            })?;
+    }
+    if let Some(a) = params.get("after") {
+        if !looks_like(IdKind::Job, a) {
+            return Err(
+                ApiError::invalid("invalid_field", "after must be a job id").with_param("after")
+            );
+        }
+        filter.after = Some(a.to_owned());
+    }
+    let (jobs, has_more) = state
+        .engine
+        .store
+        .list_jobs(&caller.account_id, &filter)
+        .await?;
+    let data: Vec<Value> = jobs.iter().map(|j| state.engine.job_json(j)).collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "first_id": jobs.first().map(|j| j.id.clone()),
+        "last_id": jobs.last().map(|j| j.id.clone()),
+    })))
+}
+
+/// `POST /v1/jobs/{id}/cancel` → the cancelled job, or 409 if it already ended.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !looks_like(IdKind::Job, &id) {
+        return Err(ApiError::not_found("job"));
+    }
+    match intake::cancel_job(&state.engine, &caller.account_id, &id).await? {
+        Cancelled::Cancelled(job) => Ok(Json(state.engine.job_json(&job))),
+        Cancelled::AlreadyTerminal(job) => Err(ApiError::conflict(
+            "job_already_finished",
+            format!("job {} is already {}", job.id, job.status.as_str()),
+        )),
+        Cancelled::NotFound => Err(ApiError::not_found("job")),
+    }
+}

@@ -1,0 +1,125 @@
+//! The HTTP front door: routes, shared state and the extractors that turn every kind of
+//! bad input into a SPEC error. Handlers are thin: they parse, call an engine function
+//! and shape the answer.
+
+pub mod auth;
+mod content;
+pub mod error;
+mod events;
+mod health;
+mod jobs;
+mod models;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, StatusCode};
+use axum::routing::{get, post};
+use mediagate_workers::SharedEngine;
+use serde_json::Value;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use self::error::ApiError;
+use crate::config::Config;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: SharedEngine,
+    pub config: Arc<Config>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/jobs", post(jobs::create).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/content", get(content::job_content))
+        .route("/v1/jobs/{id}/events", get(events::stream))
+        .route("/v1/files/{token}", get(content::signed_file))
+        .route("/v1/models", get(models::list))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// A JSON request body, kept with its raw bytes (idempotency hashes the bytes).
+pub struct JsonBody {
+    pub value: Value,
+    pub raw: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    "body_too_large",
+                    "the request body is too large",
+                )
+            } else {
+                ApiError::invalid(
+                    "unreadable_body",
+                    format!("could not read the request body: {rejection}"),
+                )
+            }
+        })?;
+        let value = serde_json::from_slice(&raw).map_err(|e| {
+            ApiError::invalid(
+                "invalid_json",
+                format!("the request body is not valid JSON: {e}"),
+            )
+        })?;
+        Ok(JsonBody { value, raw })
+    }
+}
+
+/// Query-string pairs in order; a malformed query string is a 400.
+pub struct Params(pub Vec<(String, String)>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                ApiError::invalid(
+                    "invalid_query",
+                    format!("could not read the query string: {e}"),
+                )
+            })?;
+        Ok(Params(pairs))
+    }
+}

@@ -1,0 +1,231 @@
+//! Configuration in layers, validated once: built-in defaults, then an optional TOML file
+//! (`--config` or `MEDIAGATE_CONFIG`), then `MEDIAGATE_*` environment variables
+//! (`MEDIAGATE_JOBS__DEADLINE_SECS` reaches `[jobs] deadline_secs`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use mediagate_workers::EngineConfig;
+use mediagate_workers::queue::QueueSettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address; `:PORT` means every interface, port 0 picks a free port.
+    pub bind: String,
+    /// Base for absolute URLs; defaults to `http://<bound address>`.
+    pub public_url: Option<String>,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; defaults to `sqlite://<data_dir>/mediagate.db`.
+    pub database_url: Option<String>,
+    /// Unset: the embedded queue in `<data_dir>/queue.db`; `redis://…`: the Redis queue.
+    pub redis_url: Option<String>,
+    /// `file://…` or `s3://bucket`; defaults to `file://<data_dir>/media`.
+    pub storage_url: Option<String>,
+    /// CIDRs webhook delivery may reach despite the private-network guard.
+    pub webhook_allow_cidrs: String,
+    pub log: String,
+    /// `pretty` or `json`.
+    pub log_format: String,
+    /// Largest accepted request body, in bytes (bigger → 413).
+    pub max_body_bytes: usize,
+    /// How long a stopping process lets in-flight work finish.
+    pub shutdown_drain_secs: u64,
+    pub queue: QueueConfig,
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Namespace of queue keys and names, so deployments can share a Redis.
+    pub prefix: String,
+    pub poll_interval_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub missed_heartbeats: usize,
+    pub redis_response_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    pub deadline_secs: u64,
+    pub max_retries: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub submit_grace_ms: u64,
+    pub reaper_interval_ms: u64,
+    pub reaper_grace_ms: u64,
+    pub task_timeout_secs: u64,
+    pub worker_concurrency: usize,
+    pub file_url_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".to_owned(),
+            public_url: None,
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            redis_url: None,
+            storage_url: None,
+            webhook_allow_cidrs: String::new(),
+            log: "info".to_owned(),
+            log_format: "pretty".to_owned(),
+            max_body_bytes: 1024 * 1024,
+            shutdown_drain_secs: 30,
+            queue: QueueConfig::default(),
+            jobs: JobsConfig::default(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "mediagate".to_owned(),
+            poll_interval_ms: 20,
+            heartbeat_interval_ms: 5_000,
+            missed_heartbeats: 3,
+            redis_response_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            deadline_secs: e.job_deadline.as_secs(),
+            max_retries: e.max_retries,
+            retry_base_ms: e.retry_base.as_millis() as u64,
+            retry_max_ms: e.retry_max.as_millis() as u64,
+            submit_grace_ms: e.submit_grace.as_millis() as u64,
+            reaper_interval_ms: e.reaper_interval.as_millis() as u64,
+            reaper_grace_ms: e.reaper_grace.as_millis() as u64,
+            task_timeout_secs: e.task_timeout.as_secs(),
+            worker_concurrency: e.worker_concurrency,
+            file_url_ttl_secs: e.file_url_ttl.as_secs(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults → TOML file → environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let from_env = std::env::var_os("MEDIAGATE_CONFIG").map(PathBuf::from);
+        if let Some(path) = file.map(Path::to_path_buf).or(from_env) {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("MEDIAGATE_").ignore(&["config"]).split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.bind_addr()?;
+        if !matches!(self.log_format.as_str(), "pretty" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log_format must be pretty or json, not {:?}",
+                self.log_format
+            )));
+        }
+        if self.queue.poll_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "queue.poll_interval_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listen address, with `:PORT` meaning every interface.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let text = if self.bind.starts_with(':') {
+            format!("0.0.0.0{}", self.bind)
+        } else {
+            self.bind.clone()
+        };
+        text.parse().map_err(|_| {
+            ConfigError::Invalid(format!("MEDIAGATE_BIND {:?} is not HOST:PORT", self.bind))
+        })
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("mediagate.db").display()))
+    }
+
+    pub fn storage_url(&self) -> String {
+        self.storage_url.clone().unwrap_or_else(|| {
+            format!(
+                "file://{}",
+                absolute(&self.data_dir.join("media")).display()
+            )
+        })
+    }
+
+    pub fn queue_file(&self) -> PathBuf {
+        self.data_dir.join("queue.db")
+    }
+
+    pub fn queue_settings(&self) -> QueueSettings {
+        QueueSettings {
+            prefix: self.queue.prefix.clone(),
+            poll_interval: Duration::from_millis(self.queue.poll_interval_ms),
+            heartbeat_interval: Duration::from_millis(self.queue.heartbeat_interval_ms),
+            missed_heartbeats: self.queue.missed_heartbeats,
+            redis_response_timeout: Duration::from_millis(self.queue.redis_response_timeout_ms),
+        }
+    }
+
+    /// Engine settings; `public_url` is known once the listener is bound.
+    pub fn engine(&self, public_url: String) -> EngineConfig {
+        let j = &self.jobs;
+        EngineConfig {
+            public_url,
+            file_url_ttl: Duration::from_secs(j.file_url_ttl_secs),
+            job_deadline: Duration::from_secs(j.deadline_secs),
+            max_retries: j.max_retries,
+            retry_base: Duration::from_millis(j.retry_base_ms),
+            retry_max: Duration::from_millis(j.retry_max_ms),
+            submit_grace: Duration::from_millis(j.submit_grace_ms),
+            reaper_interval: Duration::from_millis(j.reaper_interval_ms),
+            reaper_grace: Duration::from_millis(j.reaper_grace_ms),
+            task_timeout: Duration::from_secs(j.task_timeout_secs),
+            worker_concurrency: j.worker_concurrency,
+        }
+    }
+}
+
+/// The file store needs an absolute directory.
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}

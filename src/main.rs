@@ -1,0 +1,143 @@
+//! The `mediagate` command: `serve`, `api`, `worker`, `migrate`, `keys`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mediagate::api::auth::{generate_key, hash_key};
+use mediagate::app::{self, Roles};
+use mediagate::config::Config;
+use mediagate::telemetry;
+use mediagate_workers::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "mediagate",
+    version,
+    about = "A self-hosted gateway for generative media"
+)]
+struct Cli {
+    /// TOML configuration file (also MEDIAGATE_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API and workers in one process.
+    Serve,
+    /// The HTTP API only.
+    Api,
+    /// Workers only; run as many as you like.
+    Worker,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new key on stdout.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "default")]
+        account: String,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    telemetry::init(&config.log, &config.log_format);
+    let roles = match cli.command {
+        Command::Serve => Roles::SERVE,
+        Command::Api => Roles::API,
+        Command::Worker => Roles::WORKER,
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            drop(store);
+            eprintln!("migrations applied");
+            return Ok(());
+        }
+        Command::Keys(cmd) => return keys(&config, cmd).await,
+    };
+    let running = app::start(config, roles).await?;
+    running.wait_for(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)?;
+    }
+    let store = Store::connect(&url)
+        .await
+        .context("connecting to the database")?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    match cmd {
+        KeysCommand::Create { name, account } => {
+            let key = generate_key();
+            let id = store
+                .insert_key(&account, &name, &hash_key(&key), &key[..10])
+                .await?;
+            eprintln!("created key {id} for account {account}; it is shown only once");
+            println!("{key}");
+        }
+        KeysCommand::List => {
+            for k in store.list_keys().await? {
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}\t{}\t{}\t{}…\t{}",
+                    k.id, k.account_id, k.name, k.prefix, state
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if store.revoke_key(&id).await? {
+                eprintln!("revoked {id}");
+            } else {
+                anyhow::bail!("no active key {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

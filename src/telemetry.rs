@@ -1,0 +1,16 @@
+//! Logging: `MEDIAGATE_LOG` filter, `pretty` or `json` lines on stderr.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init(filter: &str, format: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests start several apps in one process) is harmless.
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

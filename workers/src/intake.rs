@@ -1,0 +1,389 @@
+//! Taking jobs in: checking a create request, writing the job (with its idempotency key)
+//! and pushing its first task; and cancelling.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{self, InvalidField};
+use crate::ids::{IdKind, new_id, now_ms};
+use crate::job::{Job, JobStatus};
+use crate::lifecycle::{cancel_upstream, end_job};
+use crate::queue::Advance;
+use crate::store::idempotency::{self, Claim, KeyPolicy};
+use crate::store::jobs::{self, NewJob};
+use crate::{Engine, EngineError};
+
+/// A create request that passed every check.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    pub model: &'static catalog::Model,
+    pub provider: &'static str,
+    pub input: Value,
+    pub metadata: Value,
+    pub webhook: Option<Value>,
+}
+
+const WEBHOOK_EVENTS: &[&str] = &[
+    "job.started",
+    "job.progress",
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+    "job.expired",
+];
+
+/// Checks a `POST /v1/jobs` body. Every failure names the offending field.
+pub fn parse_job_request(body: &Value) -> Result<JobRequest, InvalidField> {
+    let Some(obj) = body.as_object() else {
+        return Err(InvalidField::new(
+            "",
+            "the request body must be a JSON object",
+        ));
+    };
+    let candidates: Vec<&str> = match (obj.get("model"), obj.get("models")) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => {
+            return Err(InvalidField::new("model", "model (or models) is required"));
+        }
+        (Some(Value::String(m)), None | Some(Value::Null)) => vec![m.as_str()],
+        (Some(_), None | Some(Value::Null)) => {
+            return Err(InvalidField::new("model", "model must be a string"));
+        }
+        (m, Some(Value::Array(list))) => {
+            if list.is_empty() || list.len() > 10 {
+                return Err(InvalidField::new(
+                    "models",
+                    "models must list 1 to 10 model ids",
+                ));
+            }
+            let mut out = Vec::new();
+            if let Some(Value::String(m)) = m {
+                out.push(m.as_str());
+            } else if m.is_some_and(|m| !m.is_null()) {
+                return Err(InvalidField::new("model", "model must be a string"));
+            }
+            for (i, v) in list.iter().enumerate() {
+                let Some(s) = v.as_str() else {
+                    return Err(InvalidField::new(
+                        &format!("models[{i}]"),
+                        "every entry of models must be a string",
+                    ));
+                };
+                out.push(s);
+            }
+            out
+        }
+        (_, Some(_)) => {
+            return Err(InvalidField::new(
+                "models",
+                "models must be an array of model ids",
+            ));
+        }
+    };
+    for (i, id) in candidates.iter().enumerate() {
+        if catalog::find(id).is_none() {
+            let param = if i == 0 && obj.get("model").is_some_and(Value::is_string) {
+                "model".to_owned()
+            } else {
+                "models".to_owned()
+            };
+            return Err(InvalidField::new(
+                &param,
+                format!("unknown model {id:?}; GET /v1/models lists the catalog"),
+            ));
+        }
+    }
+    let model = catalog::find(candidates[0]).expect("checked above");
+    let input = match obj.get("input") {
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => return Err(InvalidField::new("input", "input must be an object")),
+        None => {
+            return Err(InvalidField::new(
+                "input.prompt",
+                "input.prompt is required",
+            ));
+        }
+    };
+    catalog::validate_input(model, &input)?;
+    let metadata = match obj.get("metadata") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(m)) if m.len() <= 50 && v.to_string().len() <= 16 * 1024 => {
+            v.clone()
+        }
+        Some(Value::Object(_)) => {
+            return Err(InvalidField::new(
+                "metadata",
+                "metadata may hold at most 50 keys and 16 KB",
+            ));
+        }
+        Some(_) => return Err(InvalidField::new("metadata", "metadata must be an object")),
+    };
+    if let Some(p) = obj.get("provider").filter(|p| !p.is_null()) {
+        if !p.is_object() {
+            return Err(InvalidField::new("provider", "provider must be an object"));
+        }
+    }
+    let webhook = match obj.get("webhook") {
+        None | Some(Value::Null) => None,
+        Some(w) => Some(parse_webhook(w)?),
+    };
+    Ok(JobRequest {
+        model,
+        provider: model.providers[0].0,
+        input,
+        metadata,
+        webhook,
+    })
+}
+
+fn parse_webhook(w: &Value) -> Result<Value, InvalidField> {
+    let Some(obj) = w.as_object() else {
+        return Err(InvalidField::new(
+            "webhook",
+            "webhook must be an object with a url",
+        ));
+    };
+    let Some(url) = obj.get("url").and_then(Value::as_str) else {
+        return Err(InvalidField::new(
+            "webhook.url",
+            "webhook.url is required and must be a string",
+        ));
+    };
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("https://") || lower.starts_with("http://")) || url.len() > 2048 {
+        return Err(InvalidField::new(
+            "webhook.url",
+            "webhook.url must be an http(s) URL of at most 2048 characters",
+        ));
+    }
+    let events = match obj.get("events") {
+        None | Some(Value::Null) => vec![
+            "job.completed",
+            "job.failed",
+            "job.cancelled",
+            "job.expired",
+        ],
+        Some(Value::Array(list)) => {
+            let mut out = Vec::new();
+            for v in list {
+                match v.as_str() {
+                    Some(e) if WEBHOOK_EVENTS.contains(&e) => out.push(e),
+                    _ => {
+                        return Err(InvalidField::new(
+                            "webhook.events",
+                            format!(
+                                "webhook.events entries must be among {}",
+                                WEBHOOK_EVENTS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            out
+        }
+        Some(_) => {
+            return Err(InvalidField::new(
+                "webhook.events",
+                "webhook.events must be an array",
+            ));
+        }
+    };
+    Ok(serde_json::json!({"url": url, "events": events}))
+}
+
+/// The outcome of a create call.
+#[derive(Debug)]
+pub enum Created {
+    /// A new job was accepted.
+    New(Job),
+    /// The idempotency key was used before with the same body: the original job.
+    Replayed(Job),
+    /// The same key is in use by a request still being handled.
+    InFlight,
+    /// The same key was used with another body.
+    KeyMismatch,
+}
+
+/// An idempotency key and the hash of the request body it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+impl IdempotencyKey {
+    pub fn new(key: &str, body: &[u8]) -> Self {
+        Self {
+            key: key.to_owned(),
+            request_hash: hex::encode(Sha256::digest(body)),
+        }
+    }
+}
+
+const KEY_POLICY: KeyPolicy = KeyPolicy {
+    lock_ms: 30_000,
+    ttl_ms: 24 * 3600 * 1000,
+};
+
+/// Creates a job for `account_id`: one transaction for the job row and its key, then the
+/// first task. If that push fails the job still exists and the reaper pushes it.
+pub async fn create_job(
+    engine: &Engine,
+    account_id: &str,
+    req: JobRequest,
+    key: Option<&IdempotencyKey>,
+) -> Result<Created, EngineError> {
+    let now = now_ms();
+    if let Some(k) = key {
+        match engine
+            .store
+            .claim_idempotency_key(account_id, &k.key, &k.request_hash, now, &KEY_POLICY)
+            .await?
+        {
+            Claim::New => {}
+            Claim::Replay(job_id) => {
+                return match engine.store.job(&job_id).await? {
+                    Some(job) => Ok(Created::Replayed(job)),
+                    None => Err(EngineError::Internal(format!(
+                        "idempotency key points at missing job {job_id}"
+                    ))),
+                };
+            }
+            Claim::InFlight => return Ok(Created::InFlight),
+            Claim::Mismatch => return Ok(Created::KeyMismatch),
+        }
+    }
+    let result = insert_job(engine, account_id, req, key, now).await;
+    if result.is_err() {
+        if let Some(k) = key {
+            let _ = engine
+                .store
+                .release_idempotency_key(account_id, &k.key)
+                .await;
+        }
+    }
+    let job = result?;
+    let task = Advance {
+        job_id: job.id.clone(),
+        seq: job.check_seq,
+    };
+    if let Err(e) = engine.queue.enqueue(task, Duration::ZERO).await {
+        tracing::warn!(job_id = %job.id, error = %e, "could not push a new job; the reaper will");
+    }
+    Ok(Created::New(job))
+}
+
+async fn insert_job(
+    engine: &Engine,
+    account_id: &str,
+    req: JobRequest,
+    key: Option<&IdempotencyKey>,
+    now: i64,
+) -> Result<Job, EngineError> {
+    let new = NewJob {
+        id: new_id(IdKind::Job),
+        account_id: account_id.to_owned(),
+        kind: req.model.kind,
+        model: req.model.id.to_owned(),
+        provider: req.provider.to_owned(),
+        input: req.input,
+        metadata: req.metadata,
+        webhook: req.webhook,
+        created_at: now,
+        deadline_at: now + engine.config.job_deadline.as_millis() as i64,
+    };
+    let mut tx = engine.store.begin().await?;
+    let job = jobs::insert(&mut tx, &new).await?;
+    if let Some(k) = key {
+        idempotency::bind(&mut tx, account_id, &k.key, &job.id).await?;
+    }
+    tx.commit().await?;
+    Ok(job)
+}
+
+#[derive(Debug)]
+pub enum Cancelled {
+    Cancelled(Job),
+    AlreadyTerminal(Job),
+    NotFound,
+}
+
+/// Cancels a pending job of `account_id` and tells the upstream, best effort.
+pub async fn cancel_job(
+    engine: &Engine,
+    account_id: &str,
+    job_id: &str,
+) -> Result<Cancelled, EngineError> {
+    let Some(job) = engine.store.job_for_account(account_id, job_id).await? else {
+        return Ok(Cancelled::NotFound);
+    };
+    if job.status.is_terminal() {
+        return Ok(Cancelled::AlreadyTerminal(job));
+    }
+    let error = None;
+    match end_job(engine, job_id, JobStatus::Cancelled, error).await? {
+        Some(job) => {
+            cancel_upstream(engine, &job).await;
+            Ok(Cancelled::Cancelled(job))
+        }
+        None => {
+            // It ended on its own between our read and our write.
+            let job = engine
+                .store
+                .job(job_id)
+                .await?
+                .ok_or(EngineError::Internal("job vanished".into()))?;
+            Ok(Cancelled::AlreadyTerminal(job))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_are_checked_and_bad_fields_named() {
+        let ok = parse_job_request(&json!({"model": "local/video", "input": {"prompt": "fox"}}))
+            .unwrap();
+        assert_eq!(ok.model.id, "local/video");
+        assert_eq!(ok.metadata, json!({}));
+        let ok = parse_job_request(
+            &json!({"models": ["local/image", "local/video"], "input": {"prompt": "x"}}),
+        )
+        .unwrap();
+        assert_eq!(ok.model.id, "local/image");
+        let cases = [
+            (json!([1]), ""),
+            (json!({"input": {"prompt": "x"}}), "model"),
+            (json!({"model": 3, "input": {"prompt": "x"}}), "model"),
+            (
+                json!({"model": "nope/nope", "input": {"prompt": "x"}}),
+                "model",
+            ),
+            (
+                json!({"models": ["local/video", "nope/x"], "input": {"prompt": "x"}}),
+                "models",
+            ),
+            (json!({"model": "local/video"}), "input.prompt"),
+            (json!({"model": "local/video", "input": "fox"}), "input"),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "metadata": [1]}),
+                "metadata",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "webhook": {"url": "ftp://x"}}),
+                "webhook.url",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "webhook": {"url": "https://x", "events": ["job.nope"]}}),
+                "webhook.events",
+            ),
+        ];
+        for (body, param) in cases {
+            assert_eq!(parse_job_request(&body).unwrap_err().param, param, "{body}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! mediagate's engine room: the job domain, the SQL store, the task queue, media storage,
+//! providers and the task handlers that move a job from submission to stored media.
+//!
+//! Nothing here knows about HTTP servers; the front door (`mediagate` crate) calls these
+//! functions. Dependencies point one way: front door → engine.
+
+pub mod catalog;
+pub mod error;
+pub mod files;
+pub mod ids;
+pub mod intake;
+pub mod job;
+pub mod lifecycle;
+pub mod providers;
+pub mod queue;
+pub mod reaper;
+pub mod render;
+pub mod storage;
+pub mod store;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+pub use error::EngineError;
+
+use crate::files::FileSigner;
+use crate::job::{Job, Render};
+use crate::providers::Providers;
+use crate::queue::Queue;
+use crate::storage::Storage;
+use crate::store::Store;
+
+/// Engine tuning, filled in by the front door's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Base of absolute URLs in job objects and events.
+    pub public_url: String,
+    /// How long signed file links stay valid.
+    pub file_url_ttl: Duration,
+    /// A job not finished this long after creation becomes `expired`.
+    pub job_deadline: Duration,
+    /// Retryable upstream failures a job may have before it fails.
+    pub max_retries: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long a submission claim is honoured before another worker may resubmit: a
+    /// worker that died mid-submit leaves one behind.
+    pub submit_grace: Duration,
+    /// How often the reaper looks for jobs whose task was lost.
+    pub reaper_interval: Duration,
+    /// How overdue a job's scheduled check must be before the reaper hands it out again.
+    pub reaper_grace: Duration,
+    /// Longest a single task may run before it is abandoned (and later retried).
+    pub task_timeout: Duration,
+    /// Tasks one worker process runs at once (they mostly wait on I/O).
+    pub worker_concurrency: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".to_owned(),
+            file_url_ttl: Duration::from_secs(24 * 3600),
+            job_deadline: Duration::from_secs(3600),
+            max_retries: 5,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            submit_grace: Duration::from_secs(120),
+            reaper_interval: Duration::from_secs(5),
+            reaper_grace: Duration::from_secs(150),
+            task_timeout: Duration::from_secs(120),
+            worker_concurrency: 256,
+        }
+    }
+}
+
+/// Everything a handler needs, shared by the API and the workers of one process.
+#[derive(Debug)]
+pub struct Engine {
+    pub store: Store,
+    pub queue: Queue,
+    pub storage: Storage,
+    pub providers: Providers,
+    pub config: EngineConfig,
+    pub signer: FileSigner,
+    /// Ids of jobs that just changed in this process, so live streams react at once
+    /// (changes made by other processes are picked up by their polling).
+    changes: broadcast::Sender<String>,
+}
+
+pub type SharedEngine = Arc<Engine>;
+
+/// Name of the stored setting that keys file-link signatures.
+const FILE_URL_KEY: &str = "file_url_key";
+
+impl Engine {
+    /// Assembles an engine from connected parts; the file-link key comes from the store so
+    /// that every process signs alike.
+    pub async fn new(
+        store: Store,
+        queue: Queue,
+        storage: Storage,
+        config: EngineConfig,
+    ) -> Result<SharedEngine, EngineError> {
+        let key = store
+            .setting_or_init(FILE_URL_KEY, || {
+                let bytes: [u8; 32] = rand::random();
+                hex::encode(bytes)
+            })
+            .await?;
+        let key = hex::decode(key)
+            .map_err(|e| EngineError::Internal(format!("bad {FILE_URL_KEY}: {e}")))?;
+        let signer = FileSigner::new(key, config.file_url_ttl.as_secs() as i64);
+        let (changes, _) = broadcast::channel(4096);
+        Ok(Arc::new(Engine {
+            store,
+            queue,
+            storage,
+            providers: Providers::default(),
+            config,
+            signer,
+            changes,
+        }))
+    }
+
+    pub fn render(&self) -> Render<'_> {
+        Render {
+            public_url: &self.config.public_url,
+            signer: &self.signer,
+            now_ms: ids::now_ms(),
+        }
+    }
+
+    /// The public job object.
+    pub fn job_json(&self, job: &Job) -> serde_json::Value {
+        job.to_public(&self.render())
+    }
+
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn announce(&self, job_id: &str) {
+        // No subscribers is the normal case for API-less workers.
+        let _ = self.changes.send(job_id.to_owned());
+    }
+}

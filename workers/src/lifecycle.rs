@@ -1,0 +1,368 @@
+//! `advance`: the job's state machine, one step per task.
+//!
+//! Each step reads the row, does at most one upstream call, writes the outcome with a
+//! guarded update (plus its event, in the same transaction) and hands the next check to a
+//! new delayed task. Waiting on an upstream never occupies a worker slot: the task ends
+//! and a later one picks up. Tests drive `advance` directly, without any queue.
+
+use std::time::Duration;
+
+use sqlx::AnyConnection;
+
+use crate::catalog;
+use crate::ids::now_ms;
+use crate::job::{Job, JobError, JobStatus, StoredOutput};
+use crate::providers::{
+    ErrorClass, Polled, Provider, ProviderCall, ProviderError, Submitted, UpstreamOutput,
+};
+use crate::queue::Advance;
+use crate::store::{events, jobs};
+use crate::{Engine, EngineError};
+
+/// Moves the job named by `task` one step forward. Stale, duplicate and late tasks end
+/// quietly: the row says what is true.
+pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError> {
+    let Some(job) = engine.store.job(&task.job_id).await? else {
+        return Ok(());
+    };
+    if job.status.is_terminal() || job.check_seq != task.seq {
+        return Ok(());
+    }
+    let now = now_ms();
+    if now >= job.deadline_at {
+        let error = JobError {
+            code: "deadline_exceeded".to_owned(),
+            message: "the job did not finish before its deadline".to_owned(),
+        };
+        if let Some(job) = end_job(engine, &job.id, JobStatus::Expired, Some(&error)).await? {
+            cancel_upstream(engine, &job).await;
+        }
+        return Ok(());
+    }
+    let Some((provider, upstream_model)) = route(engine, &job) else {
+        let error = JobError {
+            code: "provider_unavailable".to_owned(),
+            message: format!(
+                "no configured provider serves {} through {}",
+                job.model, job.provider
+            ),
+        };
+        end_job(engine, &job.id, JobStatus::Failed, Some(&error)).await?;
+        return Ok(());
+    };
+    let step = Step {
+        engine,
+        provider,
+        upstream_model,
+    };
+    match (job.status, job.upstream_id.clone()) {
+        (JobStatus::Queued, _) => {
+            let mut tx = engine.store.begin().await?;
+            let Some(job) = jobs::claim_queued(&mut tx, &job.id, now).await? else {
+                return Ok(());
+            };
+            record_event(engine, &mut tx, &job, JobStatus::InProgress.event_type()).await?;
+            tx.commit().await?;
+            engine.announce(&job.id);
+            step.submit(&job).await
+        }
+        (JobStatus::InProgress, None) => {
+            let grace = engine.config.submit_grace.as_millis() as i64;
+            if job.claimed_at == 0 || job.claimed_at + grace <= now {
+                let mut conn = engine.store.pool().acquire().await?;
+                if !jobs::reclaim_submission(&mut conn, &job.id, job.claimed_at, now).await? {
+                    return Ok(());
+                }
+                drop(conn);
+                step.submit(&Job {
+                    claimed_at: now,
+                    ..job
+                })
+                .await
+            } else {
+                // Someone claimed the submission moments ago; look again once their claim lapses.
+                schedule(engine, &job, job.claimed_at + grace).await
+            }
+        }
+        (JobStatus::InProgress, Some(upstream_id)) => step.poll(&job, &upstream_id).await,
+        _ => Ok(()),
+    }
+}
+
+/// The provider and upstream model name serving this job.
+fn route<'e>(engine: &'e Engine, job: &Job) -> Option<(&'e Provider, &'static str)> {
+    let model = catalog::find(&job.model)?;
+    let (_, upstream_model) = model.providers.iter().find(|(p, _)| *p == job.provider)?;
+    Some((engine.providers.get(&job.provider)?, upstream_model))
+}
+
+struct Step<'e> {
+    engine: &'e Engine,
+    provider: &'e Provider,
+    upstream_model: &'static str,
+}
+
+impl Step<'_> {
+    fn call<'j>(&self, job: &'j Job) -> ProviderCall<'j> {
+        ProviderCall {
+            job_id: &job.id,
+            upstream_model: self.upstream_model,
+            input: &job.input,
+            retries: job.retries as u32,
+            submitted_at: job.claimed_at,
+        }
+    }
+
+    async fn submit(&self, job: &Job) -> Result<(), EngineError> {
+        let call = self.call(job);
+        match self.provider.submit(&call).await {
+            Ok(Submitted::Pending {
+                upstream_id,
+                poll_after,
+            }) => {
+                if self.persist_upstream_id(job, &upstream_id).await? {
+                    schedule(self.engine, job, now_ms() + poll_after.as_millis() as i64).await?;
+                }
+                Ok(())
+            }
+            Ok(Submitted::Done {
+                upstream_id,
+                outputs,
+            }) => {
+                if self.persist_upstream_id(job, &upstream_id).await? {
+                    self.finish(job, &outputs).await?;
+                }
+                Ok(())
+            }
+            Err(e) => self.failed(job, e, true).await,
+        }
+    }
+
+    /// The upstream id is written before anything else can fail, so a finished (and
+    /// billed) upstream job is never lost. False if the job moved on meanwhile.
+    async fn persist_upstream_id(&self, job: &Job, upstream_id: &str) -> Result<bool, EngineError> {
+        let mut conn = self.engine.store.pool().acquire().await?;
+        Ok(jobs::set_upstream_id(&mut conn, &job.id, upstream_id, now_ms()).await?)
+    }
+
+    async fn poll(&self, job: &Job, upstream_id: &str) -> Result<(), EngineError> {
+        let call = self.call(job);
+        match self.provider.poll(&call, upstream_id).await {
+            Ok(Polled::Pending {
+                progress,
+                poll_after,
+            }) => {
+                if let Some(p) = progress.map(i64::from).filter(|p| *p > job.progress) {
+                    let mut tx = self.engine.store.begin().await?;
+                    if let Some(job) =
+                        jobs::set_progress(&mut tx, &job.id, p.min(99), now_ms()).await?
+                    {
+                        record_event(self.engine, &mut tx, &job, "job.progress").await?;
+                    }
+                    tx.commit().await?;
+                    self.engine.announce(&job.id);
+                }
+                schedule(self.engine, job, now_ms() + poll_after.as_millis() as i64).await
+            }
+            Ok(Polled::Done { outputs }) => self.finish(job, &outputs).await,
+            Err(e) => self.failed(job, e, false).await,
+        }
+    }
+
+    /// Copies every output into our storage, then completes the job. If the job moved on
+    /// meanwhile (cancelled, expired, or completed by a duplicate task), the copies are
+    /// removed again: a job never has two sets of outputs.
+    async fn finish(&self, job: &Job, outputs: &[UpstreamOutput]) -> Result<(), EngineError> {
+        let call = self.call(job);
+        let mut stored: Vec<StoredOutput> = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let media = match self.provider.fetch(&call, output).await {
+                Ok(media) => media,
+                Err(e) => {
+                    remove_outputs(self.engine, &stored).await;
+                    return self.failed(job, e, false).await;
+                }
+            };
+            let put = self
+                .engine
+                .storage
+                .put(
+                    &job.id,
+                    output.index,
+                    &media.content_type,
+                    &media.extension,
+                    media.bytes,
+                )
+                .await;
+            match put {
+                Ok(s) => stored.push(s),
+                Err(e) => {
+                    remove_outputs(self.engine, &stored).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        let mut tx = self.engine.store.begin().await?;
+        let completed = jobs::complete(&mut tx, &job.id, &stored, &job.cost_usd, now_ms()).await?;
+        match completed {
+            Some(done) => {
+                record_event(
+                    self.engine,
+                    &mut tx,
+                    &done,
+                    JobStatus::Completed.event_type(),
+                )
+                .await?;
+                tx.commit().await?;
+                self.engine.announce(&job.id);
+            }
+            None => {
+                drop(tx);
+                // Only remove what is not the job's own result (a duplicate task may have
+                // completed it with identical keys).
+                let current = self.engine.store.job(&job.id).await?;
+                if current.is_none_or(|j| j.status != JobStatus::Completed) {
+                    remove_outputs(self.engine, &stored).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sorts an upstream failure: retry later, or end the job with the upstream's words.
+    async fn failed(
+        &self,
+        job: &Job,
+        e: ProviderError,
+        release_claim: bool,
+    ) -> Result<(), EngineError> {
+        let cfg = &self.engine.config;
+        let retry_after = match &e.class {
+            ErrorClass::Retryable => {
+                Some(backoff(cfg.retry_base, cfg.retry_max, job.retries as u32))
+            }
+            ErrorClass::RateLimited { retry_after } => {
+                Some((*retry_after).clamp(cfg.retry_base, cfg.retry_max))
+            }
+            ErrorClass::InvalidInput | ErrorClass::OutOfCredit | ErrorClass::Permanent => None,
+        };
+        match retry_after {
+            Some(delay) if (job.retries as u32) < cfg.max_retries => {
+                tracing::info!(job_id = %job.id, error = %e, retry_in_ms = delay.as_millis() as u64, "upstream call failed; will retry");
+                let mut conn = self.engine.store.pool().acquire().await?;
+                if jobs::record_retry(&mut conn, &job.id, release_claim, now_ms()).await? {
+                    drop(conn);
+                    schedule(self.engine, job, now_ms() + delay.as_millis() as i64).await?;
+                }
+                Ok(())
+            }
+            _ => {
+                tracing::info!(job_id = %job.id, error = %e, "job failed");
+                let error = JobError {
+                    code: e.code,
+                    message: e.message,
+                };
+                end_job(self.engine, &job.id, JobStatus::Failed, Some(&error)).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay up to `base · 2^attempt`, capped.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
+}
+
+/// Ends a pending job (failed, cancelled or expired) with its event. `None` if the job
+/// was already terminal.
+pub async fn end_job(
+    engine: &Engine,
+    job_id: &str,
+    to: JobStatus,
+    error: Option<&JobError>,
+) -> Result<Option<Job>, EngineError> {
+    let mut tx = engine.store.begin().await?;
+    let Some(job) = jobs::end(&mut tx, job_id, to, error, now_ms()).await? else {
+        return Ok(None);
+    };
+    record_event(engine, &mut tx, &job, to.event_type()).await?;
+    tx.commit().await?;
+    engine.announce(job_id);
+    Ok(Some(job))
+}
+
+/// Tells the upstream to stop, if it has the job. Best effort: failures are logged.
+pub async fn cancel_upstream(engine: &Engine, job: &Job) {
+    let (Some(upstream_id), Some((provider, upstream_model))) =
+        (&job.upstream_id, route(engine, job))
+    else {
+        return;
+    };
+    let call = ProviderCall {
+        job_id: &job.id,
+        upstream_model,
+        input: &job.input,
+        retries: job.retries as u32,
+        submitted_at: job.claimed_at,
+    };
+    if let Err(e) = provider.cancel(&call, upstream_id).await {
+        tracing::warn!(job_id = %job.id, error = %e, "upstream cancel failed");
+    }
+}
+
+/// Writes the event for `job`'s current state in the caller's transaction.
+async fn record_event(
+    engine: &Engine,
+    conn: &mut AnyConnection,
+    job: &Job,
+    kind: &str,
+) -> Result<(), EngineError> {
+    let data = engine.job_json(job);
+    events::insert(conn, &job.id, &job.account_id, kind, now_ms(), &data).await?;
+    Ok(())
+}
+
+/// Hands the job's next check (at Unix ms `at`) to a new task. If the push fails, the
+/// row still says when the check is due, and the reaper pushes it later.
+pub async fn schedule(engine: &Engine, job: &Job, at: i64) -> Result<(), EngineError> {
+    let mut conn = engine.store.pool().acquire().await?;
+    if !jobs::schedule_check(&mut conn, &job.id, job.check_seq, at).await? {
+        return Ok(());
+    }
+    drop(conn);
+    let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
+    let task = Advance {
+        job_id: job.id.clone(),
+        seq: job.check_seq + 1,
+    };
+    if let Err(e) = engine.queue.enqueue(task, delay).await {
+        tracing::warn!(job_id = %job.id, error = %e, "could not push the next check; the reaper will");
+    }
+    Ok(())
+}
+
+async fn remove_outputs(engine: &Engine, stored: &[StoredOutput]) {
+    for s in stored {
+        if let Err(e) = engine.storage.delete(&s.key).await {
+            tracing::warn!(key = %s.key, error = %e, "could not remove an unused output");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_attempts_and_stays_capped() {
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 0..20 {
+            let d = backoff(base, max, attempt);
+            let ceiling = base.saturating_mul(1 << attempt.min(16)).min(max);
+            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The built-in `local` provider: no network, real media, deterministic for a prompt and
+//! seed. It behaves like an asynchronous upstream (submit, then poll until the simulated
+//! latency has passed) and takes `input.simulate` knobs for tests and load runs.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{ErrorClass, Media, Polled, ProviderCall, ProviderError, Submitted, UpstreamOutput};
+use crate::catalog::{ASPECT_RATIOS, VIDEO_RESOLUTIONS, parse_size};
+use crate::ids::now_ms;
+use crate::render;
+
+pub const PROVIDER_TYPE: &str = "local";
+
+const VIDEO_FPS: u32 = 24;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Local;
+
+/// The `input.simulate` knobs, with per-model defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Simulate {
+    latency_ms: u64,
+    progress_steps: u64,
+    fail: Fail,
+    fail_times: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    None,
+    Transient,
+    Permanent,
+}
+
+impl Simulate {
+    fn from_call(call: &ProviderCall<'_>) -> Self {
+        let sim = call.input.get("simulate");
+        let int = |k: &str| sim.and_then(|s| s.get(k)).and_then(Value::as_u64);
+        // Video takes a few seconds by default so that its progress can be watched;
+        // images and music finish at submit, like synchronous upstreams.
+        let default_latency = if call.upstream_model == "video" {
+            3000
+        } else {
+            0
+        };
+        Simulate {
+            latency_ms: int("latency_ms").unwrap_or(default_latency),
+            progress_steps: int("progress_steps").unwrap_or(if default_latency > 0 {
+                3
+            } else {
+                0
+            }),
+            fail: match sim.and_then(|s| s.get("fail")).and_then(Value::as_str) {
+                Some("transient") => Fail::Transient,
+                Some("permanent") => Fail::Permanent,
+                _ => Fail::None,
+            },
+            fail_times: int("fail_times").map_or(1, |n| n as u32),
+        }
+    }
+
+    /// The transient failure this call should suffer, if any.
+    fn check(&self, call: &ProviderCall<'_>) -> Result<(), ProviderError> {
+        if self.fail == Fail::Transient && call.retries < self.fail_times {
+            return Err(ProviderError::new(
+                ErrorClass::Retryable,
+                "upstream_error",
+                format!(
+                    "simulated transient failure {} of {}",
+                    call.retries + 1,
+                    self.fail_times
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Local {
+    pub fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+        let sim = Simulate::from_call(call);
+        sim.check(call)?;
+        if sim.fail == Fail::Permanent {
+            return Err(ProviderError::new(
+                ErrorClass::Permanent,
+                "upstream_rejected",
+                "the local provider rejected this job (simulate.fail = permanent)",
+            ));
+        }
+        let upstream_id = format!("local_{}", call.job_id.trim_start_matches("job_"));
+        if sim.latency_ms == 0 {
+            return Ok(Submitted::Done {
+                upstream_id,
+                outputs: vec![output()],
+            });
+        }
+        Ok(Submitted::Pending {
+            upstream_id,
+            poll_after: next_poll(&sim, 0),
+        })
+    }
+
+    pub fn poll(
+        &self,
+        call: &ProviderCall<'_>,
+        _upstream_id: &str,
+    ) -> Result<Polled, ProviderError> {
+        let sim = Simulate::from_call(call);
+        sim.check(call)?;
+        let elapsed = (now_ms() - call.submitted_at).max(0) as u64;
+        if elapsed >= sim.latency_ms {
+            return Ok(Polled::Done {
+                outputs: vec![output()],
+            });
+        }
+        let progress = if sim.progress_steps == 0 {
+            0
+        } else {
+            let step = elapsed * sim.progress_steps / sim.latency_ms;
+            (step * 100 / sim.progress_steps) as u8
+        };
+        Ok(Polled::Pending {
+            progress: Some(progress),
+            poll_after: next_poll(&sim, elapsed),
+        })
+    }
+
+    pub async fn fetch(
+        &self,
+        call: &ProviderCall<'_>,
+        _output: &UpstreamOutput,
+    ) -> Result<Media, ProviderError> {
+        let spec = RenderSpec::from_call(call);
+        let rendered = tokio::task::spawn_blocking(move || spec.render())
+            .await
+            .map_err(|e| {
+                ProviderError::new(
+                    ErrorClass::Retryable,
+                    "upstream_error",
+                    format!("render task failed: {e}"),
+                )
+            })?
+            .map_err(|e| {
+                ProviderError::new(ErrorClass::InvalidInput, "invalid_input", e.to_string())
+            })?;
+        Ok(Media {
+            content_type: rendered.content_type.to_owned(),
+            extension: rendered.extension.to_owned(),
+            bytes: rendered.bytes.into(),
+        })
+    }
+}
+
+fn output() -> UpstreamOutput {
+    UpstreamOutput {
+        index: 0,
+        locator: "render".to_owned(),
+    }
+}
+
+/// When to look again: at the next progress step, or when the latency is over.
+fn next_poll(sim: &Simulate, elapsed: u64) -> Duration {
+    let remaining = sim.latency_ms.saturating_sub(elapsed);
+    let step = if sim.progress_steps > 0 {
+        sim.latency_ms / sim.progress_steps
+    } else {
+        remaining
+    };
+    let to_next_step = if step > 0 {
+        step - elapsed % step
+    } else {
+        remaining
+    };
+    Duration::from_millis(to_next_step.min(remaining).max(1))
+}
+
+/// What to render, read from the (already validated) input.
+#[derive(Debug, Clone)]
+struct RenderSpec {
+    model: String,
+    prompt: String,
+    seed: u64,
+    duration: u32,
+    width: u32,
+    height: u32,
+}
+
+impl RenderSpec {
+    fn from_call(call: &ProviderCall<'_>) -> Self {
+        let input = call.input;
+        let str_of = |k: &str| input.get(k).and_then(Value::as_str);
+        let aspect = str_of("aspect_ratio")
+            .and_then(|a| ASPECT_RATIOS.iter().find(|r| r.0 == a))
+            .map_or((16, 9), |r| (r.1, r.2));
+        let (width, height) = match call.upstream_model {
+            "video" => {
+                let lines = str_of("resolution")
+                    .and_then(|r| VIDEO_RESOLUTIONS.iter().find(|v| v.0 == r))
+                    .map_or(720, |v| v.1);
+                fit(lines, aspect)
+            }
+            _ => str_of("size").and_then(parse_size).unwrap_or_else(|| {
+                if str_of("aspect_ratio").is_some() {
+                    fit(1024, aspect)
+                } else {
+                    (1024, 1024)
+                }
+            }),
+        };
+        let default_duration = if call.upstream_model == "video" {
+            4
+        } else {
+            10
+        };
+        RenderSpec {
+            model: call.upstream_model.to_owned(),
+            prompt: str_of("prompt").unwrap_or_default().to_owned(),
+            seed: input.get("seed").and_then(Value::as_u64).unwrap_or(0),
+            duration: input
+                .get("duration")
+                .and_then(Value::as_u64)
+                .map_or(default_duration, |d| d as u32),
+            width,
+            height,
+        }
+    }
+
+    fn render(&self) -> Result<render::Rendered, render::RenderError> {
+        match self.model.as_str() {
+            "video" => render::render_video(
+                &self.prompt,
+                self.seed,
+                self.duration,
+                self.width,
+                self.height,
+                VIDEO_FPS,
+            ),
+            "music" => render::render_music(&self.prompt, self.seed, self.duration),
+            _ => render::render_image(&self.prompt, self.seed, self.width, self.height),
+        }
+    }
+}
+
+/// Frame size whose short side is `lines`, in the given aspect, both sides even.
+fn fit(lines: u32, (aw, ah): (u32, u32)) -> (u32, u32) {
+    let even = |v: u32| v.div_ceil(2) * 2;
+    if aw >= ah {
+        (even(lines * aw / ah), lines)
+    } else {
+        (lines, even(lines * ah / aw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn call<'a>(
+        model: &'a str,
+        input: &'a Value,
+        retries: u32,
+        submitted_at: i64,
+    ) -> ProviderCall<'a> {
+        ProviderCall {
+            job_id: "job_0123",
+            upstream_model: model,
+            input,
+            retries,
+            submitted_at,
+        }
+    }
+
+    #[test]
+    fn transient_failures_then_success_and_permanent_rejection() {
+        let input = json!({"prompt": "p", "simulate": {"fail": "transient", "fail_times": 2, "latency_ms": 0}});
+        for retries in 0..2 {
+            let err = Local
+                .submit(&call("image", &input, retries, 0))
+                .unwrap_err();
+            assert_eq!(err.class, ErrorClass::Retryable);
+        }
+        assert!(matches!(
+            Local.submit(&call("image", &input, 2, 0)),
+            Ok(Submitted::Done { .. })
+        ));
+        let input = json!({"prompt": "p", "simulate": {"fail": "permanent"}});
+        let err = Local.submit(&call("image", &input, 0, 0)).unwrap_err();
+        assert_eq!(
+            (err.class, err.code.as_str()),
+            (ErrorClass::Permanent, "upstream_rejected")
+        );
+    }
+
+    #[test]
+    fn progress_advances_in_steps_until_done() {
+        let input = json!({"prompt": "p", "simulate": {"latency_ms": 60_000, "progress_steps": 4}});
+        let now = now_ms();
+        assert!(matches!(
+            Local.submit(&call("video", &input, 0, now)),
+            Ok(Submitted::Pending { .. })
+        ));
+        match Local
+            .poll(&call("video", &input, 0, now - 31_000), "x")
+            .unwrap()
+        {
+            Polled::Pending {
+                progress,
+                poll_after,
+            } => {
+                assert_eq!(progress, Some(50));
+                assert!(
+                    poll_after <= Duration::from_millis(14_000),
+                    "{poll_after:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Local.poll(&call("video", &input, 0, now - 61_000), "x"),
+            Ok(Polled::Done { .. })
+        ));
+    }
+
+    #[test]
+    fn frame_sizes_follow_resolution_and_aspect() {
+        assert_eq!(fit(720, (16, 9)), (1280, 720));
+        assert_eq!(fit(360, (9, 16)), (360, 640));
+        assert_eq!(fit(480, (1, 1)), (480, 480));
+    }
+}

@@ -1,0 +1,56 @@
+//! The reaper: finds pending jobs whose scheduled check is long overdue (the task was lost
+//! between the SQL write and the push, or with a dead worker that the queue could not
+//! recover) or whose deadline passed, and hands them a fresh task.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::now_ms;
+use crate::queue::Advance;
+use crate::store::jobs;
+use crate::{Engine, EngineError};
+
+/// One sweep; returns how many jobs got a new task.
+pub async fn reap_once(engine: &Engine) -> Result<usize, EngineError> {
+    let now = now_ms();
+    let grace = engine.config.reaper_grace.as_millis() as i64;
+    let overdue = engine.store.overdue_checks(now, grace, 500).await?;
+    let mut handed_out = 0;
+    for (job_id, seq) in overdue {
+        let mut conn = engine.store.pool().acquire().await?;
+        // Bumping the sequence retires any stray task still out there for this job.
+        if !jobs::schedule_check(&mut conn, &job_id, seq, now).await? {
+            continue;
+        }
+        drop(conn);
+        engine
+            .queue
+            .enqueue(
+                Advance {
+                    job_id,
+                    seq: seq + 1,
+                },
+                Duration::ZERO,
+            )
+            .await?;
+        handed_out += 1;
+    }
+    if handed_out > 0 {
+        tracing::info!(count = handed_out, "reaper handed out overdue jobs");
+    }
+    Ok(handed_out)
+}
+
+/// Sweeps every `reaper_interval` until `shutdown`.
+pub async fn run(engine: &Engine, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(engine.config.reaper_interval) => {}
+        }
+        if let Err(e) = reap_once(engine).await {
+            tracing::warn!(error = %e, "reaper sweep failed");
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Job rows. Every status change is a guarded update (`… WHERE status = <expected>`), so
+//! a duplicate or late task can never move a job backwards or write a second result.
+
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
+
+use super::Store;
+use crate::job::{Job, JobError, JobKind, JobStatus, StoredOutput};
+
+const COLUMNS: &str = "id, account_id, status, kind, model, provider, input, metadata, webhook, \
+    progress, upstream_id, outputs, error_code, error_message, cost_usd, retries, check_seq, \
+    next_check_at, claimed_at, created_at, started_at, completed_at, deadline_at";
+
+const PENDING: &str = "('queued', 'in_progress')";
+
+/// A job about to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub account_id: String,
+    pub kind: JobKind,
+    pub model: String,
+    pub provider: String,
+    pub input: Value,
+    pub metadata: Value,
+    pub webhook: Option<Value>,
+    pub created_at: i64,
+    pub deadline_at: i64,
+}
+
+/// Filters of `GET /v1/jobs`.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub model: Option<String>,
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+fn decode_err(what: &str, value: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("bad {what} in jobs row: {value:?}").into())
+}
+
+fn job_from_row(r: &AnyRow) -> Result<Job, sqlx::Error> {
+    let status: String = r.try_get("status")?;
+    let kind: String = r.try_get("kind")?;
+    let json = |col: &str| -> Result<Value, sqlx::Error> {
+        let text: String = r.try_get(col)?;
+        serde_json::from_str(&text).map_err(|_| decode_err(col, &text))
+    };
+    let webhook: Option<String> = r.try_get("webhook")?;
+    let outputs: String = r.try_get("outputs")?;
+    let error_code: Option<String> = r.try_get("error_code")?;
+    let error_message: Option<String> = r.try_get("error_message")?;
+    Ok(Job {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        status: JobStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?,
+        kind: JobKind::parse(&kind).ok_or_else(|| decode_err("kind", &kind))?,
+        model: r.try_get("model")?,
+        provider: r.try_get("provider")?,
+        input: json("input")?,
+        metadata: json("metadata")?,
+        webhook: webhook
+            .map(|w| serde_json::from_str(&w).map_err(|_| decode_err("webhook", &w)))
+            .transpose()?,
+        progress: r.try_get("progress")?,
+        upstream_id: r.try_get("upstream_id")?,
+        outputs: serde_json::from_str::<Vec<StoredOutput>>(&outputs)
+            .map_err(|_| decode_err("outputs", &outputs))?,
+        error: error_code.map(|code| JobError {
+            code,
+            message: error_message.unwrap_or_default(),
+        }),
+        cost_usd: r.try_get("cost_usd")?,
+        retries: r.try_get("retries")?,
+        check_seq: r.try_get("check_seq")?,
+        next_check_at: r.try_get("next_check_at")?,
+        claimed_at: r.try_get("claimed_at")?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        completed_at: r.try_get("completed_at")?,
+        deadline_at: r.try_get("deadline_at")?,
+    })
+}
+
+async fn one(
+    conn: &mut AnyConnection,
+    sql: String,
+    binds: Binds<'_>,
+) -> Result<Option<Job>, sqlx::Error> {
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for b in binds {
+        q = match b {
+            Bind::I(v) => q.bind(*v),
+            Bind::S(v) => q.bind(*v),
+        };
+    }
+    q.fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+}
+
+/// A bind value for the small set of guarded updates below.
+enum Bind<'a> {
+    I(&'a i64),
+    S(&'a str),
+}
+type Binds<'a> = &'a [Bind<'a>];
+
+/// Inserts a queued job.
+pub async fn insert(conn: &mut AnyConnection, j: &NewJob) -> Result<Job, sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO jobs (id, account_id, status, kind, model, provider, input, metadata, webhook, \
+         next_check_at, created_at, deadline_at, updated_at) \
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $9) RETURNING {COLUMNS}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(&j.id)
+        .bind(&j.account_id)
+        .bind(j.kind.as_str())
+        .bind(&j.model)
+        .bind(&j.provider)
+        .bind(j.input.to_string())
+        .bind(j.metadata.to_string())
+        .bind(j.webhook.as_ref().map(Value::to_string))
+        .bind(j.created_at)
+        .bind(j.deadline_at)
+        .fetch_one(conn)
+        .await?;
+    job_from_row(&row)
+}
+
+/// queued → in_progress, claiming the first submission.
+pub async fn claim_queued(
+    conn: &mut AnyConnection,
+    id: &str,
+    now: i64,
+) -> Result<Option<Job>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE jobs SET status = 'in_progress', started_at = $1, claimed_at = $1, updated_at = $1 \
+         WHERE id = $2 AND status = 'queued' RETURNING {COLUMNS}"
+    );
+    one(conn, sql, &[Bind::I(&now), Bind::S(id)]).await
+}
+
+/// Re-claims the submission of an in-progress job that has no upstream id yet, when the
+/// previous claim (`old_claim`) was released or abandoned.
+pub async fn reclaim_submission(
+    conn: &mut AnyConnection,
+    id: &str,
+    old_claim: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET claimed_at = $1, updated_at = $1 \
+         WHERE id = $2 AND status = 'in_progress' AND upstream_id IS NULL AND claimed_at = $3",
+    )
+    .bind(now)
+    .bind(id)
+    .bind(old_claim)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records the upstream's id the moment we have it, before anything else can fail.
+pub async fn set_upstream_id(
+    conn: &mut AnyConnection,
+    id: &str,
+    upstream_id: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET upstream_id = $1, updated_at = $2 \
+         WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL",
+    )
+    .bind(upstream_id)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Counts a retryable upstream failure; `release_claim` lets the next check resubmit.
+pub async fn record_retry(
+    conn: &mut AnyConnection,
+    id: &str,
+    release_claim: bool,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let sql = if release_claim {
+        "UPDATE jobs SET retries = retries + 1, claimed_at = 0, updated_at = $1 WHERE id = $2 AND status = 'in_progress'"
+    } else {
+        "UPDATE jobs SET retries = retries + 1, updated_at = $1 WHERE id = $2 AND status = 'in_progress'"
+    };
+    let done = sqlx::query(sql).bind(now).bind(id).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Raises progress (never lowers it) while the job is in progress.
+pub async fn set_progress(
+    conn: &mut AnyConnection,
+    id: &str,
+    progress: i64,
+    now: i64,
+) -> Result<Option<Job>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE jobs SET progress = $1, updated_at = $2 \
+         WHERE id = $3 AND status = 'in_progress' AND progress < $1 RETURNING {COLUMNS}"
+    );
+    one(conn, sql, &[Bind::I(&progress), Bind::I(&now), Bind::S(id)]).await
+}
+
+/// in_progress → completed with its outputs.
+pub async fn complete(
+    conn: &mut AnyConnection,
+    id: &str,
+    outputs: &[StoredOutput],
+    cost_usd: &str,
+    now: i64,
+) -> Result<Option<Job>, sqlx::Error> {
+    let outputs = serde_json::to_string(outputs).expect("outputs serialize");
+    let sql = format!(
+        "UPDATE jobs SET status = 'completed', progress = 100, outputs = $1, cost_usd = $2, \
+         completed_at = $3, updated_at = $3 \
+         WHERE id = $4 AND status = 'in_progress' RETURNING {COLUMNS}"
+    );
+    one(
+        conn,
+        sql,
+        &[
+            Bind::S(&outputs),
+            Bind::S(cost_usd),
+            Bind::I(&now),
+            Bind::S(id),
+        ],
+    )
+    .await
+}
+
+/// Any pending status → failed, cancelled or expired.
+pub async fn end(
+    conn: &mut AnyConnection,
+    id: &str,
+    to: JobStatus,
+    error: Option<&JobError>,
+    now: i64,
+) -> Result<Option<Job>, sqlx::Error> {
+    debug_assert!(matches!(
+        to,
+        JobStatus::Failed | JobStatus::Cancelled | JobStatus::Expired
+    ));
+    let sql = format!(
+        "UPDATE jobs SET status = $1, error_code = $2, error_message = $3, completed_at = $4, updated_at = $4 \
+         WHERE id = $5 AND status IN {PENDING} RETURNING {COLUMNS}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(to.as_str())
+        .bind(error.map(|e| e.code.clone()))
+        .bind(error.map(|e| e.message.clone()))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+/// Hands the job's next check to a new task: bumps the fencing sequence if it is still
+/// `seq`. Tasks carrying an older sequence find it changed and stand down.
+pub async fn schedule_check(
+    conn: &mut AnyConnection,
+    id: &str,
+    seq: i64,
+    at: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET check_seq = check_seq + 1, next_check_at = $1 \
+         WHERE id = $2 AND check_seq = $3 AND status IN ('queued', 'in_progress')",
+    )
+    .bind(at)
+    .bind(id)
+    .bind(seq)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+impl Store {
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// A job as seen by `account`: another account's job does not exist.
+    pub async fn job_for_account(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> Result<Option<Job>, sqlx::Error> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 AND account_id = $2");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .bind(account_id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Newest first; `has_more` says whether another page follows.
+    pub async fn list_jobs(
+        &self,
+        account_id: &str,
+        f: &JobFilter,
+    ) -> Result<(Vec<Job>, bool), sqlx::Error> {
+        let mut sql = format!("SELECT {COLUMNS} FROM jobs WHERE account_id = $1");
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if f.status.is_some() {
+            sql += &format!(" AND status = ${}", next());
+        }
+        if f.model.is_some() {
+            sql += &format!(" AND model = ${}", next());
+        }
+        if f.after.is_some() {
+            sql += &format!(" AND id < ${}", next());
+        }
+        sql += &format!(" ORDER BY id DESC LIMIT ${}", next());
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(account_id);
+        if let Some(s) = f.status {
+            q = q.bind(s.as_str());
+        }
+        if let Some(m) = &f.model {
+            q = q.bind(m.as_str());
+        }
+        if let Some(a) = &f.after {
+            q = q.bind(a.as_str());
+        }
+        let rows = q
+            .bind(i64::from(f.limit) + 1)
+            .fetch_all(self.pool())
+            .await?;
+        let mut jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let has_more = jobs.len() > f.limit as usize;
+        jobs.truncate(f.limit as usize);
+        Ok((jobs, has_more))
+    }
+
+    /// Pending jobs whose scheduled check is overdue by more than the grace period, or whose
+    /// deadline has passed: their task was lost (or never pushed) and must be handed out again.
+    pub async fn overdue_checks(
+        &self,
+        now: i64,
+        grace_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, check_seq FROM jobs WHERE status IN {PENDING} \
+             AND (next_check_at < $1 OR deadline_at < $2) ORDER BY next_check_at LIMIT $3"
+        )))
+        .bind(now - grace_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("check_seq")?)))
+            .collect()
+    }
+}

@@ -1,0 +1,89 @@
+//! The worker role: an apalis Monitor running `advance` tasks, plus the reaper.
+
+use std::time::Duration;
+
+use apalis::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{Advance, Backend};
+use crate::{SharedEngine, lifecycle, reaper};
+
+/// Runs one apalis task.
+async fn handle_advance(task: Advance, engine: Data<SharedEngine>) -> Result<(), BoxDynError> {
+    match lifecycle::advance(&engine, &task).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // The job row keeps its due time; the reaper hands it out again.
+            tracing::warn!(job_id = %task.job_id, error = %e, "advance failed");
+            Err(e.into())
+        }
+    }
+}
+
+/// A worker name unique across processes and restarts: two workers sharing a name would
+/// hide each other's crashes from orphan recovery.
+pub fn unique_worker_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
+    format!(
+        "mediagate-{host}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    )
+}
+
+/// Runs workers and the reaper until `shutdown` fires; in-flight tasks get up to
+/// `drain` to finish, and whatever is left is recovered by the queue or the reaper.
+pub async fn run(
+    engine: SharedEngine,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Result<(), BoxDynError> {
+    let name = unique_worker_name();
+    tracing::info!(worker = %name, "worker starting");
+    let concurrency = engine.config.worker_concurrency;
+    let timeout = engine.config.task_timeout;
+    let monitor = Monitor::new()
+        .shutdown_timeout(drain)
+        .should_restart(|ctx, err| {
+            tracing::warn!(worker = %ctx.name(), error = %err, "worker stopped; restarting");
+            true
+        });
+    let monitor = match engine.queue.backend().clone() {
+        Backend::Embedded(storage) => {
+            let engine = engine.clone();
+            monitor.register(move |run| {
+                WorkerBuilder::new(format!("{name}-{run}"))
+                    .backend(storage.clone().poll_with_stream(engine.queue.wake_stream()))
+                    .data(engine.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .catch_panic()
+                    .timeout(timeout)
+                    .build(handle_advance)
+            })
+        }
+        Backend::Redis(storage) => {
+            let engine = engine.clone();
+            monitor.register(move |run| {
+                WorkerBuilder::new(format!("{name}-{run}"))
+                    .backend(storage.clone().poll_with_stream(engine.queue.wake_stream()))
+                    .data(engine.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .catch_panic()
+                    .timeout(timeout)
+                    .build(handle_advance)
+            })
+        }
+    };
+    let reaper_engine = engine.clone();
+    let reaper_stop = shutdown.clone();
+    let reaper = reaper::run(&reaper_engine, reaper_stop);
+    let signal = async move {
+        shutdown.cancelled().await;
+        Ok(())
+    };
+    let (result, ()) = tokio::join!(monitor.run_with_signal(signal), reaper);
+    tracing::info!("worker stopped");
+    result.map_err(Into::into)
+}
