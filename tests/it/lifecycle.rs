@@ -1,0 +1,228 @@
+//! The worker lifecycle: retries, refusals, deadlines, lost and duplicate tasks.
+
+use std::time::Duration;
+
+use mediagate_workers::catalog;
+use mediagate_workers::ids::{IdKind, new_id, now_ms};
+use mediagate_workers::lifecycle::advance;
+use mediagate_workers::queue::Advance;
+use mediagate_workers::store::jobs::{self, NewJob};
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+use crate::support::{Backend, TestApp};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+on_both_backends!(
+    transient_failures_are_retried_until_success,
+    permanent_refusal_fails_with_the_upstream_code,
+    retries_run_out,
+    past_its_deadline_a_job_expires,
+    a_job_whose_task_was_lost_is_picked_up_by_the_reaper,
+    duplicate_and_stale_tasks_change_nothing,
+);
+
+async fn transient_failures_are_retried_until_success(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let job = app
+        .submit(
+            json!({"model": "local/image", "input": {"prompt": "flaky", "size": "64x64",
+            "simulate": {"fail": "transient", "fail_times": 2}}}),
+        )
+        .await;
+    let job = app.wait_terminal(job["id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(job["status"], "completed", "{job}");
+}
+
+async fn permanent_refusal_fails_with_the_upstream_code(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let job = app
+        .submit(json!({"model": "local/video", "input": {"prompt": "no", "simulate": {"fail": "permanent"}}}))
+        .await;
+    let job = app.wait_terminal(job["id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "upstream_rejected");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("permanent")
+    );
+    assert_eq!(job["outputs"], json!([]));
+}
+
+async fn retries_run_out(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.jobs.max_retries = 2).await;
+    let job = app
+        .submit(json!({"model": "local/image", "input": {"prompt": "flaky", "simulate": {"fail": "transient", "fail_times": 10}}}))
+        .await;
+    let job = app.wait_terminal(job["id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "upstream_error");
+}
+
+async fn past_its_deadline_a_job_expires(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.jobs.deadline_secs = 1).await;
+    let job = app
+        .submit(json!({"model": "local/video", "input": {"prompt": "slow", "simulate": {"latency_ms": 600_000, "progress_steps": 1}}}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let job = app.wait_terminal(id, WAIT).await;
+    assert_eq!(job["status"], "expired", "{job}");
+    assert_eq!(job["error"]["code"], "deadline_exceeded");
+    assert!(job["expires_at"].is_null());
+    let events = app.engine().store.events_after(id, 0, 100).await.unwrap();
+    assert_eq!(events.last().unwrap().kind, "job.expired");
+}
+
+/// Inserts a job row without pushing its task, as a crash between the two would leave it.
+async fn insert_without_task(app: &TestApp, input: Value) -> String {
+    let model = catalog::find("local/image").unwrap();
+    let account = app
+        .engine()
+        .store
+        .caller_by_key_hash(&mediagate::api::auth::hash_key(&app.key))
+        .await
+        .unwrap()
+        .unwrap()
+        .account_id;
+    let now = now_ms();
+    let new = NewJob {
+        id: new_id(IdKind::Job),
+        account_id: account,
+        kind: model.kind,
+        model: model.id.to_owned(),
+        provider: "local".to_owned(),
+        input,
+        metadata: json!({}),
+        webhook: None,
+        created_at: now,
+        deadline_at: now + 600_000,
+    };
+    let mut tx = app.engine().store.begin().await.unwrap();
+    jobs::insert(&mut tx, &new).await.unwrap();
+    tx.commit().await.unwrap();
+    new.id
+}
+
+async fn a_job_whose_task_was_lost_is_picked_up_by_the_reaper(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.jobs.reaper_grace_ms = 500).await;
+    let id = insert_without_task(&app, json!({"prompt": "orphan", "size": "64x64"})).await;
+    let job = app.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "completed", "{job}");
+}
+
+async fn duplicate_and_stale_tasks_change_nothing(backend: Backend) {
+    // A long grace keeps the reaper out of this: only the tasks below touch the job.
+    let app = TestApp::start_with(backend, |c| c.jobs.reaper_grace_ms = 600_000).await;
+    let id = insert_without_task(&app, json!({"prompt": "twice", "size": "64x64"})).await;
+    let engine = app.engine();
+
+    advance(
+        engine,
+        &Advance {
+            job_id: id.clone(),
+            seq: 7,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        app.job(&id).await["status"],
+        "queued",
+        "a stale task must not act"
+    );
+
+    let task = Advance {
+        job_id: id.clone(),
+        seq: 0,
+    };
+    let runs = futures::future::join_all((0..4).map(|_| advance(engine, &task))).await;
+    for r in runs {
+        r.unwrap();
+    }
+    let job = app.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["outputs"].as_array().unwrap().len(), 1);
+    let events = engine.store.events_after(&id, 0, 100).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["job.started", "job.completed"],
+        "one claim, one result"
+    );
+
+    // A late task after completion does nothing either.
+    advance(
+        engine,
+        &Advance {
+            job_id: id.clone(),
+            seq: job_seq(&app, &id).await,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        engine.store.events_after(&id, 0, 100).await.unwrap().len(),
+        2
+    );
+}
+
+async fn job_seq(app: &TestApp, id: &str) -> i64 {
+    app.engine().store.job(id).await.unwrap().unwrap().check_seq
+}
+
+/// ffprobe must see one H.264 stream of about `seconds`, and ffmpeg must decode it cleanly.
+pub fn assert_playable_h264(bytes: &[u8], seconds: f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.mp4");
+    std::fs::write(&path, bytes).unwrap();
+    let probe = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,codec_type,width,height",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffprobe is installed (scripts/test installs ffmpeg)");
+    assert!(
+        probe.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let info: Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let video = info["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .expect("a video stream");
+    assert_eq!(video["codec_name"], "h264", "{info}");
+    let duration: f64 = info["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (duration - seconds).abs() < 0.2,
+        "duration {duration}, wanted {seconds}"
+    );
+    let decode = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decode.status.success() && decode.stderr.is_empty(),
+        "ffmpeg decode: {}",
+        String::from_utf8_lossy(&decode.stderr)
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests: one binary (linked once), every suite on both backends.
+
+mod support;
+
+mod api_errors;
+mod idempotency;
+mod jobs;
+mod lifecycle;
+mod processes;

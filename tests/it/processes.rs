@@ -1,0 +1,234 @@
+//! Scale-out as separate processes: one `api`, several `worker`s, a worker killed with
+//! SIGKILL mid-run and another stopped with SIGTERM; every job still completes once.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+use crate::support::{Backend, fresh_schema, redis_url};
+
+on_both_backends!(jobs_survive_killed_and_stopped_workers);
+
+struct Cluster {
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn new(backend: Backend) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![
+            (
+                "MEDIAGATE_DATA_DIR".to_owned(),
+                dir.path().display().to_string(),
+            ),
+            ("MEDIAGATE_LOG".to_owned(), "info".to_owned()),
+            ("MEDIAGATE_LOG_FORMAT".to_owned(), "json".to_owned()),
+            ("MEDIAGATE_BIND".to_owned(), "127.0.0.1:0".to_owned()),
+            (
+                "MEDIAGATE_QUEUE__PREFIX".to_owned(),
+                format!("p{}", uuid::Uuid::now_v7().simple()),
+            ),
+            (
+                "MEDIAGATE_QUEUE__POLL_INTERVAL_MS".to_owned(),
+                "10".to_owned(),
+            ),
+            (
+                "MEDIAGATE_QUEUE__HEARTBEAT_INTERVAL_MS".to_owned(),
+                "500".to_owned(),
+            ),
+            (
+                "MEDIAGATE_QUEUE__MISSED_HEARTBEATS".to_owned(),
+                "2".to_owned(),
+            ),
+            (
+                "MEDIAGATE_JOBS__REAPER_INTERVAL_MS".to_owned(),
+                "200".to_owned(),
+            ),
+            (
+                "MEDIAGATE_JOBS__REAPER_GRACE_MS".to_owned(),
+                "4000".to_owned(),
+            ),
+            (
+                "MEDIAGATE_JOBS__SUBMIT_GRACE_MS".to_owned(),
+                "4000".to_owned(),
+            ),
+            ("MEDIAGATE_SHUTDOWN_DRAIN_SECS".to_owned(), "10".to_owned()),
+        ];
+        if backend == Backend::Production {
+            env.push(("MEDIAGATE_DATABASE_URL".to_owned(), fresh_schema().await));
+            env.push(("MEDIAGATE_REDIS_URL".to_owned(), redis_url()));
+        }
+        Cluster { env, _dir: dir }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mediagate"));
+        cmd.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn create_key(&self) -> String {
+        let out = self
+            .command(&["keys", "create", "--name", "ci", "--account", "acct_proc"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Starts `role`; for `api`, waits for its address in the log.
+    fn spawn(&self, role: &str) -> (Child, Option<String>) {
+        let mut child = self
+            .command(&[role])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let addr: String = addr
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    let _ = tx.send(addr);
+                }
+                if std::env::var_os("TEST_CHILD_LOGS").is_some() {
+                    eprintln!("[child] {line}");
+                }
+            }
+        });
+        let addr = (role == "api").then(|| {
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("api prints its address")
+        });
+        (child, addr)
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+async fn jobs_survive_killed_and_stopped_workers(backend: Backend) {
+    let cluster = Cluster::new(backend).await;
+    let key = cluster.create_key();
+    let (mut api, addr) = cluster.spawn("api");
+    let base = format!("http://{}", addr.unwrap());
+    let (mut doomed, _) = cluster.spawn("worker");
+    let (mut stopping, _) = cluster.spawn("worker");
+    let client = reqwest::Client::new();
+
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let res = client
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "local/video", "input": {"prompt": format!("clip {i}"), "duration": 2,
+                "resolution": "480p", "simulate": {"latency_ms": 300 + 100 * i, "progress_steps": 2}}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let job: Value = res.json().await.unwrap();
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+
+    let status_of = |id: String| {
+        let req = client.get(format!("{base}/v1/jobs/{id}")).bearer_auth(&key);
+        async move {
+            req.send().await.unwrap().json::<Value>().await.unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // Kill one worker as soon as work is under way, with no chance to clean up.
+    let start = Instant::now();
+    while status_of(ids[0].clone()).await == "queued" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no worker picked up work"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&doomed, "-KILL");
+    doomed.wait().unwrap();
+
+    // Stop the other one gracefully while jobs are still pending; it must exit cleanly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&stopping, "-TERM");
+    let exit = wait_exit(&mut stopping, Duration::from_secs(30));
+    assert!(
+        exit.success(),
+        "SIGTERM must end the worker cleanly, got {exit:?}"
+    );
+
+    // A fresh worker finishes everything that is left.
+    let (mut survivor, _) = cluster.spawn("worker");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for id in &ids {
+        loop {
+            let status = status_of(id.clone()).await;
+            if status == "completed" {
+                break;
+            }
+            assert!(
+                !["failed", "cancelled", "expired"].contains(&status.as_str()),
+                "{id} ended {status}"
+            );
+            assert!(Instant::now() < deadline, "{id} still {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Exactly one result: one completed event, one output.
+        let events = client
+            .get(format!("{base}/v1/jobs/{id}/events"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let completed = events
+            .lines()
+            .filter(|l| *l == "event: job.completed")
+            .count();
+        assert_eq!(completed, 1, "{id}: {events}");
+    }
+
+    signal(&survivor, "-TERM");
+    assert!(wait_exit(&mut survivor, Duration::from_secs(30)).success());
+    signal(&api, "-TERM");
+    assert!(wait_exit(&mut api, Duration::from_secs(30)).success());
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

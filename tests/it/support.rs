@@ -1,0 +1,199 @@
+//! The test harness: mediagate started in-process on port 0 against a chosen backend,
+//! with a unique Postgres schema and Redis prefix per test, and an HTTP client with a key.
+
+use std::time::Duration;
+
+use mediagate::api::auth::{generate_key, hash_key};
+use mediagate::app::{self, Roles, Running};
+use mediagate::config::Config;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::Connection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite + the embedded queue + media on local disk.
+    Embedded,
+    /// Postgres + Redis (media still on local disk).
+    Production,
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A fresh schema in the test Postgres; the URL points its search path there.
+pub async fn fresh_schema() -> String {
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&postgres_url())
+        .await
+        .expect("Postgres reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let sep = if postgres_url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!("{}{sep}options=-c%20search_path%3D{schema}", postgres_url())
+}
+
+/// A configuration for `backend` in a fresh temporary data directory, tuned for quick tests.
+pub fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config {
+    let mut c = Config {
+        bind: "127.0.0.1:0".to_owned(),
+        data_dir: data_dir.to_path_buf(),
+        log: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        ..Config::default()
+    };
+    c.queue.prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+    c.queue.poll_interval_ms = 10;
+    c.queue.heartbeat_interval_ms = 1000;
+    c.queue.missed_heartbeats = 2;
+    c.jobs.retry_base_ms = 20;
+    c.jobs.retry_max_ms = 200;
+    c.jobs.reaper_interval_ms = 200;
+    c.jobs.reaper_grace_ms = 3000;
+    c.jobs.submit_grace_ms = 3000;
+    c.shutdown_drain_secs = 5;
+    if backend == Backend::Production {
+        c.redis_url = Some(redis_url());
+    }
+    c
+}
+
+pub struct TestApp {
+    pub url: String,
+    pub key: String,
+    pub client: reqwest::Client,
+    pub running: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn start(backend: Backend) -> TestApp {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts `serve` with the test config, adjusted by `tweak`.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        mediagate::telemetry::init(
+            &std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            "pretty",
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(backend, dir.path());
+        if backend == Backend::Production {
+            config.database_url = Some(fresh_schema().await);
+        }
+        tweak(&mut config);
+        let running = app::start(config, Roles::SERVE)
+            .await
+            .expect("mediagate starts");
+        let url = format!("http://{}", running.addr.expect("api role has an address"));
+        let key = new_key(&running, "acct_test").await;
+        TestApp {
+            url,
+            key,
+            client: reqwest::Client::new(),
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    pub fn engine(&self) -> &mediagate_workers::Engine {
+        &self.running.as_ref().expect("running").engine
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+    }
+
+    /// Submits a job and returns the 202 body.
+    pub async fn submit(&self, body: Value) -> Value {
+        let res = self
+            .post("/v1/jobs")
+            .json(&body)
+            .send()
+            .await
+            .expect("submit");
+        let status = res.status();
+        let json: Value = res.json().await.expect("json");
+        assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+        json
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let res = self
+            .get(&format!("/v1/jobs/{id}"))
+            .send()
+            .await
+            .expect("get job");
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.expect("json")
+    }
+
+    /// Polls until the job is terminal (or fails the test after `limit`).
+    pub async fn wait_terminal(&self, id: &str, limit: Duration) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let job = self.job(id).await;
+            let status = job["status"].as_str().unwrap_or_default().to_owned();
+            if matches!(
+                status.as_str(),
+                "completed" | "failed" | "cancelled" | "expired"
+            ) {
+                return job;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "job {id} still {status} after {limit:?}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// A new key for `account` on a running app.
+pub async fn new_key(running: &Running, account: &str) -> String {
+    let key = generate_key();
+    running
+        .engine
+        .store
+        .insert_key(account, "test", &hash_key(&key), &key[..10])
+        .await
+        .expect("insert key");
+    key
+}
+
+/// Runs an async test body once per backend, as `name::embedded` and `name::production`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn embedded() {
+                super::$name($crate::support::Backend::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn production() {
+                super::$name($crate::support::Backend::Production).await
+            }
+        }
+    )*};
+}
