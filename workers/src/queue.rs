@@ -142,7 +142,9 @@ impl Queue {
         if !delay.is_zero() {
             builder = builder.run_after(delay);
         }
-        let task = builder.idempotency_key(key).build();
+        // apalis retries a failed task at now + attempt seconds; a few tries cover a blip
+        // in the database, and past that the reaper owns recovery.
+        let task = builder.idempotency_key(key).max_attempts(3).build();
         match &self.backend {
             Backend::Embedded(s) => s
                 .clone()

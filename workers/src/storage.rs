@@ -44,12 +44,9 @@ impl Storage {
             Arc::new(LocalFileSystem::new_with_prefix(dir)?)
         } else if let Some(bucket) = url.strip_prefix("s3://") {
             let bucket = bucket.trim_end_matches('/');
-            Arc::new(
-                AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_allow_http(true)
-                    .build()?,
-            )
+            // Endpoint, region, keys and AWS_ALLOW_HTTP (for a local MinIO) come from the
+            // usual AWS_* variables.
+            Arc::new(AmazonS3Builder::from_env().with_bucket_name(bucket).build()?)
         } else {
             return Err(StorageError::BadUrl(url.to_owned()));
         };
