@@ -8,7 +8,7 @@ use std::time::Duration;
 use apalis::prelude::{TaskBuilder, TaskSink};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::SqliteStorage;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -60,6 +60,9 @@ pub struct Queue {
     backend: Backend,
     settings: QueueSettings,
     wake: Arc<Notify>,
+    /// With Redis, pushes are also announced on a pub/sub channel so that workers in
+    /// other processes fetch at once instead of at their next poll.
+    redis: Option<redis::Client>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -83,9 +86,11 @@ impl Queue {
         settings: QueueSettings,
     ) -> Result<Queue, QueueError> {
         let queue_name = format!("{}:advance", settings.prefix);
+        let mut redis_client = None;
         let backend = match redis_url {
             Some(url) => {
                 let client = redis::Client::open(url)?;
+                redis_client = Some(client.clone());
                 // redis-rs defaults to a 500 ms response timeout; under load that fails
                 // commands that were merely slow, and apalis then stops the worker.
                 let config = ConnectionManagerConfig::new()
@@ -128,6 +133,7 @@ impl Queue {
             backend,
             settings,
             wake: Arc::new(Notify::new()),
+            redis: redis_client,
         })
     }
 
@@ -159,6 +165,11 @@ impl Queue {
         }
         if delay.is_zero() {
             self.wake.notify_waiters();
+            if let Backend::Redis(s) = &self.backend {
+                let mut conn = s.clone().get_connection().clone();
+                // Only a hint: workers still poll, so a lost message costs a poll interval.
+                let _: Result<i64, _> = redis::cmd("PUBLISH").arg(self.wake_channel()).arg(1).query_async(&mut conn).await;
+            }
         }
         Ok(())
     }
@@ -181,16 +192,37 @@ impl Queue {
         &self.backend
     }
 
-    /// A stream that ticks every poll interval, or at once when this process pushes a task:
-    /// the workers' cue to fetch.
+    fn wake_channel(&self) -> String {
+        format!("{}:wake", self.settings.prefix)
+    }
+
+    /// The workers' cue to fetch: every poll interval, at once when this process pushes a
+    /// task, and (with Redis) at once when any process announces a push.
     pub fn wake_stream(&self) -> Pin<Box<dyn Stream<Item = ()> + Send>> {
         let state = (self.wake.clone(), self.settings.poll_interval);
-        Box::pin(futures::stream::unfold(state, |(wake, every)| async move {
+        let local = futures::stream::unfold(state, |(wake, every)| async move {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(every) => {}
             }
             Some(((), (wake, every)))
-        }))
+        });
+        let Some(client) = self.redis.clone() else {
+            return Box::pin(local);
+        };
+        let channel = self.wake_channel();
+        let announced = futures::stream::once(async move {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        })
+        .flat_map(|subscribed| match subscribed {
+            Ok(messages) => messages.map(|_| ()).boxed(),
+            Err(e) => {
+                tracing::warn!(error = %e, "no push announcements; polling only");
+                futures::stream::empty().boxed()
+            }
+        });
+        Box::pin(futures::stream::select(local, announced))
     }
 }

@@ -1,0 +1,252 @@
+//! Load generator and measurements behind `bench/run` and docs/PERFORMANCE.md.
+//!
+//! Load is open-loop: requests go out on a fixed schedule whatever the server does, and
+//! each latency is measured from the moment the request was *due*, so a stalled server
+//! cannot hide its stall (no coordinated omission).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// POST /v1/jobs at a fixed rate; report accepted/s and latency percentiles.
+    Submit {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 3000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// The job body (JSON).
+        #[arg(long, default_value = r#"{"model":"local/video","input":{"prompt":"bench","duration":1,"resolution":"360p","simulate":{"latency_ms":600000,"progress_steps":1}}}"#)]
+        body: String,
+    },
+    /// Queue pickup (job created → first upstream call) from the job rows.
+    Pickup {
+        #[arg(long)]
+        database_url: String,
+        /// Only jobs created in the last N seconds.
+        #[arg(long, default_value_t = 600)]
+        since_secs: i64,
+    },
+    /// Resident memory of a process, in MB.
+    Rss {
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Stores a completed job with one output of `mb` megabytes of noise; prints its id.
+    Fixture {
+        #[arg(long)]
+        database_url: String,
+        #[arg(long)]
+        storage_url: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value_t = 100)]
+        mb: usize,
+    },
+    /// Downloads a URL, reporting bytes, time and this process's own peak memory.
+    Download {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Submit { url, key, rate, seconds, body } => submit(&url, &key, rate, seconds, &body).await,
+        Command::Pickup { database_url, since_secs } => pickup(&database_url, since_secs).await,
+        Command::Rss { pid } => {
+            println!("{:.1}", rss_mb(pid)?);
+            Ok(())
+        }
+        Command::Download { url, key } => download(&url, &key).await,
+        Command::Fixture { database_url, storage_url, key, mb } => fixture(&database_url, &storage_url, &key, mb).await,
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+fn report(name: &str, h: &Histogram<u64>) {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{name}: n={} p50={:.2}ms p90={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+        h.len(),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    );
+}
+
+async fn submit(url: &str, key: &str, rate: u64, seconds: u64, body: &str) -> anyhow::Result<()> {
+    let body: Value = serde_json::from_str(body).context("--body is not JSON")?;
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(4096)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let latencies = Arc::new(Mutex::new(histogram()));
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let endpoint = format!("{url}/v1/jobs");
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (client, endpoint, key, body) = (client.clone(), endpoint.clone(), key.to_owned(), body.clone());
+        let (latencies, accepted, failed) = (latencies.clone(), accepted.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let res = client.post(&endpoint).bearer_auth(&key).json(&body).send().await;
+            let took = due.elapsed();
+            match res {
+                Ok(r) if r.status().as_u16() == 202 => {
+                    let _ = r.bytes().await;
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    latencies.lock().await.record(took.as_micros().max(1) as u64).ok();
+                }
+                Ok(r) => {
+                    if failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+                        eprintln!("unexpected {}: {}", r.status(), r.text().await.unwrap_or_default());
+                    }
+                }
+                Err(e) => {
+                    if failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+                        eprintln!("request error: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    let sent_in = start.elapsed();
+    for t in tasks {
+        t.await?;
+    }
+    let all_in = start.elapsed();
+    let ok = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "submit: offered {rate}/s for {seconds}s; sent in {:.2}s; accepted {ok} ({:.0}/s over {:.2}s), failed {}",
+        sent_in.as_secs_f64(),
+        ok as f64 / all_in.as_secs_f64(),
+        all_in.as_secs_f64(),
+        failed.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    report("submit latency (from due time)", &*latencies.lock().await);
+    Ok(())
+}
+
+async fn pickup(database_url: &str, since_secs: i64) -> anyhow::Result<()> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(database_url).await?;
+    let since = mediagate_workers::ids::now_ms() - since_secs * 1000;
+    let rows = sqlx::query("SELECT started_at - created_at AS wait FROM jobs WHERE created_at >= $1 AND started_at IS NOT NULL")
+        .bind(since)
+        .fetch_all(&pool)
+        .await?;
+    if rows.is_empty() {
+        bail!("no started jobs in the window");
+    }
+    let mut h = histogram();
+    for r in rows {
+        let wait: i64 = r.try_get("wait")?;
+        // Rows keep milliseconds; record the upper edge of the millisecond in µs.
+        h.record(((wait.max(0) as u64) + 1) * 1000 - 1)?;
+    }
+    report("pickup (created → first upstream call, ms resolution)", &h);
+    Ok(())
+}
+
+fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb / 1024.0)
+}
+
+async fn download(url: &str, key: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let res = client.get(url).bearer_auth(key).send().await?;
+    if !res.status().is_success() {
+        bail!("download answered {}", res.status());
+    }
+    let mut stream = res.bytes_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        total += chunk?.len() as u64;
+    }
+    let took = start.elapsed().as_secs_f64();
+    println!("download: {:.1} MB in {took:.2}s ({:.0} MB/s)", total as f64 / 1e6, total as f64 / 1e6 / took);
+    Ok(())
+}
+
+async fn fixture(database_url: &str, storage_url: &str, key: &str, mb: usize) -> anyhow::Result<()> {
+    use mediagate_workers::ids::{IdKind, new_id, now_ms};
+    use mediagate_workers::store::jobs::{self, NewJob};
+    let store = mediagate_workers::store::Store::connect(database_url).await?;
+    let storage = mediagate_workers::storage::Storage::open(storage_url)?;
+    let key_hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let caller = store.caller_by_key_hash(&key_hash).await?.context("unknown key")?;
+    // Incompressible bytes, so nothing along the way can shrink them.
+    let mut bytes = vec![0u8; mb * 1024 * 1024];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let model = mediagate_workers::catalog::find("local/video").expect("catalog");
+    let now = now_ms();
+    let new = NewJob {
+        id: new_id(IdKind::Job),
+        account_id: caller.account_id,
+        kind: model.kind,
+        model: model.id.to_owned(),
+        provider: "local".to_owned(),
+        input: json!({"prompt": "fixture"}),
+        metadata: json!({}),
+        webhook: None,
+        created_at: now,
+        deadline_at: now + 3_600_000,
+    };
+    let stored = storage.put(&new.id, 0, "video/mp4", "mp4", bytes.into()).await?;
+    let mut tx = store.begin().await?;
+    jobs::insert(&mut tx, &new).await?;
+    jobs::claim_queued(&mut tx, &new.id, now).await?;
+    jobs::complete(&mut tx, &new.id, &[stored], "0.0000", now).await?.context("complete fixture")?;
+    tx.commit().await?;
+    println!("{}", new.id);
+    Ok(())
+}
