@@ -36,7 +36,10 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
         /// The job body (JSON).
-        #[arg(long, default_value = r#"{"model":"local/video","input":{"prompt":"bench","duration":1,"resolution":"360p","simulate":{"latency_ms":600000,"progress_steps":1}}}"#)]
+        #[arg(
+            long,
+            default_value = r#"{"model":"local/video","input":{"prompt":"bench","duration":1,"resolution":"360p","simulate":{"latency_ms":600000,"progress_steps":1}}}"#
+        )]
         body: String,
     },
     /// Queue pickup (job created → first upstream call) from the job rows.
@@ -75,14 +78,28 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Submit { url, key, rate, seconds, body } => submit(&url, &key, rate, seconds, &body).await,
-        Command::Pickup { database_url, since_secs } => pickup(&database_url, since_secs).await,
+        Command::Submit {
+            url,
+            key,
+            rate,
+            seconds,
+            body,
+        } => submit(&url, &key, rate, seconds, &body).await,
+        Command::Pickup {
+            database_url,
+            since_secs,
+        } => pickup(&database_url, since_secs).await,
         Command::Rss { pid } => {
             println!("{:.1}", rss_mb(pid)?);
             Ok(())
         }
         Command::Download { url, key } => download(&url, &key).await,
-        Command::Fixture { database_url, storage_url, key, mb } => fixture(&database_url, &storage_url, &key, mb).await,
+        Command::Fixture {
+            database_url,
+            storage_url,
+            key,
+            mb,
+        } => fixture(&database_url, &storage_url, &key, mb).await,
     }
 }
 
@@ -121,20 +138,38 @@ async fn submit(url: &str, key: &str, rate: u64, seconds: u64, body: &str) -> an
     for i in 0..total {
         let due = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(due.into()).await;
-        let (client, endpoint, key, body) = (client.clone(), endpoint.clone(), key.to_owned(), body.clone());
+        let (client, endpoint, key, body) = (
+            client.clone(),
+            endpoint.clone(),
+            key.to_owned(),
+            body.clone(),
+        );
         let (latencies, accepted, failed) = (latencies.clone(), accepted.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
-            let res = client.post(&endpoint).bearer_auth(&key).json(&body).send().await;
+            let res = client
+                .post(&endpoint)
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await;
             let took = due.elapsed();
             match res {
                 Ok(r) if r.status().as_u16() == 202 => {
                     let _ = r.bytes().await;
                     accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    latencies.lock().await.record(took.as_micros().max(1) as u64).ok();
+                    latencies
+                        .lock()
+                        .await
+                        .record(took.as_micros().max(1) as u64)
+                        .ok();
                 }
                 Ok(r) => {
                     if failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
-                        eprintln!("unexpected {}: {}", r.status(), r.text().await.unwrap_or_default());
+                        eprintln!(
+                            "unexpected {}: {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        );
                     }
                 }
                 Err(e) => {
@@ -207,17 +242,29 @@ async fn download(url: &str, key: &str) -> anyhow::Result<()> {
         total += chunk?.len() as u64;
     }
     let took = start.elapsed().as_secs_f64();
-    println!("download: {:.1} MB in {took:.2}s ({:.0} MB/s)", total as f64 / 1e6, total as f64 / 1e6 / took);
+    println!(
+        "download: {:.1} MB in {took:.2}s ({:.0} MB/s)",
+        total as f64 / 1e6,
+        total as f64 / 1e6 / took
+    );
     Ok(())
 }
 
-async fn fixture(database_url: &str, storage_url: &str, key: &str, mb: usize) -> anyhow::Result<()> {
+async fn fixture(
+    database_url: &str,
+    storage_url: &str,
+    key: &str,
+    mb: usize,
+) -> anyhow::Result<()> {
     use mediagate_workers::ids::{IdKind, new_id, now_ms};
     use mediagate_workers::store::jobs::{self, NewJob};
     let store = mediagate_workers::store::Store::connect(database_url).await?;
     let storage = mediagate_workers::storage::Storage::open(storage_url)?;
     let key_hash = hex::encode(Sha256::digest(key.as_bytes()));
-    let caller = store.caller_by_key_hash(&key_hash).await?.context("unknown key")?;
+    let caller = store
+        .caller_by_key_hash(&key_hash)
+        .await?
+        .context("unknown key")?;
     // Incompressible bytes, so nothing along the way can shrink them.
     let mut bytes = vec![0u8; mb * 1024 * 1024];
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -241,11 +288,15 @@ async fn fixture(database_url: &str, storage_url: &str, key: &str, mb: usize) ->
         created_at: now,
         deadline_at: now + 3_600_000,
     };
-    let stored = storage.put(&new.id, 0, "video/mp4", "mp4", bytes.into()).await?;
+    let stored = storage
+        .put(&new.id, 0, "video/mp4", "mp4", bytes.into())
+        .await?;
     let mut tx = store.begin().await?;
     jobs::insert(&mut tx, &new).await?;
     jobs::claim_queued(&mut tx, &new.id, now).await?;
-    jobs::complete(&mut tx, &new.id, &[stored], "0.0000", now).await?.context("complete fixture")?;
+    jobs::complete(&mut tx, &new.id, &[stored], "0.0000", now)
+        .await?
+        .context("complete fixture")?;
     tx.commit().await?;
     println!("{}", new.id);
     Ok(())

@@ -63,14 +63,7 @@ async fn key_in_flight_is_a_conflict(backend: Backend) {
         lock_ms: 60_000,
         ttl_ms: 86_400_000,
     };
-    let account = app
-        .engine()
-        .store
-        .caller_by_key_hash(&mediagate::api::auth::hash_key(&app.key))
-        .await
-        .unwrap()
-        .unwrap()
-        .account_id;
+    let account = app.account_id().await;
     let body = json!({"model": "local/image", "input": {"prompt": "slow"}});
     let raw = serde_json::to_vec(&body).unwrap();
     let key = mediagate_workers::intake::IdempotencyKey::new("busy-key", &raw);

@@ -207,7 +207,7 @@ async fn events_stream_every_change_and_end_with_the_terminal_one(backend: Backe
     let last_data = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .last()
+        .next_back()
         .unwrap();
     let event: Value = serde_json::from_str(last_data).unwrap();
     assert_eq!(event["object"], "event");

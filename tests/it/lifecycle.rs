@@ -79,14 +79,7 @@ async fn past_its_deadline_a_job_expires(backend: Backend) {
 /// Inserts a job row without pushing its task, as a crash between the two would leave it.
 async fn insert_without_task(app: &TestApp, input: Value) -> String {
     let model = catalog::find("local/image").unwrap();
-    let account = app
-        .engine()
-        .store
-        .caller_by_key_hash(&mediagate::api::auth::hash_key(&app.key))
-        .await
-        .unwrap()
-        .unwrap()
-        .account_id;
+    let account = app.account_id().await;
     let now = now_ms();
     let new = NewJob {
         id: new_id(IdKind::Job),

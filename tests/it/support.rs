@@ -112,6 +112,17 @@ impl TestApp {
         &self.running.as_ref().expect("running").engine
     }
 
+    /// The account behind this app's key.
+    pub async fn account_id(&self) -> String {
+        self.engine()
+            .store
+            .caller_by_key_hash(&mediagate::api::auth::hash_key(&self.key))
+            .await
+            .expect("key lookup")
+            .expect("the test key exists")
+            .account_id
+    }
+
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.client
             .get(format!("{}{path}", self.url))

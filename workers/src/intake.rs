@@ -119,10 +119,11 @@ pub fn parse_job_request(body: &Value) -> Result<JobRequest, InvalidField> {
         }
         Some(_) => return Err(InvalidField::new("metadata", "metadata must be an object")),
     };
-    if let Some(p) = obj.get("provider").filter(|p| !p.is_null()) {
-        if !p.is_object() {
-            return Err(InvalidField::new("provider", "provider must be an object"));
-        }
+    if obj
+        .get("provider")
+        .is_some_and(|p| !p.is_null() && !p.is_object())
+    {
+        return Err(InvalidField::new("provider", "provider must be an object"));
     }
     let webhook = match obj.get("webhook") {
         None | Some(Value::Null) => None,
@@ -255,13 +256,11 @@ pub async fn create_job(
         }
     }
     let result = insert_job(engine, account_id, req, key, now).await;
-    if result.is_err() {
-        if let Some(k) = key {
-            let _ = engine
-                .store
-                .release_idempotency_key(account_id, &k.key)
-                .await;
-        }
+    if let (Err(_), Some(k)) = (&result, key) {
+        let _ = engine
+            .store
+            .release_idempotency_key(account_id, &k.key)
+            .await;
     }
     let job = result?;
     let task = Advance {
@@ -293,11 +292,14 @@ async fn insert_job(
         created_at: now,
         deadline_at: now + engine.config.job_deadline.as_millis() as i64,
     };
+    let Some(k) = key else {
+        // One statement needs no explicit transaction: one round trip less per submit.
+        let mut conn = engine.store.pool().acquire().await?;
+        return Ok(jobs::insert(&mut conn, &new).await?);
+    };
     let mut tx = engine.store.begin().await?;
     let job = jobs::insert(&mut tx, &new).await?;
-    if let Some(k) = key {
-        idempotency::bind(&mut tx, account_id, &k.key, &job.id).await?;
-    }
+    idempotency::bind(&mut tx, account_id, &k.key, &job.id).await?;
     tx.commit().await?;
     Ok(job)
 }

@@ -120,8 +120,12 @@ impl Step<'_> {
                 upstream_id,
                 poll_after,
             }) => {
-                if self.persist_upstream_id(job, &upstream_id).await? {
-                    schedule(self.engine, job, now_ms() + poll_after.as_millis() as i64).await?;
+                let at = now_ms() + poll_after.as_millis() as i64;
+                let mut conn = self.engine.store.pool().acquire().await?;
+                let next = Some((job.check_seq, at));
+                if jobs::set_upstream_id(&mut conn, &job.id, &upstream_id, now_ms(), next).await? {
+                    drop(conn);
+                    push_next(self.engine, &job.id, job.check_seq + 1, at).await;
                 }
                 Ok(())
             }
@@ -142,7 +146,7 @@ impl Step<'_> {
     /// billed) upstream job is never lost. False if the job moved on meanwhile.
     async fn persist_upstream_id(&self, job: &Job, upstream_id: &str) -> Result<bool, EngineError> {
         let mut conn = self.engine.store.pool().acquire().await?;
-        Ok(jobs::set_upstream_id(&mut conn, &job.id, upstream_id, now_ms()).await?)
+        Ok(jobs::set_upstream_id(&mut conn, &job.id, upstream_id, now_ms(), None).await?)
     }
 
     async fn poll(&self, job: &Job, upstream_id: &str) -> Result<(), EngineError> {
@@ -325,23 +329,28 @@ async fn record_event(
     Ok(())
 }
 
-/// Hands the job's next check (at Unix ms `at`) to a new task. If the push fails, the
-/// row still says when the check is due, and the reaper pushes it later.
+/// Hands the job's next check (at Unix ms `at`) to a new task.
 pub async fn schedule(engine: &Engine, job: &Job, at: i64) -> Result<(), EngineError> {
     let mut conn = engine.store.pool().acquire().await?;
     if !jobs::schedule_check(&mut conn, &job.id, job.check_seq, at).await? {
         return Ok(());
     }
     drop(conn);
+    push_next(engine, &job.id, job.check_seq + 1, at).await;
+    Ok(())
+}
+
+/// Pushes the task for check `seq` due at `at`. If the push fails, the row still says
+/// when the check is due, and the reaper pushes it later.
+async fn push_next(engine: &Engine, job_id: &str, seq: i64, at: i64) {
     let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
     let task = Advance {
-        job_id: job.id.clone(),
-        seq: job.check_seq + 1,
+        job_id: job_id.to_owned(),
+        seq,
     };
     if let Err(e) = engine.queue.enqueue(task, delay).await {
-        tracing::warn!(job_id = %job.id, error = %e, "could not push the next check; the reaper will");
+        tracing::warn!(job_id = %job_id, error = %e, "could not push the next check; the reaper will");
     }
-    Ok(())
 }
 
 async fn remove_outputs(engine: &Engine, stored: &[StoredOutput]) {

@@ -168,7 +168,11 @@ impl Queue {
             if let Backend::Redis(s) = &self.backend {
                 let mut conn = s.clone().get_connection().clone();
                 // Only a hint: workers still poll, so a lost message costs a poll interval.
-                let _: Result<i64, _> = redis::cmd("PUBLISH").arg(self.wake_channel()).arg(1).query_async(&mut conn).await;
+                let _: Result<i64, _> = redis::cmd("PUBLISH")
+                    .arg(self.wake_channel())
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await;
             }
         }
         Ok(())

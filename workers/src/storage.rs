@@ -46,7 +46,11 @@ impl Storage {
             let bucket = bucket.trim_end_matches('/');
             // Endpoint, region, keys and AWS_ALLOW_HTTP (for a local MinIO) come from the
             // usual AWS_* variables.
-            Arc::new(AmazonS3Builder::from_env().with_bucket_name(bucket).build()?)
+            Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()?,
+            )
         } else {
             return Err(StorageError::BadUrl(url.to_owned()));
         };

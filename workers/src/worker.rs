@@ -48,33 +48,25 @@ pub async fn run(
             tracing::warn!(worker = %ctx.name(), error = %err, "worker stopped; restarting");
             true
         });
+    // The two backends differ only in type, so one macro builds the worker for either.
+    macro_rules! register {
+        ($storage:expr) => {{
+            let (storage, engine) = ($storage, engine.clone());
+            monitor.register(move |run| {
+                WorkerBuilder::new(format!("{name}-{run}"))
+                    .backend(storage.clone().poll_with_stream(engine.queue.wake_stream()))
+                    .data(engine.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .catch_panic()
+                    .timeout(timeout)
+                    .build(handle_advance)
+            })
+        }};
+    }
     let monitor = match engine.queue.backend().clone() {
-        Backend::Embedded(storage) => {
-            let engine = engine.clone();
-            monitor.register(move |run| {
-                WorkerBuilder::new(format!("{name}-{run}"))
-                    .backend(storage.clone().poll_with_stream(engine.queue.wake_stream()))
-                    .data(engine.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .catch_panic()
-                    .timeout(timeout)
-                    .build(handle_advance)
-            })
-        }
-        Backend::Redis(storage) => {
-            let engine = engine.clone();
-            monitor.register(move |run| {
-                WorkerBuilder::new(format!("{name}-{run}"))
-                    .backend(storage.clone().poll_with_stream(engine.queue.wake_stream()))
-                    .data(engine.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .catch_panic()
-                    .timeout(timeout)
-                    .build(handle_advance)
-            })
-        }
+        Backend::Embedded(storage) => register!(storage),
+        Backend::Redis(storage) => register!(storage),
     };
     let reaper_engine = engine.clone();
     let reaper_stop = shutdown.clone();

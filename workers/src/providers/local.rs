@@ -163,11 +163,10 @@ fn output() -> UpstreamOutput {
 /// When to look again: at the next progress step, or when the latency is over.
 fn next_poll(sim: &Simulate, elapsed: u64) -> Duration {
     let remaining = sim.latency_ms.saturating_sub(elapsed);
-    let step = if sim.progress_steps > 0 {
-        sim.latency_ms / sim.progress_steps
-    } else {
-        remaining
-    };
+    let step = sim
+        .latency_ms
+        .checked_div(sim.progress_steps)
+        .unwrap_or(remaining);
     let to_next_step = if step > 0 {
         step - elapsed % step
     } else {

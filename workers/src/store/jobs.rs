@@ -167,22 +167,42 @@ pub async fn reclaim_submission(
     Ok(done.rows_affected() == 1)
 }
 
-/// Records the upstream's id the moment we have it, before anything else can fail.
+/// Records the upstream's id the moment we have it, before anything else can fail. With
+/// `then_check = (seq, at)` the same write hands the next check to a new task (see
+/// `schedule_check`), saving a round trip on the hot path.
 pub async fn set_upstream_id(
     conn: &mut AnyConnection,
     id: &str,
     upstream_id: &str,
     now: i64,
+    then_check: Option<(i64, i64)>,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE jobs SET upstream_id = $1, updated_at = $2 \
-         WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL",
-    )
-    .bind(upstream_id)
-    .bind(now)
-    .bind(id)
-    .execute(conn)
-    .await?;
+    let done = match then_check {
+        None => {
+            sqlx::query(
+                "UPDATE jobs SET upstream_id = $1, updated_at = $2 \
+                 WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL",
+            )
+            .bind(upstream_id)
+            .bind(now)
+            .bind(id)
+            .execute(conn)
+            .await?
+        }
+        Some((seq, at)) => {
+            sqlx::query(
+                "UPDATE jobs SET upstream_id = $1, updated_at = $2, check_seq = check_seq + 1, next_check_at = $3 \
+                 WHERE id = $4 AND status = 'in_progress' AND upstream_id IS NULL AND check_seq = $5",
+            )
+            .bind(upstream_id)
+            .bind(now)
+            .bind(at)
+            .bind(id)
+            .bind(seq)
+            .execute(conn)
+            .await?
+        }
+    };
     Ok(done.rows_affected() == 1)
 }
 
