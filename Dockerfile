@@ -1,5 +1,7 @@
 # One image for every role: `mediagate serve | api | worker | migrate | keys`.
 FROM rust:1-bookworm AS build
+# nasm lets the bundled H.264 encoder build its SIMD code.
+RUN apt-get update && apt-get install -y --no-install-recommends nasm && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin mediagate

@@ -293,7 +293,7 @@ async fn fixture(
         .await?;
     let mut tx = store.begin().await?;
     jobs::insert(&mut tx, &new).await?;
-    jobs::claim_queued(&mut tx, &new.id, now).await?;
+    jobs::claim_queued(&mut tx, &new.id, now, now).await?;
     jobs::complete(&mut tx, &new.id, &[stored], "0.0000", now)
         .await?
         .context("complete fixture")?;

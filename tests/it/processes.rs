@@ -21,44 +21,29 @@ struct Cluster {
 impl Cluster {
     async fn new(backend: Backend) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut env = vec![
-            (
-                "MEDIAGATE_DATA_DIR".to_owned(),
-                dir.path().display().to_string(),
-            ),
-            ("MEDIAGATE_LOG".to_owned(), "info".to_owned()),
-            ("MEDIAGATE_LOG_FORMAT".to_owned(), "json".to_owned()),
-            ("MEDIAGATE_BIND".to_owned(), "127.0.0.1:0".to_owned()),
-            (
-                "MEDIAGATE_QUEUE__PREFIX".to_owned(),
-                format!("p{}", uuid::Uuid::now_v7().simple()),
-            ),
-            (
-                "MEDIAGATE_QUEUE__POLL_INTERVAL_MS".to_owned(),
-                "10".to_owned(),
-            ),
-            (
-                "MEDIAGATE_QUEUE__HEARTBEAT_INTERVAL_MS".to_owned(),
-                "500".to_owned(),
-            ),
-            (
-                "MEDIAGATE_QUEUE__MISSED_HEARTBEATS".to_owned(),
-                "2".to_owned(),
-            ),
-            (
-                "MEDIAGATE_JOBS__REAPER_INTERVAL_MS".to_owned(),
-                "200".to_owned(),
-            ),
-            (
-                "MEDIAGATE_JOBS__REAPER_GRACE_MS".to_owned(),
-                "4000".to_owned(),
-            ),
-            (
-                "MEDIAGATE_JOBS__SUBMIT_GRACE_MS".to_owned(),
-                "4000".to_owned(),
-            ),
-            ("MEDIAGATE_SHUTDOWN_DRAIN_SECS".to_owned(), "10".to_owned()),
+        let settings = [
+            ("MEDIAGATE_LOG", "info"),
+            ("MEDIAGATE_LOG_FORMAT", "json"),
+            ("MEDIAGATE_BIND", "127.0.0.1:0"),
+            ("MEDIAGATE_QUEUE__POLL_INTERVAL_MS", "10"),
+            ("MEDIAGATE_QUEUE__HEARTBEAT_INTERVAL_MS", "1000"),
+            ("MEDIAGATE_QUEUE__MISSED_HEARTBEATS", "3"),
+            ("MEDIAGATE_JOBS__REAPER_INTERVAL_MS", "200"),
+            ("MEDIAGATE_JOBS__REAPER_GRACE_MS", "4000"),
+            ("MEDIAGATE_JOBS__SUBMIT_GRACE_MS", "4000"),
+            ("MEDIAGATE_JOBS__TASK_TIMEOUT_SECS", "20"),
+            ("MEDIAGATE_SHUTDOWN_DRAIN_SECS", "10"),
         ];
+        let mut env: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push((
+            "MEDIAGATE_DATA_DIR".to_owned(),
+            dir.path().display().to_string(),
+        ));
+        let prefix = format!("p{}", uuid::Uuid::now_v7().simple());
+        env.push(("MEDIAGATE_QUEUE__PREFIX".to_owned(), prefix));
         if backend == Backend::Production {
             env.push(("MEDIAGATE_DATABASE_URL".to_owned(), fresh_schema().await));
             env.push(("MEDIAGATE_REDIS_URL".to_owned(), redis_url()));
@@ -140,8 +125,8 @@ async fn jobs_survive_killed_and_stopped_workers(backend: Backend) {
         let res = client
             .post(format!("{base}/v1/jobs"))
             .bearer_auth(&key)
-            .json(&json!({"model": "local/video", "input": {"prompt": format!("clip {i}"), "duration": 2,
-                "resolution": "480p", "simulate": {"latency_ms": 300 + 100 * i, "progress_steps": 2}}}))
+            .json(&json!({"model": "local/video", "input": {"prompt": format!("clip {i}"), "duration": 1,
+                "resolution": "360p", "simulate": {"latency_ms": 300 + 100 * i, "progress_steps": 2}}}))
             .send()
             .await
             .unwrap();
@@ -215,6 +200,28 @@ async fn jobs_survive_killed_and_stopped_workers(backend: Backend) {
 
     signal(&survivor, "-TERM");
     assert!(wait_exit(&mut survivor, Duration::from_secs(30)).success());
+
+    // `keys list` shows the key (not its secret); after `keys revoke` it no longer works.
+    let list = cluster.command(&["keys", "list"]).output().unwrap();
+    let list = String::from_utf8(list.stdout).unwrap();
+    let line = list
+        .lines()
+        .find(|l| l.contains("acct_proc"))
+        .expect("the key is listed");
+    assert!(!line.contains(&key), "keys list must not show the secret");
+    let key_id = line.split('\t').next().unwrap();
+    let revoked = cluster
+        .command(&["keys", "revoke", key_id])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success());
+    let res = client
+        .get(format!("{base}/v1/jobs"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     signal(&api, "-TERM");
     assert!(wait_exit(&mut api, Duration::from_secs(30)).success());
 }

@@ -51,7 +51,9 @@ pub struct EngineConfig {
     pub submit_grace: Duration,
     /// How often the reaper looks for jobs whose task was lost.
     pub reaper_interval: Duration,
-    /// How overdue a job's scheduled check must be before the reaper hands it out again.
+    /// How overdue a job's scheduled check must be before the reaper hands it out again. A
+    /// step in progress holds the job for `task_timeout` (a lease), so this only needs to
+    /// cover queue delays.
     pub reaper_grace: Duration,
     /// Longest a single task may run before it is abandoned (and later retried).
     pub task_timeout: Duration,
@@ -70,7 +72,7 @@ impl Default for EngineConfig {
             retry_max: Duration::from_secs(60),
             submit_grace: Duration::from_secs(120),
             reaper_interval: Duration::from_secs(5),
-            reaper_grace: Duration::from_secs(150),
+            reaper_grace: Duration::from_secs(30),
             task_timeout: Duration::from_secs(120),
             worker_concurrency: 256,
         }

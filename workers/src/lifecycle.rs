@@ -58,7 +58,9 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
     match (job.status, job.upstream_id.clone()) {
         (JobStatus::Queued, _) => {
             let mut tx = engine.store.begin().await?;
-            let Some(job) = jobs::claim_queued(&mut tx, &job.id, now).await? else {
+            let Some(job) =
+                jobs::claim_queued(&mut tx, &job.id, now, lease_until(engine, now)).await?
+            else {
                 return Ok(());
             };
             record_event(engine, &mut tx, &job, JobStatus::InProgress.event_type()).await?;
@@ -70,7 +72,9 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
             let grace = engine.config.submit_grace.as_millis() as i64;
             if job.claimed_at == 0 || job.claimed_at + grace <= now {
                 let mut conn = engine.store.pool().acquire().await?;
-                if !jobs::reclaim_submission(&mut conn, &job.id, job.claimed_at, now).await? {
+                let lease = lease_until(engine, now);
+                if !jobs::reclaim_submission(&mut conn, &job.id, job.claimed_at, now, lease).await?
+                {
                     return Ok(());
                 }
                 drop(conn);
@@ -87,6 +91,11 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
         (JobStatus::InProgress, Some(upstream_id)) => step.poll(&job, &upstream_id).await,
         _ => Ok(()),
     }
+}
+
+/// Until when a step that starts `now` may hold the job: as long as a task may run.
+fn lease_until(engine: &Engine, now: i64) -> i64 {
+    now + engine.config.task_timeout.as_millis() as i64
 }
 
 /// The provider and upstream model name serving this job.
@@ -168,7 +177,16 @@ impl Step<'_> {
                 }
                 schedule(self.engine, job, now_ms() + poll_after.as_millis() as i64).await
             }
-            Ok(Polled::Done { outputs }) => self.finish(job, &outputs).await,
+            Ok(Polled::Done { outputs }) => {
+                // Copying media can take a while; keep the reaper off the job meanwhile.
+                let mut conn = self.engine.store.pool().acquire().await?;
+                let until = lease_until(self.engine, now_ms());
+                if !jobs::lease(&mut conn, &job.id, job.check_seq, until).await? {
+                    return Ok(());
+                }
+                drop(conn);
+                self.finish(job, &outputs).await
+            }
             Err(e) => self.failed(job, e, false).await,
         }
     }

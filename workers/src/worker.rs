@@ -4,13 +4,22 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::queue::{Advance, Backend};
 use crate::{SharedEngine, lifecycle, reaper};
 
-/// Runs one apalis task.
-async fn handle_advance(task: Advance, engine: Data<SharedEngine>) -> Result<(), BoxDynError> {
-    match lifecycle::advance(&engine, &task).await {
+/// Runs one apalis task. Handlers run detached (`parallelize`), so each is tracked in
+/// `inflight` for shutdown to wait on.
+async fn handle_advance(
+    task: Advance,
+    engine: Data<SharedEngine>,
+    inflight: Data<TaskTracker>,
+) -> Result<(), BoxDynError> {
+    match inflight
+        .track_future(lifecycle::advance(&engine, &task))
+        .await
+    {
         Ok(()) => Ok(()),
         Err(e) => {
             // The job row keeps its due time; the reaper hands it out again.
@@ -40,6 +49,7 @@ pub async fn run(
 ) -> Result<(), BoxDynError> {
     let name = unique_worker_name();
     tracing::info!(worker = %name, "worker starting");
+    let inflight = TaskTracker::new();
     let concurrency = engine.config.worker_concurrency;
     let timeout = engine.config.task_timeout;
     let monitor = Monitor::new()
@@ -51,11 +61,12 @@ pub async fn run(
     // The two backends differ only in type, so one macro builds the worker for either.
     macro_rules! register {
         ($storage:expr) => {{
-            let (storage, engine) = ($storage, engine.clone());
+            let (storage, engine, inflight) = ($storage, engine.clone(), inflight.clone());
             monitor.register(move |run| {
                 WorkerBuilder::new(format!("{name}-{run}"))
                     .backend(storage.clone().poll_with_stream(engine.queue.wake_stream()))
                     .data(engine.clone())
+                    .data(inflight.clone())
                     .concurrency(concurrency)
                     .parallelize(tokio::spawn)
                     .catch_panic()
@@ -76,6 +87,15 @@ pub async fn run(
         Ok(())
     };
     let (result, ()) = tokio::join!(monitor.run_with_signal(signal), reaper);
+    // No new work is fetched now; let the steps under way finish. Whatever is cut short
+    // is picked up elsewhere (orphan recovery, then the reaper).
+    inflight.close();
+    if tokio::time::timeout(drain, inflight.wait()).await.is_err() {
+        tracing::warn!(
+            left = inflight.len(),
+            "drain time over; abandoning unfinished steps"
+        );
+    }
     tracing::info!("worker stopped");
     result.map_err(Into::into)
 }

@@ -134,17 +134,24 @@ pub async fn insert(conn: &mut AnyConnection, j: &NewJob) -> Result<Job, sqlx::E
     job_from_row(&row)
 }
 
-/// queued → in_progress, claiming the first submission.
+/// queued → in_progress, claiming the first submission. `lease_until` marks the job as
+/// being worked on until then, so the reaper does not hand it out meanwhile.
 pub async fn claim_queued(
     conn: &mut AnyConnection,
     id: &str,
     now: i64,
+    lease_until: i64,
 ) -> Result<Option<Job>, sqlx::Error> {
     let sql = format!(
-        "UPDATE jobs SET status = 'in_progress', started_at = $1, claimed_at = $1, updated_at = $1 \
-         WHERE id = $2 AND status = 'queued' RETURNING {COLUMNS}"
+        "UPDATE jobs SET status = 'in_progress', started_at = $1, claimed_at = $1, updated_at = $1, \
+         next_check_at = $2 WHERE id = $3 AND status = 'queued' RETURNING {COLUMNS}"
     );
-    one(conn, sql, &[Bind::I(&now), Bind::S(id)]).await
+    one(
+        conn,
+        sql,
+        &[Bind::I(&now), Bind::I(&lease_until), Bind::S(id)],
+    )
+    .await
 }
 
 /// Re-claims the submission of an in-progress job that has no upstream id yet, when the
@@ -154,14 +161,35 @@ pub async fn reclaim_submission(
     id: &str,
     old_claim: i64,
     now: i64,
+    lease_until: i64,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE jobs SET claimed_at = $1, updated_at = $1 \
-         WHERE id = $2 AND status = 'in_progress' AND upstream_id IS NULL AND claimed_at = $3",
+        "UPDATE jobs SET claimed_at = $1, updated_at = $1, next_check_at = $2 \
+         WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL AND claimed_at = $4",
     )
     .bind(now)
+    .bind(lease_until)
     .bind(id)
     .bind(old_claim)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks the job as being worked on by the task holding `seq` until `until` (before long
+/// steps such as copying media), so the reaper does not hand it out meanwhile.
+pub async fn lease(
+    conn: &mut AnyConnection,
+    id: &str,
+    seq: i64,
+    until: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET next_check_at = $1 WHERE id = $2 AND check_seq = $3 AND status = 'in_progress'",
+    )
+    .bind(until)
+    .bind(id)
+    .bind(seq)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
