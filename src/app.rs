@@ -83,7 +83,8 @@ pub async fn connect(config: &Config, public_url: String) -> anyhow::Result<Shar
     )
     .await
     .context("connecting to the queue")?;
-    let storage = Storage::open(&config.storage_url()).context("opening media storage")?;
+    let storage = Storage::open(&config.storage_url(), &config.storage_options)
+        .context("opening media storage")?;
     let engine = Engine::new(store, queue, storage, config.engine(public_url)).await?;
     Ok(engine)
 }

@@ -2,6 +2,7 @@
 //! (`--config` or `MEDIAGATE_CONFIG`), then `MEDIAGATE_*` environment variables
 //! (`MEDIAGATE_JOBS__DEADLINE_SECS` reaches `[jobs] deadline_secs`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +27,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `file://…` or `s3://bucket`; defaults to `file://<data_dir>/media`.
     pub storage_url: Option<String>,
+    /// S3 settings that override the `AWS_*` variables (`aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`, …): `[storage_options]` in the file.
+    pub storage_options: BTreeMap<String, String>,
     /// CIDRs webhook delivery may reach despite the private-network guard.
     pub webhook_allow_cidrs: String,
     pub log: String,
@@ -74,6 +78,7 @@ impl Default for Config {
             database_url: None,
             redis_url: None,
             storage_url: None,
+            storage_options: BTreeMap::new(),
             webhook_allow_cidrs: String::new(),
             log: "info".to_owned(),
             log_format: "pretty".to_owned(),

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{Backend, fresh_schema, redis_url};
+use crate::support::{Backend, fresh_bucket, fresh_schema, redis_url, s3_settings};
 
 on_both_backends!(jobs_survive_killed_and_stopped_workers);
 
@@ -47,6 +47,16 @@ impl Cluster {
         if backend == Backend::Production {
             env.push(("MEDIAGATE_DATABASE_URL".to_owned(), fresh_schema().await));
             env.push(("MEDIAGATE_REDIS_URL".to_owned(), redis_url()));
+            // Media in S3, configured the usual way: AWS_* variables.
+            env.push((
+                "MEDIAGATE_STORAGE_URL".to_owned(),
+                format!("s3://{}", fresh_bucket().await),
+            ));
+            env.extend(
+                s3_settings()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_uppercase(), v)),
+            );
         }
         Cluster { env, _dir: dir }
     }

@@ -14,7 +14,7 @@ use sqlx::Connection;
 pub enum Backend {
     /// SQLite + the embedded queue + media on local disk.
     Embedded,
-    /// Postgres + Redis (media still on local disk).
+    /// Postgres + Redis + S3-compatible storage.
     Production,
 }
 
@@ -25,6 +25,40 @@ pub fn postgres_url() -> String {
 
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The S3-compatible endpoint of the production backend (scripts/test starts one).
+pub fn s3_endpoint() -> String {
+    std::env::var("TEST_S3_ENDPOINT").expect(
+        "TEST_S3_ENDPOINT is not set: run scripts/test, or start an S3-compatible server \
+         (moto_server -p 9000) and export TEST_S3_ENDPOINT=http://127.0.0.1:9000",
+    )
+}
+
+/// A fresh bucket on the test S3 endpoint.
+pub async fn fresh_bucket() -> String {
+    let bucket = format!("t{}", uuid::Uuid::now_v7().simple());
+    let res = reqwest::Client::new()
+        .put(format!("{}/{bucket}", s3_endpoint()))
+        .send()
+        .await
+        .expect("S3 endpoint reachable");
+    assert!(res.status().is_success(), "create bucket: {}", res.status());
+    bucket
+}
+
+/// `AWS_*` settings for the test S3 endpoint (object_store key names, lower case).
+pub fn s3_settings() -> Vec<(String, String)> {
+    [
+        ("aws_endpoint", s3_endpoint()),
+        ("aws_allow_http", "true".to_owned()),
+        ("aws_region", "us-east-1".to_owned()),
+        ("aws_access_key_id", "test".to_owned()),
+        ("aws_secret_access_key", "test".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// A fresh schema in the test Postgres; the URL points its search path there.
@@ -92,6 +126,8 @@ impl TestApp {
         let mut config = test_config(backend, dir.path());
         if backend == Backend::Production {
             config.database_url = Some(fresh_schema().await);
+            config.storage_url = Some(format!("s3://{}", fresh_bucket().await));
+            config.storage_options = s3_settings().into_iter().collect();
         }
         tweak(&mut config);
         let running = app::start(config, Roles::SERVE)

@@ -1,12 +1,13 @@
 //! Media storage behind `object_store`: a local directory (embedded) or an S3-compatible
 //! bucket (production). Keys are `jobs/{job_id}/{index}.{ext}`.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
@@ -23,6 +24,8 @@ pub struct Storage {
 pub enum StorageError {
     #[error("unsupported storage URL {0:?}: use file:///path or s3://bucket")]
     BadUrl(String),
+    #[error("unknown storage option {0:?} (see object_store's AmazonS3ConfigKey)")]
+    BadOption(String),
     #[error("cannot create media directory {path}: {source}")]
     Dir {
         path: String,
@@ -34,8 +37,10 @@ pub enum StorageError {
 
 impl Storage {
     /// `file:///abs/dir` (or `file://relative/dir`) or `s3://bucket` with the usual `AWS_*`
-    /// variables (endpoint, region, keys) for MinIO and friends.
-    pub fn open(url: &str) -> Result<Storage, StorageError> {
+    /// variables (endpoint, region, keys) for MinIO and friends. `options` override those
+    /// variables with object_store's S3 keys (`aws_endpoint`, `aws_region`, …), so a config
+    /// file can say everything.
+    pub fn open(url: &str, options: &BTreeMap<String, String>) -> Result<Storage, StorageError> {
         let store: Arc<dyn ObjectStore> = if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir).map_err(|source| StorageError::Dir {
                 path: dir.to_owned(),
@@ -45,12 +50,15 @@ impl Storage {
         } else if let Some(bucket) = url.strip_prefix("s3://") {
             let bucket = bucket.trim_end_matches('/');
             // Endpoint, region, keys and AWS_ALLOW_HTTP (for a local MinIO) come from the
-            // usual AWS_* variables.
-            Arc::new(
-                AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()?,
-            )
+            // usual AWS_* variables, then from `options`.
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for (key, value) in options {
+                let key: AmazonS3ConfigKey = key
+                    .parse()
+                    .map_err(|_| StorageError::BadOption(key.clone()))?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(builder.build()?)
         } else {
             return Err(StorageError::BadUrl(url.to_owned()));
         };
