@@ -81,13 +81,14 @@ impl Cluster {
     }
 
     /// Starts `role`; for `api`, waits for its address in the log.
-    fn spawn(&self, role: &str) -> (Child, Option<String>) {
-        let mut child = self
-            .command(&[role])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+    fn spawn(&self, role: &str) -> (Proc, Option<String>) {
+        let mut child = Proc(
+            self.command(&[role])
+                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -109,6 +110,32 @@ impl Cluster {
                 .expect("api prints its address")
         });
         (child, addr)
+    }
+}
+
+/// A child process that is killed if the test ends early (a failed assertion must not
+/// leave workers running on the machine).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
     }
 }
 
