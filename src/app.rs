@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::auth::KeyCache;
 use crate::api::{AppState, router};
 use crate::config::Config;
 
@@ -117,6 +118,7 @@ pub async fn start(config: Config, roles: Roles) -> anyhow::Result<Running> {
         let app = router(AppState {
             engine: engine.clone(),
             config: config.clone(),
+            keys: Arc::new(KeyCache::new(Duration::from_millis(config.auth_cache_ms))),
         });
         let stop = shutdown.clone();
         tracing::info!("listening on http://{}", listener.local_addr()?);

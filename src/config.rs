@@ -37,6 +37,11 @@ pub struct Config {
     pub log_format: String,
     /// Largest accepted request body, in bytes (bigger → 413).
     pub max_body_bytes: usize,
+    /// Requests handled at once; past it the API answers 503 with Retry-After.
+    pub max_concurrent_requests: usize,
+    /// How long a verified key is trusted without asking the database again (a revoked
+    /// key stops working within this time).
+    pub auth_cache_ms: u64,
     /// How long a stopping process lets in-flight work finish.
     pub shutdown_drain_secs: u64,
     pub queue: QueueConfig,
@@ -83,6 +88,8 @@ impl Default for Config {
             log: "info".to_owned(),
             log_format: "pretty".to_owned(),
             max_body_bytes: 1024 * 1024,
+            auth_cache_ms: 2000,
+            max_concurrent_requests: 256,
             shutdown_drain_secs: 30,
             queue: QueueConfig::default(),
             jobs: JobsConfig::default(),
@@ -155,6 +162,11 @@ impl Config {
                 "log_format must be pretty or json, not {:?}",
                 self.log_format
             )));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_requests must be at least 1".into(),
+            ));
         }
         if self.queue.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(

@@ -1,5 +1,9 @@
 //! Bearer keys: `mg_…` strings of which only the SHA-256 is stored.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -50,14 +54,54 @@ impl FromRequestParts<AppState> for Authed {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be Bearer mg_…")
             })?;
-        match state
-            .engine
-            .store
-            .caller_by_key_hash(&hash_key(key))
-            .await?
-        {
-            Some(caller) => Ok(Authed(caller)),
+        let hash = hash_key(key);
+        if let Some(caller) = state.keys.get(&hash) {
+            return Ok(Authed(caller));
+        }
+        match state.engine.store.caller_by_key_hash(&hash).await? {
+            Some(caller) => {
+                state.keys.put(hash, caller.clone());
+                Ok(Authed(caller))
+            }
             None => Err(ApiError::unauthorized("unknown or revoked API key")),
         }
+    }
+}
+
+/// Recently seen keys, so a busy client costs one key lookup every `ttl` rather than one
+/// per request. A revoked key stops working within `ttl`; unknown keys are not cached.
+pub struct KeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Caller, Instant)>>,
+}
+
+/// Entries kept at most; past that the cache starts afresh (cheap, and bounded).
+const KEY_CACHE_MAX: usize = 10_000;
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<Caller> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(caller, _)| caller.clone())
+    }
+
+    fn put(&self, hash: String, caller: Caller) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= KEY_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (caller, Instant::now()));
     }
 }

@@ -14,12 +14,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mediagate_workers::SharedEngine;
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -30,14 +34,17 @@ use crate::config::Config;
 pub struct AppState {
     pub engine: SharedEngine,
     pub config: Arc<Config>,
+    pub keys: Arc<auth::KeyCache>,
 }
 
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    let capacity = Arc::new(Semaphore::new(state.config.max_concurrent_requests));
+    let probes = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    Router::new()
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
@@ -54,11 +61,33 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(middleware::from_fn_with_state(capacity, shed_load))
+        .merge(probes)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Past `max_concurrent_requests` requests in the handlers, new ones get `503` with
+/// `Retry-After` at once instead of queueing without bound: under overload, memory and the
+/// latency of accepted requests stay flat. Streams (SSE, downloads) count only until their
+/// headers are sent. Probes are never shed.
+async fn shed_load(State(capacity): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = capacity.try_acquire() else {
+        let mut res = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "overloaded",
+            "mediagate is at capacity; retry in a moment",
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return res;
+    };
+    next.run(req).await
 }
 
 /// A JSON request body, kept with its raw bytes (idempotency hashes the bytes).

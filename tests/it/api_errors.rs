@@ -8,7 +8,8 @@ use crate::support::{Backend, TestApp};
 
 on_both_backends!(
     bad_requests_get_clear_errors_and_write_nothing,
-    keys_are_required_and_checked
+    keys_are_required_and_checked,
+    at_capacity_new_requests_get_503_at_once,
 );
 
 /// Asserts the SPEC error shape and returns (status, body).
@@ -164,4 +165,48 @@ async fn keys_are_required_and_checked(backend: Backend) {
         ready,
         json!({"status": "ok", "database": "ok", "queue": "ok"})
     );
+}
+
+async fn at_capacity_new_requests_get_503_at_once(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.max_concurrent_requests = 1).await;
+    // A request whose body never finishes holds the only slot.
+    let mut attempts = 0;
+    let (tx, stuck) = loop {
+        attempts += 1;
+        assert!(attempts < 50, "the slow request never took the slot");
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+        tx.unbounded_send(Ok(b"{\"model\": ".to_vec())).unwrap();
+        let send = app
+            .post("/v1/jobs")
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(rx))
+            .send();
+        let stuck = tokio::spawn(send);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if !stuck.is_finished() {
+            break (tx, stuck);
+        }
+    };
+    let res = app.get("/v1/jobs").send().await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shed while the slot is taken"
+    );
+    assert_eq!(res.headers()["retry-after"], "1");
+    let (_, err) = error_of(res).await;
+    assert_eq!(err["error"]["code"], "overloaded");
+    // Probes are never shed.
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    // Once the slow request ends, the slot is free again.
+    drop(tx);
+    let _ = stuck.await;
+    let res = app.get("/v1/jobs").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
 }

@@ -252,13 +252,24 @@ async fn jobs_survive_killed_and_stopped_workers(backend: Backend) {
         .output()
         .unwrap();
     assert!(revoked.status.success());
-    let res = client
-        .get(format!("{base}/v1/jobs"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // The API trusts a verified key for up to MEDIAGATE_AUTH_CACHE_MS (2 s by default).
+    let revoked_at = Instant::now();
+    loop {
+        let res = client
+            .get(format!("{base}/v1/jobs"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(4),
+            "a revoked key still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     signal(&api, "-TERM");
     assert!(wait_exit(&mut api, Duration::from_secs(30)).success());
 }
