@@ -31,6 +31,8 @@ pub enum QueueError {
     SqliteSetup(#[from] apalis_sqlite::Error),
     #[error("push failed: {0}")]
     Push(String),
+    #[error("cannot create the queue's directory: {0}")]
+    Dir(#[from] std::io::Error),
 }
 
 /// Tuning shared by both backends.
@@ -110,7 +112,7 @@ impl Queue {
             }
             None => {
                 if let Some(dir) = sqlite_path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| QueueError::Push(e.to_string()))?;
+                    std::fs::create_dir_all(dir)?;
                 }
                 let options = apalis_sqlite::SqliteConnectOptions::new()
                     .filename(sqlite_path)
