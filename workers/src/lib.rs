@@ -17,6 +17,7 @@ pub mod reaper;
 pub mod render;
 pub mod storage;
 pub mod store;
+pub mod webhooks;
 pub mod worker;
 
 use std::sync::Arc;
