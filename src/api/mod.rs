@@ -9,6 +9,7 @@ mod events;
 mod health;
 mod jobs;
 mod models;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -52,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(events::stream))
         .route("/v1/files/{token}", get(content::signed_file))
         .route("/v1/models", get(models::list))
+        .route("/v1/webhook-secret", get(webhooks::secret))
+        .route("/v1/webhook-secret/rotate", post(webhooks::rotate))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -7,3 +7,4 @@ mod idempotency;
 mod jobs;
 mod lifecycle;
 mod processes;
+mod webhook_secrets;

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 pub mod settings;
+pub mod webhook_secrets;
 
 use std::time::Duration;
 

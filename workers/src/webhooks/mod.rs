@@ -1,4 +1,56 @@
-//! Webhooks: Standard Webhooks signing, and the guard that keeps delivery off private
-//! networks. Delivery itself (endpoints, schedule, delivery log) builds on these.
+//! Webhooks: Standard Webhooks signing, each account's default signing secret (with
+//! rotation), and the guard that keeps delivery off private networks. Delivery itself
+//! (endpoints, schedule, delivery log) builds on these.
 
 pub mod signature;
+
+use std::time::Duration;
+
+use crate::ids::now_ms;
+use crate::store::webhook_secrets::SigningSecrets;
+use crate::{Engine, EngineError};
+use signature::Secret;
+
+/// How long a rotated-out secret keeps signing alongside the new one.
+pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+/// The account's default secret (created on first use), as shown to users.
+pub async fn default_secret(
+    engine: &Engine,
+    account_id: &str,
+) -> Result<SigningSecrets, EngineError> {
+    let secrets = engine
+        .store
+        .webhook_secrets(account_id, now_ms(), || Secret::generate().to_whsec())
+        .await?;
+    Ok(secrets)
+}
+
+/// A new default secret; the old one signs alongside for `ROTATION_OVERLAP`.
+pub async fn rotate_default_secret(
+    engine: &Engine,
+    account_id: &str,
+) -> Result<SigningSecrets, EngineError> {
+    let new = Secret::generate().to_whsec();
+    let overlap = ROTATION_OVERLAP.as_millis() as i64;
+    Ok(engine
+        .store
+        .rotate_webhook_secret(account_id, &new, now_ms(), overlap)
+        .await?)
+}
+
+/// Every secret that signs the account's per-job webhooks now: the current one first.
+pub async fn signing_secrets(
+    engine: &Engine,
+    account_id: &str,
+) -> Result<Vec<Secret>, EngineError> {
+    let stored = default_secret(engine, account_id).await?;
+    std::iter::once(stored.current)
+        .chain(stored.previous.map(|(secret, _)| secret))
+        .map(|s| {
+            Secret::parse(&s).map_err(|e| {
+                EngineError::Internal(format!("stored webhook secret unreadable: {e}"))
+            })
+        })
+        .collect()
+}
