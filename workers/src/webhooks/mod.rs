@@ -3,6 +3,7 @@
 //! (endpoints, schedule, delivery log) builds on these.
 
 pub mod signature;
+pub mod ssrf;
 
 use std::time::Duration;
 
