@@ -86,7 +86,7 @@ pub async fn connect(config: &Config, public_url: String) -> anyhow::Result<Shar
     .context("connecting to the queue")?;
     let storage = Storage::open(&config.storage_url(), &config.storage_options)
         .context("opening media storage")?;
-    let engine = Engine::new(store, queue, storage, config.engine(public_url)).await?;
+    let engine = Engine::new(store, queue, storage, config.engine(public_url)?).await?;
     Ok(engine)
 }
 

@@ -11,6 +11,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use mediagate_workers::EngineConfig;
 use mediagate_workers::queue::QueueSettings;
+use mediagate_workers::webhooks::ssrf::AllowList;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +158,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
+        self.webhook_allow()?;
         if !matches!(self.log_format.as_str(), "pretty" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log_format must be pretty or json, not {:?}",
@@ -186,6 +188,12 @@ impl Config {
         text.parse().map_err(|_| {
             ConfigError::Invalid(format!("MEDIAGATE_BIND {:?} is not HOST:PORT", self.bind))
         })
+    }
+
+    /// `MEDIAGATE_WEBHOOK_ALLOW_CIDRS`, parsed.
+    pub fn webhook_allow(&self) -> Result<AllowList, ConfigError> {
+        AllowList::parse(&self.webhook_allow_cidrs)
+            .map_err(|e| ConfigError::Invalid(format!("MEDIAGATE_WEBHOOK_ALLOW_CIDRS: {e}")))
     }
 
     pub fn database_url(&self) -> String {
@@ -218,9 +226,9 @@ impl Config {
     }
 
     /// Engine settings; `public_url` is known once the listener is bound.
-    pub fn engine(&self, public_url: String) -> EngineConfig {
+    pub fn engine(&self, public_url: String) -> Result<EngineConfig, ConfigError> {
         let j = &self.jobs;
-        EngineConfig {
+        Ok(EngineConfig {
             public_url,
             file_url_ttl: Duration::from_secs(j.file_url_ttl_secs),
             job_deadline: Duration::from_secs(j.deadline_secs),
@@ -232,7 +240,8 @@ impl Config {
             reaper_grace: Duration::from_millis(j.reaper_grace_ms),
             task_timeout: Duration::from_secs(j.task_timeout_secs),
             worker_concurrency: j.worker_concurrency,
-        }
+            webhook_allow: self.webhook_allow()?,
+        })
     }
 }
 

@@ -22,7 +22,7 @@ pub async fn create(
     body: JsonBody,
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?.map(|k| IdempotencyKey::new(&k, &body.raw));
-    let request = intake::parse_job_request(&body.value)?;
+    let request = intake::parse_job_request(&body.value, &state.engine.config.webhook_allow)?;
     let engine = &state.engine;
     match intake::create_job(engine, &caller.account_id, request, key.as_ref()).await? {
         Created::New(job) => Ok(accepted(engine.job_json(&job), &job, false)),

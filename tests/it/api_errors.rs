@@ -44,6 +44,8 @@ async fn bad_requests_get_clear_errors_and_write_nothing(backend: Backend) {
         ("negative seed", json!({"model": "local/image", "input": {"prompt": "x", "seed": -1}}).to_string(), StatusCode::BAD_REQUEST, Some("input.seed")),
         ("metadata not an object", json!({"model": "local/image", "input": {"prompt": "x"}, "metadata": "x"}).to_string(), StatusCode::BAD_REQUEST, Some("metadata")),
         ("webhook not http", json!({"model": "local/image", "input": {"prompt": "x"}, "webhook": {"url": "file:///etc/passwd"}}).to_string(), StatusCode::BAD_REQUEST, Some("webhook.url")),
+        ("webhook to cloud metadata", json!({"model": "local/image", "input": {"prompt": "x"}, "webhook": {"url": "http://169.254.169.254/latest/meta-data"}}).to_string(), StatusCode::BAD_REQUEST, Some("webhook.url")),
+        ("webhook to loopback", json!({"model": "local/image", "input": {"prompt": "x"}, "webhook": {"url": "http://[::ffff:127.0.0.1]:8080/hook"}}).to_string(), StatusCode::BAD_REQUEST, Some("webhook.url")),
         ("oversized body", json!({"model": "local/image", "input": {"prompt": "x".repeat(70 * 1024)}}).to_string(), StatusCode::PAYLOAD_TOO_LARGE, None),
     ];
     for (what, body, want, param) in cases {

@@ -13,6 +13,7 @@ use crate::lifecycle::{cancel_upstream, end_job};
 use crate::queue::Advance;
 use crate::store::idempotency::{self, Claim, KeyPolicy};
 use crate::store::jobs::{self, NewJob};
+use crate::webhooks::ssrf::{self, AllowList};
 use crate::{Engine, EngineError};
 
 /// A create request that passed every check.
@@ -35,7 +36,8 @@ const WEBHOOK_EVENTS: &[&str] = &[
 ];
 
 /// Checks a `POST /v1/jobs` body. Every failure names the offending field.
-pub fn parse_job_request(body: &Value) -> Result<JobRequest, InvalidField> {
+/// `allow` is the operator's allow list for private webhook targets.
+pub fn parse_job_request(body: &Value, allow: &AllowList) -> Result<JobRequest, InvalidField> {
     let Some(obj) = body.as_object() else {
         return Err(InvalidField::new(
             "",
@@ -127,7 +129,7 @@ pub fn parse_job_request(body: &Value) -> Result<JobRequest, InvalidField> {
     }
     let webhook = match obj.get("webhook") {
         None | Some(Value::Null) => None,
-        Some(w) => Some(parse_webhook(w)?),
+        Some(w) => Some(parse_webhook(w, allow)?),
     };
     Ok(JobRequest {
         model,
@@ -138,7 +140,7 @@ pub fn parse_job_request(body: &Value) -> Result<JobRequest, InvalidField> {
     })
 }
 
-fn parse_webhook(w: &Value) -> Result<Value, InvalidField> {
+fn parse_webhook(w: &Value, allow: &AllowList) -> Result<Value, InvalidField> {
     let Some(obj) = w.as_object() else {
         return Err(InvalidField::new(
             "webhook",
@@ -151,11 +153,12 @@ fn parse_webhook(w: &Value) -> Result<Value, InvalidField> {
             "webhook.url is required and must be a string",
         ));
     };
-    let lower = url.to_ascii_lowercase();
-    if !(lower.starts_with("https://") || lower.starts_with("http://")) || url.len() > 2048 {
+    // What can be judged without DNS is refused now; an address a hostname resolves to
+    // is judged again at each delivery attempt.
+    if let Err(e) = ssrf::check_url(url, allow) {
         return Err(InvalidField::new(
             "webhook.url",
-            "webhook.url must be an http(s) URL of at most 2048 characters",
+            format!("webhook.url is not usable: {e}"),
         ));
     }
     let events = match obj.get("events") {
@@ -348,12 +351,17 @@ mod tests {
 
     #[test]
     fn requests_are_checked_and_bad_fields_named() {
-        let ok = parse_job_request(&json!({"model": "local/video", "input": {"prompt": "fox"}}))
-            .unwrap();
+        let none = AllowList::default();
+        let ok = parse_job_request(
+            &json!({"model": "local/video", "input": {"prompt": "fox"}}),
+            &none,
+        )
+        .unwrap();
         assert_eq!(ok.model.id, "local/video");
         assert_eq!(ok.metadata, json!({}));
         let ok = parse_job_request(
             &json!({"models": ["local/image", "local/video"], "input": {"prompt": "x"}}),
+            &none,
         )
         .unwrap();
         assert_eq!(ok.model.id, "local/image");
@@ -385,7 +393,37 @@ mod tests {
             ),
         ];
         for (body, param) in cases {
-            assert_eq!(parse_job_request(&body).unwrap_err().param, param, "{body}");
+            assert_eq!(
+                parse_job_request(&body, &none).unwrap_err().param,
+                param,
+                "{body}"
+            );
         }
+    }
+
+    #[test]
+    fn webhook_urls_that_cannot_be_safe_are_refused_at_submission() {
+        let none = AllowList::default();
+        let with = |url: &str| json!({"model": "local/image", "input": {"prompt": "x"}, "webhook": {"url": url}});
+        for url in [
+            "http://127.0.0.1:9000/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/hook",
+            "http://[::ffff:127.0.0.1]/hook",
+            "http://0.0.0.0/hook",
+            "http://100.64.0.1/hook",
+            "http://[fd00::1]/hook",
+            "https://user:pass@example.com/hook",
+            &format!("https://example.com/{}", "a".repeat(2048)),
+        ] {
+            let err = parse_job_request(&with(url), &none).unwrap_err();
+            assert_eq!(err.param, "webhook.url", "{url}");
+        }
+        let ok = parse_job_request(&with("https://example.com/hook"), &none).unwrap();
+        assert_eq!(ok.webhook.unwrap()["url"], "https://example.com/hook");
+        // The operator's allow list opens a private range, and only that one.
+        let loopback = AllowList::parse("127.0.0.0/8").unwrap();
+        assert!(parse_job_request(&with("http://127.0.0.1:9000/hook"), &loopback).is_ok());
+        assert!(parse_job_request(&with("http://10.0.0.1/hook"), &loopback).is_err());
     }
 }

@@ -33,6 +33,7 @@ use crate::providers::Providers;
 use crate::queue::Queue;
 use crate::storage::Storage;
 use crate::store::Store;
+use crate::webhooks::ssrf::AllowList;
 
 /// Engine tuning, filled in by the front door's configuration.
 #[derive(Debug, Clone)]
@@ -60,6 +61,8 @@ pub struct EngineConfig {
     pub task_timeout: Duration,
     /// Tasks one worker process runs at once (they mostly wait on I/O).
     pub worker_concurrency: usize,
+    /// Private ranges webhooks may reach despite the SSRF guard.
+    pub webhook_allow: AllowList,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +79,7 @@ impl Default for EngineConfig {
             reaper_grace: Duration::from_secs(30),
             task_timeout: Duration::from_secs(120),
             worker_concurrency: 256,
+            webhook_allow: AllowList::default(),
         }
     }
 }
