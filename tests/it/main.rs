@@ -8,3 +8,4 @@ mod jobs;
 mod lifecycle;
 mod processes;
 mod webhook_secrets;
+mod webhook_signing;
