@@ -139,10 +139,6 @@ impl Queue {
         })
     }
 
-    pub fn settings(&self) -> &QueueSettings {
-        &self.settings
-    }
-
     /// Pushes `task` to run after `delay`.
     pub async fn enqueue(&self, task: Advance, delay: Duration) -> Result<(), QueueError> {
         let key = format!("{}:{}", task.job_id, task.seq);

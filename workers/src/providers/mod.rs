@@ -106,12 +106,6 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Provider::Local(_) => local::PROVIDER_TYPE,
-        }
-    }
-
     pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         match self {
             Provider::Local(p) => p.submit(call),

@@ -87,10 +87,6 @@ impl Store {
         &self.pool
     }
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
     /// Applies the migrations under `migrations/<dialect>/`.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self.dialect {
