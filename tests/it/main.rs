@@ -7,5 +7,6 @@ mod idempotency;
 mod jobs;
 mod lifecycle;
 mod processes;
+mod redis_restart;
 mod webhook_secrets;
 mod webhook_signing;

@@ -1,0 +1,100 @@
+//! Redis restarted mid-run, losing everything it held (no persistence): the jobs still
+//! complete, because Postgres holds the truth and the reaper re-issues their checks.
+//! (Production backend only: the embedded queue has no Redis.)
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{Backend, TestApp};
+
+/// A private Redis on its own port, so restarting it disturbs no other test.
+struct PrivateRedis {
+    port: u16,
+    child: Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "private redis did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { port, child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_complete_after_redis_restarts_empty() {
+    let mut redis = PrivateRedis::start(free_port());
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let app = TestApp::start_with(Backend::Production, |c| {
+        c.redis_url = Some(url.clone());
+        c.jobs.reaper_grace_ms = 1000;
+        c.queue.redis_response_timeout_ms = 1000;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let job = app
+            .submit(
+                json!({"model": "local/video", "input": {"prompt": format!("r{i}"), "duration": 1,
+                "resolution": "360p", "simulate": {"latency_ms": 1500, "progress_steps": 3}}}),
+            )
+            .await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    // Let work get under way, then lose Redis and everything in it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let port = redis.port;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _restarted = PrivateRedis::start(port);
+
+    for id in &ids {
+        let job = app.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        let events = app.engine().store.events_after(id, 0, 100).await.unwrap();
+        let completed = events.iter().filter(|e| e.kind == "job.completed").count();
+        assert_eq!(completed, 1, "{id}");
+    }
+}
