@@ -70,7 +70,7 @@ pub async fn connect(config: &Config, public_url: String) -> anyhow::Result<Shar
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
-    let store = Store::connect(&db_url)
+    let store = Store::connect(&db_url, config.database_max_connections)
         .await
         .context("connecting to the database")?;
     store

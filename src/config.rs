@@ -24,6 +24,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; defaults to `sqlite://<data_dir>/mediagate.db`.
     pub database_url: Option<String>,
+    /// Postgres connections per process. Few and busy beats many and contended: on a
+    /// small machine, fewer connections mean fewer backends competing for the CPU.
+    pub database_max_connections: u32,
     /// Unset: the embedded queue in `<data_dir>/queue.db`; `redis://…`: the Redis queue.
     pub redis_url: Option<String>,
     /// `file://…` or `s3://bucket`; defaults to `file://<data_dir>/media`.
@@ -82,6 +85,7 @@ impl Default for Config {
             public_url: None,
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            database_max_connections: 16,
             redis_url: None,
             storage_url: None,
             storage_options: BTreeMap::new(),
@@ -164,6 +168,11 @@ impl Config {
                 "log_format must be pretty or json, not {:?}",
                 self.log_format
             )));
+        }
+        if self.database_max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "database_max_connections must be at least 1".into(),
+            ));
         }
         if self.max_concurrent_requests == 0 {
             return Err(ConfigError::Invalid(

@@ -89,7 +89,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     if url.starts_with("sqlite:") {
         std::fs::create_dir_all(&config.data_dir)?;
     }
-    let store = Store::connect(&url)
+    let store = Store::connect(&url, 2)
         .await
         .context("connecting to the database")?;
     store.migrate().await.context("applying migrations")?;

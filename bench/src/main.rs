@@ -258,7 +258,7 @@ async fn fixture(
 ) -> anyhow::Result<()> {
     use mediagate_workers::ids::{IdKind, new_id, now_ms};
     use mediagate_workers::store::jobs::{self, NewJob};
-    let store = mediagate_workers::store::Store::connect(database_url).await?;
+    let store = mediagate_workers::store::Store::connect(database_url, 2).await?;
     let storage = mediagate_workers::storage::Storage::open(storage_url, &Default::default())?;
     let key_hash = hex::encode(Sha256::digest(key.as_bytes()));
     let caller = store

@@ -34,7 +34,9 @@ pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`), creating the SQLite file if needed.
-    pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
+    /// `max_connections` sizes the Postgres pool; SQLite, with its single writer, uses a
+    /// few connections whatever it says.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -75,7 +77,7 @@ impl Store {
             }
             Dialect::Postgres => {
                 pool_options
-                    .max_connections(32)
+                    .max_connections(max_connections)
                     .connect_with(options)
                     .await?
             }
