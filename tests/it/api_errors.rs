@@ -101,14 +101,7 @@ async fn bad_requests_get_clear_errors_and_write_nothing(backend: Backend) {
     );
 
     // Nothing was written.
-    let list: Value = app
-        .get("/v1/jobs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/jobs").await;
     assert_eq!(
         list["data"],
         json!([]),

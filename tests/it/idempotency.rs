@@ -44,14 +44,7 @@ async fn same_key_same_body_is_one_job(backend: Backend) {
     // Another key is another job; so is no key.
     let fresh: Value = send("order-18", body.clone()).await.json().await.unwrap();
     assert_ne!(fresh["id"], first["id"]);
-    let list: Value = app
-        .get("/v1/jobs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/jobs").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
 }
 

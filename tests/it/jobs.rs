@@ -178,7 +178,8 @@ async fn image_and_music_jobs_make_real_media(backend: Backend) {
 
 async fn events_stream_every_change_and_end_with_the_terminal_one(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let job = app.submit(small_video("events", 600)).await;
+    // Progress steps 1.2 s apart: even a worker slowed by a busy machine sees one.
+    let job = app.submit(small_video("events", 2400)).await;
     let id = job["id"].as_str().unwrap();
     let res = app
         .get(&format!("/v1/jobs/{id}/events"))
@@ -243,14 +244,7 @@ async fn list_pages_newest_first_with_a_cursor(backend: Backend) {
         ids.push(job["id"].as_str().unwrap().to_owned());
     }
     ids.reverse();
-    let page: Value = app
-        .get("/v1/jobs?limit=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/v1/jobs?limit=2").await;
     assert_eq!(page["object"], "list");
     assert_eq!(page["has_more"], true);
     let got: Vec<&str> = page["data"]
@@ -262,13 +256,8 @@ async fn list_pages_newest_first_with_a_cursor(backend: Backend) {
     assert_eq!(got, ids[..2].iter().map(String::as_str).collect::<Vec<_>>());
     let last = page["last_id"].as_str().unwrap();
     let page: Value = app
-        .get(&format!("/v1/jobs?limit=10&after={last}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/jobs?limit=10&after={last}"))
+        .await;
     assert_eq!(page["has_more"], false);
     let got: Vec<&str> = page["data"]
         .as_array()
@@ -282,22 +271,10 @@ async fn list_pages_newest_first_with_a_cursor(backend: Backend) {
         app.wait_terminal(id, WAIT).await;
     }
     let done: Value = app
-        .get("/v1/jobs?status=completed&model=local/image")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/v1/jobs?status=completed&model=local/image")
+        .await;
     assert_eq!(done["data"].as_array().unwrap().len(), 5);
-    let none: Value = app
-        .get("/v1/jobs?status=failed")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value = app.get_json("/v1/jobs?status=failed").await;
     assert_eq!(none["data"].as_array().unwrap().len(), 0);
 }
 

@@ -165,6 +165,17 @@ impl TestApp {
             .bearer_auth(&self.key)
     }
 
+    /// GET `path` with the key and read the JSON answer, whatever its status.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}{path}", self.url))

@@ -12,25 +12,11 @@ on_both_backends!(default_secret_is_stable_and_rotation_signs_with_both);
 
 async fn default_secret_is_stable_and_rotation_signs_with_both(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let first: Value = app
-        .get("/v1/webhook-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = app.get_json("/v1/webhook-secret").await;
     let first = first["secret"].as_str().unwrap().to_owned();
     assert!(first.starts_with("whsec_"), "{first}");
     let raw = signature::Secret::parse(&first).expect("a valid whsec_ secret");
-    let again: Value = app
-        .get("/v1/webhook-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = app.get_json("/v1/webhook-secret").await;
     assert_eq!(
         again["secret"],
         first.as_str(),
@@ -62,14 +48,7 @@ async fn default_secret_is_stable_and_rotation_signs_with_both(backend: Backend)
         (expires - now - 24 * 3600).abs() < 60,
         "old secret signs for 24 h"
     );
-    let shown: Value = app
-        .get("/v1/webhook-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: Value = app.get_json("/v1/webhook-secret").await;
     assert_eq!(shown["secret"], second.as_str());
 
     // Deliveries now carry two signatures; a receiver holding either secret accepts them.

@@ -56,14 +56,7 @@ async fn reference_libraries_accept_our_signed_events(backend: Backend) {
     let events = app.engine().store.events_after(id, 0, 10).await.unwrap();
     let completed = events.iter().find(|e| e.kind == "job.completed").unwrap();
     let body = completed.to_public().to_string();
-    let secret: Value = app
-        .get("/v1/webhook-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let secret: Value = app.get_json("/v1/webhook-secret").await;
     let old = secret["secret"].as_str().unwrap().to_owned();
 
     let sign = |secrets: &[signature::Secret]| {
