@@ -63,20 +63,26 @@ impl Running {
     }
 }
 
-/// Connects the store (migrating it), the queue and storage.
-pub async fn connect(config: &Config, public_url: String) -> anyhow::Result<SharedEngine> {
+/// Opens the database (creating the embedded one's directory) and applies migrations.
+pub async fn open_store(config: &Config, max_connections: u32) -> anyhow::Result<Store> {
     let db_url = config.database_url();
     if db_url.starts_with("sqlite:") {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
-    let store = Store::connect(&db_url, config.database_max_connections)
+    let store = Store::connect(&db_url, max_connections)
         .await
         .context("connecting to the database")?;
     store
         .migrate()
         .await
         .context("applying database migrations")?;
+    Ok(store)
+}
+
+/// Connects the store (migrating it), the queue and storage.
+pub async fn connect(config: &Config, public_url: String) -> anyhow::Result<SharedEngine> {
+    let store = open_store(config, config.database_max_connections).await?;
     let queue = Queue::connect(
         config.redis_url.as_deref(),
         &config.queue_file(),

@@ -2,13 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mediagate::api::auth::{generate_key, hash_key};
 use mediagate::app::{self, Roles};
 use mediagate::config::Config;
 use mediagate::telemetry;
-use mediagate_workers::store::Store;
 
 #[derive(Parser)]
 #[command(
@@ -72,7 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api => Roles::API,
         Command::Worker => Roles::WORKER,
         Command::Migrate => {
-            let store = open_store(&config).await?;
+            let store = app::open_store(&config, 2).await?;
             drop(store);
             eprintln!("migrations applied");
             return Ok(());
@@ -84,20 +82,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let url = config.database_url();
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)?;
-    }
-    let store = Store::connect(&url, 2)
-        .await
-        .context("connecting to the database")?;
-    store.migrate().await.context("applying migrations")?;
-    Ok(store)
-}
-
 async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let store = app::open_store(config, 2).await?;
     match cmd {
         KeysCommand::Create { name, account } => {
             let key = generate_key();

@@ -618,6 +618,18 @@ mod tests {
         assert!(rest.is_empty(), "sample has trailing bytes");
     }
 
+    /// Sample `i` as one Annex-B access unit, the first carrying SPS and PPS.
+    fn access_unit(parsed: &Parsed, i: usize, sample: &[u8], packet: &mut Vec<u8>) {
+        packet.clear();
+        if i == 0 {
+            for ps in [&parsed.sps, &parsed.pps] {
+                packet.extend_from_slice(&[0, 0, 0, 1]);
+                packet.extend_from_slice(ps);
+            }
+        }
+        to_annex_b(sample, packet);
+    }
+
     #[test]
     fn video_is_a_faststart_avc1_mp4_with_exact_timing() {
         let out = render_video("waves on a beach", 42, 2, 320, 180, 24).unwrap();
@@ -657,14 +669,7 @@ mod tests {
         let mut frames = Vec::new();
         let mut packet = Vec::new();
         for (i, sample) in parsed.samples.iter().enumerate() {
-            packet.clear();
-            if i == 0 {
-                for ps in [&parsed.sps, &parsed.pps] {
-                    packet.extend_from_slice(&[0, 0, 0, 1]);
-                    packet.extend_from_slice(ps);
-                }
-            }
-            to_annex_b(&sample.bytes, &mut packet);
+            access_unit(&parsed, i, &sample.bytes, &mut packet);
             let image = decoder
                 .decode(&packet)
                 .expect("valid H.264")
@@ -742,14 +747,7 @@ mod tests {
         let mut packet = Vec::new();
         let mut worst = (0.0, 0, 0, 0);
         for (i, sample) in parsed.samples.iter().enumerate() {
-            packet.clear();
-            if i == 0 {
-                for ps in [&parsed.sps, &parsed.pps] {
-                    packet.extend_from_slice(&[0, 0, 0, 1]);
-                    packet.extend_from_slice(ps);
-                }
-            }
-            to_annex_b(&sample.bytes, &mut packet);
+            access_unit(&parsed, i, &sample.bytes, &mut packet);
             let decoded = decoder.decode(&packet).unwrap().unwrap();
             let stride = decoded.strides().0;
             scene.draw(&mut canvas, i as u32, frames, fps);
