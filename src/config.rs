@@ -11,6 +11,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use mediagate_workers::EngineConfig;
 use mediagate_workers::queue::QueueSettings;
+use mediagate_workers::webhooks::delivery::DeliveryConfig;
 use mediagate_workers::webhooks::ssrf::AllowList;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,7 @@ pub struct Config {
     pub shutdown_drain_secs: u64,
     pub queue: QueueConfig,
     pub jobs: JobsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +80,87 @@ pub struct JobsConfig {
     pub file_url_ttl_secs: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Delay before each delivery attempt, comma-separated, each a number with a unit
+    /// (`ms`, `s`, `m`, `h`; a bare number is seconds): `0,5s,5m,30m,2h,…`.
+    pub schedule: String,
+    /// Longest a delivery attempt may take.
+    pub timeout_ms: u64,
+    /// Upper bound on a receiver's `Retry-After`.
+    pub retry_after_max_secs: u64,
+    /// An endpoint with no success for this long after a failure is disabled.
+    pub disable_after_secs: u64,
+    /// Delivery attempts one worker process makes at once.
+    pub concurrency: usize,
+    /// Least time between two `job.progress` events of one job.
+    pub progress_interval_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let d = DeliveryConfig::default();
+        Self {
+            schedule: d
+                .schedule
+                .iter()
+                .map(|s| format!("{}s", s.as_secs()))
+                .collect::<Vec<_>>()
+                .join(","),
+            timeout_ms: d.timeout.as_millis() as u64,
+            retry_after_max_secs: d.retry_after_max.as_secs(),
+            disable_after_secs: d.disable_after.as_secs(),
+            concurrency: d.concurrency,
+            progress_interval_ms: d.progress_interval.as_millis() as u64,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    fn delivery(&self) -> Result<DeliveryConfig, ConfigError> {
+        let schedule = parse_schedule(&self.schedule).map_err(|e| {
+            ConfigError::Invalid(format!("webhooks.schedule {:?}: {e}", self.schedule))
+        })?;
+        if self.timeout_ms == 0 || self.concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "webhooks.timeout_ms and webhooks.concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(DeliveryConfig {
+            schedule,
+            timeout: Duration::from_millis(self.timeout_ms),
+            retry_after_max: Duration::from_secs(self.retry_after_max_secs),
+            disable_after: Duration::from_secs(self.disable_after_secs),
+            concurrency: self.concurrency,
+            progress_interval: Duration::from_millis(self.progress_interval_ms),
+        })
+    }
+}
+
+/// `0,5s,5m,2h,250ms` → durations; at least one entry.
+fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim) {
+        let split = item
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(item.len());
+        let (number, unit) = item.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{item:?} is not a number with a unit"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(format!("unknown unit in {item:?}; use ms, s, m or h")),
+        };
+        out.push(d);
+    }
+    Ok(out)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -98,6 +181,7 @@ impl Default for Config {
             shutdown_drain_secs: 30,
             queue: QueueConfig::default(),
             jobs: JobsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -163,6 +247,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
         self.webhook_allow()?;
+        self.webhooks.delivery()?;
         if !matches!(self.log_format.as_str(), "pretty" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log_format must be pretty or json, not {:?}",
@@ -250,6 +335,7 @@ impl Config {
             task_timeout: Duration::from_secs(j.task_timeout_secs),
             worker_concurrency: j.worker_concurrency,
             webhook_allow: self.webhook_allow()?,
+            delivery: self.webhooks.delivery()?,
         })
     }
 }
@@ -262,5 +348,23 @@ fn absolute(p: &Path) -> PathBuf {
         std::env::current_dir()
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_read_units_and_refuse_junk() {
+        assert_eq!(
+            parse_schedule("0, 250ms,5s,5m,2h,7").unwrap(),
+            [0, 250, 5_000, 300_000, 7_200_000, 7_000].map(Duration::from_millis)
+        );
+        for bad in ["", "5x", "s", "1,,2"] {
+            assert!(parse_schedule(bad).is_err(), "{bad:?}");
+        }
+        let default = WebhooksConfig::default().delivery().unwrap();
+        assert_eq!(default.schedule, DeliveryConfig::default().schedule);
     }
 }

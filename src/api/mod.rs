@@ -55,6 +55,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/webhook-secret", get(webhooks::secret))
         .route("/v1/webhook-secret/rotate", post(webhooks::rotate))
+        .route(
+            "/v1/webhook-endpoints",
+            post(webhooks::create_endpoint).get(webhooks::list_endpoints),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}",
+            get(webhooks::get_endpoint).delete(webhooks::delete_endpoint),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/enable",
+            post(webhooks::enable_endpoint),
+        )
+        .route("/v1/jobs/{id}/deliveries", get(webhooks::job_deliveries))
+        .route("/v1/deliveries/{id}/redeliver", post(webhooks::redeliver))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -7,6 +7,8 @@ mod idempotency;
 mod jobs;
 mod lifecycle;
 mod processes;
+mod receiver;
 mod redis_restart;
+mod webhook_delivery;
 mod webhook_secrets;
 mod webhook_signing;

@@ -182,6 +182,19 @@ impl TestApp {
             .bearer_auth(&self.key)
     }
 
+    /// The status `method path` gets with another account's key (404 where ours would see
+    /// something).
+    pub async fn status_for_stranger(&self, method: reqwest::Method, path: &str) -> StatusCode {
+        let stranger = new_key(self.running.as_ref().expect("running"), "acct_stranger").await;
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(stranger)
+            .send()
+            .await
+            .expect("request")
+            .status()
+    }
+
     /// Submits a job and returns the 202 body.
     pub async fn submit(&self, body: Value) -> Value {
         let res = self

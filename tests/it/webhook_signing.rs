@@ -16,7 +16,7 @@ use crate::support::{Backend, TestApp};
 on_both_backends!(reference_libraries_accept_our_signed_events);
 
 /// Runs `verify_webhook.py`; returns what the libraries parsed, or their complaint.
-fn verify_in_python(secret: &str, headers: &Value, body: &str) -> Result<Value, String> {
+pub fn verify_in_python(secret: &str, headers: &Value, body: &str) -> Result<Value, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/verify_webhook.py");
     let mut child = Command::new("python3")
         .arg(script)

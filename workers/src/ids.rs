@@ -1,4 +1,4 @@
-//! Prefixed, time-ordered identifiers (`job_…`, `evt_…`, `key_…`, `acct_…`).
+//! Prefixed, time-ordered identifiers (`job_…`, `evt_…`, `key_…`, `acct_…`, `ep_…`, `dlv_…`).
 //!
 //! A UUIDv7 underneath keeps ids sortable by creation time, which is what lets job lists
 //! page newest-first by id alone.
@@ -12,6 +12,8 @@ pub enum IdKind {
     Event,
     Key,
     Account,
+    Endpoint,
+    Delivery,
 }
 
 impl IdKind {
@@ -21,6 +23,8 @@ impl IdKind {
             IdKind::Event => "evt_",
             IdKind::Key => "key_",
             IdKind::Account => "acct_",
+            IdKind::Endpoint => "ep_",
+            IdKind::Delivery => "dlv_",
         }
     }
 }

@@ -13,7 +13,8 @@ use crate::lifecycle::{cancel_upstream, end_job};
 use crate::queue::Advance;
 use crate::store::idempotency::{self, Claim, KeyPolicy};
 use crate::store::jobs::{self, NewJob};
-use crate::webhooks::ssrf::{self, AllowList};
+use crate::webhooks::endpoints;
+use crate::webhooks::ssrf::AllowList;
 use crate::{Engine, EngineError};
 
 /// A create request that passed every check.
@@ -25,15 +26,6 @@ pub struct JobRequest {
     pub metadata: Value,
     pub webhook: Option<Value>,
 }
-
-const WEBHOOK_EVENTS: &[&str] = &[
-    "job.started",
-    "job.progress",
-    "job.completed",
-    "job.failed",
-    "job.cancelled",
-    "job.expired",
-];
 
 /// Checks a `POST /v1/jobs` body. Every failure names the offending field.
 /// `allow` is the operator's allow list for private webhook targets.
@@ -147,52 +139,8 @@ fn parse_webhook(w: &Value, allow: &AllowList) -> Result<Value, InvalidField> {
             "webhook must be an object with a url",
         ));
     };
-    let Some(url) = obj.get("url").and_then(Value::as_str) else {
-        return Err(InvalidField::new(
-            "webhook.url",
-            "webhook.url is required and must be a string",
-        ));
-    };
-    // What can be judged without DNS is refused now; an address a hostname resolves to
-    // is judged again at each delivery attempt.
-    if let Err(e) = ssrf::check_url(url, allow) {
-        return Err(InvalidField::new(
-            "webhook.url",
-            format!("webhook.url is not usable: {e}"),
-        ));
-    }
-    let events = match obj.get("events") {
-        None | Some(Value::Null) => vec![
-            "job.completed",
-            "job.failed",
-            "job.cancelled",
-            "job.expired",
-        ],
-        Some(Value::Array(list)) => {
-            let mut out = Vec::new();
-            for v in list {
-                match v.as_str() {
-                    Some(e) if WEBHOOK_EVENTS.contains(&e) => out.push(e),
-                    _ => {
-                        return Err(InvalidField::new(
-                            "webhook.events",
-                            format!(
-                                "webhook.events entries must be among {}",
-                                WEBHOOK_EVENTS.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            }
-            out
-        }
-        Some(_) => {
-            return Err(InvalidField::new(
-                "webhook.events",
-                "webhook.events must be an array",
-            ));
-        }
-    };
+    let url = endpoints::parse_url(obj.get("url"), "webhook.url", allow)?;
+    let events = endpoints::parse_event_filter(obj.get("events"), "webhook.events")?;
     Ok(serde_json::json!({"url": url, "events": events}))
 }
 

@@ -33,7 +33,8 @@ use crate::providers::Providers;
 use crate::queue::Queue;
 use crate::storage::Storage;
 use crate::store::Store;
-use crate::webhooks::ssrf::AllowList;
+use crate::webhooks::delivery::DeliveryConfig;
+use crate::webhooks::ssrf::{self, AllowList};
 
 /// Engine tuning, filled in by the front door's configuration.
 #[derive(Debug, Clone)]
@@ -63,6 +64,7 @@ pub struct EngineConfig {
     pub worker_concurrency: usize,
     /// Private ranges webhooks may reach despite the SSRF guard.
     pub webhook_allow: AllowList,
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +82,7 @@ impl Default for EngineConfig {
             task_timeout: Duration::from_secs(120),
             worker_concurrency: 256,
             webhook_allow: AllowList::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -93,6 +96,8 @@ pub struct Engine {
     pub providers: Providers,
     pub config: EngineConfig,
     pub signer: FileSigner,
+    /// The guarded HTTP client every webhook attempt goes through.
+    pub webhook_client: reqwest::Client,
     /// Ids of jobs that just changed in this process, so live streams react at once
     /// (changes made by other processes are picked up by their polling).
     changes: broadcast::Sender<String>,
@@ -121,6 +126,9 @@ impl Engine {
         let key = hex::decode(key)
             .map_err(|e| EngineError::Internal(format!("bad {FILE_URL_KEY}: {e}")))?;
         let signer = FileSigner::new(key, config.file_url_ttl.as_secs() as i64);
+        let webhook_client =
+            ssrf::delivery_client(config.webhook_allow.clone(), config.delivery.timeout)
+                .map_err(|e| EngineError::Internal(format!("webhook client: {e}")))?;
         let (changes, _) = broadcast::channel(4096);
         Ok(Arc::new(Engine {
             store,
@@ -129,6 +137,7 @@ impl Engine {
             providers: Providers::default(),
             config,
             signer,
+            webhook_client,
             changes,
         }))
     }

@@ -17,6 +17,7 @@ use crate::providers::{
 };
 use crate::queue::Advance;
 use crate::store::{events, jobs};
+use crate::webhooks::delivery;
 use crate::{Engine, EngineError};
 
 /// Moves the job named by `task` one step forward. Stale, duplicate and late tasks end
@@ -63,9 +64,11 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
             else {
                 return Ok(());
             };
-            record_event(engine, &mut tx, &job, JobStatus::InProgress.event_type()).await?;
+            let outbox =
+                record_event(engine, &mut tx, &job, JobStatus::InProgress.event_type()).await?;
             tx.commit().await?;
             engine.announce(&job.id);
+            delivery::dispatch(engine, outbox).await;
             step.submit(&job).await
         }
         (JobStatus::InProgress, None) => {
@@ -166,14 +169,18 @@ impl Step<'_> {
                 poll_after,
             }) => {
                 if let Some(p) = progress.map(i64::from).filter(|p| *p > job.progress) {
+                    let quiet = self.engine.config.delivery.progress_interval.as_millis() as i64;
                     let mut tx = self.engine.store.begin().await?;
-                    if let Some(job) =
-                        jobs::set_progress(&mut tx, &job.id, p.min(99), now_ms()).await?
+                    let mut outbox = Vec::new();
+                    if let Some((job, announce)) =
+                        jobs::set_progress(&mut tx, &job.id, p.min(99), now_ms(), quiet).await?
+                        && announce
                     {
-                        record_event(self.engine, &mut tx, &job, "job.progress").await?;
+                        outbox = record_event(self.engine, &mut tx, &job, "job.progress").await?;
                     }
                     tx.commit().await?;
                     self.engine.announce(&job.id);
+                    delivery::dispatch(self.engine, outbox).await;
                 }
                 schedule(self.engine, job, now_ms() + poll_after.as_millis() as i64).await
             }
@@ -228,7 +235,7 @@ impl Step<'_> {
         let completed = jobs::complete(&mut tx, &job.id, &stored, &job.cost_usd, now_ms()).await?;
         match completed {
             Some(done) => {
-                record_event(
+                let outbox = record_event(
                     self.engine,
                     &mut tx,
                     &done,
@@ -237,6 +244,7 @@ impl Step<'_> {
                 .await?;
                 tx.commit().await?;
                 self.engine.announce(&job.id);
+                delivery::dispatch(self.engine, outbox).await;
             }
             None => {
                 drop(tx);
@@ -310,9 +318,10 @@ pub async fn end_job(
     let Some(job) = jobs::end(&mut tx, job_id, to, error, now_ms()).await? else {
         return Ok(None);
     };
-    record_event(engine, &mut tx, &job, to.event_type()).await?;
+    let outbox = record_event(engine, &mut tx, &job, to.event_type()).await?;
     tx.commit().await?;
     engine.announce(job_id);
+    delivery::dispatch(engine, outbox).await;
     Ok(Some(job))
 }
 
@@ -335,16 +344,17 @@ pub async fn cancel_upstream(engine: &Engine, job: &Job) {
     }
 }
 
-/// Writes the event for `job`'s current state in the caller's transaction.
+/// Writes the event for `job`'s current state, and the webhook deliveries announcing it,
+/// in the caller's transaction. Returns the deliveries to dispatch after the commit.
 async fn record_event(
     engine: &Engine,
     conn: &mut AnyConnection,
     job: &Job,
     kind: &str,
-) -> Result<(), EngineError> {
+) -> Result<Vec<String>, EngineError> {
     let data = engine.job_json(job);
-    events::insert(conn, &job.id, &job.account_id, kind, now_ms(), &data).await?;
-    Ok(())
+    let event = events::insert(&mut *conn, &job.id, &job.account_id, kind, now_ms(), &data).await?;
+    Ok(delivery::fan_out(conn, job, &event).await?)
 }
 
 /// Hands the job's next check (at Unix ms `at`) to a new task.

@@ -1,11 +1,13 @@
-//! The task queue: apalis on SQLite (embedded) or Redis (production). Tasks carry ids
-//! only; SQL is the truth, so a task that is lost, duplicated or late is harmless.
+//! The task queues: apalis on SQLite (embedded) or Redis (production). Two queues, so that
+//! a backlog of webhook attempts never delays jobs and the other way round: `advance`
+//! moves jobs, `deliver` makes webhook attempts. Tasks carry ids only; SQL is the truth,
+//! so a task that is lost, duplicated or late is harmless.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis::prelude::{Task, TaskBuilder, TaskSink};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::SqliteStorage;
 use futures::{Stream, StreamExt};
@@ -13,12 +15,47 @@ use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+/// Pushes a built task into either backend's storage (they differ only in type).
+macro_rules! push {
+    ($storage:expr, $task:expr) => {
+        $storage
+            .clone()
+            .push_task($task)
+            .await
+            .map_err(|e| QueueError::Push(e.to_string()))
+    };
+}
+
 /// "Look at job `job_id` again." `seq` is the job's fencing sequence at scheduling time;
 /// a task whose `seq` no longer matches the row is stale and does nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Advance {
     pub job_id: String,
     pub seq: i64,
+}
+
+/// "Make the next attempt of webhook delivery `delivery_id`." `seq` fences it like
+/// [`Advance::seq`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deliver {
+    pub delivery_id: String,
+    pub seq: i64,
+}
+
+/// The two queues, named in keys, wake channels and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueName {
+    Advance,
+    Deliver,
+}
+
+impl QueueName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Advance => "advance",
+            QueueName::Deliver => "deliver",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +89,14 @@ pub struct QueueSettings {
 
 #[derive(Clone)]
 pub enum Backend {
-    Embedded(SqliteStorage<Advance>),
-    Redis(RedisStorage<Advance>),
+    Embedded {
+        advance: SqliteStorage<Advance>,
+        deliver: SqliteStorage<Deliver>,
+    },
+    Redis {
+        advance: RedisStorage<Advance>,
+        deliver: RedisStorage<Deliver>,
+    },
 }
 
 /// The queue handle every process holds; pushes wake this process's own workers at once.
@@ -61,7 +104,8 @@ pub enum Backend {
 pub struct Queue {
     backend: Backend,
     settings: QueueSettings,
-    wake: Arc<Notify>,
+    wake_advance: Arc<Notify>,
+    wake_deliver: Arc<Notify>,
     /// With Redis, pushes are also announced on a pub/sub channel so that workers in
     /// other processes fetch at once instead of at their next poll.
     redis: Option<redis::Client>,
@@ -70,8 +114,8 @@ pub struct Queue {
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.backend {
-            Backend::Embedded(_) => "embedded",
-            Backend::Redis(_) => "redis",
+            Backend::Embedded { .. } => "embedded",
+            Backend::Redis { .. } => "redis",
         };
         f.debug_struct("Queue")
             .field("backend", &kind)
@@ -87,7 +131,7 @@ impl Queue {
         sqlite_path: &std::path::Path,
         settings: QueueSettings,
     ) -> Result<Queue, QueueError> {
-        let queue_name = format!("{}:advance", settings.prefix);
+        let name = |q: QueueName| format!("{}:{}", settings.prefix, q.as_str());
         let mut redis_client = None;
         let backend = match redis_url {
             Some(url) => {
@@ -100,15 +144,21 @@ impl Queue {
                     .set_connection_timeout(Some(Duration::from_secs(5)));
                 let conn: ConnectionManager =
                     client.get_connection_manager_with_config(config).await?;
-                let config = apalis_redis::Config::default()
-                    .queue(&queue_name)
-                    .heartbeat_interval(settings.heartbeat_interval)
-                    .missed_heartbeats(settings.missed_heartbeats)
-                    .persist_results(false)
-                    .emit_events(false)
-                    // A TTL of None deletes the key at once, letting duplicates through.
-                    .idempotency_ttl(Some(Duration::from_secs(3600)));
-                Backend::Redis(RedisStorage::new(conn).with_config(config))
+                let config = |q: QueueName| {
+                    apalis_redis::Config::default()
+                        .queue(name(q))
+                        .heartbeat_interval(settings.heartbeat_interval)
+                        .missed_heartbeats(settings.missed_heartbeats)
+                        .persist_results(false)
+                        .emit_events(false)
+                        // A TTL of None deletes the key at once, letting duplicates through.
+                        .idempotency_ttl(Some(Duration::from_secs(3600)))
+                };
+                Backend::Redis {
+                    advance: RedisStorage::new(conn.clone())
+                        .with_config(config(QueueName::Advance)),
+                    deliver: RedisStorage::new(conn).with_config(config(QueueName::Deliver)),
+                }
             }
             None => {
                 if let Some(dir) = sqlite_path.parent() {
@@ -123,67 +173,91 @@ impl Queue {
                     .connect_with(options)
                     .await?;
                 SqliteStorage::setup(&pool).await?;
-                let config = apalis_sqlite::Config::default()
-                    .queue(&queue_name)
-                    .heartbeat_interval(settings.heartbeat_interval)
-                    .missed_heartbeats(settings.missed_heartbeats)
-                    .persist_results(false);
-                Backend::Embedded(SqliteStorage::new(&pool).with_config(config))
+                let config = |q: QueueName| {
+                    apalis_sqlite::Config::default()
+                        .queue(name(q))
+                        .heartbeat_interval(settings.heartbeat_interval)
+                        .missed_heartbeats(settings.missed_heartbeats)
+                        .persist_results(false)
+                };
+                Backend::Embedded {
+                    advance: SqliteStorage::new(&pool).with_config(config(QueueName::Advance)),
+                    deliver: SqliteStorage::new(&pool).with_config(config(QueueName::Deliver)),
+                }
             }
         };
         Ok(Queue {
             backend,
             settings,
-            wake: Arc::new(Notify::new()),
+            wake_advance: Arc::new(Notify::new()),
+            wake_deliver: Arc::new(Notify::new()),
             redis: redis_client,
         })
     }
 
-    /// Pushes `task` to run after `delay`.
+    /// Pushes a job step to run after `delay`.
     pub async fn enqueue(&self, task: Advance, delay: Duration) -> Result<(), QueueError> {
         let key = format!("{}:{}", task.job_id, task.seq);
-        let mut builder = TaskBuilder::new(task);
-        if !delay.is_zero() {
-            builder = builder.run_after(delay);
-        }
-        // apalis retries a failed task at now + attempt seconds; a few tries cover a blip
-        // in the database, and past that the reaper owns recovery.
-        let task = builder.idempotency_key(key).max_attempts(3).build();
+        let task = build(task, key, delay);
         match &self.backend {
-            Backend::Embedded(s) => s
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| QueueError::Push(e.to_string()))?,
-            Backend::Redis(s) => s
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| QueueError::Push(e.to_string()))?,
+            Backend::Embedded { advance, .. } => push!(advance, task)?,
+            Backend::Redis { advance, .. } => push!(advance, task)?,
         }
-        if delay.is_zero() {
-            self.wake.notify_waiters();
-            if let Backend::Redis(s) = &self.backend {
-                let mut conn = s.clone().get_connection().clone();
-                // Only a hint: workers still poll, so a lost message costs a poll interval.
-                let _: Result<i64, _> = redis::cmd("PUBLISH")
-                    .arg(self.wake_channel())
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await;
-            }
-        }
+        self.announce(QueueName::Advance, delay).await;
         Ok(())
+    }
+
+    /// Pushes a webhook attempt to run after `delay`.
+    pub async fn enqueue_delivery(&self, task: Deliver, delay: Duration) -> Result<(), QueueError> {
+        let key = format!("{}:{}", task.delivery_id, task.seq);
+        let task = build(task, key, delay);
+        match &self.backend {
+            Backend::Embedded { deliver, .. } => push!(deliver, task)?,
+            Backend::Redis { deliver, .. } => push!(deliver, task)?,
+        }
+        self.announce(QueueName::Deliver, delay).await;
+        Ok(())
+    }
+
+    /// Wakes the queue's workers for a task that is due now.
+    async fn announce(&self, queue: QueueName, delay: Duration) {
+        if !delay.is_zero() {
+            return;
+        }
+        self.wake(queue).notify_waiters();
+        if let Some(conn) = self.redis_connection() {
+            let mut conn = conn.clone();
+            // Only a hint: workers still poll, so a lost message costs a poll interval.
+            let _: Result<i64, _> = redis::cmd("PUBLISH")
+                .arg(self.wake_channel(queue))
+                .arg(1)
+                .query_async(&mut conn)
+                .await;
+        }
+    }
+
+    fn wake(&self, queue: QueueName) -> &Arc<Notify> {
+        match queue {
+            QueueName::Advance => &self.wake_advance,
+            QueueName::Deliver => &self.wake_deliver,
+        }
+    }
+
+    fn redis_connection(&self) -> Option<ConnectionManager> {
+        match &self.backend {
+            Backend::Redis { advance, .. } => Some(advance.clone().get_connection().clone()),
+            Backend::Embedded { .. } => None,
+        }
     }
 
     /// Whether the queue's store answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
         match &self.backend {
-            Backend::Embedded(s) => {
-                sqlx::query("SELECT 1").execute(s.pool()).await?;
+            Backend::Embedded { advance, .. } => {
+                sqlx::query("SELECT 1").execute(advance.pool()).await?;
             }
-            Backend::Redis(s) => {
-                let mut conn = s.clone().get_connection().clone();
+            Backend::Redis { advance, .. } => {
+                let mut conn = advance.clone().get_connection().clone();
                 let _: String = redis::cmd("PING").query_async(&mut conn).await?;
             }
         }
@@ -194,14 +268,14 @@ impl Queue {
         &self.backend
     }
 
-    fn wake_channel(&self) -> String {
-        format!("{}:wake", self.settings.prefix)
+    fn wake_channel(&self, queue: QueueName) -> String {
+        format!("{}:wake:{}", self.settings.prefix, queue.as_str())
     }
 
-    /// The workers' cue to fetch: every poll interval, at once when this process pushes a
-    /// task, and (with Redis) at once when any process announces a push.
-    pub fn wake_stream(&self) -> Pin<Box<dyn Stream<Item = ()> + Send>> {
-        let state = (self.wake.clone(), self.settings.poll_interval);
+    /// The cue for `queue`'s workers to fetch: every poll interval, at once when this
+    /// process pushes a task, and (with Redis) at once when any process announces a push.
+    pub fn wake_stream(&self, queue: QueueName) -> Pin<Box<dyn Stream<Item = ()> + Send>> {
+        let state = (self.wake(queue).clone(), self.settings.poll_interval);
         let local = futures::stream::unfold(state, |(wake, every)| async move {
             tokio::select! {
                 _ = wake.notified() => {}
@@ -212,7 +286,7 @@ impl Queue {
         let Some(client) = self.redis.clone() else {
             return Box::pin(local);
         };
-        let channel = self.wake_channel();
+        let channel = self.wake_channel(queue);
         let announced = futures::stream::once(async move {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -227,4 +301,23 @@ impl Queue {
         });
         Box::pin(futures::stream::select(local, announced))
     }
+}
+
+/// A task due after `delay`, deduplicated by `key`. apalis retries a failed task at
+/// now + attempt seconds; a few tries cover a blip in the database, and past that the
+/// reaper owns recovery.
+fn build<T>(args: T, key: String, delay: Duration) -> Task<T> {
+    let mut builder = TaskBuilder::new(args);
+    if !delay.is_zero() {
+        // apalis keeps run times in whole seconds. Its `run_after` rounds down, which can run
+        // a task up to a second early (before a receiver's Retry-After, or spinning on an
+        // upstream that is not ready yet); rounding up makes the delay a lower bound.
+        let due = std::time::SystemTime::now() + delay;
+        let since_epoch = due
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = since_epoch.as_secs() + u64::from(since_epoch.subsec_nanos() > 0);
+        builder = builder.run_at_timestamp(secs);
+    }
+    builder.idempotency_key(key).max_attempts(3).build()
 }

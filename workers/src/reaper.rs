@@ -1,6 +1,7 @@
 //! The reaper: finds pending jobs whose scheduled check is long overdue (the task was lost
 //! between the SQL write and the push, or with a dead worker that the queue could not
-//! recover) or whose deadline passed, and hands them a fresh task.
+//! recover) or whose deadline passed, and hands them a fresh task; and does the same for
+//! webhook deliveries whose attempt is overdue.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ids::now_ms;
 use crate::queue::Advance;
 use crate::store::jobs;
+use crate::webhooks::delivery;
 use crate::{Engine, EngineError};
 
 /// One sweep; returns how many jobs got a new task.
@@ -51,6 +53,9 @@ pub async fn run(engine: &Engine, shutdown: CancellationToken) {
         }
         if let Err(e) = reap_once(engine).await {
             tracing::warn!(error = %e, "reaper sweep failed");
+        }
+        if let Err(e) = delivery::sweep_once(engine).await {
+            tracing::warn!(error = %e, "delivery sweep failed");
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The worker role: an apalis Monitor running `advance` tasks, plus the reaper.
+//! The worker role: an apalis Monitor running `advance` tasks (jobs) and `deliver` tasks
+//! (webhook attempts) on separate workers, plus the reaper.
 
 use std::time::Duration;
 
@@ -6,27 +7,43 @@ use apalis::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::queue::{Advance, Backend};
-use crate::{SharedEngine, lifecycle, reaper};
+use crate::queue::{Advance, Backend, Deliver, QueueName};
+use crate::webhooks::delivery;
+use crate::{EngineError, SharedEngine, lifecycle, reaper};
 
-/// Runs one apalis task. Handlers run detached (`parallelize`), so each is tracked in
+/// Runs one job step. Handlers run detached (`parallelize`), so each is tracked in
 /// `inflight` for shutdown to wait on.
 async fn handle_advance(
     task: Advance,
     engine: Data<SharedEngine>,
     inflight: Data<TaskTracker>,
 ) -> Result<(), BoxDynError> {
-    match inflight
-        .track_future(lifecycle::advance(&engine, &task))
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            // The job row keeps its due time; the reaper hands it out again.
-            tracing::warn!(job_id = %task.job_id, error = %e, "advance failed");
-            Err(e.into())
-        }
-    }
+    // On failure the job row keeps its due time; the reaper hands it out again.
+    let step = lifecycle::advance(&engine, &task);
+    tracked(&inflight, step, "job step", &task.job_id).await
+}
+
+/// Runs one webhook attempt, tracked like a job step.
+async fn handle_deliver(
+    task: Deliver,
+    engine: Data<SharedEngine>,
+    inflight: Data<TaskTracker>,
+) -> Result<(), BoxDynError> {
+    // On failure the delivery stays due in SQL; the sweeper hands it out again.
+    let attempt = delivery::attempt(&engine, &task);
+    tracked(&inflight, attempt, "delivery attempt", &task.delivery_id).await
+}
+
+async fn tracked(
+    inflight: &TaskTracker,
+    work: impl Future<Output = Result<(), EngineError>>,
+    what: &str,
+    id: &str,
+) -> Result<(), BoxDynError> {
+    inflight.track_future(work).await.map_err(|e| {
+        tracing::warn!(id, error = %e, "{what} failed");
+        e.into()
+    })
 }
 
 /// A worker name unique across processes and restarts: two workers sharing a name would
@@ -50,7 +67,6 @@ pub async fn run(
     let name = unique_worker_name();
     tracing::info!(worker = %name, "worker starting");
     let inflight = TaskTracker::new();
-    let concurrency = engine.config.worker_concurrency;
     let timeout = engine.config.task_timeout;
     let monitor = Monitor::new()
         .shutdown_timeout(drain)
@@ -58,26 +74,51 @@ pub async fn run(
             tracing::warn!(worker = %ctx.name(), error = %err, "worker stopped; restarting");
             true
         });
-    // The two backends differ only in type, so one macro builds the worker for either.
+    // The two backends differ only in type, so one macro builds a worker for either.
     macro_rules! register {
-        ($storage:expr) => {{
+        ($monitor:expr, $storage:expr, $queue:expr, $concurrency:expr, $handler:expr) => {{
             let (storage, engine, inflight) = ($storage, engine.clone(), inflight.clone());
-            monitor.register(move |run| {
-                WorkerBuilder::new(format!("{name}-{run}"))
-                    .backend(storage.clone().poll_with_stream(engine.queue.wake_stream()))
+            let (label, name) = ($queue, name.clone());
+            $monitor.register(move |run| {
+                WorkerBuilder::new(format!("{name}-{}-{run}", label.as_str()))
+                    .backend(
+                        storage
+                            .clone()
+                            .poll_with_stream(engine.queue.wake_stream(label)),
+                    )
                     .data(engine.clone())
                     .data(inflight.clone())
-                    .concurrency(concurrency)
+                    .concurrency($concurrency)
                     .parallelize(tokio::spawn)
                     .catch_panic()
                     .timeout(timeout)
-                    .build(handle_advance)
+                    .build($handler)
             })
         }};
     }
+    let jobs = engine.config.worker_concurrency;
+    let attempts = engine.config.delivery.concurrency;
     let monitor = match engine.queue.backend().clone() {
-        Backend::Embedded(storage) => register!(storage),
-        Backend::Redis(storage) => register!(storage),
+        Backend::Embedded { advance, deliver } => {
+            let monitor = register!(monitor, advance, QueueName::Advance, jobs, handle_advance);
+            register!(
+                monitor,
+                deliver,
+                QueueName::Deliver,
+                attempts,
+                handle_deliver
+            )
+        }
+        Backend::Redis { advance, deliver } => {
+            let monitor = register!(monitor, advance, QueueName::Advance, jobs, handle_advance);
+            register!(
+                monitor,
+                deliver,
+                QueueName::Deliver,
+                attempts,
+                handle_deliver
+            )
+        }
     };
     let reaper_engine = engine.clone();
     let reaper_stop = shutdown.clone();

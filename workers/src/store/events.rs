@@ -83,7 +83,29 @@ pub async fn insert(
     })
 }
 
+fn event_from_row(r: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
+    let data: String = r.try_get("data")?;
+    Ok(EventRow {
+        seq: r.try_get("seq")?,
+        id: r.try_get("id")?,
+        job_id: r.try_get("job_id")?,
+        kind: r.try_get("type")?,
+        created_at: r.try_get("created_at")?,
+        data: serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    })
+}
+
 impl Store {
+    pub async fn event(&self, id: &str) -> Result<Option<EventRow>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT seq, id, job_id, type, created_at, data FROM job_events WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
     /// A job's events after `after_seq`, oldest first.
     pub async fn events_after(
         &self,
@@ -100,20 +122,7 @@ impl Store {
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let data: String = r.try_get("data")?;
-                Ok(EventRow {
-                    seq: r.try_get("seq")?,
-                    id: r.try_get("id")?,
-                    job_id: r.try_get("job_id")?,
-                    kind: r.try_get("type")?,
-                    created_at: r.try_get("created_at")?,
-                    data: serde_json::from_str(&data)
-                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
 }
 

@@ -250,18 +250,34 @@ pub async fn record_retry(
     Ok(done.rows_affected() == 1)
 }
 
-/// Raises progress (never lowers it) while the job is in progress.
+/// Raises progress (never lowers it) while the job is in progress. The second value says
+/// whether this change should be announced with a `job.progress` event: at most one per
+/// `quiet_ms` per job, decided in the same statement so concurrent steps agree.
 pub async fn set_progress(
     conn: &mut AnyConnection,
     id: &str,
     progress: i64,
     now: i64,
-) -> Result<Option<Job>, sqlx::Error> {
+    quiet_ms: i64,
+) -> Result<Option<(Job, bool)>, sqlx::Error> {
     let sql = format!(
-        "UPDATE jobs SET progress = $1, updated_at = $2 \
-         WHERE id = $3 AND status = 'in_progress' AND progress < $1 RETURNING {COLUMNS}"
+        "UPDATE jobs SET progress = $1, updated_at = $2, \
+         progress_at = CASE WHEN progress_at <= $3 THEN $2 ELSE progress_at END \
+         WHERE id = $4 AND status = 'in_progress' AND progress < $1 \
+         RETURNING {COLUMNS}, progress_at"
     );
-    one(conn, sql, &[Bind::I(&progress), Bind::I(&now), Bind::S(id)]).await
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(progress)
+        .bind(now)
+        .bind(now - quiet_ms)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let announced_at: i64 = row.try_get("progress_at")?;
+    Ok(Some((job_from_row(&row)?, announced_at == now)))
 }
 
 /// in_progress → completed with its outputs.

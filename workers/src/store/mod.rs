@@ -1,4 +1,5 @@
-//! The SQL store: the one source of truth for jobs, events, keys and idempotency.
+//! The SQL store: the one source of truth for jobs, events, webhook deliveries, keys and
+//! idempotency.
 //!
 //! One set of SQL text serves both SQLite (embedded) and Postgres (production) through
 //! sqlx's `Any` driver: the statements stick to the common dialect (`$N` parameters,
@@ -10,6 +11,8 @@ pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 pub mod settings;
+pub mod webhook_deliveries;
+pub mod webhook_endpoints;
 pub mod webhook_secrets;
 
 use std::time::Duration;

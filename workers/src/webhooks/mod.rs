@@ -1,7 +1,9 @@
 //! Webhooks: Standard Webhooks signing, each account's default signing secret (with
-//! rotation), and the guard that keeps delivery off private networks. Delivery itself
-//! (endpoints, schedule, delivery log) builds on these.
+//! rotation), account-wide endpoints, delivery with retries, and the guard that keeps
+//! delivery off private networks.
 
+pub mod delivery;
+pub mod endpoints;
 pub mod signature;
 pub mod ssrf;
 

@@ -1,0 +1,215 @@
+//! Account-wide webhook endpoints: checking a create request, writing the endpoint with
+//! its own secret, and the event filters shared with per-job webhooks.
+
+use serde_json::{Value, json};
+
+use super::signature::Secret;
+use super::ssrf::{self, AllowList};
+use crate::catalog::InvalidField;
+use crate::ids::{IdKind, new_id, now_ms};
+use crate::store::events::rfc3339;
+use crate::store::webhook_endpoints::Endpoint;
+use crate::{Engine, EngineError};
+
+/// Every event type a webhook can ask for.
+pub const EVENT_TYPES: &[&str] = &[
+    "job.started",
+    "job.progress",
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+    "job.expired",
+];
+
+/// What a webhook gets when it does not say: the outcomes. `job.started` and the chatty
+/// `job.progress` are opt-in.
+pub const DEFAULT_EVENTS: &[&str] = &[
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+    "job.expired",
+];
+
+/// An `events` list (`param` names it in errors); absent or null means [`DEFAULT_EVENTS`].
+pub fn parse_event_filter(value: Option<&Value>, param: &str) -> Result<Vec<String>, InvalidField> {
+    let list = match value {
+        None | Some(Value::Null) => {
+            return Ok(DEFAULT_EVENTS.iter().map(|e| e.to_string()).collect());
+        }
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(InvalidField::new(
+                param,
+                format!("{param} must be an array"),
+            ));
+        }
+    };
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for v in list {
+        match v.as_str() {
+            Some(e) if EVENT_TYPES.contains(&e) => {
+                if !out.iter().any(|o| o == e) {
+                    out.push(e.to_owned());
+                }
+            }
+            _ => {
+                return Err(InvalidField::new(
+                    param,
+                    format!("{param} entries must be among {}", EVENT_TYPES.join(", ")),
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(InvalidField::new(
+            param,
+            format!("{param} must not be empty"),
+        ));
+    }
+    Ok(out)
+}
+
+/// A webhook URL checked as far as it can be without DNS (`param` names it in errors).
+pub fn parse_url(
+    value: Option<&Value>,
+    param: &str,
+    allow: &AllowList,
+) -> Result<String, InvalidField> {
+    let Some(url) = value.and_then(Value::as_str) else {
+        return Err(InvalidField::new(
+            param,
+            format!("{param} is required and must be a string"),
+        ));
+    };
+    // An address a hostname resolves to is judged again at each delivery attempt.
+    ssrf::check_url(url, allow)
+        .map_err(|e| InvalidField::new(param, format!("{param} is not usable: {e}")))?;
+    Ok(url.to_owned())
+}
+
+/// A `POST /v1/webhook-endpoints` body that passed every check.
+#[derive(Debug, Clone)]
+pub struct EndpointRequest {
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: String,
+}
+
+pub fn parse_endpoint_request(
+    body: &Value,
+    allow: &AllowList,
+) -> Result<EndpointRequest, InvalidField> {
+    let Some(obj) = body.as_object() else {
+        return Err(InvalidField::new(
+            "body",
+            "the request body must be a JSON object",
+        ));
+    };
+    let url = parse_url(obj.get("url"), "url", allow)?;
+    let events = parse_event_filter(obj.get("events"), "events")?;
+    let description = match obj.get("description") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) if s.len() <= 1024 => s.clone(),
+        Some(_) => {
+            return Err(InvalidField::new(
+                "description",
+                "description must be a string of at most 1024 bytes",
+            ));
+        }
+    };
+    Ok(EndpointRequest {
+        url,
+        events,
+        description,
+    })
+}
+
+/// Creates an endpoint with a fresh secret (the only time the secret is shown).
+pub async fn create_endpoint(
+    engine: &Engine,
+    account_id: &str,
+    req: EndpointRequest,
+) -> Result<Endpoint, EngineError> {
+    let endpoint = Endpoint {
+        id: new_id(IdKind::Endpoint),
+        account_id: account_id.to_owned(),
+        url: req.url,
+        secret: Secret::generate().to_whsec(),
+        events: req.events,
+        description: req.description,
+        created_at: now_ms(),
+        failing_since: None,
+        disabled_at: None,
+        disabled_reason: None,
+    };
+    engine.store.insert_endpoint(&endpoint).await?;
+    Ok(endpoint)
+}
+
+/// The public endpoint object; the secret only when it was just created.
+pub fn endpoint_json(e: &Endpoint, with_secret: bool) -> Value {
+    let mut out = json!({
+        "id": e.id,
+        "object": "webhook_endpoint",
+        "url": e.url,
+        "events": e.events,
+        "description": e.description,
+        "status": if e.disabled_at.is_some() { "disabled" } else { "enabled" },
+        "disabled_reason": e.disabled_reason,
+        "disabled_at": e.disabled_at.map(rfc3339),
+        "failing_since": e.failing_since.map(rfc3339),
+        "created_at": e.created_at.div_euclid(1000),
+    });
+    if with_secret {
+        out["secret"] = json!(e.secret);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_filters_default_dedupe_and_refuse_unknown_types() {
+        assert_eq!(parse_event_filter(None, "events").unwrap(), DEFAULT_EVENTS);
+        assert_eq!(
+            parse_event_filter(Some(&json!(["job.progress", "job.progress"])), "events").unwrap(),
+            ["job.progress"]
+        );
+        for bad in [
+            json!(["job.nope"]),
+            json!("job.completed"),
+            json!([]),
+            json!([1]),
+        ] {
+            let err = parse_event_filter(Some(&bad), "webhook.events").unwrap_err();
+            assert_eq!(err.param, "webhook.events", "{bad}");
+        }
+    }
+
+    #[test]
+    fn endpoint_requests_are_checked() {
+        let allow = AllowList::default();
+        let ok = parse_endpoint_request(&json!({"url": "https://example.com/h"}), &allow).unwrap();
+        assert_eq!(ok.events, DEFAULT_EVENTS);
+        for (body, param) in [
+            (json!({}), "url"),
+            (json!({"url": "http://169.254.169.254/"}), "url"),
+            (
+                json!({"url": "https://example.com", "events": ["x"]}),
+                "events",
+            ),
+            (
+                json!({"url": "https://example.com", "description": 5}),
+                "description",
+            ),
+        ] {
+            assert_eq!(
+                parse_endpoint_request(&body, &allow).unwrap_err().param,
+                param,
+                "{body}"
+            );
+        }
+    }
+}
