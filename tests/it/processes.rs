@@ -1,5 +1,6 @@
 //! Scale-out as separate processes: one `api`, several `worker`s, a worker killed with
-//! SIGKILL mid-run and another stopped with SIGTERM; every job still completes once.
+//! SIGKILL mid-run and another stopped with SIGTERM; every job still completes once, and a
+//! webhook whose worker is killed mid-delivery is still delivered.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -9,9 +10,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
+use crate::receiver::{Receiver, Reply};
 use crate::support::{Backend, fresh_bucket, fresh_schema, redis_url, s3_settings};
 
-on_both_backends!(jobs_survive_killed_and_stopped_workers);
+on_both_backends!(
+    jobs_survive_killed_and_stopped_workers,
+    webhook_survives_a_worker_killed_mid_delivery
+);
 
 struct Cluster {
     env: Vec<(String, String)>,
@@ -33,6 +38,9 @@ impl Cluster {
             ("MEDIAGATE_JOBS__SUBMIT_GRACE_MS", "4000"),
             ("MEDIAGATE_JOBS__TASK_TIMEOUT_SECS", "20"),
             ("MEDIAGATE_SHUTDOWN_DRAIN_SECS", "10"),
+            ("MEDIAGATE_WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8"),
+            ("MEDIAGATE_WEBHOOKS__TIMEOUT_MS", "3000"),
+            ("MEDIAGATE_WEBHOOKS__SCHEDULE", "0,1s,1s,1s,1s"),
         ];
         let mut env: Vec<(String, String)> = settings
             .iter()
@@ -272,6 +280,68 @@ async fn jobs_survive_killed_and_stopped_workers(backend: Backend) {
     }
     signal(&api, "-TERM");
     assert!(wait_exit(&mut api, Duration::from_secs(30)).success());
+}
+
+async fn webhook_survives_a_worker_killed_mid_delivery(backend: Backend) {
+    let cluster = Cluster::new(backend).await;
+    let key = cluster.create_key();
+    let (_api, addr) = cluster.spawn("api");
+    let base = format!("http://{}", addr.unwrap());
+    let (mut doomed, _) = cluster.spawn("worker");
+    // The first attempt is held open: its worker dies while waiting for the answer.
+    let rx = Receiver::start(|n, _| {
+        if n == 0 {
+            Reply::ok().after(Duration::from_secs(60))
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(&key)
+        .json(
+            &json!({"model": "local/image", "input": {"prompt": "k", "size": "64x64"},
+            "webhook": {"url": rx.url("/hook")}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let job: Value = res.json().await.unwrap();
+    let id = job["id"].as_str().unwrap();
+
+    let first = rx.wait_hits(1, Duration::from_secs(30)).await;
+    signal(&doomed, "-KILL");
+    doomed.wait().unwrap();
+    let (_survivor, _) = cluster.spawn("worker");
+
+    // Once the dead worker's hold lapses, another worker makes the attempt again: the
+    // same event, the same webhook-id.
+    let hits = rx.wait_hits(2, Duration::from_secs(60)).await;
+    assert_eq!(hits[1].header("webhook-id"), first[0].header("webhook-id"));
+    assert_eq!(hits[1].json()["data"]["id"], id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log: Value = client
+            .get(format!("{base}/v1/jobs/{id}/deliveries"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if log["data"][0]["status"] == "delivered" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recorded as delivered: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {

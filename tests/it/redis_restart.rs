@@ -1,5 +1,6 @@
 //! Redis restarted mid-run, losing everything it held (no persistence): the jobs still
-//! complete, because Postgres holds the truth and the reaper re-issues their checks.
+//! complete and their webhooks are still delivered, because Postgres holds the truth and
+//! the reaper re-issues job checks and delivery attempts.
 //! (Production backend only: the embedded queue has no Redis.)
 
 use std::process::{Child, Command, Stdio};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::receiver::{Receiver, Reply};
 use crate::support::{Backend, TestApp};
 
 /// A private Redis on its own port, so restarting it disturbs no other test.
@@ -67,8 +69,19 @@ fn free_port() -> u16 {
 async fn jobs_complete_after_redis_restarts_empty() {
     let mut redis = PrivateRedis::start(free_port());
     let url = format!("redis://127.0.0.1:{}", redis.port);
+    // Every second answer fails, so retries are scheduled in Redis when it goes away.
+    let rx = Receiver::start(|n, _| {
+        if n % 2 == 0 {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
     let app = TestApp::start_with(Backend::Production, |c| {
         c.redis_url = Some(url.clone());
+        c.webhook_allow_cidrs = "127.0.0.0/8".to_owned();
+        c.webhooks.schedule = "0,1s,1s,1s,1s,1s".to_owned();
         c.jobs.reaper_grace_ms = 1000;
         c.queue.redis_response_timeout_ms = 1000;
     })
@@ -78,7 +91,8 @@ async fn jobs_complete_after_redis_restarts_empty() {
         let job = app
             .submit(
                 json!({"model": "local/video", "input": {"prompt": format!("r{i}"), "duration": 1,
-                "resolution": "360p", "simulate": {"latency_ms": 1500, "progress_steps": 3}}}),
+                "resolution": "360p", "simulate": {"latency_ms": 1500, "progress_steps": 3}},
+                "webhook": {"url": rx.url("/hook"), "events": ["job.started", "job.completed"]}}),
             )
             .await;
         ids.push(job["id"].as_str().unwrap().to_owned());
@@ -97,4 +111,27 @@ async fn jobs_complete_after_redis_restarts_empty() {
         let completed = events.iter().filter(|e| e.kind == "job.completed").count();
         assert_eq!(completed, 1, "{id}");
     }
+    // Every event of every job reaches the receiver (at least once).
+    let wanted: Vec<(String, &str)> = ids
+        .iter()
+        .flat_map(|id| [(id.clone(), "job.started"), (id.clone(), "job.completed")])
+        .collect();
+    rx.wait_for(Duration::from_secs(60), |hits| {
+        let answered: Vec<(String, String)> = hits
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| n % 2 == 1)
+            .map(|(_, h)| {
+                let body = h.json();
+                (
+                    body["data"]["id"].as_str().unwrap().to_owned(),
+                    body["type"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        wanted
+            .iter()
+            .all(|(id, kind)| answered.iter().any(|(i, k)| i == id && k == kind))
+    })
+    .await;
 }
