@@ -94,6 +94,9 @@ pub struct WebhooksConfig {
     pub disable_after_secs: u64,
     /// Delivery attempts one worker process makes at once.
     pub concurrency: usize,
+    /// Delivery attempts one worker process makes at once to any one URL (a slow
+    /// receiver cannot take every slot).
+    pub per_url_concurrency: usize,
     /// Least time between two `job.progress` events of one job.
     pub progress_interval_ms: u64,
 }
@@ -112,6 +115,7 @@ impl Default for WebhooksConfig {
             retry_after_max_secs: d.retry_after_max.as_secs(),
             disable_after_secs: d.disable_after.as_secs(),
             concurrency: d.concurrency,
+            per_url_concurrency: d.per_url_concurrency,
             progress_interval_ms: d.progress_interval.as_millis() as u64,
         }
     }
@@ -122,9 +126,10 @@ impl WebhooksConfig {
         let schedule = parse_schedule(&self.schedule).map_err(|e| {
             ConfigError::Invalid(format!("webhooks.schedule {:?}: {e}", self.schedule))
         })?;
-        if self.timeout_ms == 0 || self.concurrency == 0 {
+        if self.timeout_ms == 0 || self.concurrency == 0 || self.per_url_concurrency == 0 {
             return Err(ConfigError::Invalid(
-                "webhooks.timeout_ms and webhooks.concurrency must be at least 1".into(),
+                "webhooks.timeout_ms, concurrency and per_url_concurrency must be at least 1"
+                    .into(),
             ));
         }
         Ok(DeliveryConfig {
@@ -133,6 +138,7 @@ impl WebhooksConfig {
             retry_after_max: Duration::from_secs(self.retry_after_max_secs),
             disable_after: Duration::from_secs(self.disable_after_secs),
             concurrency: self.concurrency,
+            per_url_concurrency: self.per_url_concurrency,
             progress_interval: Duration::from_millis(self.progress_interval_ms),
         })
     }

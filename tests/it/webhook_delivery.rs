@@ -25,6 +25,7 @@ on_both_backends!(
     gone_and_long_failing_endpoints_are_disabled,
     redelivery_sends_the_same_event_again,
     progress_events_are_opt_in_and_throttled,
+    a_slow_receiver_does_not_hold_up_the_others,
 );
 
 /// Loopback receivers are reachable, and the schedule is short.
@@ -562,5 +563,34 @@ async fn progress_events_are_opt_in_and_throttled(backend: Backend) {
         app.job(id).await["progress"],
         50,
         "progress itself is never throttled"
+    );
+}
+
+async fn a_slow_receiver_does_not_hold_up_the_others(backend: Backend) {
+    // Four attempt slots per process, at most two of them for any one URL.
+    let app = start(backend, "0", |c| {
+        c.webhooks.concurrency = 4;
+        c.webhooks.per_url_concurrency = 2;
+    })
+    .await;
+    let slow = Receiver::start(|_, _| Reply::ok().after(Duration::from_secs(10))).await;
+    let fast = Receiver::start(|_, _| Reply::ok()).await;
+    create_endpoint(&app, &slow.url("/slow")).await;
+    create_endpoint(&app, &fast.url("/fast")).await;
+    let started = std::time::Instant::now();
+    for i in 0..6 {
+        app.submit(json!({"model": "local/image", "input": {"prompt": format!("iso {i}"), "size": "64x64"}}))
+            .await;
+    }
+    // Were the slow receiver allowed all four slots, the fast one would wait ten seconds.
+    fast.wait_hits(6, Duration::from_secs(30)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(8),
+        "fast receiver served only after {waited:?}"
+    );
+    assert!(
+        slow.hits().len() <= 2,
+        "at most two attempts at once to the slow URL"
     );
 }

@@ -33,7 +33,7 @@ use crate::providers::Providers;
 use crate::queue::Queue;
 use crate::storage::Storage;
 use crate::store::Store;
-use crate::webhooks::delivery::DeliveryConfig;
+use crate::webhooks::delivery::{DeliveryConfig, Destinations};
 use crate::webhooks::ssrf::{self, AllowList};
 
 /// Engine tuning, filled in by the front door's configuration.
@@ -98,6 +98,8 @@ pub struct Engine {
     pub signer: FileSigner,
     /// The guarded HTTP client every webhook attempt goes through.
     pub webhook_client: reqwest::Client,
+    /// Webhook attempts under way in this process, per URL.
+    pub webhook_destinations: Destinations,
     /// Ids of jobs that just changed in this process, so live streams react at once
     /// (changes made by other processes are picked up by their polling).
     changes: broadcast::Sender<String>,
@@ -138,6 +140,7 @@ impl Engine {
             config,
             signer,
             webhook_client,
+            webhook_destinations: Destinations::default(),
             changes,
         }))
     }

@@ -225,6 +225,21 @@ pub async fn abandon(
     Ok(())
 }
 
+/// Puts a claimed delivery back without an attempt, due again at `at` (its receiver is
+/// busy). The next task carries the same `seq`. False if the delivery moved on meanwhile.
+pub async fn defer(conn: &mut AnyConnection, d: &Delivery, at: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_deliveries SET next_attempt_at = $1, claimed_until = 0 \
+         WHERE id = $2 AND seq = $3 AND status = 'pending'",
+    )
+    .bind(at)
+    .bind(&d.id)
+    .bind(d.seq)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Hands a pending delivery to a new task: bumps the sequence if it is still `seq` and
 /// sets when the attempt is due. The new task carries `seq + 1`.
 pub async fn reissue(

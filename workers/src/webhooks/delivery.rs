@@ -4,6 +4,8 @@
 //! next attempt as a new delayed task. No attempt ever waits in a worker slot for its
 //! retry time, and a slow receiver only holds the slot of its own attempt.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sqlx::AnyConnection;
@@ -40,6 +42,10 @@ pub struct DeliveryConfig {
     pub disable_after: Duration,
     /// Attempts one worker process makes at once.
     pub concurrency: usize,
+    /// Attempts one worker process makes at once to any one URL. Past it, further
+    /// deliveries there wait (without using up an attempt), so that a slow or dead
+    /// receiver cannot occupy every slot and delay deliveries to everyone else.
+    pub per_url_concurrency: usize,
     /// Least time between two `job.progress` events of one job.
     pub progress_interval: Duration,
 }
@@ -67,6 +73,7 @@ impl Default for DeliveryConfig {
             retry_after_max: Duration::from_secs(h),
             disable_after: Duration::from_secs(5 * 24 * h),
             concurrency: 256,
+            per_url_concurrency: 32,
             progress_interval: Duration::from_secs(1),
         }
     }
@@ -139,6 +146,19 @@ pub async fn attempt(engine: &Engine, task: &Deliver) -> Result<(), EngineError>
         return Ok(());
     };
     drop(conn);
+    let Some(_slot) = engine
+        .webhook_destinations
+        .enter(&delivery.url, cfg.per_url_concurrency)
+    else {
+        // The receiver is busy with our earlier attempts; look again shortly.
+        let at = now_ms() + jitter(BUSY_RETRY).as_millis() as i64;
+        let mut conn = engine.store.pool().acquire().await?;
+        if deliveries::defer(&mut conn, &delivery, at).await? {
+            drop(conn);
+            push_attempt(engine, &delivery, at).await;
+        }
+        return Ok(());
+    };
     let secrets = match signing_keys(engine, &delivery).await? {
         Ok(secrets) => secrets,
         Err(reason) => {
@@ -224,16 +244,66 @@ async fn record(
     }
     tx.commit().await?;
     if let AfterAttempt::Retry { at, .. } = next {
-        let task = Deliver {
-            delivery_id: delivery.id.clone(),
-            seq: delivery.seq,
-        };
-        let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
-        if let Err(e) = engine.queue.enqueue_delivery(task, delay).await {
-            tracing::warn!(delivery_id = %delivery.id, error = %e, "could not push the next attempt; the sweeper will");
-        }
+        push_attempt(engine, delivery, at).await;
     }
     Ok(())
+}
+
+/// Pushes the delivery's next attempt, due at Unix ms `at`. If the push fails, the row
+/// still says when the attempt is due, and the sweeper pushes it later.
+async fn push_attempt(engine: &Engine, delivery: &Delivery, at: i64) {
+    let task = Deliver {
+        delivery_id: delivery.id.clone(),
+        seq: delivery.seq,
+    };
+    let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
+    if let Err(e) = engine.queue.enqueue_delivery(task, delay).await {
+        tracing::warn!(delivery_id = %delivery.id, error = %e, "could not push the next attempt; the sweeper will");
+    }
+}
+
+/// How long a delivery waits when its URL already has `per_url_concurrency` attempts
+/// under way in this process.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// Attempts under way in this process, per URL.
+#[derive(Debug, Default)]
+pub struct Destinations {
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+impl Destinations {
+    /// A slot for one attempt to `url`, or `None` if `limit` attempts to it are under way.
+    fn enter(&self, url: &str, limit: usize) -> Option<Slot<'_>> {
+        let mut map = self.in_flight.lock().expect("not poisoned");
+        let count = map.entry(url.to_owned()).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            destinations: self,
+            url: url.to_owned(),
+        })
+    }
+}
+
+/// Frees its URL's slot when the attempt ends, however it ends.
+struct Slot<'a> {
+    destinations: &'a Destinations,
+    url: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.destinations.in_flight.lock().expect("not poisoned");
+        if let Some(count) = map.get_mut(&self.url) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.url);
+            }
+        }
+    }
 }
 
 /// 2xx delivers; 410 ends the delivery; anything else tries again at the next step of the
@@ -459,6 +529,20 @@ mod tests {
             retry_after: retry_after.map(Duration::from_secs),
             ..Response::default()
         }
+    }
+
+    #[test]
+    fn destinations_cap_attempts_per_url_and_free_slots_on_drop() {
+        let d = Destinations::default();
+        let a1 = d.enter("http://a/", 2).unwrap();
+        let _a2 = d.enter("http://a/", 2).unwrap();
+        assert!(d.enter("http://a/", 2).is_none());
+        assert!(
+            d.enter("http://b/", 2).is_some(),
+            "other URLs are unaffected"
+        );
+        drop(a1);
+        assert!(d.enter("http://a/", 2).is_some());
     }
 
     #[test]
