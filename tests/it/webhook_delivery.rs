@@ -26,6 +26,7 @@ on_both_backends!(
     redelivery_sends_the_same_event_again,
     progress_events_are_opt_in_and_throttled,
     a_slow_receiver_does_not_hold_up_the_others,
+    a_receiver_that_is_down_gets_the_event_once_it_is_back,
 );
 
 /// Loopback receivers are reachable, and the schedule is short.
@@ -593,4 +594,39 @@ async fn a_slow_receiver_does_not_hold_up_the_others(backend: Backend) {
         slow.hits().len() <= 2,
         "at most two attempts at once to the slow URL"
     );
+}
+
+async fn a_receiver_that_is_down_gets_the_event_once_it_is_back(backend: Backend) {
+    let app = start(backend, "0,1s,1s,1s,1s,1s", |_| {}).await;
+    // Nothing listens on the port yet: connections are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let job = app
+        .submit(image_job(
+            json!({"url": format!("http://127.0.0.1:{port}/back")}),
+        ))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let log = wait_log(&app, id, |l| {
+        l.first()
+            .is_some_and(|d| d["attempts"].as_array().is_some_and(|a| !a.is_empty()))
+    })
+    .await;
+    let first = &log[0]["attempts"][0];
+    assert_eq!(first["status_code"], Value::Null);
+    assert!(!first["error"].as_str().unwrap().is_empty(), "{first}");
+    assert_eq!(log[0]["status"], "pending", "{log:#?}");
+    assert!(log[0]["next_attempt_at"].is_string());
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let rx = Receiver::serve(listener, |_, _| Reply::ok());
+    let hits = rx.wait_hits(1, Duration::from_secs(30)).await;
+    assert_eq!(hits[0].json()["data"]["id"], id);
+    let log = wait_log(&app, id, all_settled).await;
+    assert_eq!(log[0]["status"], "delivered");
 }
