@@ -20,6 +20,10 @@ impl Store {
         now: i64,
         make: impl FnOnce() -> String,
     ) -> Result<SigningSecrets, sqlx::Error> {
+        // Every delivery reads this, so the common case is one read and no write.
+        if let Some(found) = self.read_webhook_secrets(account_id, now).await? {
+            return Ok(found);
+        }
         sqlx::query(
             "INSERT INTO webhook_secrets (account_id, secret, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (account_id) DO NOTHING",
@@ -29,18 +33,31 @@ impl Store {
         .bind(now)
         .execute(self.pool())
         .await?;
+        self.read_webhook_secrets(account_id, now)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    async fn read_webhook_secrets(
+        &self,
+        account_id: &str,
+        now: i64,
+    ) -> Result<Option<SigningSecrets>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT secret, previous_secret, previous_expires_at FROM webhook_secrets WHERE account_id = $1",
         )
         .bind(account_id)
-        .fetch_one(self.pool())
+        .fetch_optional(self.pool())
         .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
         let previous: Option<String> = row.try_get("previous_secret")?;
         let expires: Option<i64> = row.try_get("previous_expires_at")?;
-        Ok(SigningSecrets {
+        Ok(Some(SigningSecrets {
             current: row.try_get("secret")?,
             previous: previous.zip(expires).filter(|(_, expires)| *expires > now),
-        })
+        }))
     }
 
     /// Replaces the account's secret with `new`; the old one signs alongside until

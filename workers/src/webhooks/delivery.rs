@@ -159,8 +159,8 @@ pub async fn attempt(engine: &Engine, task: &Deliver) -> Result<(), EngineError>
         }
         return Ok(());
     };
-    let secrets = match signing_keys(engine, &delivery).await? {
-        Ok(secrets) => secrets,
+    let signer = match signing_keys(engine, &delivery).await? {
+        Ok(signer) => signer,
         Err(reason) => {
             let mut conn = engine.store.pool().acquire().await?;
             deliveries::abandon(&mut conn, &delivery, reason, now_ms()).await?;
@@ -176,7 +176,7 @@ pub async fn attempt(engine: &Engine, task: &Deliver) -> Result<(), EngineError>
         .map_err(|e| EngineError::Internal(format!("event does not serialize: {e}")))?;
     let started_at = now_ms();
     let clock = Instant::now();
-    let response = send(engine, &delivery.url, &event.id, &secrets, body).await;
+    let response = send(engine, &delivery.url, &event.id, &signer.secrets, body).await;
     let attempt = Attempt {
         attempt: delivery.attempts + 1,
         started_at,
@@ -185,16 +185,34 @@ pub async fn attempt(engine: &Engine, task: &Deliver) -> Result<(), EngineError>
         error: response.error.clone(),
         response_body: response.body.clone(),
     };
-    record(engine, &delivery, &attempt, &response).await
+    record(
+        engine,
+        &delivery,
+        &attempt,
+        &response,
+        signer.endpoint_failing,
+    )
+    .await
+}
+
+/// What signs a delivery, and what is known of its endpoint.
+struct Signer {
+    secrets: Vec<Secret>,
+    /// The endpoint has failed since its last success (a success must clear that).
+    endpoint_failing: bool,
 }
 
 /// The secrets that sign this delivery, or why it can no longer be made.
 async fn signing_keys(
     engine: &Engine,
     delivery: &Delivery,
-) -> Result<Result<Vec<Secret>, &'static str>, EngineError> {
+) -> Result<Result<Signer, &'static str>, EngineError> {
     let Some(endpoint_id) = &delivery.endpoint_id else {
-        return Ok(Ok(signing_secrets(engine, &delivery.account_id).await?));
+        let secrets = signing_secrets(engine, &delivery.account_id).await?;
+        return Ok(Ok(Signer {
+            secrets,
+            endpoint_failing: false,
+        }));
     };
     let Some(endpoint) = engine.store.endpoint(endpoint_id).await? else {
         return Ok(Err("endpoint deleted"));
@@ -204,7 +222,10 @@ async fn signing_keys(
     }
     let secret = Secret::parse(&endpoint.secret)
         .map_err(|e| EngineError::Internal(format!("stored endpoint secret unreadable: {e}")))?;
-    Ok(Ok(vec![secret]))
+    Ok(Ok(Signer {
+        secrets: vec![secret],
+        endpoint_failing: endpoint.failing_since.is_some(),
+    }))
 }
 
 /// Writes the attempt, the delivery's next state and the endpoint's health in one
@@ -214,6 +235,7 @@ async fn record(
     delivery: &Delivery,
     attempt: &Attempt,
     response: &Response,
+    endpoint_failing: bool,
 ) -> Result<(), EngineError> {
     let cfg = &engine.config.delivery;
     let now = now_ms();
@@ -222,7 +244,10 @@ async fn record(
     if let Some(endpoint_id) = &delivery.endpoint_id {
         let disabled = match (next, response.status) {
             (AfterAttempt::Delivered, _) => {
-                endpoints::mark_healthy(&mut tx, endpoint_id).await?;
+                // Healthy endpoints (the usual case) need no write.
+                if endpoint_failing {
+                    endpoints::mark_healthy(&mut tx, endpoint_id).await?;
+                }
                 false
             }
             (_, Some(410)) => {
