@@ -16,6 +16,8 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use tokio::sync::Mutex;
 
+mod webhooks;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -73,6 +75,50 @@ enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Creates account webhook endpoints for `job.completed` at `{receiver}/e/{i}` (and
+    /// `{receiver}{slow_path}`); prints `path<TAB>secret` lines for `receiver --secrets`.
+    Endpoints {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+        /// Base URL of the receiver, e.g. http://127.0.0.1:18190
+        #[arg(long)]
+        receiver: String,
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Also create an endpoint at this path (the receiver's slow one).
+        #[arg(long)]
+        slow_path: Option<String>,
+    },
+    /// A webhook receiver: answers 200, records arrivals, verifies signatures; prints
+    /// arrival rates and writes its log on SIGINT/SIGTERM.
+    Receiver {
+        #[arg(long, default_value = "127.0.0.1:18190")]
+        bind: String,
+        /// `path<TAB>secret` lines, as `endpoints` prints them.
+        #[arg(long)]
+        secrets: Option<std::path::PathBuf>,
+        /// Requests to this path are answered after `--slow-ms`.
+        #[arg(long)]
+        slow_path: Option<String>,
+        #[arg(long, default_value_t = 5000)]
+        slow_ms: u64,
+        /// Where to write `at_us<TAB>path<TAB>job_id` per request.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Webhook deliveries after a run: counts, delivered/s, lag from job completion.
+    Deliveries {
+        #[arg(long)]
+        database_url: String,
+        /// The receiver's log, for the lag until arrival at the receiver.
+        #[arg(long)]
+        arrivals: Option<std::path::PathBuf>,
+        /// Deliveries to URLs ending in this path are reported apart.
+        #[arg(long)]
+        slow_path: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -100,6 +146,28 @@ async fn main() -> anyhow::Result<()> {
             key,
             mb,
         } => fixture(&database_url, &storage_url, &key, mb).await,
+        Command::Endpoints {
+            url,
+            key,
+            receiver,
+            count,
+            slow_path,
+        } => webhooks::create_endpoints(&url, &key, &receiver, count, slow_path.as_deref()).await,
+        Command::Receiver {
+            bind,
+            secrets,
+            slow_path,
+            slow_ms,
+            out,
+        } => {
+            let slow = Duration::from_millis(slow_ms);
+            webhooks::receive(&bind, secrets.as_deref(), slow_path, slow, out.as_deref()).await
+        }
+        Command::Deliveries {
+            database_url,
+            arrivals,
+            slow_path,
+        } => webhooks::analyse(&database_url, arrivals, slow_path.as_deref()).await,
     }
 }
 
