@@ -240,6 +240,24 @@ pub async fn defer(conn: &mut AnyConnection, d: &Delivery, at: i64) -> Result<bo
     Ok(done.rows_affected() == 1)
 }
 
+/// Extends the hold of a claimed delivery to `until`, if it is still held at `d.seq`.
+pub async fn renew(
+    conn: &mut AnyConnection,
+    d: &Delivery,
+    until: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_deliveries SET claimed_until = $1 \
+         WHERE id = $2 AND seq = $3 AND status = 'pending'",
+    )
+    .bind(until)
+    .bind(&d.id)
+    .bind(d.seq)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Hands a pending delivery to a new task: bumps the sequence if it is still `seq` and
 /// sets when the attempt is due. The new task carries `seq + 1`.
 pub async fn reissue(

@@ -5,8 +5,11 @@
 //! retry time, and a slow receiver only holds the slot of its own attempt.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use sqlx::AnyConnection;
 
@@ -20,7 +23,7 @@ use crate::store::webhook_deliveries::{
     self as deliveries, AfterAttempt, Attempt, Delivery, NewDelivery,
 };
 use crate::store::webhook_endpoints as endpoints;
-use crate::{Engine, EngineError};
+use crate::{Engine, EngineError, SharedEngine};
 
 /// How much of a receiver's answer is kept in the delivery log.
 pub const RESPONSE_BODY_LIMIT: usize = 4096;
@@ -43,8 +46,9 @@ pub struct DeliveryConfig {
     /// Attempts one worker process makes at once.
     pub concurrency: usize,
     /// Attempts one worker process makes at once to any one URL. Past it, further
-    /// deliveries there wait (without using up an attempt), so that a slow or dead
-    /// receiver cannot occupy every slot and delay deliveries to everyone else.
+    /// deliveries there wait for a slot outside the worker (without using up an attempt),
+    /// so that a slow or dead receiver cannot occupy every worker slot and delay
+    /// deliveries to everyone else.
     pub per_url_concurrency: usize,
     /// Least time between two `job.progress` events of one job.
     pub progress_interval: Duration,
@@ -136,7 +140,7 @@ pub(crate) async fn dispatch(engine: &Engine, delivery_ids: Vec<String>) {
 
 /// Makes one attempt of the delivery named by `task`. Stale and duplicate tasks end
 /// quietly.
-pub async fn attempt(engine: &Engine, task: &Deliver) -> Result<(), EngineError> {
+pub async fn attempt(engine: &SharedEngine, task: &Deliver) -> Result<(), EngineError> {
     let cfg = &engine.config.delivery;
     let lease_until = now_ms() + (cfg.timeout + LEASE_MARGIN).as_millis() as i64;
     let mut conn = engine.store.pool().acquire().await?;
@@ -146,11 +150,17 @@ pub async fn attempt(engine: &Engine, task: &Deliver) -> Result<(), EngineError>
         return Ok(());
     };
     drop(conn);
-    let Some(_slot) = engine
+    let gate = engine
         .webhook_destinations
-        .enter(&delivery.url, cfg.per_url_concurrency)
-    else {
-        // The receiver is busy with our earlier attempts; look again shortly.
+        .gate(&delivery.url, cfg.per_url_concurrency);
+    if let Ok(slot) = gate.slots.clone().try_acquire_owned() {
+        return make_attempt(engine, &delivery, slot).await;
+    }
+    // The receiver is busy with our earlier attempts. Wait for one of its slots off the
+    // worker, so that a slow receiver holds only its own slots and the worker goes on
+    // with deliveries to everyone else.
+    if gate.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING_PER_URL {
+        gate.waiting.fetch_sub(1, Ordering::SeqCst);
         let at = now_ms() + jitter(BUSY_RETRY).as_millis() as i64;
         let mut conn = engine.store.pool().acquire().await?;
         if deliveries::defer(&mut conn, &delivery, at).await? {
@@ -158,18 +168,53 @@ pub async fn attempt(engine: &Engine, task: &Deliver) -> Result<(), EngineError>
             push_attempt(engine, &delivery, at).await;
         }
         return Ok(());
-    };
-    let signer = match signing_keys(engine, &delivery).await? {
+    }
+    let engine = Arc::clone(engine);
+    tokio::spawn(async move {
+        let slot = gate.slots.clone().acquire_owned().await;
+        gate.waiting.fetch_sub(1, Ordering::SeqCst);
+        let Ok(slot) = slot else { return };
+        if let Err(e) = attempt_after_waiting(&engine, &delivery, slot).await {
+            // The delivery stays due in SQL; the sweeper hands it out again.
+            tracing::warn!(delivery_id = %delivery.id, error = %e, "delivery attempt failed");
+        }
+    });
+    Ok(())
+}
+
+/// The hold taken at the claim may have lapsed while waiting for a slot: renew it, or
+/// stand down if the delivery moved on (the sweeper handed it to someone else).
+async fn attempt_after_waiting(
+    engine: &Engine,
+    delivery: &Delivery,
+    slot: OwnedSemaphorePermit,
+) -> Result<(), EngineError> {
+    let lease_until = now_ms() + (engine.config.delivery.timeout + LEASE_MARGIN).as_millis() as i64;
+    let mut conn = engine.store.pool().acquire().await?;
+    if !deliveries::renew(&mut conn, delivery, lease_until).await? {
+        return Ok(());
+    }
+    drop(conn);
+    make_attempt(engine, delivery, slot).await
+}
+
+/// One attempt of a claimed delivery, holding one of its URL's slots for the request.
+async fn make_attempt(
+    engine: &Engine,
+    delivery: &Delivery,
+    slot: OwnedSemaphorePermit,
+) -> Result<(), EngineError> {
+    let signer = match signing_keys(engine, delivery).await? {
         Ok(signer) => signer,
         Err(reason) => {
             let mut conn = engine.store.pool().acquire().await?;
-            deliveries::abandon(&mut conn, &delivery, reason, now_ms()).await?;
+            deliveries::abandon(&mut conn, delivery, reason, now_ms()).await?;
             return Ok(());
         }
     };
     let Some(event) = engine.store.event(&delivery.event_id).await? else {
         let mut conn = engine.store.pool().acquire().await?;
-        deliveries::abandon(&mut conn, &delivery, "event not found", now_ms()).await?;
+        deliveries::abandon(&mut conn, delivery, "event not found", now_ms()).await?;
         return Ok(());
     };
     let body = serde_json::to_vec(&event.to_public())
@@ -177,6 +222,8 @@ pub async fn attempt(engine: &Engine, task: &Deliver) -> Result<(), EngineError>
     let started_at = now_ms();
     let clock = Instant::now();
     let response = send(engine, &delivery.url, &event.id, &signer.secrets, body).await;
+    // The receiver is done with us; the next delivery to it need not wait for our records.
+    drop(slot);
     let attempt = Attempt {
         attempt: delivery.attempts + 1,
         started_at,
@@ -187,7 +234,7 @@ pub async fn attempt(engine: &Engine, task: &Deliver) -> Result<(), EngineError>
     };
     record(
         engine,
-        &delivery,
+        delivery,
         &attempt,
         &response,
         signer.endpoint_failing,
@@ -287,47 +334,42 @@ async fn push_attempt(engine: &Engine, delivery: &Delivery, at: i64) {
     }
 }
 
-/// How long a delivery waits when its URL already has `per_url_concurrency` attempts
-/// under way in this process.
-const BUSY_RETRY: Duration = Duration::from_secs(1);
+/// When a URL already has this many deliveries waiting for a slot in this process, more
+/// are put back in SQL for `BUSY_RETRY` instead of waiting in memory.
+const MAX_WAITING_PER_URL: usize = 10_000;
 
-/// Attempts under way in this process, per URL.
+/// How long a delivery put back for a busy URL waits.
+const BUSY_RETRY: Duration = Duration::from_secs(5);
+
+/// Per URL, the attempts this process may make at once, and who waits for one.
 #[derive(Debug, Default)]
 pub struct Destinations {
-    in_flight: Mutex<HashMap<String, usize>>,
+    by_url: Mutex<HashMap<String, Arc<Gate>>>,
+}
+
+/// One URL's slots.
+#[derive(Debug)]
+struct Gate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
 }
 
 impl Destinations {
-    /// A slot for one attempt to `url`, or `None` if `limit` attempts to it are under way.
-    fn enter(&self, url: &str, limit: usize) -> Option<Slot<'_>> {
-        let mut map = self.in_flight.lock().expect("not poisoned");
-        let count = map.entry(url.to_owned()).or_insert(0);
-        if *count >= limit {
-            return None;
+    /// The gate of `url`, made with `limit` slots on first use.
+    fn gate(&self, url: &str, limit: usize) -> Arc<Gate> {
+        let mut map = self.by_url.lock().expect("not poisoned");
+        if map.len() > 10_000 {
+            // Forget URLs nobody is using, so the map does not grow with every URL seen.
+            map.retain(|_, gate| Arc::strong_count(gate) > 1);
         }
-        *count += 1;
-        Some(Slot {
-            destinations: self,
-            url: url.to_owned(),
-        })
-    }
-}
-
-/// Frees its URL's slot when the attempt ends, however it ends.
-struct Slot<'a> {
-    destinations: &'a Destinations,
-    url: String,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut map = self.destinations.in_flight.lock().expect("not poisoned");
-        if let Some(count) = map.get_mut(&self.url) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.url);
-            }
-        }
+        map.entry(url.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Gate {
+                    slots: Arc::new(Semaphore::new(limit)),
+                    waiting: AtomicUsize::new(0),
+                })
+            })
+            .clone()
     }
 }
 
