@@ -5,7 +5,7 @@ use std::time::Duration;
 use mediagate_workers::catalog;
 use mediagate_workers::ids::{IdKind, new_id, now_ms};
 use mediagate_workers::lifecycle::advance;
-use mediagate_workers::queue::Advance;
+use mediagate_workers::queue::{Advance, Backend as QueueBackend};
 use mediagate_workers::store::jobs::{self, NewJob};
 use serde_json::{Value, json};
 
@@ -21,6 +21,7 @@ on_both_backends!(
     past_its_deadline_a_job_expires,
     a_job_whose_task_was_lost_is_picked_up_by_the_reaper,
     duplicate_and_stale_tasks_change_nothing,
+    finished_tasks_are_cleared_from_the_queue,
 );
 
 async fn transient_failures_are_retried_until_success(backend: Backend) {
@@ -218,4 +219,53 @@ pub fn assert_playable_h264(bytes: &[u8], seconds: f64) {
         "ffmpeg decode: {}",
         String::from_utf8_lossy(&decode.stderr)
     );
+}
+
+/// Finished tasks do not pile up in the queue backend: after a vacuum, the tasks of
+/// completed jobs (and their deliveries) are gone from Redis or the SQLite queue.
+async fn finished_tasks_are_cleared_from_the_queue(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let job = app
+            .submit(json!({"model": "local/image", "input": {"prompt": format!("v{i}"), "size": "64x64"}}))
+            .await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        app.wait_terminal(id, WAIT).await;
+    }
+    let queue = &app.engine().queue;
+    let leftovers = || async {
+        match queue.backend() {
+            QueueBackend::Embedded { advance, .. } => {
+                let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Jobs")
+                    .fetch_one(advance.pool())
+                    .await
+                    .unwrap();
+                row.0 as usize
+            }
+            QueueBackend::Redis { advance, .. } => {
+                let mut conn = advance.clone().get_connection().clone();
+                let pattern = format!("{}*", queue.prefix());
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(pattern)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                // Per-task metadata keys; the queue's fixed keys are a handful.
+                keys.iter().filter(|k| k.contains(":meta:")).count()
+            }
+        }
+    };
+    // Acknowledgements may lag the job's completion by a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = leftovers().await;
+    assert!(
+        before >= ids.len(),
+        "finished tasks are kept until a vacuum: {before}"
+    );
+    let removed = queue.vacuum().await.unwrap();
+    assert!(removed >= ids.len(), "removed {removed}");
+    assert_eq!(leftovers().await, 0);
 }

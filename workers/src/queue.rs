@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{Task, TaskBuilder, TaskSink};
+use apalis_core::backend::Vacuum;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::SqliteStorage;
 use futures::{Stream, StreamExt};
@@ -70,6 +71,8 @@ pub enum QueueError {
     Push(String),
     #[error("cannot create the queue's directory: {0}")]
     Dir(#[from] std::io::Error),
+    #[error("queue maintenance: {0}")]
+    Vacuum(String),
 }
 
 /// Tuning shared by both backends.
@@ -149,7 +152,12 @@ impl Queue {
                         .queue(name(q))
                         .heartbeat_interval(settings.heartbeat_interval)
                         .missed_heartbeats(settings.missed_heartbeats)
-                        .persist_results(false)
+                        // Acknowledged tasks leave their worker's in-flight set; unacknowledged
+                        // ones pile up there and are all re-run if that worker dies.
+                        .persist_results(true)
+                        // Our fencing sequence already makes a second run harmless; apalis'
+                        // own lock costs a scan of the whole active list per task.
+                        .lock_tasks(false)
                         .emit_events(false)
                         // A TTL of None deletes the key at once, letting duplicates through.
                         .idempotency_ttl(Some(Duration::from_secs(3600)))
@@ -178,7 +186,7 @@ impl Queue {
                         .queue(name(q))
                         .heartbeat_interval(settings.heartbeat_interval)
                         .missed_heartbeats(settings.missed_heartbeats)
-                        .persist_results(false)
+                        .persist_results(true)
                 };
                 Backend::Embedded {
                     advance: SqliteStorage::new(&pool).with_config(config(QueueName::Advance)),
@@ -250,6 +258,35 @@ impl Queue {
         }
     }
 
+    /// Removes finished tasks, which both backends otherwise keep for ever. Returns how
+    /// many went.
+    pub async fn vacuum(&self) -> Result<usize, QueueError> {
+        let failed = |e: &dyn std::fmt::Display| QueueError::Vacuum(e.to_string());
+        match &self.backend {
+            // One table holds both queues' tasks.
+            Backend::Embedded { advance, .. } => Vacuum::vacuum(&mut advance.clone())
+                .await
+                .map_err(|e| failed(&e)),
+            Backend::Redis { advance, deliver } => {
+                let mut removed = Vacuum::vacuum(&mut advance.clone())
+                    .await
+                    .map_err(|e| failed(&e))?;
+                removed += Vacuum::vacuum(&mut deliver.clone())
+                    .await
+                    .map_err(|e| failed(&e))?;
+                // The set of finished task ids only feeds apalis' statistics, which we do
+                // not use, and grows by one entry per task.
+                let mut conn = advance.clone().get_connection().clone();
+                let _: i64 = redis::cmd("DEL")
+                    .arg(advance.get_config().done_jobs_set())
+                    .arg(deliver.get_config().done_jobs_set())
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(removed)
+            }
+        }
+    }
+
     /// Whether the queue's store answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
         match &self.backend {
@@ -266,6 +303,11 @@ impl Queue {
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// The namespace of this deployment's queue keys and names.
+    pub fn prefix(&self) -> &str {
+        &self.settings.prefix
     }
 
     fn wake_channel(&self, queue: QueueName) -> String {

@@ -44,8 +44,12 @@ pub async fn reap_once(engine: &Engine) -> Result<usize, EngineError> {
     Ok(handed_out)
 }
 
+/// How often finished tasks are cleared out of the queue backend.
+const VACUUM_EVERY: Duration = Duration::from_secs(300);
+
 /// Sweeps every `reaper_interval` until `shutdown`.
 pub async fn run(engine: &Engine, shutdown: CancellationToken) {
+    let mut last_vacuum = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -56,6 +60,13 @@ pub async fn run(engine: &Engine, shutdown: CancellationToken) {
         }
         if let Err(e) = delivery::sweep_once(engine).await {
             tracing::warn!(error = %e, "delivery sweep failed");
+        }
+        if last_vacuum.elapsed() >= VACUUM_EVERY {
+            last_vacuum = std::time::Instant::now();
+            match engine.queue.vacuum().await {
+                Ok(removed) => tracing::debug!(removed, "finished tasks removed from the queue"),
+                Err(e) => tracing::warn!(error = %e, "queue vacuum failed"),
+            }
         }
     }
 }
