@@ -4,6 +4,13 @@
 //! only fakes in the project: the providers are third parties we cannot reach in tests.
 
 pub mod bfl;
+pub mod elevenlabs;
+pub mod fal;
+pub mod google;
+pub mod openai;
+pub mod openrouter;
+pub mod replicate;
+pub mod runway;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

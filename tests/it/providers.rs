@@ -45,9 +45,17 @@ pub const BFL: Adapter = Adapter {
     is_submit: |r| r.method == "POST" && r.path.starts_with("/v1/"),
 };
 
-/// Runs each trial for one adapter on both backends: `conformance!(bfl, BFL);`
+/// Runs each trial for one adapter on both backends: `conformance!(bfl, BFL);`. An API
+/// that answers with the media itself hands out no result link that could expire, so
+/// `conformance!(name, ADAPTER, synchronous);` leaves that trial out.
 macro_rules! conformance {
     ($name:ident, $adapter:expr) => {
+        conformance!(@trials $name, $adapter, expired_result);
+    };
+    ($name:ident, $adapter:expr, synchronous) => {
+        conformance!(@trials $name, $adapter);
+    };
+    (@trials $name:ident, $adapter:expr $(, $expired_result:ident)?) => {
         mod $name {
             use super::*;
 
@@ -63,9 +71,9 @@ macro_rules! conformance {
             async fn refusal(backend: Backend) {
                 refusals_fail_without_retry(backend, &$adapter).await
             }
-            async fn expired_result(backend: Backend) {
+            $(async fn $expired_result(backend: Backend) {
                 expired_results_fail_cleanly(backend, &$adapter).await
-            }
+            })?
             async fn falls_back(backend: Backend) {
                 outages_fall_back_to_the_next_model(backend, &$adapter).await
             }
@@ -75,7 +83,7 @@ macro_rules! conformance {
                 retries_5xx,
                 waits_out_429,
                 refusal,
-                expired_result,
+                $($expired_result,)?
                 falls_back
             );
         }
@@ -83,6 +91,184 @@ macro_rules! conformance {
 }
 
 conformance!(bfl, BFL);
+
+pub const REPLICATE: Adapter = Adapter {
+    provider: "replicate",
+    model: "google/veo-3.1",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "a heron lifting off a misty lake", "duration": 4,
+            "resolution": "720p", "aspect_ratio": "16:9", "seed": 7})
+    },
+    start: |b| Box::pin(fakes::replicate::start(b)),
+    content_type: fakes::replicate::CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
+    is_submit: |r| r.method == "POST" && r.path.ends_with("/predictions"),
+};
+
+conformance!(replicate, REPLICATE);
+
+pub const FAL: Adapter = Adapter {
+    provider: "fal",
+    model: "black-forest-labs/flux-1.1-pro",
+    local_model: "local/image",
+    input: || json!({"prompt": "a paper boat on a puddle", "aspect_ratio": "4:3", "seed": 11}),
+    start: |b| Box::pin(fakes::fal::start(b)),
+    content_type: fakes::fal::CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("authorization") == format!("Key {}", fakes::key()),
+    is_submit: |r| r.method == "POST",
+};
+
+conformance!(fal, FAL);
+
+pub const OPENROUTER: Adapter = Adapter {
+    provider: "openrouter",
+    model: "openai/sora-2",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "a tram crossing a bridge at night", "duration": 4,
+            "resolution": "720p", "aspect_ratio": "16:9"})
+    },
+    start: |b| Box::pin(fakes::openrouter::start(b)),
+    content_type: fakes::openrouter::CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
+    is_submit: |r| r.method == "POST" && r.path == "/api/v1/videos",
+};
+
+conformance!(openrouter, OPENROUTER);
+
+pub const OPENAI_VIDEO: Adapter = Adapter {
+    provider: "openai",
+    model: "openai/sora-2",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "a paper boat on a rainy street", "duration": 4,
+            "resolution": "720p", "aspect_ratio": "16:9"})
+    },
+    start: |b| Box::pin(fakes::openai::start(b)),
+    content_type: fakes::openai::VIDEO_CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
+    is_submit: |r| r.method == "POST" && r.path == "/v1/videos",
+};
+
+pub const OPENAI_IMAGE: Adapter = Adapter {
+    provider: "openai",
+    model: "openai/gpt-image-1",
+    local_model: "local/image",
+    input: || json!({"prompt": "a teapot shaped like a snail", "aspect_ratio": "1:1"}),
+    start: |b| Box::pin(fakes::openai::start(b)),
+    content_type: fakes::openai::IMAGE_CONTENT_TYPE,
+    // The safety system refuses with a 400 at once.
+    refusal_code: "upstream_rejected",
+    authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
+    is_submit: |r| r.method == "POST" && r.path.starts_with("/v1/images/"),
+};
+
+conformance!(openai_video, OPENAI_VIDEO);
+conformance!(openai_image, OPENAI_IMAGE, synchronous);
+
+pub const RUNWAY: Adapter = Adapter {
+    provider: "runway",
+    model: "runway/gen4.5",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "a kite over the dunes", "duration": 5, "resolution": "720p",
+            "aspect_ratio": "16:9", "seed": 11})
+    },
+    start: |b| Box::pin(fakes::runway::start(b)),
+    content_type: fakes::runway::CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| {
+        r.header("authorization") == format!("Bearer {}", fakes::key())
+            && !r.header("x-runway-version").is_empty()
+    },
+    is_submit: |r| r.method == "POST" && r.path.ends_with("_to_video"),
+};
+
+conformance!(runway, RUNWAY);
+
+pub const ELEVENLABS_MUSIC: Adapter = Adapter {
+    provider: "elevenlabs",
+    model: "elevenlabs/music",
+    local_model: "local/music",
+    input: || json!({"prompt": "a calm piano piece for a rainy morning", "duration": 15}),
+    start: |b| Box::pin(fakes::elevenlabs::start(b)),
+    content_type: fakes::elevenlabs::CONTENT_TYPE,
+    // A refused prompt is a 400 `bad_prompt` at once.
+    refusal_code: "upstream_rejected",
+    authenticated: |r| r.header("xi-api-key") == fakes::key(),
+    is_submit: |r| r.method == "POST" && r.path == "/v1/music",
+};
+
+pub const ELEVENLABS_SOUND_EFFECTS: Adapter = Adapter {
+    provider: "elevenlabs",
+    model: "elevenlabs/sound-effects",
+    local_model: "local/music",
+    input: || json!({"prompt": "a heavy wooden door creaks open", "duration": 4}),
+    start: |b| Box::pin(fakes::elevenlabs::start(b)),
+    content_type: fakes::elevenlabs::CONTENT_TYPE,
+    refusal_code: "upstream_rejected",
+    authenticated: |r| r.header("xi-api-key") == fakes::key(),
+    is_submit: |r| r.method == "POST" && r.path == "/v1/sound-generation",
+};
+
+conformance!(elevenlabs_music, ELEVENLABS_MUSIC, synchronous);
+conformance!(
+    elevenlabs_sound_effects,
+    ELEVENLABS_SOUND_EFFECTS,
+    synchronous
+);
+
+fn google_authenticated(r: &fakes::Recorded) -> bool {
+    r.header("x-goog-api-key") == fakes::key()
+}
+
+pub const GOOGLE_VEO: Adapter = Adapter {
+    provider: "google",
+    model: "google/veo-3.1",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "fog rolling over a harbour at dawn", "duration": 4,
+            "resolution": "720p", "aspect_ratio": "16:9"})
+    },
+    start: |b| Box::pin(fakes::google::start(b)),
+    content_type: fakes::google::VIDEO_CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: google_authenticated,
+    is_submit: |r| r.method == "POST" && r.path.ends_with(":predictLongRunning"),
+};
+
+pub const GOOGLE_IMAGEN: Adapter = Adapter {
+    provider: "google",
+    model: "google/imagen-4",
+    local_model: "local/image",
+    input: || json!({"prompt": "a lighthouse made of glass", "aspect_ratio": "16:9"}),
+    start: |b| Box::pin(fakes::google::start(b)),
+    content_type: fakes::google::IMAGE_CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: google_authenticated,
+    is_submit: |r| r.method == "POST" && r.path.ends_with(":predict"),
+};
+
+pub const GOOGLE_NANO_BANANA: Adapter = Adapter {
+    provider: "google",
+    model: "google/nano-banana",
+    local_model: "local/image",
+    input: || json!({"prompt": "a banana wearing sunglasses", "aspect_ratio": "4:3"}),
+    start: |b| Box::pin(fakes::google::start(b)),
+    content_type: fakes::google::IMAGE_CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: google_authenticated,
+    is_submit: |r| r.method == "POST" && r.path.ends_with(":generateContent"),
+};
+
+conformance!(google_veo, GOOGLE_VEO);
+conformance!(google_imagen, GOOGLE_IMAGEN, synchronous);
+conformance!(google_nano_banana, GOOGLE_NANO_BANANA, synchronous);
 
 /// The app with `adapter.provider` pointed at `fake`.
 async fn app_for(

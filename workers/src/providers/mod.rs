@@ -3,8 +3,15 @@
 //! `Submitted::Done`; asynchronous ones return an upstream id to poll.
 
 pub mod bfl;
+pub mod elevenlabs;
+pub mod fal;
+pub mod google;
 pub mod http;
 pub mod local;
+pub mod openai;
+pub mod openrouter;
+pub mod replicate;
+pub mod runway;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -109,6 +116,13 @@ impl ProviderError {
 pub enum Provider {
     Local(local::Local),
     Bfl(bfl::Bfl),
+    OpenAi(openai::OpenAi),
+    Runway(runway::Runway),
+    ElevenLabs(elevenlabs::ElevenLabs),
+    Google(google::Google),
+    Replicate(replicate::Replicate),
+    Fal(fal::Fal),
+    OpenRouter(openrouter::OpenRouter),
 }
 
 impl Provider {
@@ -116,6 +130,13 @@ impl Provider {
         match self {
             Provider::Local(p) => p.submit(call),
             Provider::Bfl(p) => p.submit(call).await,
+            Provider::OpenAi(p) => p.submit(call).await,
+            Provider::Runway(p) => p.submit(call).await,
+            Provider::ElevenLabs(p) => p.submit(call).await,
+            Provider::Google(p) => p.submit(call).await,
+            Provider::Replicate(p) => p.submit(call).await,
+            Provider::Fal(p) => p.submit(call).await,
+            Provider::OpenRouter(p) => p.submit(call).await,
         }
     }
 
@@ -127,6 +148,13 @@ impl Provider {
         match self {
             Provider::Local(p) => p.poll(call, upstream_id),
             Provider::Bfl(p) => p.poll(call, upstream_id).await,
+            Provider::OpenAi(p) => p.poll(call, upstream_id).await,
+            Provider::Runway(p) => p.poll(call, upstream_id).await,
+            Provider::ElevenLabs(p) => p.poll(call, upstream_id).await,
+            Provider::Google(p) => p.poll(call, upstream_id).await,
+            Provider::Replicate(p) => p.poll(call, upstream_id).await,
+            Provider::Fal(p) => p.poll(call, upstream_id).await,
+            Provider::OpenRouter(p) => p.poll(call, upstream_id).await,
         }
     }
 
@@ -138,20 +166,38 @@ impl Provider {
         match self {
             Provider::Local(p) => p.fetch(call, output).await,
             Provider::Bfl(p) => p.fetch(call, output).await,
+            Provider::OpenAi(p) => p.fetch(call, output).await,
+            Provider::Runway(p) => p.fetch(call, output).await,
+            Provider::ElevenLabs(p) => p.fetch(call, output).await,
+            Provider::Google(p) => p.fetch(call, output).await,
+            Provider::Replicate(p) => p.fetch(call, output).await,
+            Provider::Fal(p) => p.fetch(call, output).await,
+            Provider::OpenRouter(p) => p.fetch(call, output).await,
         }
     }
 
     /// Best effort: tells the upstream to stop working on a job we no longer want.
     pub async fn cancel(
         &self,
-        _call: &ProviderCall<'_>,
-        _upstream_id: &str,
+        call: &ProviderCall<'_>,
+        upstream_id: &str,
     ) -> Result<(), ProviderError> {
         match self {
             // Nothing runs upstream for `local`: polling simply stops.
             Provider::Local(_) => Ok(()),
             // BFL documents no cancel.
             Provider::Bfl(_) => Ok(()),
+            // OpenAI documents no cancel for videos; images finish at submit.
+            Provider::OpenAi(_) => Ok(()),
+            Provider::Runway(p) => p.cancel(call, upstream_id).await,
+            // ElevenLabs answers at submit: nothing runs upstream afterwards.
+            Provider::ElevenLabs(_) => Ok(()),
+            // The Gemini API documents no cancel for Veo operations; images finish at submit.
+            Provider::Google(_) => Ok(()),
+            Provider::Replicate(p) => p.cancel(call, upstream_id).await,
+            Provider::Fal(p) => p.cancel(call, upstream_id).await,
+            // OpenRouter documents no cancel for videos.
+            Provider::OpenRouter(_) => Ok(()),
         }
     }
 }
@@ -265,6 +311,13 @@ impl Providers {
             let provider = match name.as_str() {
                 local::PROVIDER_TYPE => Provider::Local(local::Local),
                 bfl::NAME => Provider::Bfl(bfl::Bfl::new(s)?),
+                openai::NAME => Provider::OpenAi(openai::OpenAi::new(s)?),
+                runway::NAME => Provider::Runway(runway::Runway::new(s)?),
+                elevenlabs::NAME => Provider::ElevenLabs(elevenlabs::ElevenLabs::new(s)?),
+                google::NAME => Provider::Google(google::Google::new(s)?),
+                replicate::NAME => Provider::Replicate(replicate::Replicate::new(s)?),
+                fal::NAME => Provider::Fal(fal::Fal::new(s)?),
+                openrouter::NAME => Provider::OpenRouter(openrouter::OpenRouter::new(s)?),
                 other => {
                     return Err(format!("provider {other:?} has no adapter in this build"));
                 }
