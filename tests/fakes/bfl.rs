@@ -72,6 +72,7 @@ async fn submit(
             .into_response();
     }
     let id = format!("{model}-{}", uuid::Uuid::now_v7().simple());
+    state.accept(&id);
     let polling_url = format!("{}/v1/get_result?id={id}", state.base());
     axum::Json(json!({"id": id, "polling_url": polling_url})).into_response()
 }
@@ -93,6 +94,12 @@ async fn get_result(
     if state.behaviour.refuse {
         return axum::Json(json!({"id": id, "status": "Request Moderated",
             "details": {"Moderation Reasons": ["Derivative Works Filter"]}, "result": null}))
+        .into_response();
+    }
+    if state.doomed(id) {
+        return axum::Json(
+            json!({"id": id, "status": "Error", "details": "internal error", "result": null}),
+        )
         .into_response();
     }
     if !state.poll_ready(id) {

@@ -39,6 +39,8 @@ pub struct Behaviour {
     pub expire_results: bool,
     /// Pending answers before the result is ready.
     pub polls_before_done: u32,
+    /// The first accepted jobs end in the provider's internal-failure state.
+    pub fail_jobs: usize,
 }
 
 /// One request the fake received.
@@ -65,6 +67,8 @@ pub struct FakeState {
     pub requests: Mutex<Vec<Recorded>>,
     pub submits: AtomicUsize,
     pub polls: Mutex<HashMap<String, u32>>,
+    pub accepted: AtomicUsize,
+    pub doomed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl FakeState {
@@ -98,6 +102,18 @@ impl FakeState {
     pub fn next_submit_failure(&self) -> Option<u16> {
         let n = self.submits.fetch_add(1, Ordering::SeqCst);
         self.behaviour.fail_submits.get(n).copied()
+    }
+
+    /// Counts an accepted job; the first `fail_jobs` of them will fail upstream.
+    pub fn accept(&self, id: &str) {
+        if self.accepted.fetch_add(1, Ordering::SeqCst) < self.behaviour.fail_jobs {
+            self.doomed.lock().unwrap().insert(id.to_owned());
+        }
+    }
+
+    /// Whether the job `id` ends in the provider's internal-failure state.
+    pub fn doomed(&self, id: &str) -> bool {
+        self.doomed.lock().unwrap().contains(id)
     }
 
     /// Counts a poll of `id`; true once the result is ready.

@@ -489,3 +489,34 @@ async fn outages_fall_back_to_the_next_model(backend: Backend, adapter: &Adapter
     assert_eq!(attempts[1]["provider"], "local");
     assert_eq!(attempts[1]["status"], "succeeded");
 }
+
+/// An upstream job that ends in the provider's internal failure is submitted afresh, not
+/// polled again until the retries run out.
+async fn failed_upstream_jobs_are_submitted_again(backend: Backend) {
+    let adapter = &BFL;
+    let fake = (adapter.start)(Behaviour {
+        fail_jobs: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_for(backend, adapter, &fake, |_| {}).await;
+    let id = app.submit(job_body(adapter)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{job}");
+    assert_eq!(attempts[0]["status"], "failed");
+    assert_ne!(attempts[0]["upstream_id"], attempts[1]["upstream_id"]);
+    let submits = fake
+        .state
+        .requests()
+        .iter()
+        .filter(|r| (adapter.is_submit)(r))
+        .count();
+    assert_eq!(submits, 2);
+}
+
+crate::on_both_backends!(failed_upstream_jobs_are_submitted_again);

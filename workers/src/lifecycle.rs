@@ -328,6 +328,7 @@ impl Step<'_> {
         let worth_another = matches!(
             e.class,
             ErrorClass::Retryable
+                | ErrorClass::Rerun
                 | ErrorClass::RateLimited { .. }
                 | ErrorClass::OutOfCredit
                 | ErrorClass::Unauthorized
@@ -337,7 +338,7 @@ impl Step<'_> {
             return self.fall_back(job, &e).await;
         }
         let retry_after = match &e.class {
-            ErrorClass::Retryable => {
+            ErrorClass::Retryable | ErrorClass::Rerun => {
                 Some(backoff(cfg.retry_base, cfg.retry_max, job.retries as u32))
             }
             ErrorClass::RateLimited { retry_after } => {
@@ -351,9 +352,12 @@ impl Step<'_> {
         match retry_after {
             Some(delay) if (job.retries as u32) < cfg.max_retries => {
                 tracing::info!(job_id = %job.id, error = %e, retry_in_ms = delay.as_millis() as u64, "upstream call failed; will retry");
+                // A failed submission, or an upstream job that ended without a result:
+                // the next check submits afresh. Otherwise it polls the same job again.
+                let resubmit = release_claim || e.class == ErrorClass::Rerun;
                 let mut tx = self.engine.store.begin().await?;
-                if jobs::record_retry(&mut tx, &job.id, release_claim, now_ms()).await? {
-                    if release_claim {
+                if jobs::record_retry(&mut tx, &job.id, resubmit, now_ms()).await? {
+                    if resubmit {
                         // The submission failed: the next one is a new attempt.
                         let error = JobError {
                             code: e.code.clone(),

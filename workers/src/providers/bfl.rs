@@ -88,12 +88,12 @@ impl Bfl {
                 format!("bfl: {status}{}", details(&answer)),
             )),
             "Error" => Err(ProviderError::new(
-                ErrorClass::Retryable,
+                ErrorClass::Rerun,
                 "upstream_error",
                 format!("bfl: generation failed{}", details(&answer)),
             )),
             "Task not found" => Err(ProviderError::new(
-                ErrorClass::Retryable,
+                ErrorClass::Rerun,
                 "upstream_task_lost",
                 format!("bfl: task {upstream_id} not found"),
             )),

@@ -348,7 +348,7 @@ fn operation_state(operation: &Value) -> Result<Option<Vec<UpstreamOutput>>, Pro
             Some(3 | 9 | 11) => {
                 ProviderError::new(ErrorClass::InvalidInput, "upstream_rejected", words)
             }
-            _ => ProviderError::new(ErrorClass::Retryable, "upstream_error", words),
+            _ => ProviderError::new(ErrorClass::Rerun, "upstream_error", words),
         });
     }
     let result = &operation["response"]["generateVideoResponse"];
@@ -609,7 +609,7 @@ mod tests {
         let internal = json!({"done": true, "error": {"code": 13, "message": "oops"}});
         assert_eq!(
             operation_state(&internal).unwrap_err().class,
-            ErrorClass::Retryable
+            ErrorClass::Rerun
         );
         let empty = json!({"done": true, "response": {"generateVideoResponse": {}}});
         assert_eq!(operation_state(&empty).unwrap_err().code, "upstream_error");

@@ -87,6 +87,10 @@ pub enum ErrorClass {
     OutOfCredit,
     /// The upstream refuses our key (HTTP 401/403): not this provider, maybe another.
     Unauthorized,
+    /// The upstream job ended without a result (an internal failure on its side): a new
+    /// submission, here or at another provider, may well succeed. Polling it again
+    /// cannot.
+    Rerun,
     /// The upstream refused or failed the job for good.
     Permanent,
 }

@@ -210,7 +210,7 @@ fn video_state(video: &Value, id: &str, poll_after: Duration) -> Result<Polled, 
                 ))
             } else {
                 Err(ProviderError::new(
-                    ErrorClass::Retryable,
+                    ErrorClass::Rerun,
                     "upstream_error",
                     words,
                 ))
@@ -522,7 +522,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             (broken.class, broken.code.as_str()),
-            (ErrorClass::Retryable, "upstream_error")
+            (ErrorClass::Rerun, "upstream_error")
         );
     }
 

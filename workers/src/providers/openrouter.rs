@@ -150,7 +150,7 @@ fn outcome(id: &str, answer: &Value) -> Result<Option<Vec<UpstreamOutput>>, Prov
             Err(if is_refusal(&error) {
                 ProviderError::new(ErrorClass::Permanent, "upstream_moderated", message)
             } else {
-                ProviderError::new(ErrorClass::Retryable, "upstream_error", message)
+                ProviderError::new(ErrorClass::Rerun, "upstream_error", message)
             })
         }
         // Not by us (we never cancel here): someone else with this key did.
@@ -161,7 +161,7 @@ fn outcome(id: &str, answer: &Value) -> Result<Option<Vec<UpstreamOutput>>, Prov
         )),
         // OpenRouter gave up on the job or no longer keeps it; another provider may serve it.
         "expired" => Err(ProviderError::new(
-            ErrorClass::Retryable,
+            ErrorClass::Rerun,
             "upstream_expired",
             format!("openrouter: video {id} expired: {}", error()),
         )),
@@ -280,7 +280,7 @@ mod tests {
             (ErrorClass::Permanent, "upstream_moderated")
         );
         let failed = at(json!({"status": "failed", "error": "provider timeout"})).unwrap_err();
-        assert_eq!(failed.class, ErrorClass::Retryable);
+        assert_eq!(failed.class, ErrorClass::Rerun);
         assert!(failed.message.contains("provider timeout"));
         assert_eq!(
             at(json!({"status": "cancelled"})).unwrap_err().code,
@@ -288,7 +288,7 @@ mod tests {
         );
         assert_eq!(
             at(json!({"status": "expired"})).unwrap_err().class,
-            ErrorClass::Retryable
+            ErrorClass::Rerun
         );
     }
 

@@ -166,7 +166,7 @@ fn outcome(prediction: &Value) -> Result<Option<Vec<UpstreamOutput>>, ProviderEr
             Err(if is_refusal(&error) {
                 ProviderError::new(ErrorClass::Permanent, "upstream_moderated", message)
             } else {
-                ProviderError::new(ErrorClass::Retryable, "upstream_error", message)
+                ProviderError::new(ErrorClass::Rerun, "upstream_error", message)
             })
         }
         // Someone with this account's token stopped it; it is not coming back.
@@ -177,7 +177,7 @@ fn outcome(prediction: &Value) -> Result<Option<Vec<UpstreamOutput>>, ProviderEr
         )),
         // Replicate ended it before it ran (a deadline on its side): worth another try.
         "aborted" => Err(ProviderError::new(
-            ErrorClass::Retryable,
+            ErrorClass::Rerun,
             "upstream_error",
             format!("replicate: prediction {id} was aborted before it ran"),
         )),
@@ -405,13 +405,13 @@ mod tests {
         let crashed = outcome(&json!({"id": "p1", "status": "failed",
             "error": "CUDA out of memory"}))
         .unwrap_err();
-        assert_eq!(crashed.class, ErrorClass::Retryable);
+        assert_eq!(crashed.class, ErrorClass::Rerun);
         assert!(crashed.message.contains("CUDA out of memory"));
         assert_eq!(
             running("canceled").unwrap_err().class,
             ErrorClass::Permanent
         );
-        assert_eq!(running("aborted").unwrap_err().class, ErrorClass::Retryable);
+        assert_eq!(running("aborted").unwrap_err().class, ErrorClass::Rerun);
         assert_eq!(
             running("succeeded").unwrap_err().class,
             ErrorClass::Retryable,

@@ -138,7 +138,7 @@ fn task_state(task: &Value, id: &str) -> Result<TaskState, ProviderError> {
             } else if code.starts_with("ASSET.") {
                 (ErrorClass::InvalidInput, "upstream_rejected")
             } else {
-                (ErrorClass::Retryable, "upstream_error")
+                (ErrorClass::Rerun, "upstream_error")
             };
             Err(ProviderError::new(class, our_code, words))
         }
@@ -281,7 +281,7 @@ mod tests {
         );
         assert_eq!(
             failure(json!({"status": "FAILED", "failureCode": "INTERNAL.BAD_OUTPUT.CODE01"})),
-            (ErrorClass::Retryable, "upstream_error".into())
+            (ErrorClass::Rerun, "upstream_error".into())
         );
         assert_eq!(
             failure(json!({"status": "CANCELLED"})),

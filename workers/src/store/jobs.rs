@@ -243,15 +243,18 @@ pub async fn set_upstream_id(
     Ok(done.rows_affected() == 1)
 }
 
-/// Counts a retryable upstream failure; `release_claim` lets the next check resubmit.
+/// Counts a retryable upstream failure. With `resubmit`, the upstream id and the
+/// submission claim are cleared, so the next check submits afresh; without, it polls the
+/// same upstream job again.
 pub async fn record_retry(
     conn: &mut AnyConnection,
     id: &str,
-    release_claim: bool,
+    resubmit: bool,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let sql = if release_claim {
-        "UPDATE jobs SET retries = retries + 1, claimed_at = 0, updated_at = $1 WHERE id = $2 AND status = 'in_progress'"
+    let sql = if resubmit {
+        "UPDATE jobs SET retries = retries + 1, upstream_id = NULL, claimed_at = 0, updated_at = $1 \
+         WHERE id = $2 AND status = 'in_progress'"
     } else {
         "UPDATE jobs SET retries = retries + 1, updated_at = $1 WHERE id = $2 AND status = 'in_progress'"
     };
