@@ -26,7 +26,7 @@ use reqwest::{Method, RequestBuilder};
 use serde_json::{Map, Value, json};
 
 use super::http::Upstream;
-use super::openai::{inline_locator, inline_media};
+use super::http::{inline_locator, inline_media};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::Value;
@@ -290,6 +291,59 @@ pub fn extension_for(content_type: &str) -> &'static str {
         "audio/flac" => "flac",
         "audio/aac" => "aac",
         _ => "bin",
+    }
+}
+
+/// A locator carrying the media itself, as a `data:` URL, for upstreams that answer with
+/// the media (OpenAI images, Imagen, Gemini, ElevenLabs). It lives in memory only: the
+/// engine copies a finished submission's outputs in the same step.
+pub fn inline_locator(content_type: &str, base64: &str) -> String {
+    format!("data:{content_type};base64,{base64}")
+}
+
+/// The media inside an `inline_locator`.
+pub fn inline_media(provider: &str, locator: &str) -> Result<Media, ProviderError> {
+    let bad = |why: &str| {
+        ProviderError::new(
+            ErrorClass::Retryable,
+            "upstream_bad_media",
+            format!("{provider}: {why}"),
+        )
+    };
+    let (content_type, data) = locator
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(";base64,"))
+        .ok_or_else(|| bad("the output does not hold its media"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| bad("the media is not valid base64"))?;
+    if bytes.is_empty() {
+        return Err(bad("the media is empty"));
+    }
+    Ok(Media {
+        content_type: content_type.to_owned(),
+        extension: extension_for(content_type).to_owned(),
+        bytes: bytes.into(),
+    })
+}
+
+/// What a result file is when its host does not say: from the file name's extension.
+pub fn content_type_for_url(url: &str) -> &'static str {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let extension = path.rsplit_once('.').map_or("", |(_, e)| e);
+    match extension.to_ascii_lowercase().as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mov" => "video/quicktime",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "ogg" => "audio/ogg",
+        "flac" => "audio/flac",
+        _ => "application/octet-stream",
     }
 }
 

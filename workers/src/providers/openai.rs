@@ -12,12 +12,11 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, extension_for};
+use super::http::{Upstream, inline_locator, inline_media};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -357,39 +356,6 @@ fn image_outputs(answer: &Value) -> Vec<UpstreamOutput> {
             locator: inline_locator(&content_type, b64),
         })
         .collect()
-}
-
-/// A locator carrying the media itself, as a `data:` URL, for upstreams that answer with
-/// the media (OpenAI images, Imagen, Gemini, ElevenLabs). It lives in memory only: the
-/// engine copies a finished submission's outputs in the same step.
-pub(super) fn inline_locator(content_type: &str, base64: &str) -> String {
-    format!("data:{content_type};base64,{base64}")
-}
-
-/// The media inside an `inline_locator`.
-pub(super) fn inline_media(provider: &str, locator: &str) -> Result<Media, ProviderError> {
-    let bad = |why: &str| {
-        ProviderError::new(
-            ErrorClass::Retryable,
-            "upstream_bad_media",
-            format!("{provider}: {why}"),
-        )
-    };
-    let (content_type, data) = locator
-        .strip_prefix("data:")
-        .and_then(|rest| rest.split_once(";base64,"))
-        .ok_or_else(|| bad("the output does not hold its media"))?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|_| bad("the media is not valid base64"))?;
-    if bytes.is_empty() {
-        return Err(bad("the media is empty"));
-    }
-    Ok(Media {
-        content_type: content_type.to_owned(),
-        extension: extension_for(content_type).to_owned(),
-        bytes: bytes.into(),
-    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::Upstream;
+use super::http::{Upstream, content_type_for_url};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -226,27 +226,6 @@ fn output_urls(output: &Value) -> Vec<UpstreamOutput> {
             locator: url.to_owned(),
         })
         .collect()
-}
-
-/// What a result file is when its host does not say: from the file name's extension.
-/// fal's adapter uses it too, for the same reason.
-pub(super) fn content_type_for_url(url: &str) -> &'static str {
-    let path = url.split(['?', '#']).next().unwrap_or(url);
-    let extension = path.rsplit_once('.').map_or("", |(_, e)| e);
-    match extension.to_ascii_lowercase().as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "webp" => "image/webp",
-        "gif" => "image/gif",
-        "mp4" => "video/mp4",
-        "webm" => "video/webm",
-        "mov" => "video/quicktime",
-        "mp3" => "audio/mpeg",
-        "wav" => "audio/wav",
-        "ogg" => "audio/ogg",
-        "flac" => "audio/flac",
-        _ => "application/octet-stream",
-    }
 }
 
 /// How a model on Replicate takes reference images: most take `image` (the start image)
