@@ -10,6 +10,8 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use mediagate_workers::EngineConfig;
+use mediagate_workers::catalog::Catalog;
+use mediagate_workers::providers::{self, ProviderSettings};
 use mediagate_workers::queue::QueueSettings;
 use mediagate_workers::webhooks::delivery::DeliveryConfig;
 use mediagate_workers::webhooks::ssrf::AllowList;
@@ -52,6 +54,58 @@ pub struct Config {
     pub queue: QueueConfig,
     pub jobs: JobsConfig,
     pub webhooks: WebhooksConfig,
+    /// A catalog file laid over the built-in one (same id replaces, new ids add).
+    pub catalog: Option<PathBuf>,
+    /// `[providers.NAME]`: the upstreams this deployment may use.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub routing: RoutingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Defaults to the provider's public API.
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the key (never the key itself); defaults
+    /// to the provider's usual one (`REPLICATE_API_TOKEN`, `FAL_KEY`, …).
+    pub api_key_env: Option<String>,
+    pub enabled: bool,
+    /// Longest one upstream request may take.
+    pub timeout_ms: u64,
+    /// Upstream calls one process makes at once to this provider.
+    pub max_concurrency: usize,
+    /// How often to poll when the upstream gives no hint.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            api_key_env: None,
+            enabled: true,
+            timeout_ms: 60_000,
+            max_concurrency: 64,
+            poll_interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Outage-like failures in a row after which a provider is skipped for a while.
+    pub breaker_threshold: u32,
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            breaker_threshold: 5,
+            breaker_cooldown_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +242,9 @@ impl Default for Config {
             queue: QueueConfig::default(),
             jobs: JobsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            catalog: None,
+            providers: BTreeMap::new(),
+            routing: RoutingConfig::default(),
         }
     }
 }
@@ -254,6 +311,7 @@ impl Config {
         self.bind_addr()?;
         self.webhook_allow()?;
         self.webhooks.delivery()?;
+        self.provider_settings()?;
         if !matches!(self.log_format.as_str(), "pretty" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log_format must be pretty or json, not {:?}",
@@ -342,7 +400,59 @@ impl Config {
             worker_concurrency: j.worker_concurrency,
             webhook_allow: self.webhook_allow()?,
             delivery: self.webhooks.delivery()?,
+            catalog: self.catalog()?,
+            providers: self.provider_settings()?,
+            breaker_threshold: self.routing.breaker_threshold,
+            breaker_cooldown: Duration::from_millis(self.routing.breaker_cooldown_ms),
         })
+    }
+
+    /// The built-in catalog, with the operator's file over it.
+    pub fn catalog(&self) -> Result<Catalog, ConfigError> {
+        let Some(path) = &self.catalog else {
+            return Ok(Catalog::builtin());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Invalid(format!("MEDIAGATE_CATALOG {}: {e}", path.display()))
+        })?;
+        Catalog::with_overrides(&path.display().to_string(), &text)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// Each configured provider with its key read from the environment. A provider whose
+    /// variable is unset has no key and is not used.
+    pub fn provider_settings(&self) -> Result<BTreeMap<String, ProviderSettings>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, p) in &self.providers {
+            let Some(defaults) = providers::defaults(name) else {
+                return Err(ConfigError::Invalid(format!(
+                    "[providers.{name}]: unknown provider (known: {})",
+                    providers::KNOWN.join(", ")
+                )));
+            };
+            let key_env = p.api_key_env.as_deref().unwrap_or(defaults.api_key_env);
+            let api_key = std::env::var(key_env).ok().filter(|k| !k.trim().is_empty());
+            if p.timeout_ms == 0 || p.max_concurrency == 0 || p.poll_interval_ms == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "[providers.{name}]: timeout_ms, max_concurrency and poll_interval_ms must be at least 1"
+                )));
+            }
+            out.insert(
+                name.clone(),
+                ProviderSettings {
+                    base_url: p
+                        .base_url
+                        .clone()
+                        .unwrap_or_else(|| defaults.base_url.to_owned()),
+                    api_key,
+                    enabled: p.enabled,
+                    timeout: Duration::from_millis(p.timeout_ms),
+                    max_concurrency: p.max_concurrency,
+                    poll_interval: Duration::from_millis(p.poll_interval_ms),
+                },
+            );
+        }
+        Ok(out)
     }
 }
 

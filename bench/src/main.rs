@@ -342,17 +342,17 @@ async fn fixture(
         x ^= x << 17;
         *b = x as u8;
     }
-    let model = mediagate_workers::catalog::find("local/video").expect("catalog");
     let now = now_ms();
     let new = NewJob {
         id: new_id(IdKind::Job),
         account_id: caller.account_id,
-        kind: model.kind,
-        model: model.id.to_owned(),
+        kind: mediagate_workers::job::JobKind::Video,
+        model: "local/video".to_owned(),
         provider: "local".to_owned(),
         input: json!({"prompt": "fixture"}),
         metadata: json!({}),
         webhook: None,
+        route: Vec::new(),
         created_at: now,
         deadline_at: now + 3_600_000,
     };

@@ -22,7 +22,7 @@ pub async fn create(
     body: JsonBody,
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?.map(|k| IdempotencyKey::new(&k, &body.raw));
-    let request = intake::parse_job_request(&body.value, &state.engine.config.webhook_allow)?;
+    let request = intake::parse_job_request(&body.value, state.engine.deployment())?;
     let engine = &state.engine;
     match intake::create_job(engine, &caller.account_id, request, key.as_ref()).await? {
         Created::New(job) => Ok(accepted(engine.job_json(&job), &job, false)),
@@ -96,7 +96,25 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let job = find_job(&state, &caller.account_id, &id).await?;
-    Ok(Json(state.engine.job_json(&job)))
+    let mut body = state.engine.job_json(&job);
+    // The detail view also shows every provider the job tried and how each went.
+    let attempts = state.engine.store.job_attempts(&job.id).await?;
+    let attempts: Vec<Value> = attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "provider": a.provider,
+                "model": a.model,
+                "upstream_id": a.upstream_id,
+                "status": a.status,
+                "error": a.error,
+                "started_at": a.started_at.div_euclid(1000),
+                "ended_at": a.ended_at.map(|t| t.div_euclid(1000)),
+            })
+        })
+        .collect();
+    body["attempts"] = Value::Array(attempts);
+    Ok(Json(body))
 }
 
 /// `GET /v1/jobs?status=&model=&limit=&after=`, newest first.

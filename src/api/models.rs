@@ -1,14 +1,14 @@
 //! `GET /v1/models`: the catalog.
 
 use axum::Json;
-use mediagate_workers::catalog::MODELS;
+use axum::extract::State;
 use mediagate_workers::job::JobKind;
 use serde_json::{Value, json};
 
-use super::Params;
 use super::error::{ApiError, ApiResult};
+use super::{AppState, Params};
 
-pub async fn list(params: Params) -> ApiResult<Json<Value>> {
+pub async fn list(State(state): State<AppState>, params: Params) -> ApiResult<Json<Value>> {
     let mut modality = None;
     for (k, v) in params.0 {
         if k == "output_modality" {
@@ -27,19 +27,13 @@ pub async fn list(params: Params) -> ApiResult<Json<Value>> {
             });
         }
     }
-    let data: Vec<Value> = MODELS
-        .iter()
-        .filter(|m| modality.is_none_or(|k| k == m.kind))
-        .map(|m| {
-            json!({
-                "id": m.id,
-                "object": "model",
-                "owned_by": m.id.split('/').next().unwrap_or_default(),
-                "output_modality": m.kind.as_str(),
-                "providers": m.providers.iter().map(|(p, upstream)| json!({"name": p, "model": upstream})).collect::<Vec<_>>(),
-                "pricing": {"unit": "job", "usd": "0.0000"},
-            })
-        })
+    let engine = &state.engine;
+    let data: Vec<Value> = engine
+        .config
+        .catalog
+        .models()
+        .filter(|m| modality.is_none_or(|k| k == m.kind()))
+        .map(|m| m.to_public(|p| engine.providers.available(p)))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }

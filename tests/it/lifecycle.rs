@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use mediagate_workers::catalog;
 use mediagate_workers::ids::{IdKind, new_id, now_ms};
+use mediagate_workers::job::JobKind;
 use mediagate_workers::lifecycle::advance;
 use mediagate_workers::queue::{Advance, Backend as QueueBackend};
+use mediagate_workers::routing::RouteStep;
 use mediagate_workers::store::jobs::{self, NewJob};
 use serde_json::{Value, json};
 
@@ -79,18 +80,22 @@ async fn past_its_deadline_a_job_expires(backend: Backend) {
 
 /// Inserts a job row without pushing its task, as a crash between the two would leave it.
 async fn insert_without_task(app: &TestApp, input: Value) -> String {
-    let model = catalog::find("local/image").unwrap();
     let account = app.account_id().await;
     let now = now_ms();
     let new = NewJob {
         id: new_id(IdKind::Job),
         account_id: account,
-        kind: model.kind,
-        model: model.id.to_owned(),
+        kind: JobKind::Image,
+        model: "local/image".to_owned(),
         provider: "local".to_owned(),
         input,
         metadata: json!({}),
         webhook: None,
+        route: vec![RouteStep {
+            model: "local/image".to_owned(),
+            provider: "local".to_owned(),
+            upstream_model: "image".to_owned(),
+        }],
         created_at: now,
         deadline_at: now + 600_000,
     };

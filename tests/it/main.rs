@@ -2,11 +2,15 @@
 
 mod support;
 
+#[path = "../fakes/mod.rs"]
+mod fakes;
+
 mod api_errors;
 mod idempotency;
 mod jobs;
 mod lifecycle;
 mod processes;
+mod providers;
 mod receiver;
 mod redis_restart;
 mod webhook_delivery;

@@ -597,7 +597,9 @@ async fn a_slow_receiver_does_not_hold_up_the_others(backend: Backend) {
 }
 
 async fn a_receiver_that_is_down_gets_the_event_once_it_is_back(backend: Backend) {
-    let app = start(backend, "0,1s,1s,1s,1s,1s", |_| {}).await;
+    // Attempts for about half a minute, so a slow machine cannot run out of them before
+    // the receiver is back.
+    let app = start(backend, "0,1s,2s,3s,3s,3s,3s,3s,3s,3s,3s", |_| {}).await;
     // Nothing listens on the port yet: connections are refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

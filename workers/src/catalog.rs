@@ -1,40 +1,283 @@
 //! The model catalog and validation of job input against it, before anything is queued.
 //!
-//! Only the built-in `local` models live here so far; each entry names its kind and the
-//! providers that serve it with their upstream model names.
+//! The catalog is data: `catalog/models.toml` ships in the binary, and an operator's file
+//! replaces entries with the same id and adds new ones. Each entry says what the model's
+//! input may hold, what a unit of output costs, and which providers serve it under which
+//! upstream name, in default routing order.
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::job::JobKind;
 
-#[derive(Debug, Clone, Copy)]
+/// The catalog shipped with mediagate.
+const BUILTIN: &str = include_str!("../../catalog/models.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Model {
-    pub id: &'static str,
-    pub kind: JobKind,
-    /// (provider, upstream model name), in default routing order.
-    pub providers: &'static [(&'static str, &'static str)],
+    pub id: String,
+    pub name: String,
+    pub modality: Modality,
+    pub price: Price,
+    pub providers: Vec<Serving>,
+    /// Exact durations (seconds) the model accepts.
+    #[serde(default)]
+    pub durations: Option<Vec<i64>>,
+    /// Inclusive range of durations (seconds) the model accepts.
+    #[serde(default)]
+    pub duration_range: Option<[i64; 2]>,
+    #[serde(default)]
+    pub default_duration: Option<i64>,
+    #[serde(default)]
+    pub resolutions: Option<Vec<String>>,
+    #[serde(default)]
+    pub aspect_ratios: Option<Vec<String>>,
+    /// Free `WxH` sizes (even sides, 64–2048).
+    #[serde(default)]
+    pub sizes: bool,
+    /// Accepts `input.generate_audio`.
+    #[serde(default)]
+    pub audio: bool,
+    #[serde(default)]
+    pub seed: bool,
+    /// How many reference image URLs `input.image` / `input.reference_images` may give.
+    #[serde(default)]
+    pub reference_images: usize,
+    /// How many images one job may ask for (`input.n`).
+    #[serde(default)]
+    pub max_outputs: Option<i64>,
+    /// Accepts `input.simulate` (the built-in local models).
+    #[serde(default)]
+    pub simulate: bool,
 }
 
-pub const MODELS: &[Model] = &[
-    Model {
-        id: "local/image",
-        kind: JobKind::Image,
-        providers: &[("local", "image")],
-    },
-    Model {
-        id: "local/video",
-        kind: JobKind::Video,
-        providers: &[("local", "video")],
-    },
-    Model {
-        id: "local/music",
-        kind: JobKind::Audio,
-        providers: &[("local", "music")],
-    },
-];
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    Image,
+    Video,
+    Audio,
+}
 
-pub fn find(id: &str) -> Option<&'static Model> {
-    MODELS.iter().find(|m| m.id == id)
+impl Modality {
+    pub fn kind(self) -> JobKind {
+        match self {
+            Modality::Image => JobKind::Image,
+            Modality::Video => JobKind::Video,
+            Modality::Audio => JobKind::Audio,
+        }
+    }
+}
+
+/// A list price: `usd` per `unit` (`image`, `second` of output, or `track`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub unit: PriceUnit,
+    pub usd: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PriceUnit {
+    Image,
+    Second,
+    Track,
+}
+
+/// One provider that serves a model, and its name for it there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Serving {
+    pub provider: String,
+    pub model: String,
+}
+
+impl Model {
+    pub fn kind(&self) -> JobKind {
+        self.modality.kind()
+    }
+
+    /// The price of a job with this input, in millionths of a dollar.
+    pub fn cost_micros(&self, input: &Value, outputs: usize) -> i64 {
+        let per_unit = parse_usd_micros(&self.price.usd).unwrap_or(0);
+        let units = match self.price.unit {
+            PriceUnit::Image => outputs.max(1) as i64,
+            PriceUnit::Track => 1,
+            PriceUnit::Second => input
+                .get("duration")
+                .and_then(Value::as_i64)
+                .or(self.default_duration)
+                .unwrap_or(1),
+        };
+        per_unit * units
+    }
+
+    /// The catalog entry as `GET /v1/models` shows it; `available` says which providers
+    /// are configured here.
+    pub fn to_public(&self, available: impl Fn(&str) -> bool) -> Value {
+        let mut accepts = serde_json::Map::new();
+        let mut put = |k: &str, v: Value| {
+            accepts.insert(k.to_owned(), v);
+        };
+        if let Some(d) = &self.durations {
+            put("durations", json!(d));
+        }
+        if let Some([min, max]) = self.duration_range {
+            put("duration_range", json!({"min": min, "max": max}));
+        }
+        if let Some(d) = self.default_duration {
+            put("default_duration", json!(d));
+        }
+        if let Some(r) = &self.resolutions {
+            put("resolutions", json!(r));
+        }
+        if let Some(a) = &self.aspect_ratios {
+            put("aspect_ratios", json!(a));
+        }
+        put("sizes", json!(self.sizes));
+        put("audio", json!(self.audio));
+        put("seed", json!(self.seed));
+        put("reference_images", json!(self.reference_images));
+        if let Some(n) = self.max_outputs {
+            put("max_outputs", json!(n));
+        }
+        let providers: Vec<Value> = self
+            .providers
+            .iter()
+            .map(|s| json!({"name": s.provider, "model": s.model, "available": available(&s.provider)}))
+            .collect();
+        json!({
+            "id": self.id,
+            "object": "model",
+            "name": self.name,
+            "owned_by": self.id.split('/').next().unwrap_or_default(),
+            "output_modality": self.kind().as_str(),
+            "accepts": accepts,
+            "pricing": {"unit": self.price.unit, "usd": self.price.usd},
+            "providers": providers,
+            "available": self.providers.iter().any(|s| available(&s.provider)),
+        })
+    }
+}
+
+/// `"0.0133"` → 13_300 millionths of a dollar.
+pub fn parse_usd_micros(s: &str) -> Option<i64> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 6 || whole.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let frac_digits: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
+    if whole < 0 || frac_digits < 0 {
+        return None;
+    }
+    Some(whole * 1_000_000 + frac_digits * 10_i64.pow(6 - frac.len() as u32))
+}
+
+/// Millionths of a dollar as `"0.1234"` (four decimals, rounded half up).
+pub fn format_usd(micros: i64) -> String {
+    let hundredths_of_cents = (micros + 50) / 100;
+    format!(
+        "{}.{:04}",
+        hundredths_of_cents / 10_000,
+        hundredths_of_cents % 10_000
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    models: Vec<Model>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {0}: {1}")]
+    Parse(String, String),
+    #[error("catalog {0}: {1}")]
+    Invalid(String, String),
+}
+
+/// Every model, by id.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    models: BTreeMap<String, Model>,
+}
+
+impl Catalog {
+    /// The built-in catalog.
+    pub fn builtin() -> Catalog {
+        Catalog::parse("built in", BUILTIN, BTreeMap::new())
+            .expect("the built-in catalog is valid (checked by its unit test)")
+    }
+
+    /// The built-in catalog with the operator's file laid over it: same id replaces, new
+    /// ids add.
+    pub fn with_overrides(source: &str, text: &str) -> Result<Catalog, CatalogError> {
+        Catalog::parse(source, text, Catalog::builtin().models)
+    }
+
+    fn parse(
+        source: &str,
+        text: &str,
+        mut models: BTreeMap<String, Model>,
+    ) -> Result<Catalog, CatalogError> {
+        let file: CatalogFile =
+            toml::from_str(text).map_err(|e| CatalogError::Parse(source.into(), e.to_string()))?;
+        for m in file.models {
+            check(&m).map_err(|e| CatalogError::Invalid(source.into(), e))?;
+            models.insert(m.id.clone(), m);
+        }
+        Ok(Catalog { models })
+    }
+
+    pub fn find(&self, id: &str) -> Option<&Model> {
+        self.models.get(id)
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Model> {
+        self.models.values()
+    }
+}
+
+/// What a catalog entry must satisfy to be served.
+fn check(m: &Model) -> Result<(), String> {
+    let id = &m.id;
+    let (vendor, name) = id
+        .split_once('/')
+        .ok_or(format!("model id {id:?} is not vendor/model"))?;
+    if vendor.is_empty() || name.is_empty() {
+        return Err(format!("model id {id:?} is not vendor/model"));
+    }
+    if m.providers.is_empty() {
+        return Err(format!("{id}: no providers"));
+    }
+    if parse_usd_micros(&m.price.usd).is_none() {
+        return Err(format!(
+            "{id}: price.usd {:?} is not a decimal",
+            m.price.usd
+        ));
+    }
+    if let Some([min, max]) = m.duration_range
+        && (min < 1 || max < min)
+    {
+        return Err(format!(
+            "{id}: duration_range must be [min, max] with 1 ≤ min ≤ max"
+        ));
+    }
+    Ok(())
 }
 
 /// A bad field in a request, named the way the client wrote it (`input.duration`).
@@ -54,14 +297,18 @@ impl InvalidField {
     }
 }
 
+/// Short side in pixels of each resolution name.
 pub const VIDEO_RESOLUTIONS: &[(&str, u32)] =
     &[("360p", 360), ("480p", 480), ("720p", 720), ("1080p", 1080)];
+/// Width and height ratio of each aspect ratio name.
 pub const ASPECT_RATIOS: &[(&str, u32, u32)] = &[
     ("16:9", 16, 9),
     ("9:16", 9, 16),
     ("1:1", 1, 1),
     ("4:3", 4, 3),
     ("3:4", 3, 4),
+    ("3:2", 3, 2),
+    ("2:3", 2, 3),
 ];
 
 /// Checks `input` against what `model` accepts. Unknown extra fields are left alone:
@@ -97,31 +344,69 @@ pub fn validate_input(model: &Model, input: &Value) -> Result<(), InvalidField> 
             ));
         }
     }
-    int_in(input, "seed", 0, u32::MAX as i64)?;
-    match model.kind {
-        JobKind::Video => {
-            int_in(input, "duration", 1, 20)?;
-            one_of(input, "resolution", VIDEO_RESOLUTIONS.iter().map(|r| r.0))?;
-            one_of(input, "aspect_ratio", ASPECT_RATIOS.iter().map(|r| r.0))?;
+    let unsupported = |field: &str| {
+        InvalidField::new(
+            &format!("input.{field}"),
+            format!("{} does not accept input.{field}", model.id),
+        )
+    };
+    if model.seed {
+        int_in(input, "seed", 0, u32::MAX as i64)?;
+    } else if present(input, "seed") {
+        return Err(unsupported("seed"));
+    }
+    match (&model.durations, model.duration_range) {
+        (Some(list), _) => one_of_ints(input, "duration", list)?,
+        (None, Some([min, max])) => int_in(input, "duration", min, max)?,
+        (None, None) if present(input, "duration") => return Err(unsupported("duration")),
+        (None, None) => {}
+    }
+    match &model.resolutions {
+        Some(list) => one_of(input, "resolution", list.iter().map(String::as_str))?,
+        None if present(input, "resolution") => return Err(unsupported("resolution")),
+        None => {}
+    }
+    match &model.aspect_ratios {
+        Some(list) => one_of(input, "aspect_ratio", list.iter().map(String::as_str))?,
+        None if present(input, "aspect_ratio") => return Err(unsupported("aspect_ratio")),
+        None => {}
+    }
+    if let Some(size) = obj.get("size").filter(|v| !v.is_null()) {
+        if !model.sizes {
+            return Err(unsupported("size"));
         }
-        JobKind::Image => {
-            one_of(input, "aspect_ratio", ASPECT_RATIOS.iter().map(|r| r.0))?;
-            if let Some(size) = obj.get("size") {
-                let ok = size.as_str().and_then(parse_size).is_some();
-                if !ok {
-                    return Err(InvalidField::new(
-                        "input.size",
-                        "input.size must be WIDTHxHEIGHT with even sides from 64 to 2048, e.g. \"1024x1024\"",
-                    ));
-                }
-            }
-        }
-        JobKind::Audio => {
-            int_in(input, "duration", 1, 120)?;
+        if size.as_str().and_then(parse_size).is_none() {
+            return Err(InvalidField::new(
+                "input.size",
+                "input.size must be WIDTHxHEIGHT with even sides from 64 to 2048, e.g. \"1024x1024\"",
+            ));
         }
     }
+    match obj.get("generate_audio") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(_)) if model.audio => {}
+        Some(Value::Bool(true)) => return Err(unsupported("generate_audio")),
+        Some(Value::Bool(false)) => {}
+        Some(_) => {
+            return Err(InvalidField::new(
+                "input.generate_audio",
+                "input.generate_audio must be true or false",
+            ));
+        }
+    }
+    reference_images(model, input)?;
+    match model.max_outputs {
+        Some(max) => int_in(input, "n", 1, max)?,
+        None if obj.get("n").is_some_and(|n| n.as_i64() != Some(1)) => {
+            return Err(InvalidField::new(
+                "input.n",
+                format!("{} makes one output per job", model.id),
+            ));
+        }
+        None => {}
+    }
     if let Some(sim) = obj.get("simulate") {
-        if !model.providers.iter().any(|(p, _)| *p == "local") {
+        if !model.simulate {
             return Err(InvalidField::new(
                 "input.simulate",
                 "input.simulate is only accepted by local models",
@@ -130,6 +415,61 @@ pub fn validate_input(model: &Model, input: &Value) -> Result<(), InvalidField> 
         validate_simulate(sim)?;
     }
     Ok(())
+}
+
+fn present(input: &Value, field: &str) -> bool {
+    input.get(field).is_some_and(|v| !v.is_null())
+}
+
+/// `input.image` (one URL) and `input.reference_images` (a list of URLs), together at
+/// most what the model takes.
+fn reference_images(model: &Model, input: &Value) -> Result<(), InvalidField> {
+    let mut count = 0;
+    if let Some(image) = input.get("image").filter(|v| !v.is_null()) {
+        if !image.as_str().is_some_and(is_http_url) {
+            return Err(InvalidField::new(
+                "input.image",
+                "input.image must be an http(s) URL",
+            ));
+        }
+        count += 1;
+    }
+    if let Some(list) = input.get("reference_images").filter(|v| !v.is_null()) {
+        let Some(list) = list.as_array() else {
+            return Err(InvalidField::new(
+                "input.reference_images",
+                "input.reference_images must be an array of http(s) URLs",
+            ));
+        };
+        for (i, v) in list.iter().enumerate() {
+            if !v.as_str().is_some_and(is_http_url) {
+                return Err(InvalidField::new(
+                    &format!("input.reference_images[{i}]"),
+                    "every reference image must be an http(s) URL",
+                ));
+            }
+        }
+        count += list.len();
+    }
+    if count > model.reference_images {
+        let param = if input.get("reference_images").is_some() {
+            "input.reference_images"
+        } else {
+            "input.image"
+        };
+        return Err(InvalidField::new(
+            param,
+            match model.reference_images {
+                0 => format!("{} takes no reference images", model.id),
+                n => format!("{} takes at most {n} reference images", model.id),
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn is_http_url(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
 }
 
 /// `WIDTHxHEIGHT` with even sides in 64..=2048.
@@ -195,6 +535,20 @@ fn int_in_at(
     }
 }
 
+fn one_of_ints(input: &Value, field: &str, allowed: &[i64]) -> Result<(), InvalidField> {
+    match input.get(field) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if v.as_i64().is_some_and(|n| allowed.contains(&n)) => Ok(()),
+        Some(_) => {
+            let list: Vec<String> = allowed.iter().map(i64::to_string).collect();
+            Err(InvalidField::new(
+                &format!("input.{field}"),
+                format!("input.{field} must be one of {}", list.join(", ")),
+            ))
+        }
+    }
+}
+
 fn one_of<'a>(
     input: &Value,
     field: &str,
@@ -219,8 +573,64 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn the_builtin_catalog_loads_and_covers_the_families() {
+        let c = Catalog::builtin();
+        for id in [
+            "google/veo-3.1",
+            "openai/sora-2",
+            "kwaivgi/kling-v2.5-turbo-pro",
+            "bytedance/seedance-1-pro",
+            "wan-video/wan-2.5",
+            "runway/gen4-turbo",
+            "black-forest-labs/flux-2-pro",
+            "openai/gpt-image-1",
+            "google/imagen-4",
+            "google/nano-banana",
+            "ideogram-ai/ideogram-v3",
+            "recraft-ai/recraft-v3",
+            "elevenlabs/music",
+            "elevenlabs/sound-effects",
+            "local/video",
+            "local/image",
+            "local/music",
+        ] {
+            assert!(c.find(id).is_some(), "{id} missing");
+        }
+        for m in c.models() {
+            check(m).unwrap();
+        }
+    }
+
+    #[test]
+    fn operator_files_replace_and_add_entries() {
+        let text = r#"
+            [[models]]
+            id = "local/image"
+            name = "Renamed"
+            modality = "image"
+            price = { unit = "image", usd = "0.5" }
+            providers = [{ provider = "local", model = "image" }]
+
+            [[models]]
+            id = "acme/new"
+            name = "New"
+            modality = "video"
+            price = { unit = "second", usd = "1" }
+            providers = [{ provider = "replicate", model = "acme/new" }]
+        "#;
+        let c = Catalog::with_overrides("test", text).unwrap();
+        assert_eq!(c.find("local/image").unwrap().name, "Renamed");
+        assert!(c.find("acme/new").is_some());
+        assert!(c.find("google/veo-3.1").is_some(), "the rest stays");
+        let bad = text.replace("acme/new", "no-slash");
+        assert!(Catalog::with_overrides("test", &bad).is_err());
+        assert!(Catalog::with_overrides("test", "models = 3").is_err());
+    }
+
+    #[test]
     fn input_is_checked_against_the_model() {
-        let video = find("local/video").unwrap();
+        let c = Catalog::builtin();
+        let video = c.find("local/video").unwrap();
         assert!(
             validate_input(
                 video,
@@ -240,7 +650,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.param, "input.simulate.fail");
-        let image = find("local/image").unwrap();
+        let image = c.find("local/image").unwrap();
         assert_eq!(
             validate_input(image, &json!({"prompt": "x", "size": "63x64"}))
                 .unwrap_err()
@@ -248,5 +658,78 @@ mod tests {
             "input.size"
         );
         assert_eq!(parse_size("512x256"), Some((512, 256)));
+
+        // Real models: exact durations, resolutions, seeds, reference images, simulate.
+        let veo = c.find("google/veo-3.1").unwrap();
+        let param = |m: &Model, input: Value| validate_input(m, &input).unwrap_err().param;
+        assert_eq!(
+            param(veo, json!({"prompt": "x", "resolution": "4k"})),
+            "input.resolution"
+        );
+        assert_eq!(
+            param(veo, json!({"prompt": "x", "duration": 5})),
+            "input.duration"
+        );
+        assert!(
+            validate_input(
+                veo,
+                &json!({"prompt": "x", "duration": 6, "generate_audio": true})
+            )
+            .is_ok()
+        );
+        let sora = c.find("openai/sora-2").unwrap();
+        assert_eq!(param(sora, json!({"prompt": "x", "seed": 3})), "input.seed");
+        assert_eq!(
+            param(sora, json!({"prompt": "x", "resolution": "1080p"})),
+            "input.resolution"
+        );
+        assert_eq!(
+            param(
+                sora,
+                json!({"prompt": "x", "reference_images": ["https://a/1.png", "https://a/2.png"]})
+            ),
+            "input.reference_images"
+        );
+        assert_eq!(
+            param(sora, json!({"prompt": "x", "image": "file:///etc/passwd"})),
+            "input.image"
+        );
+        assert_eq!(
+            param(veo, json!({"prompt": "x", "simulate": {}})),
+            "input.simulate"
+        );
+        let flux = c.find("black-forest-labs/flux-1.1-pro").unwrap();
+        assert_eq!(param(flux, json!({"prompt": "x", "n": 2})), "input.n");
+        let gpt = c.find("openai/gpt-image-1").unwrap();
+        assert!(validate_input(gpt, &json!({"prompt": "x", "n": 4})).is_ok());
+        let music = c.find("elevenlabs/sound-effects").unwrap();
+        assert_eq!(
+            param(music, json!({"prompt": "x", "duration": 31})),
+            "input.duration"
+        );
+    }
+
+    #[test]
+    fn prices_are_exact_decimals() {
+        assert_eq!(parse_usd_micros("0.0133"), Some(13_300));
+        assert_eq!(parse_usd_micros("1"), Some(1_000_000));
+        assert_eq!(parse_usd_micros(".5"), Some(500_000));
+        assert_eq!(parse_usd_micros("0.1234567"), None);
+        assert_eq!(parse_usd_micros("-1"), None);
+        assert_eq!(parse_usd_micros("abc"), None);
+        assert_eq!(format_usd(13_300), "0.0133");
+        assert_eq!(format_usd(3_200_000), "3.2000");
+        assert_eq!(format_usd(49), "0.0000");
+        assert_eq!(format_usd(50), "0.0001");
+        let c = Catalog::builtin();
+        let veo = c.find("google/veo-3.1").unwrap();
+        assert_eq!(veo.cost_micros(&json!({"duration": 6}), 1), 2_400_000);
+        assert_eq!(
+            veo.cost_micros(&json!({}), 1),
+            3_200_000,
+            "default duration 8 s"
+        );
+        let gpt = c.find("openai/gpt-image-1").unwrap();
+        assert_eq!(gpt.cost_micros(&json!({"n": 3}), 3), 120_000);
     }
 }

@@ -6,11 +6,13 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{self, InvalidField};
+use crate::catalog::{self, Catalog, InvalidField};
 use crate::ids::{IdKind, new_id, now_ms};
-use crate::job::{Job, JobStatus};
+use crate::job::{Job, JobKind, JobStatus};
 use crate::lifecycle::{cancel_upstream, end_job};
+use crate::providers::Providers;
 use crate::queue::Advance;
+use crate::routing::{self, ProviderPrefs, RouteStep};
 use crate::store::idempotency::{self, Claim, KeyPolicy};
 use crate::store::jobs::{self, NewJob};
 use crate::webhooks::endpoints;
@@ -20,16 +22,35 @@ use crate::{Engine, EngineError};
 /// A create request that passed every check.
 #[derive(Debug, Clone)]
 pub struct JobRequest {
-    pub model: &'static catalog::Model,
-    pub provider: &'static str,
+    pub kind: JobKind,
+    /// Where the job may run, first step first; never empty.
+    pub route: Vec<RouteStep>,
     pub input: Value,
     pub metadata: Value,
     pub webhook: Option<Value>,
 }
 
+/// What checking a request needs to know about this deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Deployment<'a> {
+    pub catalog: &'a Catalog,
+    pub providers: &'a Providers,
+    /// The operator's allow list for private webhook targets.
+    pub webhook_allow: &'a AllowList,
+}
+
+impl Engine {
+    pub fn deployment(&self) -> Deployment<'_> {
+        Deployment {
+            catalog: &self.config.catalog,
+            providers: &self.providers,
+            webhook_allow: &self.config.webhook_allow,
+        }
+    }
+}
+
 /// Checks a `POST /v1/jobs` body. Every failure names the offending field.
-/// `allow` is the operator's allow list for private webhook targets.
-pub fn parse_job_request(body: &Value, allow: &AllowList) -> Result<JobRequest, InvalidField> {
+pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobRequest, InvalidField> {
     let Some(obj) = body.as_object() else {
         return Err(InvalidField::new(
             "",
@@ -75,20 +96,29 @@ pub fn parse_job_request(body: &Value, allow: &AllowList) -> Result<JobRequest, 
             ));
         }
     };
+    let model_param = |i: usize| {
+        if i == 0 && obj.get("model").is_some_and(Value::is_string) {
+            "model"
+        } else {
+            "models"
+        }
+    };
+    let mut models = Vec::with_capacity(candidates.len());
     for (i, id) in candidates.iter().enumerate() {
-        if catalog::find(id).is_none() {
-            let param = if i == 0 && obj.get("model").is_some_and(Value::is_string) {
-                "model".to_owned()
-            } else {
-                "models".to_owned()
-            };
+        let Some(model) = here.catalog.find(id) else {
             return Err(InvalidField::new(
-                &param,
+                model_param(i),
                 format!("unknown model {id:?}; GET /v1/models lists the catalog"),
             ));
-        }
+        };
+        models.push(model);
     }
-    let model = catalog::find(candidates[0]).expect("checked above");
+    if models.iter().any(|m| m.kind() != models[0].kind()) {
+        return Err(InvalidField::new(
+            "models",
+            "every model in models must make the same kind of output",
+        ));
+    }
     let input = match obj.get("input") {
         Some(v @ Value::Object(_)) => v.clone(),
         Some(_) => return Err(InvalidField::new("input", "input must be an object")),
@@ -99,7 +129,10 @@ pub fn parse_job_request(body: &Value, allow: &AllowList) -> Result<JobRequest, 
             ));
         }
     };
-    catalog::validate_input(model, &input)?;
+    // Any model of the list may end up serving the job, so the input must suit each.
+    for model in &models {
+        catalog::validate_input(model, &input)?;
+    }
     let metadata = match obj.get("metadata") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(m)) if m.len() <= 50 && v.to_string().len() <= 16 * 1024 => {
@@ -113,19 +146,36 @@ pub fn parse_job_request(body: &Value, allow: &AllowList) -> Result<JobRequest, 
         }
         Some(_) => return Err(InvalidField::new("metadata", "metadata must be an object")),
     };
-    if obj
-        .get("provider")
-        .is_some_and(|p| !p.is_null() && !p.is_object())
-    {
-        return Err(InvalidField::new("provider", "provider must be an object"));
+    let prefs = routing::parse_prefs(obj.get("provider"))?;
+    let route = routing::plan(&models, &prefs, |p| here.providers.available(p));
+    if route.is_empty() {
+        let unfiltered = routing::plan(&models, &ProviderPrefs::default(), |p| {
+            here.providers.available(p)
+        });
+        let (param, message) = if unfiltered.is_empty() {
+            (
+                model_param(0),
+                format!(
+                    "no provider configured here serves {}; GET /v1/models shows which are available",
+                    candidates.join(", ")
+                ),
+            )
+        } else {
+            (
+                "provider",
+                "the provider preferences exclude every provider that serves this model here"
+                    .to_owned(),
+            )
+        };
+        return Err(InvalidField::new(param, message));
     }
     let webhook = match obj.get("webhook") {
         None | Some(Value::Null) => None,
-        Some(w) => Some(parse_webhook(w, allow)?),
+        Some(w) => Some(parse_webhook(w, here.webhook_allow)?),
     };
     Ok(JobRequest {
-        model,
-        provider: model.providers[0].0,
+        kind: models[0].kind(),
+        route,
         input,
         metadata,
         webhook,
@@ -234,12 +284,13 @@ async fn insert_job(
     let new = NewJob {
         id: new_id(IdKind::Job),
         account_id: account_id.to_owned(),
-        kind: req.model.kind,
-        model: req.model.id.to_owned(),
-        provider: req.provider.to_owned(),
+        kind: req.kind,
+        model: req.route[0].model.clone(),
+        provider: req.route[0].provider.clone(),
         input: req.input,
         metadata: req.metadata,
         webhook: req.webhook,
+        route: req.route,
         created_at: now,
         deadline_at: now + engine.config.job_deadline.as_millis() as i64,
     };
@@ -297,22 +348,39 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn here<'a>(
+        catalog: &'a Catalog,
+        providers: &'a Providers,
+        allow: &'a AllowList,
+    ) -> Deployment<'a> {
+        Deployment {
+            catalog,
+            providers,
+            webhook_allow: allow,
+        }
+    }
+
     #[test]
     fn requests_are_checked_and_bad_fields_named() {
-        let none = AllowList::default();
+        let (catalog, providers, allow) = (
+            Catalog::builtin(),
+            Providers::default(),
+            AllowList::default(),
+        );
+        let none = here(&catalog, &providers, &allow);
         let ok = parse_job_request(
             &json!({"model": "local/video", "input": {"prompt": "fox"}}),
-            &none,
+            none,
         )
         .unwrap();
-        assert_eq!(ok.model.id, "local/video");
+        assert_eq!(ok.route[0].model, "local/video");
         assert_eq!(ok.metadata, json!({}));
         let ok = parse_job_request(
-            &json!({"models": ["local/image", "local/video"], "input": {"prompt": "x"}}),
-            &none,
+            &json!({"models": ["local/video", "local/video"], "input": {"prompt": "x"}}),
+            none,
         )
         .unwrap();
-        assert_eq!(ok.model.id, "local/image");
+        assert_eq!(ok.route.len(), 2);
         let cases = [
             (json!([1]), ""),
             (json!({"input": {"prompt": "x"}}), "model"),
@@ -339,10 +407,27 @@ mod tests {
                 json!({"model": "local/video", "input": {"prompt": "x"}, "webhook": {"url": "https://x", "events": ["job.nope"]}}),
                 "webhook.events",
             ),
+            (
+                json!({"models": ["local/image", "local/video"], "input": {"prompt": "x"}}),
+                "models",
+            ),
+            // Known, but no provider for it is configured here.
+            (
+                json!({"model": "google/veo-3.1", "input": {"prompt": "x"}}),
+                "model",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "provider": {"ignore": ["local"]}}),
+                "provider",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "provider": {"order": 1}}),
+                "provider.order",
+            ),
         ];
         for (body, param) in cases {
             assert_eq!(
-                parse_job_request(&body, &none).unwrap_err().param,
+                parse_job_request(&body, none).unwrap_err().param,
                 param,
                 "{body}"
             );
@@ -351,7 +436,9 @@ mod tests {
 
     #[test]
     fn webhook_urls_that_cannot_be_safe_are_refused_at_submission() {
-        let none = AllowList::default();
+        let (catalog, providers) = (Catalog::builtin(), Providers::default());
+        let none_list = AllowList::default();
+        let none = here(&catalog, &providers, &none_list);
         let with = |url: &str| json!({"model": "local/image", "input": {"prompt": "x"}, "webhook": {"url": url}});
         for url in [
             "http://127.0.0.1:9000/hook",
@@ -364,14 +451,15 @@ mod tests {
             "https://user:pass@example.com/hook",
             &format!("https://example.com/{}", "a".repeat(2048)),
         ] {
-            let err = parse_job_request(&with(url), &none).unwrap_err();
+            let err = parse_job_request(&with(url), none).unwrap_err();
             assert_eq!(err.param, "webhook.url", "{url}");
         }
-        let ok = parse_job_request(&with("https://example.com/hook"), &none).unwrap();
+        let ok = parse_job_request(&with("https://example.com/hook"), none).unwrap();
         assert_eq!(ok.webhook.unwrap()["url"], "https://example.com/hook");
         // The operator's allow list opens a private range, and only that one.
-        let loopback = AllowList::parse("127.0.0.0/8").unwrap();
-        assert!(parse_job_request(&with("http://127.0.0.1:9000/hook"), &loopback).is_ok());
-        assert!(parse_job_request(&with("http://10.0.0.1/hook"), &loopback).is_err());
+        let loopback_list = AllowList::parse("127.0.0.0/8").unwrap();
+        let loopback = here(&catalog, &providers, &loopback_list);
+        assert!(parse_job_request(&with("http://127.0.0.1:9000/hook"), loopback).is_ok());
+        assert!(parse_job_request(&with("http://10.0.0.1/hook"), loopback).is_err());
     }
 }

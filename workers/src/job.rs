@@ -4,6 +4,8 @@
 //! here, so the API, the event stream and webhooks all show the same thing.
 
 use serde::{Deserialize, Serialize};
+
+use crate::routing::RouteStep;
 use serde_json::{Value, json};
 
 use crate::files::FileSigner;
@@ -131,6 +133,17 @@ pub struct Job {
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
     pub deadline_at: i64,
+    /// Every (model, provider) step the job may take, in order.
+    pub route: Vec<RouteStep>,
+    /// The step the job is on.
+    pub route_index: i64,
+}
+
+impl Job {
+    /// The step after the current one, if the job may still fall back.
+    pub fn next_step(&self) -> Option<&RouteStep> {
+        self.route.get(self.route_index as usize + 1)
+    }
 }
 
 /// What the public job object needs besides the row: where we are and how to sign links.

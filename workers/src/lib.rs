@@ -15,11 +15,13 @@ pub mod providers;
 pub mod queue;
 pub mod reaper;
 pub mod render;
+pub mod routing;
 pub mod storage;
 pub mod store;
 pub mod webhooks;
 pub mod worker;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +29,12 @@ use tokio::sync::broadcast;
 
 pub use error::EngineError;
 
+use crate::catalog::Catalog;
 use crate::files::FileSigner;
 use crate::job::{Job, Render};
-use crate::providers::Providers;
+use crate::providers::{ProviderSettings, Providers};
 use crate::queue::Queue;
+use crate::routing::Breakers;
 use crate::storage::Storage;
 use crate::store::Store;
 use crate::webhooks::delivery::{DeliveryConfig, Destinations};
@@ -65,6 +69,13 @@ pub struct EngineConfig {
     /// Private ranges webhooks may reach despite the SSRF guard.
     pub webhook_allow: AllowList,
     pub delivery: DeliveryConfig,
+    /// The models jobs may ask for.
+    pub catalog: Catalog,
+    /// `[providers.NAME]`: how each upstream is reached.
+    pub providers: BTreeMap<String, ProviderSettings>,
+    /// Outage-like failures in a row after which a provider is skipped for a while.
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +94,10 @@ impl Default for EngineConfig {
             worker_concurrency: 256,
             webhook_allow: AllowList::default(),
             delivery: DeliveryConfig::default(),
+            catalog: Catalog::builtin(),
+            providers: BTreeMap::new(),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(30),
         }
     }
 }
@@ -94,6 +109,8 @@ pub struct Engine {
     pub queue: Queue,
     pub storage: Storage,
     pub providers: Providers,
+    /// Providers being skipped after repeated failures.
+    pub breakers: Breakers,
     pub config: EngineConfig,
     pub signer: FileSigner,
     /// The guarded HTTP client every webhook attempt goes through.
@@ -131,12 +148,16 @@ impl Engine {
         let webhook_client =
             ssrf::delivery_client(config.webhook_allow.clone(), config.delivery.timeout)
                 .map_err(|e| EngineError::Internal(format!("webhook client: {e}")))?;
+        let providers =
+            Providers::from_settings(&config.providers).map_err(EngineError::Internal)?;
+        let breakers = Breakers::new(config.breaker_threshold, config.breaker_cooldown);
         let (changes, _) = broadcast::channel(4096);
         Ok(Arc::new(Engine {
             store,
             queue,
             storage,
-            providers: Providers::default(),
+            providers,
+            breakers,
             config,
             signer,
             webhook_client,

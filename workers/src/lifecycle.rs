@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use sqlx::AnyConnection;
 
-use crate::catalog;
+use crate::catalog::format_usd;
 use crate::ids::now_ms;
 use crate::job::{Job, JobError, JobStatus, StoredOutput};
 use crate::providers::{
     ErrorClass, Polled, Provider, ProviderCall, ProviderError, Submitted, UpstreamOutput,
 };
 use crate::queue::Advance;
-use crate::store::{events, jobs};
+use crate::store::{events, job_attempts, jobs};
 use crate::webhooks::delivery;
 use crate::{Engine, EngineError};
 
@@ -64,24 +64,25 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
             else {
                 return Ok(());
             };
+            job_attempts::start(&mut tx, &job.id, &job.provider, &job.model, now).await?;
             let outbox =
                 record_event(engine, &mut tx, &job, JobStatus::InProgress.event_type()).await?;
             tx.commit().await?;
             engine.announce(&job.id);
             delivery::dispatch(engine, outbox).await;
-            step.submit(&job).await
+            step.submit_or_skip(&job).await
         }
         (JobStatus::InProgress, None) => {
             let grace = engine.config.submit_grace.as_millis() as i64;
             if job.claimed_at == 0 || job.claimed_at + grace <= now {
-                let mut conn = engine.store.pool().acquire().await?;
+                let mut tx = engine.store.begin().await?;
                 let lease = lease_until(engine, now);
-                if !jobs::reclaim_submission(&mut conn, &job.id, job.claimed_at, now, lease).await?
-                {
+                if !jobs::reclaim_submission(&mut tx, &job.id, job.claimed_at, now, lease).await? {
                     return Ok(());
                 }
-                drop(conn);
-                step.submit(&Job {
+                job_attempts::start(&mut tx, &job.id, &job.provider, &job.model, now).await?;
+                tx.commit().await?;
+                step.submit_or_skip(&Job {
                     claimed_at: now,
                     ..job
                 })
@@ -101,42 +102,80 @@ fn lease_until(engine: &Engine, now: i64) -> i64 {
     now + engine.config.task_timeout.as_millis() as i64
 }
 
-/// The provider and upstream model name serving this job.
-fn route<'e>(engine: &'e Engine, job: &Job) -> Option<(&'e Provider, &'static str)> {
-    let model = catalog::find(&job.model)?;
-    let (_, upstream_model) = model.providers.iter().find(|(p, _)| *p == job.provider)?;
-    Some((engine.providers.get(&job.provider)?, upstream_model))
+/// The provider serving the job's current route step, and its name for the model.
+fn route<'e>(engine: &'e Engine, job: &Job) -> Option<(&'e Provider, String)> {
+    let step = job.route.get(job.route_index as usize)?;
+    Some((
+        engine.providers.get(&step.provider)?,
+        step.upstream_model.clone(),
+    ))
 }
 
 struct Step<'e> {
     engine: &'e Engine,
     provider: &'e Provider,
-    upstream_model: &'static str,
+    upstream_model: String,
 }
 
 impl Step<'_> {
-    fn call<'j>(&self, job: &'j Job) -> ProviderCall<'j> {
+    fn call<'j>(&'j self, job: &'j Job) -> ProviderCall<'j> {
         ProviderCall {
             job_id: &job.id,
-            upstream_model: self.upstream_model,
+            upstream_model: &self.upstream_model,
             input: &job.input,
             retries: job.retries as u32,
             submitted_at: job.claimed_at,
         }
     }
 
+    /// Submits, unless the provider is being skipped after repeated failures and the job
+    /// has somewhere else to go.
+    async fn submit_or_skip(&self, job: &Job) -> Result<(), EngineError> {
+        if self.engine.breakers.is_open(&job.provider) && job.next_step().is_some() {
+            let e = ProviderError::new(
+                ErrorClass::Retryable,
+                "provider_unavailable",
+                format!("{} skipped: it failed repeatedly just now", job.provider),
+            );
+            return self.fall_back(job, &e).await;
+        }
+        self.submit(job).await
+    }
+
+    /// Counts the outcome of an upstream call towards the provider's circuit breaker.
+    fn observe<T>(&self, job: &Job, result: &Result<T, ProviderError>) {
+        let breakers = &self.engine.breakers;
+        match result {
+            Ok(_) => breakers.succeeded(&job.provider),
+            Err(e)
+                if matches!(
+                    e.class,
+                    ErrorClass::Retryable | ErrorClass::RateLimited { .. }
+                ) =>
+            {
+                if breakers.failed(&job.provider) {
+                    tracing::warn!(provider = %job.provider, "provider failing repeatedly; skipping it for a while");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
     async fn submit(&self, job: &Job) -> Result<(), EngineError> {
         let call = self.call(job);
-        match self.provider.submit(&call).await {
+        let submitted = self.provider.submit(&call).await;
+        self.observe(job, &submitted);
+        match submitted {
             Ok(Submitted::Pending {
                 upstream_id,
                 poll_after,
             }) => {
                 let at = now_ms() + poll_after.as_millis() as i64;
-                let mut conn = self.engine.store.pool().acquire().await?;
+                let mut tx = self.engine.store.begin().await?;
                 let next = Some((job.check_seq, at));
-                if jobs::set_upstream_id(&mut conn, &job.id, &upstream_id, now_ms(), next).await? {
-                    drop(conn);
+                if jobs::set_upstream_id(&mut tx, &job.id, &upstream_id, now_ms(), next).await? {
+                    job_attempts::set_upstream_id(&mut tx, &job.id, &upstream_id).await?;
+                    tx.commit().await?;
                     push_next(self.engine, &job.id, job.check_seq + 1, at).await;
                 }
                 Ok(())
@@ -157,13 +196,20 @@ impl Step<'_> {
     /// The upstream id is written before anything else can fail, so a finished (and
     /// billed) upstream job is never lost. False if the job moved on meanwhile.
     async fn persist_upstream_id(&self, job: &Job, upstream_id: &str) -> Result<bool, EngineError> {
-        let mut conn = self.engine.store.pool().acquire().await?;
-        Ok(jobs::set_upstream_id(&mut conn, &job.id, upstream_id, now_ms(), None).await?)
+        let mut tx = self.engine.store.begin().await?;
+        if !jobs::set_upstream_id(&mut tx, &job.id, upstream_id, now_ms(), None).await? {
+            return Ok(false);
+        }
+        job_attempts::set_upstream_id(&mut tx, &job.id, upstream_id).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn poll(&self, job: &Job, upstream_id: &str) -> Result<(), EngineError> {
         let call = self.call(job);
-        match self.provider.poll(&call, upstream_id).await {
+        let polled = self.provider.poll(&call, upstream_id).await;
+        self.observe(job, &polled);
+        match polled {
             Ok(Polled::Pending {
                 progress,
                 poll_after,
@@ -231,10 +277,18 @@ impl Step<'_> {
                 }
             }
         }
+        let cost = self
+            .engine
+            .config
+            .catalog
+            .find(&job.model)
+            .map_or(0, |m| m.cost_micros(&job.input, stored.len()));
         let mut tx = self.engine.store.begin().await?;
-        let completed = jobs::complete(&mut tx, &job.id, &stored, &job.cost_usd, now_ms()).await?;
+        let now = now_ms();
+        let completed = jobs::complete(&mut tx, &job.id, &stored, &format_usd(cost), now).await?;
         match completed {
             Some(done) => {
+                job_attempts::finish(&mut tx, &job.id, "succeeded", None, now).await?;
                 let outbox = record_event(
                     self.engine,
                     &mut tx,
@@ -259,7 +313,8 @@ impl Step<'_> {
         Ok(())
     }
 
-    /// Sorts an upstream failure: retry later, or end the job with the upstream's words.
+    /// Sorts an upstream failure: the next route step, a retry later, or the end of the
+    /// job with the upstream's words.
     async fn failed(
         &self,
         job: &Job,
@@ -267,21 +322,51 @@ impl Step<'_> {
         release_claim: bool,
     ) -> Result<(), EngineError> {
         let cfg = &self.engine.config;
+        // An outage, a rate limit, or an upstream account that cannot pay: another
+        // provider (or model) may well serve the job. A refusal of the input would be
+        // refused there too, so it ends the job.
+        let worth_another = matches!(
+            e.class,
+            ErrorClass::Retryable
+                | ErrorClass::Rerun
+                | ErrorClass::RateLimited { .. }
+                | ErrorClass::OutOfCredit
+                | ErrorClass::Unauthorized
+        );
+        if worth_another && job.next_step().is_some() {
+            tracing::info!(job_id = %job.id, provider = %job.provider, error = %e, "falling back to the next provider");
+            return self.fall_back(job, &e).await;
+        }
         let retry_after = match &e.class {
-            ErrorClass::Retryable => {
+            ErrorClass::Retryable | ErrorClass::Rerun => {
                 Some(backoff(cfg.retry_base, cfg.retry_max, job.retries as u32))
             }
             ErrorClass::RateLimited { retry_after } => {
                 Some((*retry_after).clamp(cfg.retry_base, cfg.retry_max))
             }
-            ErrorClass::InvalidInput | ErrorClass::OutOfCredit | ErrorClass::Permanent => None,
+            ErrorClass::InvalidInput
+            | ErrorClass::OutOfCredit
+            | ErrorClass::Unauthorized
+            | ErrorClass::Permanent => None,
         };
         match retry_after {
             Some(delay) if (job.retries as u32) < cfg.max_retries => {
                 tracing::info!(job_id = %job.id, error = %e, retry_in_ms = delay.as_millis() as u64, "upstream call failed; will retry");
-                let mut conn = self.engine.store.pool().acquire().await?;
-                if jobs::record_retry(&mut conn, &job.id, release_claim, now_ms()).await? {
-                    drop(conn);
+                // A failed submission, or an upstream job that ended without a result:
+                // the next check submits afresh. Otherwise it polls the same job again.
+                let resubmit = release_claim || e.class == ErrorClass::Rerun;
+                let mut tx = self.engine.store.begin().await?;
+                if jobs::record_retry(&mut tx, &job.id, resubmit, now_ms()).await? {
+                    if resubmit {
+                        // The submission failed: the next one is a new attempt.
+                        let error = JobError {
+                            code: e.code.clone(),
+                            message: e.message.clone(),
+                        };
+                        job_attempts::finish(&mut tx, &job.id, "failed", Some(&error), now_ms())
+                            .await?;
+                    }
+                    tx.commit().await?;
                     schedule(self.engine, job, now_ms() + delay.as_millis() as i64).await?;
                 }
                 Ok(())
@@ -296,6 +381,33 @@ impl Step<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+impl Step<'_> {
+    /// Ends the current attempt and moves the job to its next route step, which the next
+    /// check submits to at once. Whatever the upstream still runs for us is cancelled.
+    async fn fall_back(&self, job: &Job, e: &ProviderError) -> Result<(), EngineError> {
+        let Some(next) = job.next_step() else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let error = JobError {
+            code: e.code.clone(),
+            message: e.message.clone(),
+        };
+        let mut tx = self.engine.store.begin().await?;
+        let index = job.route_index + 1;
+        if !jobs::switch_route(&mut tx, &job.id, job.check_seq, index, next, now).await? {
+            return Ok(());
+        }
+        job_attempts::finish(&mut tx, &job.id, "failed", Some(&error), now).await?;
+        tx.commit().await?;
+        if job.upstream_id.is_some() {
+            cancel_upstream(self.engine, job).await;
+        }
+        push_next(self.engine, &job.id, job.check_seq + 1, now).await;
+        Ok(())
     }
 }
 
@@ -315,9 +427,11 @@ pub async fn end_job(
     error: Option<&JobError>,
 ) -> Result<Option<Job>, EngineError> {
     let mut tx = engine.store.begin().await?;
-    let Some(job) = jobs::end(&mut tx, job_id, to, error, now_ms()).await? else {
+    let now = now_ms();
+    let Some(job) = jobs::end(&mut tx, job_id, to, error, now).await? else {
         return Ok(None);
     };
+    job_attempts::finish(&mut tx, job_id, to.as_str(), error, now).await?;
     let outbox = record_event(engine, &mut tx, &job, to.event_type()).await?;
     tx.commit().await?;
     engine.announce(job_id);
@@ -334,7 +448,7 @@ pub async fn cancel_upstream(engine: &Engine, job: &Job) {
     };
     let call = ProviderCall {
         job_id: &job.id,
-        upstream_model,
+        upstream_model: &upstream_model,
         input: &job.input,
         retries: job.retries as u32,
         submitted_at: job.claimed_at,

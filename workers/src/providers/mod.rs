@@ -2,8 +2,18 @@
 //! upstream, enum dispatch. Upstreams that finish at submit (synchronous APIs) return
 //! `Submitted::Done`; asynchronous ones return an upstream id to poll.
 
+pub mod bfl;
+pub mod elevenlabs;
+pub mod fal;
+pub mod google;
+pub mod http;
 pub mod local;
+pub mod openai;
+pub mod openrouter;
+pub mod replicate;
+pub mod runway;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -75,6 +85,12 @@ pub enum ErrorClass {
     InvalidInput,
     /// The upstream account is out of credit (HTTP 402): not this provider, maybe another.
     OutOfCredit,
+    /// The upstream refuses our key (HTTP 401/403): not this provider, maybe another.
+    Unauthorized,
+    /// The upstream job ended without a result (an internal failure on its side): a new
+    /// submission, here or at another provider, may well succeed. Polling it again
+    /// cannot.
+    Rerun,
     /// The upstream refused or failed the job for good.
     Permanent,
 }
@@ -103,12 +119,28 @@ impl ProviderError {
 #[derive(Debug, Clone)]
 pub enum Provider {
     Local(local::Local),
+    Bfl(bfl::Bfl),
+    OpenAi(openai::OpenAi),
+    Runway(runway::Runway),
+    ElevenLabs(elevenlabs::ElevenLabs),
+    Google(google::Google),
+    Replicate(replicate::Replicate),
+    Fal(fal::Fal),
+    OpenRouter(openrouter::OpenRouter),
 }
 
 impl Provider {
     pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         match self {
             Provider::Local(p) => p.submit(call),
+            Provider::Bfl(p) => p.submit(call).await,
+            Provider::OpenAi(p) => p.submit(call).await,
+            Provider::Runway(p) => p.submit(call).await,
+            Provider::ElevenLabs(p) => p.submit(call).await,
+            Provider::Google(p) => p.submit(call).await,
+            Provider::Replicate(p) => p.submit(call).await,
+            Provider::Fal(p) => p.submit(call).await,
+            Provider::OpenRouter(p) => p.submit(call).await,
         }
     }
 
@@ -119,6 +151,14 @@ impl Provider {
     ) -> Result<Polled, ProviderError> {
         match self {
             Provider::Local(p) => p.poll(call, upstream_id),
+            Provider::Bfl(p) => p.poll(call, upstream_id).await,
+            Provider::OpenAi(p) => p.poll(call, upstream_id).await,
+            Provider::Runway(p) => p.poll(call, upstream_id).await,
+            Provider::ElevenLabs(p) => p.poll(call, upstream_id).await,
+            Provider::Google(p) => p.poll(call, upstream_id).await,
+            Provider::Replicate(p) => p.poll(call, upstream_id).await,
+            Provider::Fal(p) => p.poll(call, upstream_id).await,
+            Provider::OpenRouter(p) => p.poll(call, upstream_id).await,
         }
     }
 
@@ -129,38 +169,174 @@ impl Provider {
     ) -> Result<Media, ProviderError> {
         match self {
             Provider::Local(p) => p.fetch(call, output).await,
+            Provider::Bfl(p) => p.fetch(call, output).await,
+            Provider::OpenAi(p) => p.fetch(call, output).await,
+            Provider::Runway(p) => p.fetch(call, output).await,
+            Provider::ElevenLabs(p) => p.fetch(call, output).await,
+            Provider::Google(p) => p.fetch(call, output).await,
+            Provider::Replicate(p) => p.fetch(call, output).await,
+            Provider::Fal(p) => p.fetch(call, output).await,
+            Provider::OpenRouter(p) => p.fetch(call, output).await,
         }
     }
 
     /// Best effort: tells the upstream to stop working on a job we no longer want.
     pub async fn cancel(
         &self,
-        _call: &ProviderCall<'_>,
-        _upstream_id: &str,
+        call: &ProviderCall<'_>,
+        upstream_id: &str,
     ) -> Result<(), ProviderError> {
         match self {
             // Nothing runs upstream for `local`: polling simply stops.
             Provider::Local(_) => Ok(()),
+            // BFL documents no cancel.
+            Provider::Bfl(_) => Ok(()),
+            // OpenAI documents no cancel for videos; images finish at submit.
+            Provider::OpenAi(_) => Ok(()),
+            Provider::Runway(p) => p.cancel(call, upstream_id).await,
+            // ElevenLabs answers at submit: nothing runs upstream afterwards.
+            Provider::ElevenLabs(_) => Ok(()),
+            // The Gemini API documents no cancel for Veo operations; images finish at submit.
+            Provider::Google(_) => Ok(()),
+            Provider::Replicate(p) => p.cancel(call, upstream_id).await,
+            Provider::Fal(p) => p.cancel(call, upstream_id).await,
+            // OpenRouter documents no cancel for videos.
+            Provider::OpenRouter(_) => Ok(()),
         }
     }
 }
 
-/// The configured providers.
+/// How one provider is reached, from `[providers.NAME]`. The key is read from the
+/// environment variable the configuration names and never leaves the adapter.
+#[derive(Clone)]
+pub struct ProviderSettings {
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub enabled: bool,
+    /// Longest one upstream request may take.
+    pub timeout: Duration,
+    /// Upstream calls one process makes at once to this provider.
+    pub max_concurrency: usize,
+    /// How often to poll when the upstream gives no hint (longer when it calls us back).
+    pub poll_interval: Duration,
+}
+
+impl std::fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSettings")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("enabled", &self.enabled)
+            .field("timeout", &self.timeout)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+/// The providers this deployment can use: `local` always, others when configured,
+/// enabled and given a key.
 #[derive(Debug, Clone)]
 pub struct Providers {
-    local: Provider,
+    by_name: BTreeMap<String, Provider>,
 }
 
 impl Default for Providers {
     fn default() -> Self {
-        Self {
-            local: Provider::Local(local::Local),
-        }
+        let mut by_name = BTreeMap::new();
+        by_name.insert(
+            local::PROVIDER_TYPE.to_owned(),
+            Provider::Local(local::Local),
+        );
+        Self { by_name }
     }
 }
 
+/// Every provider name mediagate knows, built in or configurable.
+pub const KNOWN: &[&str] = &[
+    local::PROVIDER_TYPE,
+    "openai",
+    "openrouter",
+    "replicate",
+    "fal",
+    "bfl",
+    "google",
+    "runway",
+    "elevenlabs",
+];
+
+/// Where a provider lives and which variable usually holds its key.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub base_url: &'static str,
+    pub api_key_env: &'static str,
+}
+
+/// The public API and key variable of each known provider.
+pub fn defaults(name: &str) -> Option<Defaults> {
+    let (base_url, api_key_env) = match name {
+        "local" => ("", ""),
+        "openai" => ("https://api.openai.com", "OPENAI_API_KEY"),
+        "openrouter" => ("https://openrouter.ai", "OPENROUTER_API_KEY"),
+        "replicate" => ("https://api.replicate.com", "REPLICATE_API_TOKEN"),
+        "fal" => ("https://queue.fal.run", "FAL_KEY"),
+        "bfl" => ("https://api.bfl.ai", "BFL_API_KEY"),
+        "google" => (
+            "https://generativelanguage.googleapis.com",
+            "GEMINI_API_KEY",
+        ),
+        "runway" => ("https://api.dev.runwayml.com", "RUNWAYML_API_SECRET"),
+        "elevenlabs" => ("https://api.elevenlabs.io", "ELEVENLABS_API_KEY"),
+        _ => return None,
+    };
+    Some(Defaults {
+        base_url,
+        api_key_env,
+    })
+}
+
 impl Providers {
+    /// `local` plus every configured provider that is enabled and has a key.
+    pub fn from_settings(
+        settings: &BTreeMap<String, ProviderSettings>,
+    ) -> Result<Providers, String> {
+        let mut providers = Providers::default();
+        for (name, s) in settings {
+            if !KNOWN.contains(&name.as_str()) {
+                return Err(format!(
+                    "unknown provider {name:?} (known: {})",
+                    KNOWN.join(", ")
+                ));
+            }
+            if !s.enabled || (name != local::PROVIDER_TYPE && s.api_key.is_none()) {
+                tracing::info!(provider = %name, "provider not used: disabled or no key");
+                continue;
+            }
+            let provider = match name.as_str() {
+                local::PROVIDER_TYPE => Provider::Local(local::Local),
+                bfl::NAME => Provider::Bfl(bfl::Bfl::new(s)?),
+                openai::NAME => Provider::OpenAi(openai::OpenAi::new(s)?),
+                runway::NAME => Provider::Runway(runway::Runway::new(s)?),
+                elevenlabs::NAME => Provider::ElevenLabs(elevenlabs::ElevenLabs::new(s)?),
+                google::NAME => Provider::Google(google::Google::new(s)?),
+                replicate::NAME => Provider::Replicate(replicate::Replicate::new(s)?),
+                fal::NAME => Provider::Fal(fal::Fal::new(s)?),
+                openrouter::NAME => Provider::OpenRouter(openrouter::OpenRouter::new(s)?),
+                other => {
+                    return Err(format!("provider {other:?} has no adapter in this build"));
+                }
+            };
+            providers.by_name.insert(name.clone(), provider);
+        }
+        Ok(providers)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Provider> {
-        (name == local::PROVIDER_TYPE).then_some(&self.local)
+        self.by_name.get(name)
+    }
+
+    /// Whether jobs can be routed to `name` here.
+    pub fn available(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
     }
 }

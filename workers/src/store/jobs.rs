@@ -7,10 +7,12 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::Store;
 use crate::job::{Job, JobError, JobKind, JobStatus, StoredOutput};
+use crate::routing::RouteStep;
 
 const COLUMNS: &str = "id, account_id, status, kind, model, provider, input, metadata, webhook, \
     progress, upstream_id, outputs, error_code, error_message, cost_usd, retries, check_seq, \
-    next_check_at, claimed_at, created_at, started_at, completed_at, deadline_at";
+    next_check_at, claimed_at, created_at, started_at, completed_at, deadline_at, route, \
+    route_index";
 
 const PENDING: &str = "('queued', 'in_progress')";
 
@@ -25,6 +27,7 @@ pub struct NewJob {
     pub input: Value,
     pub metadata: Value,
     pub webhook: Option<Value>,
+    pub route: Vec<RouteStep>,
     pub created_at: i64,
     pub deadline_at: i64,
 }
@@ -82,6 +85,11 @@ fn job_from_row(r: &AnyRow) -> Result<Job, sqlx::Error> {
         started_at: r.try_get("started_at")?,
         completed_at: r.try_get("completed_at")?,
         deadline_at: r.try_get("deadline_at")?,
+        route: {
+            let text: String = r.try_get("route")?;
+            serde_json::from_str(&text).map_err(|_| decode_err("route", &text))?
+        },
+        route_index: r.try_get("route_index")?,
     })
 }
 
@@ -115,8 +123,8 @@ type Binds<'a> = &'a [Bind<'a>];
 pub async fn insert(conn: &mut AnyConnection, j: &NewJob) -> Result<Job, sqlx::Error> {
     let sql = format!(
         "INSERT INTO jobs (id, account_id, status, kind, model, provider, input, metadata, webhook, \
-         next_check_at, created_at, deadline_at, updated_at) \
-         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $9) RETURNING {COLUMNS}"
+         next_check_at, created_at, deadline_at, updated_at, route) \
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $9, $11) RETURNING {COLUMNS}"
     );
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(&j.id)
@@ -129,6 +137,7 @@ pub async fn insert(conn: &mut AnyConnection, j: &NewJob) -> Result<Job, sqlx::E
         .bind(j.webhook.as_ref().map(Value::to_string))
         .bind(j.created_at)
         .bind(j.deadline_at)
+        .bind(serde_json::to_string(&j.route).expect("route serializes"))
         .fetch_one(conn)
         .await?;
     job_from_row(&row)
@@ -234,15 +243,18 @@ pub async fn set_upstream_id(
     Ok(done.rows_affected() == 1)
 }
 
-/// Counts a retryable upstream failure; `release_claim` lets the next check resubmit.
+/// Counts a retryable upstream failure. With `resubmit`, the upstream id and the
+/// submission claim are cleared, so the next check submits afresh; without, it polls the
+/// same upstream job again.
 pub async fn record_retry(
     conn: &mut AnyConnection,
     id: &str,
-    release_claim: bool,
+    resubmit: bool,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let sql = if release_claim {
-        "UPDATE jobs SET retries = retries + 1, claimed_at = 0, updated_at = $1 WHERE id = $2 AND status = 'in_progress'"
+    let sql = if resubmit {
+        "UPDATE jobs SET retries = retries + 1, upstream_id = NULL, claimed_at = 0, updated_at = $1 \
+         WHERE id = $2 AND status = 'in_progress'"
     } else {
         "UPDATE jobs SET retries = retries + 1, updated_at = $1 WHERE id = $2 AND status = 'in_progress'"
     };
@@ -332,6 +344,34 @@ pub async fn end(
         .fetch_optional(conn)
         .await?;
     row.as_ref().map(job_from_row).transpose()
+}
+
+/// Moves an in-progress job to route step `index` (another provider or model): the
+/// upstream id and submission claim are cleared so the next check submits afresh, and the
+/// fencing sequence is bumped like `schedule_check`. False if the job moved on.
+pub async fn switch_route(
+    conn: &mut AnyConnection,
+    id: &str,
+    seq: i64,
+    index: i64,
+    step: &RouteStep,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET route_index = $1, model = $2, provider = $3, upstream_id = NULL, \
+         claimed_at = 0, retries = 0, check_seq = check_seq + 1, \
+         next_check_at = $4, updated_at = $4 \
+         WHERE id = $5 AND check_seq = $6 AND status = 'in_progress'",
+    )
+    .bind(index)
+    .bind(&step.model)
+    .bind(&step.provider)
+    .bind(now)
+    .bind(id)
+    .bind(seq)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Hands the job's next check to a new task: bumps the fencing sequence if it is still

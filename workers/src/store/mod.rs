@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod idempotency;
+pub mod job_attempts;
 pub mod jobs;
 pub mod keys;
 pub mod settings;

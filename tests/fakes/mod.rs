@@ -1,0 +1,175 @@
+//! Fake upstream providers: local HTTP servers that reproduce each provider's documented
+//! API (requests, answers, status progressions and errors), driven by a `Behaviour` so
+//! one conformance suite can put every adapter through the same trials. These are the
+//! only fakes in the project: the providers are third parties we cannot reach in tests.
+
+pub mod bfl;
+pub mod elevenlabs;
+pub mod fal;
+pub mod google;
+pub mod openai;
+pub mod openrouter;
+pub mod replicate;
+pub mod runway;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+
+/// The variable holding the key adapters send (set in `.cargo/config.toml`).
+pub const KEY_VAR: &str = "TEST_PROVIDER_KEY";
+
+pub fn key() -> String {
+    std::env::var(KEY_VAR)
+        .unwrap_or_else(|_| panic!("{KEY_VAR} is not set; cargo sets it from .cargo/config.toml"))
+}
+
+/// What the fake upstream does, the same knobs for every provider.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Statuses answered to the first submissions, in order (then it accepts).
+    pub fail_submits: Vec<u16>,
+    /// `Retry-After` seconds sent with a 429.
+    pub retry_after: Option<u64>,
+    /// The provider's moderation refuses the job.
+    pub refuse: bool,
+    /// Result links answer as expired links do (404/403).
+    pub expire_results: bool,
+    /// Pending answers before the result is ready.
+    pub polls_before_done: u32,
+    /// The first accepted jobs end in the provider's internal-failure state.
+    pub fail_jobs: usize,
+}
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    pub at: std::time::Instant,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// State every fake shares: its behaviour, what it received, its counters.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    pub behaviour: Behaviour,
+    pub base: Mutex<String>,
+    pub requests: Mutex<Vec<Recorded>>,
+    pub submits: AtomicUsize,
+    pub polls: Mutex<HashMap<String, u32>>,
+    pub accepted: AtomicUsize,
+    pub doomed: Mutex<std::collections::HashSet<String>>,
+}
+
+impl FakeState {
+    pub fn new(behaviour: Behaviour) -> Arc<FakeState> {
+        Arc::new(FakeState {
+            behaviour,
+            ..FakeState::default()
+        })
+    }
+
+    pub fn record(
+        &self,
+        method: &axum::http::Method,
+        uri: &axum::http::Uri,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) {
+        self.requests.lock().unwrap().push(Recorded {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect(),
+            body: String::from_utf8_lossy(body).into_owned(),
+            at: std::time::Instant::now(),
+        });
+    }
+
+    /// Counts a submission; `Some(status)` if the behaviour says to fail this one.
+    pub fn next_submit_failure(&self) -> Option<u16> {
+        let n = self.submits.fetch_add(1, Ordering::SeqCst);
+        self.behaviour.fail_submits.get(n).copied()
+    }
+
+    /// Counts an accepted job; the first `fail_jobs` of them will fail upstream.
+    pub fn accept(&self, id: &str) {
+        if self.accepted.fetch_add(1, Ordering::SeqCst) < self.behaviour.fail_jobs {
+            self.doomed.lock().unwrap().insert(id.to_owned());
+        }
+    }
+
+    /// Whether the job `id` ends in the provider's internal-failure state.
+    pub fn doomed(&self, id: &str) -> bool {
+        self.doomed.lock().unwrap().contains(id)
+    }
+
+    /// Counts a poll of `id`; true once the result is ready.
+    pub fn poll_ready(&self, id: &str) -> bool {
+        let mut polls = self.polls.lock().unwrap();
+        let n = polls.entry(id.to_owned()).or_insert(0);
+        *n += 1;
+        *n > self.behaviour.polls_before_done
+    }
+
+    pub fn base(&self) -> String {
+        self.base.lock().unwrap().clone()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// A running fake.
+pub struct Fake {
+    pub base: String,
+    pub state: Arc<FakeState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Serves `router` on a free local port.
+pub async fn serve(router: Router, state: Arc<FakeState>) -> Fake {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    *state.base.lock().unwrap() = base.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    Fake {
+        base,
+        state,
+        server,
+    }
+}
+
+/// The media a fake hands out: a tiny valid file of the given type, the same every time.
+pub fn media(content_type: &str) -> Vec<u8> {
+    let mut bytes = match content_type {
+        "image/png" => b"\x89PNG\r\n\x1a\n".to_vec(),
+        "image/jpeg" => vec![0xFF, 0xD8, 0xFF, 0xE0],
+        "video/mp4" => b"\0\0\0\x18ftypisom".to_vec(),
+        "audio/mpeg" => b"ID3\x04".to_vec(),
+        _ => b"RIFF".to_vec(),
+    };
+    bytes.extend((0..2048u32).map(|i| (i * 31 % 251) as u8));
+    bytes
+}

@@ -1,0 +1,176 @@
+//! Replicate as documented: `POST /v1/models/{owner}/{name}/predictions` (Bearer) creates
+//! a prediction (201), finished at once under `Prefer: wait` when the model is quick;
+//! `GET /v1/predictions/{id}` goes `starting` → `processing` → `succeeded` with `output`
+//! (a URL on the delivery host, which needs no key), or `failed` with E005 when the
+//! content is flagged; `POST /v1/predictions/{id}/cancel`. Errors are problem details
+//! (`{title, detail, status}`).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::{Behaviour, Fake, FakeState, key, media, serve};
+
+pub const CONTENT_TYPE: &str = "video/mp4";
+
+const FLAGGED: &str =
+    "The input or output was flagged as sensitive. Please try again with different inputs. (E005)";
+
+pub async fn start(behaviour: Behaviour) -> Fake {
+    let state = FakeState::new(behaviour);
+    let router = Router::new()
+        .route("/v1/models/{owner}/{name}/predictions", post(create))
+        .route("/v1/predictions/{id}", get(prediction))
+        .route("/v1/predictions/{id}/cancel", post(cancel))
+        .route("/delivery/{file}", get(delivery))
+        .with_state(state.clone());
+    serve(router, state).await
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        axum::Json(json!({"title": title, "detail": detail, "status": status.as_u16()})),
+    )
+        .into_response()
+}
+
+fn unauthorized(headers: &HeaderMap) -> Option<Response> {
+    let expected = format!("Bearer {}", key());
+    (headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str())).then(
+        || {
+            problem(
+                StatusCode::UNAUTHORIZED,
+                "Unauthenticated",
+                "You did not pass a valid authentication token",
+            )
+        },
+    )
+}
+
+/// The prediction object in one of its states.
+fn prediction_object(state: &FakeState, id: &str, model: &str, status: &str) -> Value {
+    let base = state.base();
+    let (output, error) = match status {
+        "succeeded" => (json!(format!("{base}/delivery/{id}.mp4")), Value::Null),
+        "failed" => (Value::Null, json!(FLAGGED)),
+        _ => (Value::Null, Value::Null),
+    };
+    json!({
+        "id": id, "model": model, "version": "hidden", "status": status,
+        "input": {}, "output": output, "error": error, "logs": "",
+        "created_at": "2026-11-22T08:00:00.000Z", "data_removed": false,
+        "urls": {
+            "get": format!("{base}/v1/predictions/{id}"),
+            "cancel": format!("{base}/v1/predictions/{id}/cancel"),
+            "web": format!("https://replicate.com/p/{id}"),
+        },
+    })
+}
+
+async fn create(
+    State(state): State<Arc<FakeState>>,
+    Path((owner, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state.record(&method, &uri, &headers, &body);
+    if let Some(denied) = unauthorized(&headers) {
+        return denied;
+    }
+    if let Some(status) = state.next_submit_failure() {
+        let status = StatusCode::from_u16(status).unwrap();
+        let mut res = problem(status, "Fake failure", &format!("fake {status}"));
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let secs = state.behaviour.retry_after.unwrap_or(1);
+            res.headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        return res;
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if body["input"]["prompt"].as_str().is_none_or(str::is_empty) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Input validation failed",
+            "- input: prompt is required",
+        );
+    }
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let model = format!("{owner}/{name}");
+    // Under `Prefer: wait` a prediction that finishes within the wait comes back finished;
+    // a quick model here is one the behaviour says needs no polls.
+    let waits = headers.contains_key("prefer");
+    let status = match (waits, state.behaviour.refuse) {
+        (true, true) => "failed",
+        (true, false) if state.poll_ready(&id) => "succeeded",
+        _ => "starting",
+    };
+    (
+        StatusCode::CREATED,
+        axum::Json(prediction_object(&state, &id, &model, status)),
+    )
+        .into_response()
+}
+
+async fn prediction(
+    State(state): State<Arc<FakeState>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    state.record(&method, &uri, &headers, b"");
+    if let Some(denied) = unauthorized(&headers) {
+        return denied;
+    }
+    let status = if state.behaviour.refuse {
+        "failed"
+    } else if state.poll_ready(&id) {
+        "succeeded"
+    } else {
+        "processing"
+    };
+    axum::Json(prediction_object(&state, &id, "owner/model", status)).into_response()
+}
+
+async fn cancel(
+    State(state): State<Arc<FakeState>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    state.record(&method, &uri, &headers, b"");
+    if let Some(denied) = unauthorized(&headers) {
+        return denied;
+    }
+    axum::Json(prediction_object(&state, &id, "owner/model", "canceled")).into_response()
+}
+
+async fn delivery(
+    State(state): State<Arc<FakeState>>,
+    Path(_file): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    state.record(&method, &uri, &headers, b"");
+    // The delivery host is not the API: an adapter sending the key here leaks it.
+    if headers.contains_key("authorization") {
+        return (StatusCode::BAD_REQUEST, "unexpected credentials").into_response();
+    }
+    if state.behaviour.expire_results {
+        return (StatusCode::NOT_FOUND, "Not Found").into_response();
+    }
+    ([("content-type", CONTENT_TYPE)], media(CONTENT_TYPE)).into_response()
+}

@@ -1,0 +1,522 @@
+//! The provider conformance suite: every adapter, against its provider's fake, goes
+//! through the same trials on both backends: a job completes with the media copied into
+//! our storage; 5xx answers are retried; a 429's Retry-After is waited out; a refusal
+//! fails the job with the upstream's words and no retry; an expired result link fails
+//! cleanly without storing an error page; an outage falls back to the next model; and
+//! the key goes only where it belongs.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use mediagate::config::{Config, ProviderConfig};
+use serde_json::{Value, json};
+
+use crate::fakes::{self, Behaviour, Fake};
+use crate::support::{Backend, TestApp};
+
+/// One adapter under test.
+pub struct Adapter {
+    pub provider: &'static str,
+    /// A catalog model this provider serves.
+    pub model: &'static str,
+    /// The `local` model of the same kind, the fallback in the fallback trial.
+    pub local_model: &'static str,
+    /// Valid for both models.
+    pub input: fn() -> Value,
+    pub start: fn(Behaviour) -> BoxFuture<'static, Fake>,
+    pub content_type: &'static str,
+    /// The job's error code when the provider refuses the content.
+    pub refusal_code: &'static str,
+    /// Whether a request carried the key where this provider expects it.
+    pub authenticated: fn(&fakes::Recorded) -> bool,
+    /// Whether a request was a submission (as opposed to a poll or a download).
+    pub is_submit: fn(&fakes::Recorded) -> bool,
+}
+
+pub const BFL: Adapter = Adapter {
+    provider: "bfl",
+    model: "black-forest-labs/flux-1.1-pro",
+    local_model: "local/image",
+    input: || json!({"prompt": "a lighthouse at dusk", "aspect_ratio": "16:9", "seed": 7}),
+    start: |b| Box::pin(fakes::bfl::start(b)),
+    content_type: fakes::bfl::CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("x-key") == fakes::key(),
+    is_submit: |r| r.method == "POST" && r.path.starts_with("/v1/"),
+};
+
+/// Runs each trial for one adapter on both backends: `conformance!(bfl, BFL);`. An API
+/// that answers with the media itself hands out no result link that could expire, so
+/// `conformance!(name, ADAPTER, synchronous);` leaves that trial out.
+macro_rules! conformance {
+    ($name:ident, $adapter:expr) => {
+        conformance!(@trials $name, $adapter, expired_result);
+    };
+    ($name:ident, $adapter:expr, synchronous) => {
+        conformance!(@trials $name, $adapter);
+    };
+    (@trials $name:ident, $adapter:expr $(, $expired_result:ident)?) => {
+        mod $name {
+            use super::*;
+
+            async fn completes(backend: Backend) {
+                completes_with_media_copied(backend, &$adapter).await
+            }
+            async fn retries_5xx(backend: Backend) {
+                server_errors_are_retried(backend, &$adapter).await
+            }
+            async fn waits_out_429(backend: Backend) {
+                rate_limits_are_waited_out(backend, &$adapter).await
+            }
+            async fn refusal(backend: Backend) {
+                refusals_fail_without_retry(backend, &$adapter).await
+            }
+            $(async fn $expired_result(backend: Backend) {
+                expired_results_fail_cleanly(backend, &$adapter).await
+            })?
+            async fn falls_back(backend: Backend) {
+                outages_fall_back_to_the_next_model(backend, &$adapter).await
+            }
+
+            crate::on_both_backends!(
+                completes,
+                retries_5xx,
+                waits_out_429,
+                refusal,
+                $($expired_result,)?
+                falls_back
+            );
+        }
+    };
+}
+
+conformance!(bfl, BFL);
+
+pub const REPLICATE: Adapter = Adapter {
+    provider: "replicate",
+    model: "google/veo-3.1",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "a heron lifting off a misty lake", "duration": 4,
+            "resolution": "720p", "aspect_ratio": "16:9", "seed": 7})
+    },
+    start: |b| Box::pin(fakes::replicate::start(b)),
+    content_type: fakes::replicate::CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
+    is_submit: |r| r.method == "POST" && r.path.ends_with("/predictions"),
+};
+
+conformance!(replicate, REPLICATE);
+
+pub const FAL: Adapter = Adapter {
+    provider: "fal",
+    model: "black-forest-labs/flux-1.1-pro",
+    local_model: "local/image",
+    input: || json!({"prompt": "a paper boat on a puddle", "aspect_ratio": "4:3", "seed": 11}),
+    start: |b| Box::pin(fakes::fal::start(b)),
+    content_type: fakes::fal::CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("authorization") == format!("Key {}", fakes::key()),
+    is_submit: |r| r.method == "POST",
+};
+
+conformance!(fal, FAL);
+
+pub const OPENROUTER: Adapter = Adapter {
+    provider: "openrouter",
+    model: "openai/sora-2",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "a tram crossing a bridge at night", "duration": 4,
+            "resolution": "720p", "aspect_ratio": "16:9"})
+    },
+    start: |b| Box::pin(fakes::openrouter::start(b)),
+    content_type: fakes::openrouter::CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
+    is_submit: |r| r.method == "POST" && r.path == "/api/v1/videos",
+};
+
+conformance!(openrouter, OPENROUTER);
+
+pub const OPENAI_VIDEO: Adapter = Adapter {
+    provider: "openai",
+    model: "openai/sora-2",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "a paper boat on a rainy street", "duration": 4,
+            "resolution": "720p", "aspect_ratio": "16:9"})
+    },
+    start: |b| Box::pin(fakes::openai::start(b)),
+    content_type: fakes::openai::VIDEO_CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
+    is_submit: |r| r.method == "POST" && r.path == "/v1/videos",
+};
+
+pub const OPENAI_IMAGE: Adapter = Adapter {
+    provider: "openai",
+    model: "openai/gpt-image-1",
+    local_model: "local/image",
+    input: || json!({"prompt": "a teapot shaped like a snail", "aspect_ratio": "1:1"}),
+    start: |b| Box::pin(fakes::openai::start(b)),
+    content_type: fakes::openai::IMAGE_CONTENT_TYPE,
+    // The safety system refuses with a 400 at once.
+    refusal_code: "upstream_rejected",
+    authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
+    is_submit: |r| r.method == "POST" && r.path.starts_with("/v1/images/"),
+};
+
+conformance!(openai_video, OPENAI_VIDEO);
+conformance!(openai_image, OPENAI_IMAGE, synchronous);
+
+pub const RUNWAY: Adapter = Adapter {
+    provider: "runway",
+    model: "runway/gen4.5",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "a kite over the dunes", "duration": 5, "resolution": "720p",
+            "aspect_ratio": "16:9", "seed": 11})
+    },
+    start: |b| Box::pin(fakes::runway::start(b)),
+    content_type: fakes::runway::CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: |r| {
+        r.header("authorization") == format!("Bearer {}", fakes::key())
+            && !r.header("x-runway-version").is_empty()
+    },
+    is_submit: |r| r.method == "POST" && r.path.ends_with("_to_video"),
+};
+
+conformance!(runway, RUNWAY);
+
+pub const ELEVENLABS_MUSIC: Adapter = Adapter {
+    provider: "elevenlabs",
+    model: "elevenlabs/music",
+    local_model: "local/music",
+    input: || json!({"prompt": "a calm piano piece for a rainy morning", "duration": 15}),
+    start: |b| Box::pin(fakes::elevenlabs::start(b)),
+    content_type: fakes::elevenlabs::CONTENT_TYPE,
+    // A refused prompt is a 400 `bad_prompt` at once.
+    refusal_code: "upstream_rejected",
+    authenticated: |r| r.header("xi-api-key") == fakes::key(),
+    is_submit: |r| r.method == "POST" && r.path == "/v1/music",
+};
+
+pub const ELEVENLABS_SOUND_EFFECTS: Adapter = Adapter {
+    provider: "elevenlabs",
+    model: "elevenlabs/sound-effects",
+    local_model: "local/music",
+    input: || json!({"prompt": "a heavy wooden door creaks open", "duration": 4}),
+    start: |b| Box::pin(fakes::elevenlabs::start(b)),
+    content_type: fakes::elevenlabs::CONTENT_TYPE,
+    refusal_code: "upstream_rejected",
+    authenticated: |r| r.header("xi-api-key") == fakes::key(),
+    is_submit: |r| r.method == "POST" && r.path == "/v1/sound-generation",
+};
+
+conformance!(elevenlabs_music, ELEVENLABS_MUSIC, synchronous);
+conformance!(
+    elevenlabs_sound_effects,
+    ELEVENLABS_SOUND_EFFECTS,
+    synchronous
+);
+
+fn google_authenticated(r: &fakes::Recorded) -> bool {
+    r.header("x-goog-api-key") == fakes::key()
+}
+
+pub const GOOGLE_VEO: Adapter = Adapter {
+    provider: "google",
+    model: "google/veo-3.1",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "fog rolling over a harbour at dawn", "duration": 4,
+            "resolution": "720p", "aspect_ratio": "16:9"})
+    },
+    start: |b| Box::pin(fakes::google::start(b)),
+    content_type: fakes::google::VIDEO_CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: google_authenticated,
+    is_submit: |r| r.method == "POST" && r.path.ends_with(":predictLongRunning"),
+};
+
+pub const GOOGLE_IMAGEN: Adapter = Adapter {
+    provider: "google",
+    model: "google/imagen-4",
+    local_model: "local/image",
+    input: || json!({"prompt": "a lighthouse made of glass", "aspect_ratio": "16:9"}),
+    start: |b| Box::pin(fakes::google::start(b)),
+    content_type: fakes::google::IMAGE_CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: google_authenticated,
+    is_submit: |r| r.method == "POST" && r.path.ends_with(":predict"),
+};
+
+pub const GOOGLE_NANO_BANANA: Adapter = Adapter {
+    provider: "google",
+    model: "google/nano-banana",
+    local_model: "local/image",
+    input: || json!({"prompt": "a banana wearing sunglasses", "aspect_ratio": "4:3"}),
+    start: |b| Box::pin(fakes::google::start(b)),
+    content_type: fakes::google::IMAGE_CONTENT_TYPE,
+    refusal_code: "upstream_moderated",
+    authenticated: google_authenticated,
+    is_submit: |r| r.method == "POST" && r.path.ends_with(":generateContent"),
+};
+
+conformance!(google_veo, GOOGLE_VEO);
+conformance!(google_imagen, GOOGLE_IMAGEN, synchronous);
+conformance!(google_nano_banana, GOOGLE_NANO_BANANA, synchronous);
+
+/// The app with `adapter.provider` pointed at `fake`.
+async fn app_for(
+    backend: Backend,
+    adapter: &Adapter,
+    fake: &Fake,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    let (name, base) = (adapter.provider.to_owned(), fake.base.clone());
+    TestApp::start_with(backend, move |c| {
+        c.providers.insert(
+            name,
+            ProviderConfig {
+                base_url: Some(base),
+                api_key_env: Some(fakes::KEY_VAR.to_owned()),
+                timeout_ms: 5_000,
+                poll_interval_ms: 20,
+                ..ProviderConfig::default()
+            },
+        );
+        c.jobs.max_retries = 3;
+        tweak(c);
+    })
+    .await
+}
+
+fn job_body(adapter: &Adapter) -> Value {
+    json!({"model": adapter.model, "input": (adapter.input)()})
+}
+
+/// The key must reach the provider and nothing else: not the job, its attempts or events.
+async fn assert_key_stays_with_the_provider(
+    app: &TestApp,
+    adapter: &Adapter,
+    fake: &Fake,
+    id: &str,
+) {
+    let requests = fake.state.requests();
+    assert!(!requests.is_empty());
+    let prompt = (adapter.input)()["prompt"].as_str().unwrap().to_owned();
+    for r in requests.iter().filter(|r| (adapter.is_submit)(r)) {
+        assert!(
+            (adapter.authenticated)(r),
+            "submission without the key: {r:?}"
+        );
+        assert!(r.body.contains(&prompt), "the prompt is sent: {r:?}");
+    }
+    let key = fakes::key();
+    let job = app.job(id).await.to_string();
+    assert!(!job.contains(&key), "the key leaked into the job: {job}");
+    let events = app.engine().store.events_after(id, 0, 100).await.unwrap();
+    for e in events {
+        assert!(
+            !e.to_public().to_string().contains(&key),
+            "the key leaked into an event"
+        );
+    }
+}
+
+async fn completes_with_media_copied(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour {
+        polls_before_done: 2,
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_for(backend, adapter, &fake, |_| {}).await;
+    let job = app.submit(job_body(adapter)).await;
+    assert_eq!(job["provider"], adapter.provider);
+    let id = job["id"].as_str().unwrap();
+    let job = app.wait_terminal(id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["outputs"][0]["content_type"], adapter.content_type);
+    assert_ne!(
+        job["usage"]["cost_usd"], "0.0000",
+        "priced from the catalog"
+    );
+    // The bytes are ours now: served from our storage, identical to the upstream's.
+    let res = app
+        .get(&format!("/v1/jobs/{id}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        fakes::media(adapter.content_type)
+    );
+    let attempts = &job["attempts"];
+    assert_eq!(attempts.as_array().unwrap().len(), 1, "{job}");
+    assert_eq!(attempts[0]["provider"], adapter.provider);
+    assert_eq!(attempts[0]["status"], "succeeded");
+    assert!(attempts[0]["upstream_id"].is_string(), "{attempts}");
+    assert_key_stays_with_the_provider(&app, adapter, &fake, id).await;
+}
+
+async fn server_errors_are_retried(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour {
+        fail_submits: vec![500, 503],
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_for(backend, adapter, &fake, |_| {}).await;
+    let id = app.submit(job_body(adapter)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let submits = fake
+        .state
+        .requests()
+        .iter()
+        .filter(|r| (adapter.is_submit)(r))
+        .count();
+    assert_eq!(submits, 3);
+    let statuses: Vec<&str> = job["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["failed", "failed", "succeeded"], "{job}");
+    assert_eq!(job["attempts"][0]["error"]["code"], "upstream_error");
+}
+
+async fn rate_limits_are_waited_out(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour {
+        fail_submits: vec![429],
+        retry_after: Some(1),
+        ..Behaviour::default()
+    })
+    .await;
+    // Our own backoff is 20 ms here; only the Retry-After explains a longer wait.
+    let app = app_for(backend, adapter, &fake, |c| c.jobs.retry_max_ms = 5_000).await;
+    let id = app.submit(job_body(adapter)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let submits: Vec<_> = fake
+        .state
+        .requests()
+        .into_iter()
+        .filter(|r| (adapter.is_submit)(r))
+        .collect();
+    assert_eq!(submits.len(), 2);
+    let waited = submits[1].at - submits[0].at;
+    assert!(
+        waited >= Duration::from_millis(900),
+        "retried after {waited:?}"
+    );
+    assert_eq!(job["attempts"][0]["error"]["code"], "upstream_rate_limited");
+}
+
+async fn refusals_fail_without_retry(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour {
+        refuse: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_for(backend, adapter, &fake, |_| {}).await;
+    let id = app.submit(job_body(adapter)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], adapter.refusal_code, "{job}");
+    assert!(!job["error"]["message"].as_str().unwrap().is_empty());
+    let submits = fake
+        .state
+        .requests()
+        .iter()
+        .filter(|r| (adapter.is_submit)(r))
+        .count();
+    assert_eq!(submits, 1, "a refusal is not retried");
+    assert!(job["outputs"].as_array().unwrap().is_empty());
+}
+
+async fn expired_results_fail_cleanly(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour {
+        expire_results: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_for(backend, adapter, &fake, |c| c.jobs.max_retries = 1).await;
+    let id = app.submit(job_body(adapter)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "upstream_result_expired", "{job}");
+    assert!(
+        job["outputs"].as_array().unwrap().is_empty(),
+        "no error page stored as media"
+    );
+}
+
+async fn outages_fall_back_to_the_next_model(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour {
+        fail_submits: vec![503; 20],
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_for(backend, adapter, &fake, |_| {}).await;
+    let body = json!({"models": [adapter.model, adapter.local_model], "input": (adapter.input)()});
+    let id = app.submit(body).await["id"].as_str().unwrap().to_owned();
+    let job = app.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["provider"], "local");
+    assert_eq!(job["model"], adapter.local_model);
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{job}");
+    assert_eq!(attempts[0]["provider"], adapter.provider);
+    assert_eq!(attempts[0]["status"], "failed");
+    assert_eq!(attempts[1]["provider"], "local");
+    assert_eq!(attempts[1]["status"], "succeeded");
+}
+
+/// An upstream job that ends in the provider's internal failure is submitted afresh, not
+/// polled again until the retries run out.
+async fn failed_upstream_jobs_are_submitted_again(backend: Backend) {
+    let adapter = &BFL;
+    let fake = (adapter.start)(Behaviour {
+        fail_jobs: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_for(backend, adapter, &fake, |_| {}).await;
+    let id = app.submit(job_body(adapter)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{job}");
+    assert_eq!(attempts[0]["status"], "failed");
+    assert_ne!(attempts[0]["upstream_id"], attempts[1]["upstream_id"]);
+    let submits = fake
+        .state
+        .requests()
+        .iter()
+        .filter(|r| (adapter.is_submit)(r))
+        .count();
+    assert_eq!(submits, 2);
+}
+
+crate::on_both_backends!(failed_upstream_jobs_are_submitted_again);

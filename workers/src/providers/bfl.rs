@@ -1,0 +1,189 @@
+//! Black Forest Labs (FLUX): `POST /v1/{model}` with the `x-key` header answers
+//! `{id, polling_url}`; `GET /v1/get_result?id=` reports `Pending` until `Ready` with
+//! `result.sample`, a signed link that expires after about ten minutes (so the media is
+//! copied at once). Moderation ends the job; there is no cancel.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use super::http::Upstream;
+use super::{
+    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
+    UpstreamOutput,
+};
+use crate::catalog::{ASPECT_RATIOS, parse_size};
+
+pub const NAME: &str = "bfl";
+
+#[derive(Debug, Clone)]
+pub struct Bfl {
+    upstream: Upstream,
+}
+
+impl Bfl {
+    pub fn new(settings: &ProviderSettings) -> Result<Bfl, String> {
+        Ok(Bfl {
+            upstream: Upstream::new(NAME, settings)?,
+        })
+    }
+
+    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+        let url = self.upstream.url(&format!("/v1/{}", call.upstream_model));
+        let request = self
+            .upstream
+            .request(Method::POST, &url)
+            .header("x-key", self.upstream.key())
+            .json(&request_body(call.input));
+        let answer = self.upstream.json(request).await?;
+        let id = answer["id"].as_str().ok_or_else(|| {
+            ProviderError::new(
+                ErrorClass::Retryable,
+                "upstream_error",
+                "bfl: the answer has no id",
+            )
+        })?;
+        Ok(Submitted::Pending {
+            upstream_id: id.to_owned(),
+            poll_after: self.upstream.poll_interval.min(Duration::from_secs(1)),
+        })
+    }
+
+    pub async fn poll(
+        &self,
+        _call: &ProviderCall<'_>,
+        upstream_id: &str,
+    ) -> Result<Polled, ProviderError> {
+        let url = self.upstream.url("/v1/get_result");
+        let request = self
+            .upstream
+            .request(Method::GET, &url)
+            .query(&[("id", upstream_id)])
+            .header("x-key", self.upstream.key());
+        let answer = self.upstream.json(request).await?;
+        let status = answer["status"].as_str().unwrap_or_default();
+        match status {
+            "Ready" => {
+                let sample = answer
+                    .pointer("/result/sample")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ProviderError::new(
+                            ErrorClass::Retryable,
+                            "upstream_error",
+                            "bfl: Ready without result.sample",
+                        )
+                    })?;
+                Ok(Polled::Done {
+                    outputs: vec![UpstreamOutput {
+                        index: 0,
+                        locator: sample.to_owned(),
+                    }],
+                })
+            }
+            "Request Moderated" | "Content Moderated" => Err(ProviderError::new(
+                ErrorClass::Permanent,
+                "upstream_moderated",
+                format!("bfl: {status}{}", details(&answer)),
+            )),
+            "Error" => Err(ProviderError::new(
+                ErrorClass::Rerun,
+                "upstream_error",
+                format!("bfl: generation failed{}", details(&answer)),
+            )),
+            "Task not found" => Err(ProviderError::new(
+                ErrorClass::Rerun,
+                "upstream_task_lost",
+                format!("bfl: task {upstream_id} not found"),
+            )),
+            other => {
+                if other != "Pending" {
+                    tracing::warn!(
+                        provider = NAME,
+                        status = other,
+                        "unknown status; treating it as pending"
+                    );
+                }
+                let progress = answer["progress"]
+                    .as_f64()
+                    .map(|p| if p <= 1.0 { p * 100.0 } else { p })
+                    .map(|p| p.clamp(0.0, 99.0) as u8);
+                Ok(Polled::Pending {
+                    progress,
+                    poll_after: self.upstream.poll_interval.min(Duration::from_secs(1)),
+                })
+            }
+        }
+    }
+
+    /// The sample link is signed; it needs no key (and must not be given one).
+    pub async fn fetch(
+        &self,
+        _call: &ProviderCall<'_>,
+        output: &UpstreamOutput,
+    ) -> Result<Media, ProviderError> {
+        let request = self.upstream.request(Method::GET, &output.locator);
+        self.upstream.download(request, "image/jpeg").await
+    }
+}
+
+/// Our input in BFL's words: size as width/height or aspect ratio, reference images as
+/// `input_image`, `input_image_2`, ….
+fn request_body(input: &Value) -> Value {
+    let mut body = Map::new();
+    body.insert("prompt".into(), input["prompt"].clone());
+    if let Some(seed) = input.get("seed").filter(|v| !v.is_null()) {
+        body.insert("seed".into(), seed.clone());
+    }
+    if let Some((w, h)) = input["size"].as_str().and_then(parse_size) {
+        body.insert("width".into(), json!(w));
+        body.insert("height".into(), json!(h));
+    } else if let Some(ratio) = input["aspect_ratio"]
+        .as_str()
+        .filter(|a| ASPECT_RATIOS.iter().any(|r| r.0 == *a))
+    {
+        body.insert("aspect_ratio".into(), json!(ratio));
+    }
+    let images = input["image"].as_str().into_iter().chain(
+        input["reference_images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str),
+    );
+    for (i, url) in images.enumerate() {
+        let key = if i == 0 {
+            "input_image".to_owned()
+        } else {
+            format!("input_image_{}", i + 1)
+        };
+        body.insert(key, json!(url));
+    }
+    Value::Object(body)
+}
+
+fn details(answer: &Value) -> String {
+    match answer.get("details").filter(|d| !d.is_null()) {
+        Some(d) => format!(": {d}"),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_maps_to_bfl_fields() {
+        let body = request_body(&json!({"prompt": "p", "size": "512x768", "seed": 3,
+            "reference_images": ["https://a/1.png", "https://a/2.png"]}));
+        assert_eq!(
+            body,
+            json!({"prompt": "p", "seed": 3, "width": 512, "height": 768,
+                "input_image": "https://a/1.png", "input_image_2": "https://a/2.png"})
+        );
+        let body = request_body(&json!({"prompt": "p", "aspect_ratio": "16:9"}));
+        assert_eq!(body, json!({"prompt": "p", "aspect_ratio": "16:9"}));
+    }
+}

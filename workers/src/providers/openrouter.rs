@@ -1,0 +1,310 @@
+//! OpenRouter's video API (Bearer key): `POST /api/v1/videos` with `{model, prompt,
+//! duration, resolution, aspect_ratio, …}` answers 202 `{id, polling_url, status}`;
+//! `GET /api/v1/videos/{id}` reports `pending` / `in_progress` until `completed` (with
+//! `unsigned_urls` and `usage.cost`), `failed` (with `error`), `cancelled` or `expired`.
+//! Each video streams from `GET /api/v1/videos/{id}/content?index=N`, which needs the key:
+//! that path is the output's locator, and `fetch` only ever joins it to OpenRouter's own
+//! base URL, so the key goes nowhere else. No cancel is documented.
+//!
+//! Only video: OpenRouter makes images through chat completions, a different API.
+
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use super::http::Upstream;
+use super::{
+    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
+    UpstreamOutput,
+};
+
+pub const NAME: &str = "openrouter";
+
+/// Where every job's videos stream from, under the base URL.
+const VIDEOS_PATH: &str = "/api/v1/videos";
+
+#[derive(Debug, Clone)]
+pub struct OpenRouter {
+    upstream: Upstream,
+}
+
+impl OpenRouter {
+    pub fn new(settings: &ProviderSettings) -> Result<OpenRouter, String> {
+        Ok(OpenRouter {
+            upstream: Upstream::new(NAME, settings)?,
+        })
+    }
+
+    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+        let url = self.upstream.url(VIDEOS_PATH);
+        let request = self
+            .upstream
+            .request(Method::POST, &url)
+            .bearer_auth(self.upstream.key())
+            .json(&request_body(call.upstream_model, call.input));
+        let answer = self
+            .upstream
+            .json(request)
+            .await
+            .map_err(refusal_from_forbidden)?;
+        let id = answer["id"].as_str().ok_or_else(|| {
+            ProviderError::new(
+                ErrorClass::Retryable,
+                "upstream_error",
+                "openrouter: the answer has no id",
+            )
+        })?;
+        Ok(Submitted::Pending {
+            upstream_id: id.to_owned(),
+            poll_after: self.upstream.poll_interval,
+        })
+    }
+
+    pub async fn poll(
+        &self,
+        _call: &ProviderCall<'_>,
+        upstream_id: &str,
+    ) -> Result<Polled, ProviderError> {
+        let url = self.upstream.url(&format!("{VIDEOS_PATH}/{upstream_id}"));
+        let request = self
+            .upstream
+            .request(Method::GET, &url)
+            .bearer_auth(self.upstream.key());
+        let answer = self.upstream.json(request).await?;
+        let polled = outcome(upstream_id, &answer).map_err(|mut e| {
+            e.message = self.upstream.redact(&e.message);
+            e
+        })?;
+        if let Some(cost) = answer.pointer("/usage/cost").and_then(Value::as_f64) {
+            // Our price comes from the catalog; OpenRouter's own figure is kept in the log
+            // so the two can be compared.
+            tracing::info!(
+                provider = NAME,
+                upstream_id,
+                upstream_cost_usd = cost,
+                "upstream reported cost"
+            );
+        }
+        Ok(match polled {
+            Some(outputs) => Polled::Done { outputs },
+            // The API reports no progress figure.
+            None => Polled::Pending {
+                progress: None,
+                poll_after: self.upstream.poll_interval,
+            },
+        })
+    }
+
+    /// Streams one video through OpenRouter's authenticated content endpoint.
+    pub async fn fetch(
+        &self,
+        _call: &ProviderCall<'_>,
+        output: &UpstreamOutput,
+    ) -> Result<Media, ProviderError> {
+        // Locators are paths this adapter made; anything else must not get the key.
+        if !output.locator.starts_with(&format!("{VIDEOS_PATH}/")) {
+            return Err(ProviderError::new(
+                ErrorClass::Permanent,
+                "upstream_error",
+                format!(
+                    "openrouter: not a content path of this API: {}",
+                    output.locator
+                ),
+            ));
+        }
+        let url = self.upstream.url(&output.locator);
+        let request = self
+            .upstream
+            .request(Method::GET, &url)
+            .bearer_auth(self.upstream.key());
+        self.upstream.download(request, "video/mp4").await
+    }
+}
+
+/// Where a video job stands, in the one place OpenRouter's status words are read:
+/// `Some(outputs)` once completed, `None` while it runs.
+fn outcome(id: &str, answer: &Value) -> Result<Option<Vec<UpstreamOutput>>, ProviderError> {
+    let error = || match &answer["error"] {
+        Value::String(s) => s.clone(),
+        Value::Null => "no error given".to_owned(),
+        other => other.to_string(),
+    };
+    match answer["status"].as_str().unwrap_or_default() {
+        "completed" => {
+            // One video per entry of `unsigned_urls`; each streams by its index.
+            let count = answer["unsigned_urls"]
+                .as_array()
+                .map_or(1, Vec::len)
+                .max(1);
+            Ok(Some(
+                (0..count)
+                    .map(|i| UpstreamOutput {
+                        index: i as u32,
+                        locator: format!("{VIDEOS_PATH}/{id}/content?index={i}"),
+                    })
+                    .collect(),
+            ))
+        }
+        "failed" => {
+            let error = error();
+            let message = format!("openrouter: video {id} failed: {error}");
+            Err(if is_refusal(&error) {
+                ProviderError::new(ErrorClass::Permanent, "upstream_moderated", message)
+            } else {
+                ProviderError::new(ErrorClass::Rerun, "upstream_error", message)
+            })
+        }
+        // Not by us (we never cancel here): someone else with this key did.
+        "cancelled" => Err(ProviderError::new(
+            ErrorClass::Permanent,
+            "upstream_cancelled",
+            format!("openrouter: video {id} was cancelled"),
+        )),
+        // OpenRouter gave up on the job or no longer keeps it; another provider may serve it.
+        "expired" => Err(ProviderError::new(
+            ErrorClass::Rerun,
+            "upstream_expired",
+            format!("openrouter: video {id} expired: {}", error()),
+        )),
+        other => {
+            if !matches!(other, "pending" | "in_progress") {
+                tracing::warn!(
+                    provider = NAME,
+                    status = other,
+                    "unknown status; treating it as pending"
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn is_refusal(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    [
+        "content policy",
+        "content_policy",
+        "moderat",
+        "flagged",
+        "safety",
+    ]
+    .iter()
+    .any(|w| error.contains(w))
+}
+
+/// OpenRouter answers 403 both for a key it refuses and for input its moderation flagged
+/// ("… your input was flagged"); only the first is about our key.
+fn refusal_from_forbidden(e: ProviderError) -> ProviderError {
+    if e.class == ErrorClass::Unauthorized && is_refusal(&e.message) {
+        return ProviderError::new(ErrorClass::Permanent, "upstream_moderated", e.message);
+    }
+    e
+}
+
+/// Our input in OpenRouter's words: the same field names; `image` is the first frame and
+/// `reference_images` are references.
+fn request_body(model: &str, input: &Value) -> Value {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("prompt".into(), input["prompt"].clone());
+    for field in [
+        "duration",
+        "resolution",
+        "aspect_ratio",
+        "size",
+        "seed",
+        "generate_audio",
+    ] {
+        if let Some(v) = input.get(field).filter(|v| !v.is_null()) {
+            body.insert(field.into(), v.clone());
+        }
+    }
+    let image_url = |url: &str| json!({"type": "image_url", "image_url": {"url": url}});
+    if let Some(first) = input["image"].as_str() {
+        let mut frame = image_url(first);
+        frame["frame_type"] = json!("first_frame");
+        body.insert("frame_images".into(), json!([frame]));
+    }
+    if let Some(references) = input["reference_images"].as_array() {
+        let references: Vec<Value> = references
+            .iter()
+            .filter_map(Value::as_str)
+            .map(image_url)
+            .collect();
+        body.insert("input_references".into(), json!(references));
+    }
+    Value::Object(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_maps_to_openrouter_fields() {
+        let input = json!({"prompt": "p", "duration": 8, "resolution": "720p",
+            "aspect_ratio": "9:16", "generate_audio": true, "seed": 5,
+            "image": "https://a/start.png", "reference_images": ["https://a/r.png"]});
+        assert_eq!(
+            request_body("google/veo-3.1", &input),
+            json!({"model": "google/veo-3.1", "prompt": "p", "duration": 8,
+                "resolution": "720p", "aspect_ratio": "9:16", "generate_audio": true,
+                "seed": 5,
+                "frame_images": [{"type": "image_url", "image_url": {"url": "https://a/start.png"},
+                    "frame_type": "first_frame"}],
+                "input_references": [{"type": "image_url", "image_url": {"url": "https://a/r.png"}}]})
+        );
+        assert_eq!(
+            request_body("openai/sora-2", &json!({"prompt": "p"})),
+            json!({"model": "openai/sora-2", "prompt": "p"})
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        let at = |answer: Value| outcome("job-1", &answer);
+        assert_eq!(at(json!({"status": "pending"})), Ok(None));
+        assert_eq!(at(json!({"status": "in_progress"})), Ok(None));
+        assert_eq!(at(json!({"status": "rendering"})), Ok(None));
+        let done = at(json!({"status": "completed", "usage": {"cost": 0.4},
+            "unsigned_urls": ["https://openrouter.ai/api/v1/videos/job-1/content?index=0",
+                              "https://openrouter.ai/api/v1/videos/job-1/content?index=1"]}))
+        .unwrap()
+        .unwrap();
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[1].locator, "/api/v1/videos/job-1/content?index=1");
+        let refused = at(json!({"status": "failed",
+            "error": "Request blocked by the provider's content policy"}))
+        .unwrap_err();
+        assert_eq!(
+            (refused.class, refused.code.as_str()),
+            (ErrorClass::Permanent, "upstream_moderated")
+        );
+        let failed = at(json!({"status": "failed", "error": "provider timeout"})).unwrap_err();
+        assert_eq!(failed.class, ErrorClass::Rerun);
+        assert!(failed.message.contains("provider timeout"));
+        assert_eq!(
+            at(json!({"status": "cancelled"})).unwrap_err().code,
+            "upstream_cancelled"
+        );
+        assert_eq!(
+            at(json!({"status": "expired"})).unwrap_err().class,
+            ErrorClass::Rerun
+        );
+    }
+
+    #[test]
+    fn a_flagged_input_is_a_refusal_not_a_bad_key() {
+        let flagged = refusal_from_forbidden(ProviderError::new(
+            ErrorClass::Unauthorized,
+            "upstream_unauthorized",
+            "openrouter answered 403 Forbidden: Your chosen model requires moderation and your input was flagged",
+        ));
+        assert_eq!(flagged.code, "upstream_moderated");
+        let bad_key = refusal_from_forbidden(ProviderError::new(
+            ErrorClass::Unauthorized,
+            "upstream_unauthorized",
+            "openrouter answered 401 Unauthorized: No auth credentials found",
+        ));
+        assert_eq!(bad_key.class, ErrorClass::Unauthorized);
+    }
+}

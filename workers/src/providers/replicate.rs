@@ -1,0 +1,410 @@
+//! Replicate: `POST /v1/models/{owner}/{name}/predictions` (Bearer token) with `{input}`
+//! creates a prediction `{id, status, output, error}`; `Prefer: wait=N` holds the request
+//! open up to N seconds, so a quick model is done at submit. `GET /v1/predictions/{id}`
+//! reports `starting` / `processing` until `succeeded` (`output`: a URL or a list of URLs,
+//! deleted after an hour, so the media is copied at once), `failed` (with `error`;
+//! content-policy refusals among them), `canceled` or `aborted`.
+//! `POST /v1/predictions/{id}/cancel` stops one.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use super::http::{Upstream, content_type_for_url};
+use super::{
+    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
+    UpstreamOutput,
+};
+use crate::catalog::parse_size;
+
+pub const NAME: &str = "replicate";
+
+/// The longest `Prefer: wait`: long enough for an image model to finish at submit (saving
+/// a poll interval), short enough that a video submission holds its worker only briefly.
+const LONGEST_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Replicate {
+    upstream: Upstream,
+    /// Seconds for `Prefer: wait`; none when the request timeout is too short to wait.
+    wait_secs: Option<u64>,
+}
+
+impl Replicate {
+    pub fn new(settings: &ProviderSettings) -> Result<Replicate, String> {
+        // At most half the request timeout, so Replicate answers before we give up on it.
+        let wait_secs = LONGEST_WAIT.min(settings.timeout / 2).as_secs();
+        Ok(Replicate {
+            upstream: Upstream::new(NAME, settings)?,
+            wait_secs: (wait_secs > 0).then_some(wait_secs),
+        })
+    }
+
+    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+        let (path, version) = prediction_target(call.upstream_model);
+        let mut body = json!({"input": request_input(call.upstream_model, call.input)});
+        if let Some(version) = version {
+            body["version"] = json!(version);
+        }
+        let url = self.upstream.url(&path);
+        let mut request = self
+            .upstream
+            .request(Method::POST, &url)
+            .bearer_auth(self.upstream.key())
+            .json(&body);
+        if let Some(secs) = self.wait_secs {
+            request = request.header("Prefer", format!("wait={secs}"));
+        }
+        let prediction = self.upstream.json(request).await?;
+        let id = prediction["id"].as_str().ok_or_else(|| {
+            ProviderError::new(
+                ErrorClass::Retryable,
+                "upstream_error",
+                "replicate: the answer has no id",
+            )
+        })?;
+        match outcome(&prediction).map_err(|e| self.redacted(e))? {
+            Some(outputs) => Ok(Submitted::Done {
+                upstream_id: id.to_owned(),
+                outputs,
+            }),
+            None => Ok(Submitted::Pending {
+                upstream_id: id.to_owned(),
+                poll_after: self.upstream.poll_interval,
+            }),
+        }
+    }
+
+    pub async fn poll(
+        &self,
+        _call: &ProviderCall<'_>,
+        upstream_id: &str,
+    ) -> Result<Polled, ProviderError> {
+        let url = self.upstream.url(&format!("/v1/predictions/{upstream_id}"));
+        let request = self
+            .upstream
+            .request(Method::GET, &url)
+            .bearer_auth(self.upstream.key());
+        let prediction = self.upstream.json(request).await?;
+        match outcome(&prediction).map_err(|e| self.redacted(e))? {
+            Some(outputs) => Ok(Polled::Done { outputs }),
+            // Replicate reports no progress figure, only log lines.
+            None => Ok(Polled::Pending {
+                progress: None,
+                poll_after: self.upstream.poll_interval,
+            }),
+        }
+    }
+
+    /// Output files live on Replicate's delivery host; they need no key (and get none).
+    pub async fn fetch(
+        &self,
+        _call: &ProviderCall<'_>,
+        output: &UpstreamOutput,
+    ) -> Result<Media, ProviderError> {
+        let request = self.upstream.request(Method::GET, &output.locator);
+        self.upstream
+            .download(request, content_type_for_url(&output.locator))
+            .await
+    }
+
+    pub async fn cancel(
+        &self,
+        _call: &ProviderCall<'_>,
+        upstream_id: &str,
+    ) -> Result<(), ProviderError> {
+        let url = self
+            .upstream
+            .url(&format!("/v1/predictions/{upstream_id}/cancel"));
+        let request = self
+            .upstream
+            .request(Method::POST, &url)
+            .bearer_auth(self.upstream.key());
+        self.upstream.send(request).await.map(drop)
+    }
+
+    fn redacted(&self, mut e: ProviderError) -> ProviderError {
+        e.message = self.upstream.redact(&e.message);
+        e
+    }
+}
+
+/// Official models run by name at `/v1/models/{owner}/{name}/predictions`; a pinned
+/// version (`owner/name:version`, how community models run) goes to `/v1/predictions`
+/// with `version`.
+fn prediction_target(model: &str) -> (String, Option<&str>) {
+    match model.split_once(':') {
+        Some((_, version)) => ("/v1/predictions".to_owned(), Some(version)),
+        None => (format!("/v1/models/{model}/predictions"), None),
+    }
+}
+
+/// Where a prediction stands, in the one place Replicate's status words are read:
+/// `Some(outputs)` once it succeeded, `None` while it runs.
+fn outcome(prediction: &Value) -> Result<Option<Vec<UpstreamOutput>>, ProviderError> {
+    let id = prediction["id"].as_str().unwrap_or("?");
+    match prediction["status"].as_str().unwrap_or_default() {
+        "succeeded" => {
+            let outputs = output_urls(&prediction["output"]);
+            if outputs.is_empty() {
+                return Err(ProviderError::new(
+                    ErrorClass::Retryable,
+                    "upstream_error",
+                    format!("replicate: prediction {id} succeeded without media URLs"),
+                ));
+            }
+            Ok(Some(outputs))
+        }
+        "failed" => {
+            let error = match &prediction["error"] {
+                Value::String(s) => s.clone(),
+                Value::Null => "no error given".to_owned(),
+                other => other.to_string(),
+            };
+            let message = format!("replicate: prediction {id} failed: {error}");
+            Err(if is_refusal(&error) {
+                ProviderError::new(ErrorClass::Permanent, "upstream_moderated", message)
+            } else {
+                ProviderError::new(ErrorClass::Rerun, "upstream_error", message)
+            })
+        }
+        // Someone with this account's token stopped it; it is not coming back.
+        "canceled" => Err(ProviderError::new(
+            ErrorClass::Permanent,
+            "upstream_cancelled",
+            format!("replicate: prediction {id} was canceled"),
+        )),
+        // Replicate ended it before it ran (a deadline on its side): worth another try.
+        "aborted" => Err(ProviderError::new(
+            ErrorClass::Rerun,
+            "upstream_error",
+            format!("replicate: prediction {id} was aborted before it ran"),
+        )),
+        other => {
+            if !matches!(other, "starting" | "processing") {
+                tracing::warn!(
+                    provider = NAME,
+                    status = other,
+                    "unknown status; treating it as pending"
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Replicate's own filter fails a prediction with E005 ("flagged as sensitive"); models'
+/// safety checkers and Google's filter (for Veo and Imagen) use their own words.
+fn is_refusal(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    [
+        "e005",
+        "flagged",
+        "sensitive",
+        "nsfw",
+        "content policy",
+        "safety filter",
+        "responsible ai",
+    ]
+    .iter()
+    .any(|w| error.contains(w))
+}
+
+/// `output` is one URL or a list of them (some models also return text; it is skipped).
+fn output_urls(output: &Value) -> Vec<UpstreamOutput> {
+    let urls: Vec<&str> = match output {
+        Value::String(url) => vec![url],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    urls.into_iter()
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .enumerate()
+        .map(|(i, url)| UpstreamOutput {
+            index: i as u32,
+            locator: url.to_owned(),
+        })
+        .collect()
+}
+
+/// How a model on Replicate takes reference images: most take `image` (the start image)
+/// and `reference_images`, as we do; some families name them their own way.
+enum ImageInputs {
+    Ours,
+    FirstAs(&'static str),
+    AllAs(&'static str),
+}
+
+fn image_inputs(model: &str) -> ImageInputs {
+    let name = model.split_once(':').map_or(model, |(name, _)| name);
+    match name {
+        "black-forest-labs/flux-kontext-pro" => ImageInputs::FirstAs("input_image"),
+        "black-forest-labs/flux-1.1-pro" => ImageInputs::FirstAs("image_prompt"),
+        "black-forest-labs/flux-2-pro" => ImageInputs::AllAs("input_images"),
+        "google/nano-banana" => ImageInputs::AllAs("image_input"),
+        n if n.starts_with("kwaivgi/kling") => ImageInputs::FirstAs("start_image"),
+        _ => ImageInputs::Ours,
+    }
+}
+
+/// Our input in Replicate's words. Most models there take our field names; a free size is
+/// `aspect_ratio: "custom"` plus width and height for FLUX, `size: "WxH"` elsewhere.
+fn request_input(model: &str, input: &Value) -> Value {
+    let mut out = Map::new();
+    out.insert("prompt".into(), input["prompt"].clone());
+    for field in [
+        "seed",
+        "duration",
+        "resolution",
+        "aspect_ratio",
+        "generate_audio",
+    ] {
+        if let Some(v) = input.get(field).filter(|v| !v.is_null()) {
+            out.insert(field.into(), v.clone());
+        }
+    }
+    if let Some(n) = input.get("n").filter(|v| !v.is_null()) {
+        out.insert("num_outputs".into(), n.clone());
+    }
+    if let Some((w, h)) = input["size"].as_str().and_then(parse_size) {
+        if model.starts_with("black-forest-labs/") {
+            out.insert("aspect_ratio".into(), json!("custom"));
+            out.insert("width".into(), json!(w));
+            out.insert("height".into(), json!(h));
+        } else {
+            out.insert("size".into(), json!(format!("{w}x{h}")));
+        }
+    }
+    let images: Vec<&str> = input["image"]
+        .as_str()
+        .into_iter()
+        .chain(
+            input["reference_images"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str),
+        )
+        .collect();
+    match image_inputs(model) {
+        ImageInputs::Ours => {
+            for field in ["image", "reference_images"] {
+                if let Some(v) = input.get(field).filter(|v| !v.is_null()) {
+                    out.insert(field.into(), v.clone());
+                }
+            }
+        }
+        ImageInputs::FirstAs(field) => {
+            if let Some(first) = images.first() {
+                out.insert(field.into(), json!(first));
+            }
+        }
+        ImageInputs::AllAs(field) => {
+            if !images.is_empty() {
+                out.insert(field.into(), json!(images));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_maps_to_replicate_fields() {
+        let input = json!({"prompt": "p", "duration": 8, "resolution": "1080p",
+            "aspect_ratio": "16:9", "generate_audio": true, "seed": 3,
+            "image": "https://a/start.png", "reference_images": ["https://a/r.png"]});
+        assert_eq!(
+            request_input("google/veo-3.1", &input),
+            json!({"prompt": "p", "duration": 8, "resolution": "1080p",
+                "aspect_ratio": "16:9", "generate_audio": true, "seed": 3,
+                "image": "https://a/start.png", "reference_images": ["https://a/r.png"]})
+        );
+        let input = json!({"prompt": "p", "size": "512x768", "image": "https://a/1.png"});
+        assert_eq!(
+            request_input("black-forest-labs/flux-1.1-pro", &input),
+            json!({"prompt": "p", "aspect_ratio": "custom", "width": 512, "height": 768,
+                "image_prompt": "https://a/1.png"})
+        );
+        assert_eq!(
+            request_input(
+                "recraft-ai/recraft-v3",
+                &json!({"prompt": "p", "size": "1024x1024"})
+            ),
+            json!({"prompt": "p", "size": "1024x1024"})
+        );
+        let input = json!({"prompt": "p", "n": 2, "reference_images": ["https://a/1.png", "https://a/2.png"]});
+        assert_eq!(
+            request_input("google/nano-banana", &input),
+            json!({"prompt": "p", "num_outputs": 2,
+                "image_input": ["https://a/1.png", "https://a/2.png"]})
+        );
+    }
+
+    #[test]
+    fn official_models_run_by_name_and_pinned_versions_by_version() {
+        assert_eq!(
+            prediction_target("google/veo-3.1"),
+            ("/v1/models/google/veo-3.1/predictions".to_owned(), None)
+        );
+        assert_eq!(
+            prediction_target("someone/model:5c7d5dc6dd8b"),
+            ("/v1/predictions".to_owned(), Some("5c7d5dc6dd8b"))
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        let running = |status: &str| outcome(&json!({"id": "p1", "status": status}));
+        assert_eq!(running("starting"), Ok(None));
+        assert_eq!(running("processing"), Ok(None));
+        assert_eq!(running("queued-somewhere-new"), Ok(None));
+        let done = outcome(&json!({"id": "p1", "status": "succeeded",
+            "output": "https://replicate.delivery/x/out.mp4"}))
+        .unwrap()
+        .unwrap();
+        assert_eq!(done[0].locator, "https://replicate.delivery/x/out.mp4");
+        let done = outcome(&json!({"id": "p1", "status": "succeeded",
+            "output": ["https://r.d/a.webp", "https://r.d/b.webp"]}))
+        .unwrap()
+        .unwrap();
+        assert_eq!((done.len(), done[1].index), (2, 1));
+
+        let refused = outcome(&json!({"id": "p1", "status": "failed", "error":
+            "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"}))
+        .unwrap_err();
+        assert_eq!(
+            (refused.class, refused.code.as_str()),
+            (ErrorClass::Permanent, "upstream_moderated")
+        );
+        let crashed = outcome(&json!({"id": "p1", "status": "failed",
+            "error": "CUDA out of memory"}))
+        .unwrap_err();
+        assert_eq!(crashed.class, ErrorClass::Rerun);
+        assert!(crashed.message.contains("CUDA out of memory"));
+        assert_eq!(
+            running("canceled").unwrap_err().class,
+            ErrorClass::Permanent
+        );
+        assert_eq!(running("aborted").unwrap_err().class, ErrorClass::Rerun);
+        assert_eq!(
+            running("succeeded").unwrap_err().class,
+            ErrorClass::Retryable,
+            "succeeded without output"
+        );
+    }
+
+    #[test]
+    fn content_types_come_from_file_names() {
+        assert_eq!(content_type_for_url("https://h/a/out.MP4?x=1"), "video/mp4");
+        assert_eq!(content_type_for_url("https://h/a/out.webp"), "image/webp");
+        assert_eq!(
+            content_type_for_url("https://h/a/out"),
+            "application/octet-stream"
+        );
+    }
+}
