@@ -601,15 +601,21 @@ mod tests {
     #[test]
     fn destinations_cap_attempts_per_url_and_free_slots_on_drop() {
         let d = Destinations::default();
-        let a1 = d.enter("http://a/", 2).unwrap();
-        let _a2 = d.enter("http://a/", 2).unwrap();
-        assert!(d.enter("http://a/", 2).is_none());
+        let a = d.gate("http://a/", 2);
+        let a1 = a.slots.clone().try_acquire_owned().unwrap();
+        let _a2 = a.slots.clone().try_acquire_owned().unwrap();
+        let again = d.gate("http://a/", 2);
         assert!(
-            d.enter("http://b/", 2).is_some(),
+            again.slots.clone().try_acquire_owned().is_err(),
+            "one gate per URL"
+        );
+        let b = d.gate("http://b/", 2);
+        assert!(
+            b.slots.clone().try_acquire_owned().is_ok(),
             "other URLs are unaffected"
         );
         drop(a1);
-        assert!(d.enter("http://a/", 2).is_some());
+        assert!(a.slots.clone().try_acquire_owned().is_ok());
     }
 
     #[test]
