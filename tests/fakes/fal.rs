@@ -117,18 +117,13 @@ fn submit(
     if let Some(denied) = unauthorized(headers) {
         return denied;
     }
-    if let Some(status) = state.next_submit_failure() {
-        let status = StatusCode::from_u16(status).unwrap();
-        let mut res = (
+    if let Some(res) = state.scripted_failure(|status| {
+        (
             status,
             axum::Json(json!({"detail": format!("fake {status}"), "error_type": "internal_error"})),
         )
-            .into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            let secs = state.behaviour.retry_after.unwrap_or(1);
-            res.headers_mut()
-                .insert("retry-after", secs.to_string().parse().unwrap());
-        }
+            .into_response()
+    }) {
         return res;
     }
     let body: Value = serde_json::from_slice(body).unwrap_or_default();

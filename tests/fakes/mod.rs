@@ -104,6 +104,22 @@ impl FakeState {
         self.behaviour.fail_submits.get(n).copied()
     }
 
+    /// The scripted failure of this submission, if any: `answer(status)` in the provider's
+    /// own error shape, with `Retry-After` added to a 429.
+    pub fn scripted_failure(
+        &self,
+        answer: impl FnOnce(axum::http::StatusCode) -> axum::response::Response,
+    ) -> Option<axum::response::Response> {
+        let status = axum::http::StatusCode::from_u16(self.next_submit_failure()?).unwrap();
+        let mut res = answer(status);
+        if status == axum::http::StatusCode::TOO_MANY_REQUESTS {
+            let secs = self.behaviour.retry_after.unwrap_or(1);
+            res.headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        Some(res)
+    }
+
     /// Counts an accepted job; the first `fail_jobs` of them will fail upstream.
     pub fn accept(&self, id: &str) {
         if self.accepted.fetch_add(1, Ordering::SeqCst) < self.behaviour.fail_jobs {

@@ -76,19 +76,14 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
 
 /// The scripted failure of this submission, if any.
 fn submit_failure(state: &FakeState) -> Option<Response> {
-    let status = StatusCode::from_u16(state.next_submit_failure()?).unwrap();
-    let mut res = error(
-        status,
-        "server_error",
-        None,
-        &format!("fake {status}: the server had an error while processing your request"),
-    );
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        let secs = state.behaviour.retry_after.unwrap_or(1);
-        res.headers_mut()
-            .insert("retry-after", secs.to_string().parse().unwrap());
-    }
-    Some(res)
+    state.scripted_failure(|status| {
+        error(
+            status,
+            "server_error",
+            None,
+            &format!("fake {status}: the server had an error while processing your request"),
+        )
+    })
 }
 
 async fn images(

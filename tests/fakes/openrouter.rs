@@ -55,14 +55,7 @@ async fn submit(
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
-    if let Some(status) = state.next_submit_failure() {
-        let status = StatusCode::from_u16(status).unwrap();
-        let mut res = error(status, &format!("fake {status}"));
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            let secs = state.behaviour.retry_after.unwrap_or(1);
-            res.headers_mut()
-                .insert("retry-after", secs.to_string().parse().unwrap());
-        }
+    if let Some(res) = state.scripted_failure(|status| error(status, &format!("fake {status}"))) {
         return res;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();

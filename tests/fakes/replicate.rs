@@ -87,14 +87,9 @@ async fn create(
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
-    if let Some(status) = state.next_submit_failure() {
-        let status = StatusCode::from_u16(status).unwrap();
-        let mut res = problem(status, "Fake failure", &format!("fake {status}"));
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            let secs = state.behaviour.retry_after.unwrap_or(1);
-            res.headers_mut()
-                .insert("retry-after", secs.to_string().parse().unwrap());
-        }
+    if let Some(res) =
+        state.scripted_failure(|status| problem(status, "Fake failure", &format!("fake {status}")))
+    {
         return res;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
