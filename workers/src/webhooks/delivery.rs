@@ -169,6 +169,15 @@ pub async fn attempt(engine: &SharedEngine, task: &Deliver) -> Result<(), Engine
         }
         return Ok(());
     }
+    // Hold the delivery while it waits, so the sweeper does not hand it out again and
+    // again; if this process dies meanwhile, the hold lapses and the sweeper takes over.
+    let hold = now_ms() + WAITING_HOLD.as_millis() as i64;
+    let mut conn = engine.store.pool().acquire().await?;
+    if !deliveries::renew(&mut conn, &delivery, hold).await? {
+        gate.waiting.fetch_sub(1, Ordering::SeqCst);
+        return Ok(());
+    }
+    drop(conn);
     let engine = Arc::clone(engine);
     tokio::spawn(async move {
         let slot = gate.slots.clone().acquire_owned().await;
@@ -337,6 +346,9 @@ async fn push_attempt(engine: &Engine, delivery: &Delivery, at: i64) {
 /// When a URL already has this many deliveries waiting for a slot in this process, more
 /// are put back in SQL for `BUSY_RETRY` instead of waiting in memory.
 const MAX_WAITING_PER_URL: usize = 10_000;
+
+/// How long a delivery waiting for a busy URL's slot is held against the sweeper.
+const WAITING_HOLD: Duration = Duration::from_secs(600);
 
 /// How long a delivery put back for a busy URL waits.
 const BUSY_RETRY: Duration = Duration::from_secs(5);
