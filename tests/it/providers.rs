@@ -295,6 +295,12 @@ async fn app_for(
     .await
 }
 
+/// Submits `body` and waits until the job ends.
+async fn run_to_end(app: &TestApp, body: Value) -> Value {
+    let id = app.submit(body).await["id"].as_str().unwrap().to_owned();
+    app.wait_terminal(&id, Duration::from_secs(30)).await
+}
+
 fn job_body(adapter: &Adapter) -> Value {
     json!({"model": adapter.model, "input": (adapter.input)()})
 }
@@ -371,11 +377,7 @@ async fn server_errors_are_retried(backend: Backend, adapter: &Adapter) {
     })
     .await;
     let app = app_for(backend, adapter, &fake, |_| {}).await;
-    let id = app.submit(job_body(adapter)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let job = run_to_end(&app, job_body(adapter)).await;
     assert_eq!(job["status"], "completed", "{job}");
     let submits = fake
         .state
@@ -403,11 +405,7 @@ async fn rate_limits_are_waited_out(backend: Backend, adapter: &Adapter) {
     .await;
     // Our own backoff is 20 ms here; only the Retry-After explains a longer wait.
     let app = app_for(backend, adapter, &fake, |c| c.jobs.retry_max_ms = 5_000).await;
-    let id = app.submit(job_body(adapter)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let job = run_to_end(&app, job_body(adapter)).await;
     assert_eq!(job["status"], "completed", "{job}");
     let submits: Vec<_> = fake
         .state
@@ -431,11 +429,7 @@ async fn refusals_fail_without_retry(backend: Backend, adapter: &Adapter) {
     })
     .await;
     let app = app_for(backend, adapter, &fake, |_| {}).await;
-    let id = app.submit(job_body(adapter)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let job = run_to_end(&app, job_body(adapter)).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], adapter.refusal_code, "{job}");
     assert!(!job["error"]["message"].as_str().unwrap().is_empty());
@@ -456,11 +450,7 @@ async fn expired_results_fail_cleanly(backend: Backend, adapter: &Adapter) {
     })
     .await;
     let app = app_for(backend, adapter, &fake, |c| c.jobs.max_retries = 1).await;
-    let id = app.submit(job_body(adapter)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let job = run_to_end(&app, job_body(adapter)).await;
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], "upstream_result_expired", "{job}");
     assert!(
@@ -500,11 +490,7 @@ async fn failed_upstream_jobs_are_submitted_again(backend: Backend) {
     })
     .await;
     let app = app_for(backend, adapter, &fake, |_| {}).await;
-    let id = app.submit(job_body(adapter)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let job = app.wait_terminal(&id, Duration::from_secs(30)).await;
+    let job = run_to_end(&app, job_body(adapter)).await;
     assert_eq!(job["status"], "completed", "{job}");
     let attempts = job["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{job}");

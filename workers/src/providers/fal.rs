@@ -14,7 +14,6 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::http::Upstream;
-use super::http::content_type_for_url;
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -121,10 +120,7 @@ impl Fal {
         _call: &ProviderCall<'_>,
         output: &UpstreamOutput,
     ) -> Result<Media, ProviderError> {
-        let request = self.upstream.request(Method::GET, &output.locator);
-        self.upstream
-            .download(request, content_type_for_url(&output.locator))
-            .await
+        self.upstream.download_link(&output.locator).await
     }
 
     pub async fn cancel(

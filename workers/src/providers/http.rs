@@ -147,6 +147,13 @@ impl Upstream {
         text.replace(&self.api_key, "[redacted]")
     }
 
+    /// Downloads a result link that needs no key (a signed or public URL), typed by its
+    /// answer or, failing that, by its file name.
+    pub async fn download_link(&self, url: &str) -> Result<Media, ProviderError> {
+        let request = self.request(reqwest::Method::GET, url);
+        self.download(request, content_type_for_url(url)).await
+    }
+
     /// Downloads result media. An answer that is not media (an error page, a JSON error,
     /// an expired link) is an error, never stored as the output.
     pub async fn download(
@@ -390,5 +397,15 @@ mod tests {
         );
         assert_eq!(upstream_message("  plain  "), "plain");
         assert!(upstream_message(&"é".repeat(600)).ends_with('…'));
+    }
+
+    #[test]
+    fn content_types_come_from_file_names() {
+        assert_eq!(content_type_for_url("https://h/a/out.MP4?x=1"), "video/mp4");
+        assert_eq!(content_type_for_url("https://h/a/out.webp"), "image/webp");
+        assert_eq!(
+            content_type_for_url("https://h/a/out"),
+            "application/octet-stream"
+        );
     }
 }

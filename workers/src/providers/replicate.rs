@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, content_type_for_url};
+use super::http::Upstream;
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -103,10 +103,7 @@ impl Replicate {
         _call: &ProviderCall<'_>,
         output: &UpstreamOutput,
     ) -> Result<Media, ProviderError> {
-        let request = self.upstream.request(Method::GET, &output.locator);
-        self.upstream
-            .download(request, content_type_for_url(&output.locator))
-            .await
+        self.upstream.download_link(&output.locator).await
     }
 
     pub async fn cancel(
@@ -395,16 +392,6 @@ mod tests {
             running("succeeded").unwrap_err().class,
             ErrorClass::Retryable,
             "succeeded without output"
-        );
-    }
-
-    #[test]
-    fn content_types_come_from_file_names() {
-        assert_eq!(content_type_for_url("https://h/a/out.MP4?x=1"), "video/mp4");
-        assert_eq!(content_type_for_url("https://h/a/out.webp"), "image/webp");
-        assert_eq!(
-            content_type_for_url("https://h/a/out"),
-            "application/octet-stream"
         );
     }
 }
