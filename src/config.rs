@@ -24,6 +24,10 @@ pub struct Config {
     pub bind: String,
     /// Base for absolute URLs; defaults to `http://<bound address>`.
     pub public_url: Option<String>,
+    /// Whether upstreams that can call back (Replicate, OpenRouter, fal, BFL) get a
+    /// per-job callback URL under the public URL. Unset: yes when `public_url` is set and
+    /// HTTPS (upstreams must be able to reach it; OpenRouter takes only HTTPS).
+    pub upstream_callbacks: Option<bool>,
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; defaults to `sqlite://<data_dir>/mediagate.db`.
     pub database_url: Option<String>,
@@ -76,6 +80,11 @@ pub struct ProviderConfig {
     pub max_concurrency: usize,
     /// How often to poll when the upstream gives no hint.
     pub poll_interval_ms: u64,
+    /// How often to poll, as a safety net, a job the upstream will call us back about.
+    pub callback_poll_interval_ms: u64,
+    /// Name of the environment variable holding the secret the upstream signs callbacks
+    /// with, where the operator sets one in the provider's console (OpenRouter).
+    pub webhook_secret_env: Option<String>,
 }
 
 impl Default for ProviderConfig {
@@ -87,6 +96,8 @@ impl Default for ProviderConfig {
             timeout_ms: 60_000,
             max_concurrency: 64,
             poll_interval_ms: 5_000,
+            callback_poll_interval_ms: 30_000,
+            webhook_secret_env: None,
         }
     }
 }
@@ -226,6 +237,7 @@ impl Default for Config {
         Self {
             bind: "127.0.0.1:8080".to_owned(),
             public_url: None,
+            upstream_callbacks: None,
             data_dir: PathBuf::from("./data"),
             database_url: None,
             database_max_connections: 16,
@@ -386,8 +398,14 @@ impl Config {
     /// Engine settings; `public_url` is known once the listener is bound.
     pub fn engine(&self, public_url: String) -> Result<EngineConfig, ConfigError> {
         let j = &self.jobs;
+        let upstream_callbacks = self.upstream_callbacks.unwrap_or_else(|| {
+            self.public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        });
         Ok(EngineConfig {
             public_url,
+            upstream_callbacks,
             file_url_ttl: Duration::from_secs(j.file_url_ttl_secs),
             job_deadline: Duration::from_secs(j.deadline_secs),
             max_retries: j.max_retries,
@@ -432,11 +450,23 @@ impl Config {
             };
             let key_env = p.api_key_env.as_deref().unwrap_or(defaults.api_key_env);
             let api_key = std::env::var(key_env).ok().filter(|k| !k.trim().is_empty());
-            if p.timeout_ms == 0 || p.max_concurrency == 0 || p.poll_interval_ms == 0 {
+            if p.timeout_ms == 0
+                || p.max_concurrency == 0
+                || p.poll_interval_ms == 0
+                || p.callback_poll_interval_ms == 0
+            {
                 return Err(ConfigError::Invalid(format!(
-                    "[providers.{name}]: timeout_ms, max_concurrency and poll_interval_ms must be at least 1"
+                    "[providers.{name}]: timeout_ms, max_concurrency, poll_interval_ms and \
+                     callback_poll_interval_ms must be at least 1"
                 )));
             }
+            let webhook_secret = p.webhook_secret_env.as_deref().and_then(|var| {
+                let secret = std::env::var(var).ok().filter(|s| !s.trim().is_empty());
+                if secret.is_none() {
+                    tracing::warn!(provider = %name, variable = var, "webhook_secret_env is not set: callbacks are checked by their URL token alone");
+                }
+                secret
+            });
             out.insert(
                 name.clone(),
                 ProviderSettings {
@@ -449,6 +479,8 @@ impl Config {
                     timeout: Duration::from_millis(p.timeout_ms),
                     max_concurrency: p.max_concurrency,
                     poll_interval: Duration::from_millis(p.poll_interval_ms),
+                    callback_poll_interval: Duration::from_millis(p.callback_poll_interval_ms),
+                    webhook_secret,
                 },
             );
         }

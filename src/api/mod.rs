@@ -3,6 +3,7 @@
 //! and shape the answer.
 
 pub mod auth;
+mod callbacks;
 mod content;
 pub mod error;
 mod events;
@@ -30,6 +31,9 @@ use tower_http::trace::TraceLayer;
 
 use self::error::ApiError;
 use crate::config::Config;
+
+/// Largest upstream callback body accepted.
+const CALLBACK_MAX_BODY: usize = 16 << 20;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -69,6 +73,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}/deliveries", get(webhooks::job_deliveries))
         .route("/v1/deliveries/{id}/redeliver", post(webhooks::redeliver))
+        .route(
+            "/v1/callbacks/{provider}/{token}",
+            // An upstream's callback may echo the job's input (Replicate sends the whole
+            // prediction), which can be larger than any request a client may send us.
+            post(callbacks::receive).layer(DefaultBodyLimit::max(CALLBACK_MAX_BODY)),
+        )
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

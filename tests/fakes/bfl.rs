@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::{Behaviour, Fake, FakeState, key, media, serve};
+use super::{Behaviour, Fake, FakeState, key, serve};
 
 pub const CONTENT_TYPE: &str = "image/jpeg";
 
@@ -68,6 +68,21 @@ async fn submit(
     }
     let id = format!("{model}-{}", uuid::Uuid::now_v7().simple());
     state.accept(&id);
+    if let Some(url) = body["webhook_url"].as_str() {
+        // BFL documents no signature for its callbacks; none is sent.
+        let callback = state.call_back(url.to_owned(), id.clone(), {
+            let id = id.clone();
+            move |state| {
+                let body = json!({"id": id, "status": "Ready",
+                    "result": {"sample": sample_url(state, &id)}});
+                let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+                (headers, body.to_string().into_bytes())
+            }
+        });
+        if state.behaviour.call_back_first {
+            callback.await.unwrap();
+        }
+    }
     let polling_url = format!("{}/v1/get_result?id={id}", state.base());
     axum::Json(json!({"id": id, "polling_url": polling_url})).into_response()
 }
@@ -101,12 +116,17 @@ async fn get_result(
         return axum::Json(json!({"id": id, "status": "Pending", "progress": 0.4, "result": null}))
             .into_response();
     }
-    let sample = format!(
-        "{}/results/{id}.jpg?se=2026-11-22T08%3A10%3A00Z&sig=fake",
-        state.base()
-    );
+    let sample = sample_url(&state, id);
     axum::Json(json!({"id": id, "status": "Ready", "result": {"sample": sample, "prompt": "…"}}))
         .into_response()
+}
+
+/// The signed link a finished task's sample is served from.
+fn sample_url(state: &FakeState, id: &str) -> String {
+    format!(
+        "{}/results/{id}.jpg?se=2026-11-22T08%3A10%3A00Z&sig=fake",
+        state.base()
+    )
 }
 
 async fn sample(
@@ -125,5 +145,5 @@ async fn sample(
         )
             .into_response();
     }
-    ([("content-type", CONTENT_TYPE)], media(CONTENT_TYPE)).into_response()
+    ([("content-type", CONTENT_TYPE)], state.media(CONTENT_TYPE)).into_response()
 }

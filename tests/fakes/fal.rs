@@ -5,6 +5,9 @@
 //! `GET /{app}/requests/{id}` gives the output (`images[]` with `has_nsfw_concepts`) or,
 //! when the content checker flags it, 422 `content_policy_violation`;
 //! `PUT /{app}/requests/{id}/cancel`. Result files sit on a CDN that needs no key.
+//! A request submitted with `?fal_webhook=URL` is POSTed there when it ends:
+//! `{request_id, gateway_request_id, status: "OK" | "ERROR", payload, error}` (fal's
+//! ED25519 signature headers are left out: mediagate does not check them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{Behaviour, Fake, FakeState, key, media, serve};
+use super::{Behaviour, Fake, FakeState, key, serve};
 
 pub const CONTENT_TYPE: &str = "image/jpeg";
 
@@ -89,10 +92,9 @@ impl Queue {
         self.apps.lock().unwrap().get(id).map(String::as_str) == Some(app)
     }
 
-    /// Status polls so far have reached the ready point.
+    /// The request has finished (as status polls or the clock say).
     fn ready(&self, id: &str) -> bool {
-        let polls = self.state.polls.lock().unwrap();
-        polls.get(id).copied().unwrap_or(0) > self.state.behaviour.polls_before_done
+        self.state.is_done(id)
     }
 }
 
@@ -140,6 +142,28 @@ fn submit(
     let app = model.split('/').take(2).collect::<Vec<_>>().join("/");
     let id = uuid::Uuid::now_v7().to_string();
     queue.apps.lock().unwrap().insert(id.clone(), app.clone());
+    state.accept(&id);
+    let webhook = reqwest::Url::parse(&format!("http://fal{uri}"))
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "fal_webhook")
+                .map(|(_, v)| v.into_owned())
+        });
+    if let Some(url) = webhook {
+        let id = id.clone();
+        state.call_back(url, id.clone(), move |state| {
+            let body = if state.behaviour.refuse {
+                json!({"request_id": id, "gateway_request_id": id, "status": "ERROR",
+                    "error": "Invalid status code: 422", "payload": {"detail": []}})
+            } else {
+                json!({"request_id": id, "gateway_request_id": id, "status": "OK",
+                    "payload": output(state, &id)})
+            };
+            let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+            (headers, body.to_string().into_bytes())
+        });
+    }
     let at = format!("{}/{app}/requests/{id}", state.base());
     axum::Json(json!({
         "request_id": id, "gateway_request_id": id,
@@ -221,13 +245,17 @@ fn result(
         )
             .into_response();
     }
-    axum::Json(json!({
+    axum::Json(output(state, id)).into_response()
+}
+
+/// The model's output for a finished request.
+fn output(state: &FakeState, id: &str) -> Value {
+    json!({
         "images": [{"url": format!("{}/files/{id}.jpg", state.base()), "width": 1344,
             "height": 768, "content_type": CONTENT_TYPE}],
         "timings": {"inference": 1.2}, "seed": 7, "has_nsfw_concepts": [false],
         "prompt": "…",
-    }))
-    .into_response()
+    })
 }
 
 fn cancel(
@@ -268,5 +296,9 @@ async fn file(
     if queue.state.behaviour.expire_results {
         return (StatusCode::NOT_FOUND, "Not Found").into_response();
     }
-    ([("content-type", CONTENT_TYPE)], media(CONTENT_TYPE)).into_response()
+    (
+        [("content-type", CONTENT_TYPE)],
+        queue.state.media(CONTENT_TYPE),
+    )
+        .into_response()
 }

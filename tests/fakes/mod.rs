@@ -15,6 +15,7 @@ pub mod runway;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 
@@ -41,6 +42,25 @@ pub struct Behaviour {
     pub polls_before_done: u32,
     /// The first accepted jobs end in the provider's internal-failure state.
     pub fail_jobs: usize,
+    /// Jobs finish this long after they were accepted, however often they are polled
+    /// (instead of after `polls_before_done` polls). A job submitted with a callback URL
+    /// is called back then.
+    pub finish_after: Option<Duration>,
+    /// The callback is sent before the submission is answered: the race an upstream's
+    /// callback can win against its own answer (the Replicate, OpenRouter and BFL fakes).
+    pub call_back_first: bool,
+    /// Callbacks are signed with a secret other than the one the provider hands out.
+    pub bad_callback_signature: bool,
+    /// Size of each result file (default: about 2 KB).
+    pub media_bytes: Option<usize>,
+}
+
+/// A callback the fake sent: about which job, and what the receiver answered (0: no
+/// answer).
+#[derive(Debug, Clone)]
+pub struct CallbackSent {
+    pub job: String,
+    pub status: u16,
 }
 
 /// One request the fake received.
@@ -48,6 +68,8 @@ pub struct Behaviour {
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The query string's values, decoded.
+    pub query: Vec<(String, String)>,
     pub headers: HashMap<String, String>,
     pub body: String,
     pub at: std::time::Instant,
@@ -69,6 +91,8 @@ pub struct FakeState {
     pub polls: Mutex<HashMap<String, u32>>,
     pub accepted: AtomicUsize,
     pub doomed: Mutex<std::collections::HashSet<String>>,
+    pub accepted_at: Mutex<HashMap<String, Instant>>,
+    pub callbacks: Mutex<Vec<CallbackSent>>,
 }
 
 impl FakeState {
@@ -89,6 +113,9 @@ impl FakeState {
         self.requests.lock().unwrap().push(Recorded {
             method: method.to_string(),
             path: uri.path().to_owned(),
+            query: reqwest::Url::parse(&format!("http://fake{uri}"))
+                .map(|u| u.query_pairs().into_owned().collect())
+                .unwrap_or_default(),
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
@@ -122,6 +149,10 @@ impl FakeState {
 
     /// Counts an accepted job; the first `fail_jobs` of them will fail upstream.
     pub fn accept(&self, id: &str) {
+        self.accepted_at
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), Instant::now());
         if self.accepted.fetch_add(1, Ordering::SeqCst) < self.behaviour.fail_jobs {
             self.doomed.lock().unwrap().insert(id.to_owned());
         }
@@ -134,10 +165,78 @@ impl FakeState {
 
     /// Counts a poll of `id`; true once the result is ready.
     pub fn poll_ready(&self, id: &str) -> bool {
-        let mut polls = self.polls.lock().unwrap();
-        let n = polls.entry(id.to_owned()).or_insert(0);
-        *n += 1;
-        *n > self.behaviour.polls_before_done
+        let n = {
+            let mut polls = self.polls.lock().unwrap();
+            let n = polls.entry(id.to_owned()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        match self.behaviour.finish_after {
+            Some(after) => self.finished(id, after),
+            None => n > self.behaviour.polls_before_done,
+        }
+    }
+
+    /// Whether job `id` has finished, without counting a poll.
+    pub fn is_done(&self, id: &str) -> bool {
+        match self.behaviour.finish_after {
+            Some(after) => self.finished(id, after),
+            None => {
+                let polls = self.polls.lock().unwrap().get(id).copied().unwrap_or(0);
+                polls > self.behaviour.polls_before_done
+            }
+        }
+    }
+
+    fn finished(&self, id: &str, after: Duration) -> bool {
+        let accepted = self.accepted_at.lock().unwrap().get(id).copied();
+        accepted.is_some_and(|at| at.elapsed() >= after)
+    }
+
+    /// Polls of jobs so far, over all jobs.
+    pub fn poll_count(&self) -> u32 {
+        self.polls.lock().unwrap().values().sum()
+    }
+
+    /// Calls `url` back about job `id` once it finishes (`finish_after` after it was
+    /// accepted, or at once): `request()` makes the headers and body at that moment, as
+    /// the provider would from the job's state then. With `call_back_first` the returned
+    /// handle is awaited before the submission is answered.
+    pub fn call_back(
+        self: &Arc<Self>,
+        url: String,
+        id: String,
+        request: impl FnOnce(&FakeState) -> (Vec<(String, String)>, Vec<u8>) + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        let after = self.behaviour.finish_after.unwrap_or_default();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let (headers, body) = request(&state);
+            let mut post = callback_client().post(&url).body(body);
+            for (name, value) in headers {
+                post = post.header(name, value);
+            }
+            let status = post.send().await.map_or(0, |r| r.status().as_u16());
+            state
+                .callbacks
+                .lock()
+                .unwrap()
+                .push(CallbackSent { job: id, status });
+        })
+    }
+
+    pub fn callbacks(&self) -> Vec<CallbackSent> {
+        self.callbacks.lock().unwrap().clone()
+    }
+
+    /// The result file this fake hands out.
+    pub fn media(&self, content_type: &str) -> Vec<u8> {
+        let mut bytes = media(content_type);
+        if let Some(n) = self.behaviour.media_bytes {
+            bytes.resize(n.max(bytes.len()), 0x5a);
+        }
+        bytes
     }
 
     pub fn base(&self) -> String {
@@ -188,4 +287,39 @@ pub fn media(content_type: &str) -> Vec<u8> {
     };
     bytes.extend((0..2048u32).map(|i| (i * 31 % 251) as u8));
     bytes
+}
+
+/// One client for every fake's callbacks (connections are reused, as a provider's are).
+fn callback_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
+/// HMAC-SHA256 of `message` under `key`, as providers sign their callbacks.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Standard Webhooks headers for `body` under a `whsec_` secret.
+pub fn standard_webhooks_headers(secret: &str, body: &[u8]) -> Vec<(String, String)> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut signed = format!("{id}.{timestamp}.").into_bytes();
+    signed.extend_from_slice(body);
+    let signature = format!("v1,{}", b64.encode(hmac_sha256(&key, &signed)));
+    vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("webhook-id".to_owned(), id),
+        ("webhook-timestamp".to_owned(), timestamp.to_string()),
+        ("webhook-signature".to_owned(), signature),
+    ]
 }

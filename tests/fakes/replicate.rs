@@ -3,7 +3,9 @@
 //! `GET /v1/predictions/{id}` goes `starting` → `processing` → `succeeded` with `output`
 //! (a URL on the delivery host, which needs no key), or `failed` with E005 when the
 //! content is flagged; `POST /v1/predictions/{id}/cancel`. Errors are problem details
-//! (`{title, detail, status}`).
+//! (`{title, detail, status}`). A prediction created with `webhook` is POSTed there when it
+//! ends, signed per Standard Webhooks with the secret `GET /v1/webhooks/default/secret`
+//! hands out.
 
 use std::sync::Arc;
 
@@ -15,9 +17,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::{Behaviour, Fake, FakeState, key, media, serve};
+use super::{Behaviour, Fake, FakeState, key, serve};
 
 pub const CONTENT_TYPE: &str = "video/mp4";
+
+/// The account's webhook signing secret.
+pub const WEBHOOK_SECRET: &str = "whsec_BwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSY=";
+
+/// What a bad signature is made with.
+const WRONG_SECRET: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
 const FLAGGED: &str =
     "The input or output was flagged as sensitive. Please try again with different inputs. (E005)";
@@ -28,6 +36,7 @@ pub async fn start(behaviour: Behaviour) -> Fake {
         .route("/v1/models/{owner}/{name}/predictions", post(create))
         .route("/v1/predictions/{id}", get(prediction))
         .route("/v1/predictions/{id}/cancel", post(cancel))
+        .route("/v1/webhooks/default/secret", get(webhook_secret))
         .route("/delivery/{file}", get(delivery))
         .with_state(state.clone());
     serve(router, state).await
@@ -101,7 +110,30 @@ async fn create(
         );
     }
     let id = uuid::Uuid::now_v7().simple().to_string();
+    state.accept(&id);
     let model = format!("{owner}/{name}");
+    let mut callback = None;
+    if let Some(url) = body["webhook"].as_str() {
+        let (id, model) = (id.clone(), model.clone());
+        callback = Some(state.call_back(url.to_owned(), id.clone(), move |state| {
+            let status = if state.behaviour.refuse {
+                "failed"
+            } else {
+                "succeeded"
+            };
+            let body = prediction_object(state, &id, &model, status).to_string();
+            let secret = if state.behaviour.bad_callback_signature {
+                WRONG_SECRET
+            } else {
+                WEBHOOK_SECRET
+            };
+            let headers = super::standard_webhooks_headers(secret, body.as_bytes());
+            (headers, body.into_bytes())
+        }));
+    }
+    if let Some(callback) = callback.filter(|_| state.behaviour.call_back_first) {
+        callback.await.unwrap();
+    }
     // Under `Prefer: wait` a prediction that finishes within the wait comes back finished;
     // a quick model here is one the behaviour says needs no polls.
     let waits = headers.contains_key("prefer");
@@ -152,6 +184,19 @@ async fn cancel(
     axum::Json(prediction_object(&state, &id, "owner/model", "canceled")).into_response()
 }
 
+async fn webhook_secret(
+    State(state): State<Arc<FakeState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    state.record(&method, &uri, &headers, b"");
+    if let Some(denied) = unauthorized(&headers) {
+        return denied;
+    }
+    axum::Json(json!({"key": WEBHOOK_SECRET})).into_response()
+}
+
 async fn delivery(
     State(state): State<Arc<FakeState>>,
     Path(_file): Path<String>,
@@ -167,5 +212,5 @@ async fn delivery(
     if state.behaviour.expire_results {
         return (StatusCode::NOT_FOUND, "Not Found").into_response();
     }
-    ([("content-type", CONTENT_TYPE)], media(CONTENT_TYPE)).into_response()
+    ([("content-type", CONTENT_TYPE)], state.media(CONTENT_TYPE)).into_response()
 }

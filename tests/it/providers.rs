@@ -506,3 +506,192 @@ async fn failed_upstream_jobs_are_submitted_again(backend: Backend) {
 }
 
 crate::on_both_backends!(failed_upstream_jobs_are_submitted_again);
+
+/// Trials for adapters whose provider calls us back when a job ends:
+/// `callbacks!(name, ADAPTER)`, and `callbacks!(name, ADAPTER, signed)` where the provider
+/// signs its callbacks (a wrong signature must not wake the job).
+macro_rules! callbacks {
+    ($name:ident, $adapter:expr) => {
+        callbacks!(@trials $name, $adapter);
+    };
+    ($name:ident, $adapter:expr, signed) => {
+        callbacks!(@trials $name, $adapter, bad_signature);
+    };
+    (@trials $name:ident, $adapter:expr $(, $bad_signature:ident)?) => {
+        mod $name {
+            use super::*;
+
+            async fn completes_when_called_back(backend: Backend) {
+                callbacks_complete_jobs_at_once(backend, &$adapter).await
+            }
+            $(async fn $bad_signature(backend: Backend) {
+                badly_signed_callbacks_are_refused(backend, &$adapter).await
+            })?
+
+            crate::on_both_backends!(completes_when_called_back $(, $bad_signature)?);
+        }
+    };
+}
+
+callbacks!(replicate_callbacks, REPLICATE, signed);
+callbacks!(openrouter_callbacks, OPENROUTER, signed);
+callbacks!(fal_callbacks, FAL);
+callbacks!(bfl_callbacks, BFL);
+
+/// The app with upstream callbacks on, polling `adapter.provider` as a safety net every
+/// `safety_poll_ms`.
+async fn callback_app(
+    backend: Backend,
+    adapter: &Adapter,
+    fake: &Fake,
+    safety_poll_ms: u64,
+) -> TestApp {
+    let provider = adapter.provider;
+    app_for(backend, adapter, fake, |c| {
+        c.upstream_callbacks = Some(true);
+        let p = c.providers.get_mut(provider).unwrap();
+        p.callback_poll_interval_ms = safety_poll_ms;
+        if provider == "openrouter" {
+            // OpenRouter's signing secret is set in its console; mediagate reads it here.
+            p.webhook_secret_env = Some(fakes::openrouter::SECRET_VAR.to_owned());
+        }
+    })
+    .await
+}
+
+/// The job finishes upstream after 300 ms and is called back; polling alone would not
+/// look again for a minute, so only the callback can explain its completion.
+async fn callbacks_complete_jobs_at_once(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour {
+        finish_after: Some(Duration::from_millis(300)),
+        ..Behaviour::default()
+    })
+    .await;
+    let app = callback_app(backend, adapter, &fake, 60_000).await;
+    let job = run_to_end(&app, job_body(adapter)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let id = job["id"].as_str().unwrap();
+    let res = app
+        .get(&format!("/v1/jobs/{id}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        fakes::media(adapter.content_type)
+    );
+    let callbacks = fake.state.callbacks();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(callbacks[0].status, 200, "{callbacks:?}");
+    assert_eq!(job["attempts"][0]["upstream_id"], callbacks[0].job.as_str());
+    let submit = fake
+        .state
+        .requests()
+        .into_iter()
+        .find(|r| (adapter.is_submit)(r))
+        .unwrap();
+    let callback_path = format!("/v1/callbacks/{}/{id}.", adapter.provider);
+    let in_query = submit.query.iter().any(|(_, v)| v.contains(&callback_path));
+    assert!(
+        submit.body.contains(&callback_path) || in_query,
+        "the submission names its callback URL: {submit:?}"
+    );
+    // One look at submission (Replicate's `Prefer: wait`) and one after the callback;
+    // polling at the 20 ms interval would have made a dozen.
+    assert!(
+        fake.state.poll_count() <= 2,
+        "polled {} times",
+        fake.state.poll_count()
+    );
+}
+
+/// A callback signed with the wrong secret is refused (401) and does not wake the job,
+/// which still completes through the safety-net poll.
+async fn badly_signed_callbacks_are_refused(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour {
+        finish_after: Some(Duration::from_millis(300)),
+        bad_callback_signature: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let app = callback_app(backend, adapter, &fake, 1_500).await;
+    let job = run_to_end(&app, job_body(adapter)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let callbacks = fake.state.callbacks();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(callbacks[0].status, 401, "{callbacks:?}");
+}
+
+/// The upstream's callback arrives before its answer to our submission (so before we
+/// know its id): the mark it leaves makes storing the id schedule the check at once,
+/// rather than a minute later.
+async fn callbacks_that_beat_the_submission_answer_count(backend: Backend) {
+    let adapter = &OPENROUTER;
+    let fake = (adapter.start)(Behaviour {
+        call_back_first: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let app = callback_app(backend, adapter, &fake, 60_000).await;
+    let job = run_to_end(&app, job_body(adapter)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let callbacks = fake.state.callbacks();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(callbacks[0].status, 200, "{callbacks:?}");
+}
+
+/// Callback URLs cannot be guessed or reused for another job or provider; strangers get
+/// a 404 in the SPEC's error shape and wake nothing.
+async fn forged_callbacks_are_not_found(backend: Backend) {
+    let adapter = &BFL;
+    let fake = (adapter.start)(Behaviour {
+        finish_after: Some(Duration::from_secs(3600)),
+        ..Behaviour::default()
+    })
+    .await;
+    let app = callback_app(backend, adapter, &fake, 60_000).await;
+    let id = app.submit(job_body(adapter)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    while app.job(&id).await["status"] == "queued" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token = app.engine().callback_signer.token("bfl", &id);
+    let other_job = app
+        .engine()
+        .callback_signer
+        .token("bfl", "job_someone_else");
+    let post = |path: String| {
+        app.client
+            .post(format!("{}{path}", app.url))
+            .json(&json!({"id": "x", "status": "Ready"}))
+            .send()
+    };
+    for path in [
+        format!("/v1/callbacks/bfl/{id}.AAAA"),
+        format!("/v1/callbacks/bfl/{id}"),
+        format!("/v1/callbacks/replicate/{token}"),
+        format!("/v1/callbacks/nobody/{token}"),
+        format!(
+            "/v1/callbacks/bfl/{}",
+            other_job.replace("job_someone_else", &id)
+        ),
+    ] {
+        let res = post(path.clone()).await.unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+        assert!(res.headers().contains_key("x-request-id"));
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+    }
+    // The genuine URL is accepted (and, the job being still upstream, only wakes it).
+    let res = post(format!("/v1/callbacks/bfl/{token}")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "in_progress", "{job}");
+}
+
+crate::on_both_backends!(
+    callbacks_that_beat_the_submission_answer_count,
+    forged_callbacks_are_not_found
+);

@@ -4,6 +4,7 @@
 //! Nothing here knows about HTTP servers; the front door (`mediagate` crate) calls these
 //! functions. Dependencies point one way: front door → engine.
 
+pub mod callbacks;
 pub mod catalog;
 pub mod error;
 pub mod files;
@@ -29,6 +30,7 @@ use tokio::sync::broadcast;
 
 pub use error::EngineError;
 
+use crate::callbacks::CallbackSigner;
 use crate::catalog::Catalog;
 use crate::files::FileSigner;
 use crate::job::{Job, Render};
@@ -45,6 +47,9 @@ use crate::webhooks::ssrf::{self, AllowList};
 pub struct EngineConfig {
     /// Base of absolute URLs in job objects and events.
     pub public_url: String,
+    /// Whether upstreams that can call us back are given a per-job callback URL under
+    /// `public_url` (which they must be able to reach).
+    pub upstream_callbacks: bool,
     /// How long signed file links stay valid.
     pub file_url_ttl: Duration,
     /// A job not finished this long after creation becomes `expired`.
@@ -82,6 +87,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             public_url: "http://127.0.0.1:8080".to_owned(),
+            upstream_callbacks: false,
             file_url_ttl: Duration::from_secs(24 * 3600),
             job_deadline: Duration::from_secs(3600),
             max_retries: 5,
@@ -113,6 +119,8 @@ pub struct Engine {
     pub breakers: Breakers,
     pub config: EngineConfig,
     pub signer: FileSigner,
+    /// Makes and checks the tokens of upstream callback URLs.
+    pub callback_signer: CallbackSigner,
     /// The guarded HTTP client every webhook attempt goes through.
     pub webhook_client: reqwest::Client,
     /// Webhook attempts under way in this process, per URL.
@@ -127,6 +135,9 @@ pub type SharedEngine = Arc<Engine>;
 /// Name of the stored setting that keys file-link signatures.
 const FILE_URL_KEY: &str = "file_url_key";
 
+/// Name of the stored setting that keys upstream callback tokens.
+const CALLBACK_KEY: &str = "callback_key";
+
 impl Engine {
     /// Assembles an engine from connected parts; the file-link key comes from the store so
     /// that every process signs alike.
@@ -136,15 +147,11 @@ impl Engine {
         storage: Storage,
         config: EngineConfig,
     ) -> Result<SharedEngine, EngineError> {
-        let key = store
-            .setting_or_init(FILE_URL_KEY, || {
-                let bytes: [u8; 32] = rand::random();
-                hex::encode(bytes)
-            })
-            .await?;
-        let key = hex::decode(key)
-            .map_err(|e| EngineError::Internal(format!("bad {FILE_URL_KEY}: {e}")))?;
-        let signer = FileSigner::new(key, config.file_url_ttl.as_secs() as i64);
+        let signer = FileSigner::new(
+            shared_key(&store, FILE_URL_KEY).await?,
+            config.file_url_ttl.as_secs() as i64,
+        );
+        let callback_signer = CallbackSigner::new(shared_key(&store, CALLBACK_KEY).await?);
         let webhook_client =
             ssrf::delivery_client(config.webhook_allow.clone(), config.delivery.timeout)
                 .map_err(|e| EngineError::Internal(format!("webhook client: {e}")))?;
@@ -160,6 +167,7 @@ impl Engine {
             breakers,
             config,
             signer,
+            callback_signer,
             webhook_client,
             webhook_destinations: Destinations::default(),
             changes,
@@ -179,6 +187,19 @@ impl Engine {
         job.to_public(&self.render())
     }
 
+    /// The URL `provider` should call when its work on `job_id` ends, when upstream
+    /// callbacks are on and the provider can make them.
+    pub fn callback_url(&self, provider: &str, job_id: &str) -> Option<String> {
+        let takes_them = self
+            .providers
+            .get(provider)
+            .is_some_and(|p| p.accepts_callbacks());
+        (self.config.upstream_callbacks && takes_them).then(|| {
+            self.callback_signer
+                .url(&self.config.public_url, provider, job_id)
+        })
+    }
+
     pub fn subscribe_changes(&self) -> broadcast::Receiver<String> {
         self.changes.subscribe()
     }
@@ -187,4 +208,16 @@ impl Engine {
         // No subscribers is the normal case for API-less workers.
         let _ = self.changes.send(job_id.to_owned());
     }
+}
+
+/// A random 32-byte key stored under `name`, made by the first process that asks: every
+/// process signs alike.
+async fn shared_key(store: &Store, name: &str) -> Result<Vec<u8>, EngineError> {
+    let key = store
+        .setting_or_init(name, || {
+            let bytes: [u8; 32] = rand::random();
+            hex::encode(bytes)
+        })
+        .await?;
+    hex::decode(key).map_err(|e| EngineError::Internal(format!("bad {name}: {e}")))
 }

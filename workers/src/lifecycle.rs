@@ -55,6 +55,7 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
         engine,
         provider,
         upstream_model,
+        callback_url: engine.callback_url(&job.provider, &job.id),
     };
     match (job.status, job.upstream_id.clone()) {
         (JobStatus::Queued, _) => {
@@ -115,6 +116,8 @@ struct Step<'e> {
     engine: &'e Engine,
     provider: &'e Provider,
     upstream_model: String,
+    /// Where the upstream calls us back, when it can and callbacks are on.
+    callback_url: Option<String>,
 }
 
 impl Step<'_> {
@@ -125,6 +128,7 @@ impl Step<'_> {
             input: &job.input,
             retries: job.retries as u32,
             submitted_at: job.claimed_at,
+            callback_url: self.callback_url.as_deref(),
         }
     }
 
@@ -173,7 +177,9 @@ impl Step<'_> {
                 let at = now_ms() + poll_after.as_millis() as i64;
                 let mut tx = self.engine.store.begin().await?;
                 let next = Some((job.check_seq, at));
-                if jobs::set_upstream_id(&mut tx, &job.id, &upstream_id, now_ms(), next).await? {
+                if let Some(at) =
+                    jobs::set_upstream_id(&mut tx, &job.id, &upstream_id, now_ms(), next).await?
+                {
                     job_attempts::set_upstream_id(&mut tx, &job.id, &upstream_id).await?;
                     tx.commit().await?;
                     push_next(self.engine, &job.id, job.check_seq + 1, at).await;
@@ -197,7 +203,8 @@ impl Step<'_> {
     /// billed) upstream job is never lost. False if the job moved on meanwhile.
     async fn persist_upstream_id(&self, job: &Job, upstream_id: &str) -> Result<bool, EngineError> {
         let mut tx = self.engine.store.begin().await?;
-        if !jobs::set_upstream_id(&mut tx, &job.id, upstream_id, now_ms(), None).await? {
+        let stored = jobs::set_upstream_id(&mut tx, &job.id, upstream_id, now_ms(), None).await?;
+        if stored.is_none() {
             return Ok(false);
         }
         job_attempts::set_upstream_id(&mut tx, &job.id, upstream_id).await?;
@@ -452,6 +459,7 @@ pub async fn cancel_upstream(engine: &Engine, job: &Job) {
         input: &job.input,
         retries: job.retries as u32,
         submitted_at: job.claimed_at,
+        callback_url: None,
     };
     if let Err(e) = provider.cancel(&call, upstream_id).await {
         tracing::warn!(job_id = %job.id, error = %e, "upstream cancel failed");

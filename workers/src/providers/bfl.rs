@@ -2,6 +2,10 @@
 //! `{id, polling_url}`; `GET /v1/get_result?id=` reports `Pending` until `Ready` with
 //! `result.sample`, a signed link that expires after about ten minutes (so the media is
 //! copied at once). Moderation ends the job; there is no cancel.
+//!
+//! Callbacks: `webhook_url` in the submission is POSTed `{id, status, result}` when the
+//! task ends. BFL documents no signature scheme for them, so we rely on the per-job token
+//! in the URL (a callback only makes us look at the task sooner).
 
 use std::time::Duration;
 
@@ -35,7 +39,7 @@ impl Bfl {
             .upstream
             .request(Method::POST, &url)
             .header("x-key", self.upstream.key())
-            .json(&request_body(call.input));
+            .json(&request_body(call.input, call.callback_url));
         let answer = self.upstream.json(request).await?;
         let id = answer["id"].as_str().ok_or_else(|| {
             ProviderError::new(
@@ -46,13 +50,13 @@ impl Bfl {
         })?;
         Ok(Submitted::Pending {
             upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_interval.min(Duration::from_secs(1)),
+            poll_after: self.poll_after(call),
         })
     }
 
     pub async fn poll(
         &self,
-        _call: &ProviderCall<'_>,
+        call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
         let url = self.upstream.url("/v1/get_result");
@@ -111,9 +115,18 @@ impl Bfl {
                     .map(|p| p.clamp(0.0, 99.0) as u8);
                 Ok(Polled::Pending {
                     progress,
-                    poll_after: self.upstream.poll_interval.min(Duration::from_secs(1)),
+                    poll_after: self.poll_after(call),
                 })
             }
+        }
+    }
+
+    /// BFL's images take seconds: look again within a second, unless BFL will call us back.
+    fn poll_after(&self, call: &ProviderCall<'_>) -> Duration {
+        let after = self.upstream.poll_after(call);
+        match call.callback_url {
+            Some(_) => after,
+            None => after.min(Duration::from_secs(1)),
         }
     }
 
@@ -130,9 +143,12 @@ impl Bfl {
 
 /// Our input in BFL's words: size as width/height or aspect ratio, reference images as
 /// `input_image`, `input_image_2`, ….
-fn request_body(input: &Value) -> Value {
+fn request_body(input: &Value, callback_url: Option<&str>) -> Value {
     let mut body = Map::new();
     body.insert("prompt".into(), input["prompt"].clone());
+    if let Some(url) = callback_url {
+        body.insert("webhook_url".into(), json!(url));
+    }
     if let Some(seed) = input.get("seed").filter(|v| !v.is_null()) {
         body.insert("seed".into(), seed.clone());
     }
@@ -170,20 +186,30 @@ fn details(answer: &Value) -> String {
     }
 }
 
+/// The task a callback is about.
+pub fn callback_task_id(body: &[u8]) -> Option<String> {
+    let event: Value = serde_json::from_slice(body).ok()?;
+    event["id"].as_str().map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn input_maps_to_bfl_fields() {
-        let body = request_body(&json!({"prompt": "p", "size": "512x768", "seed": 3,
-            "reference_images": ["https://a/1.png", "https://a/2.png"]}));
+        let body = request_body(
+            &json!({"prompt": "p", "size": "512x768", "seed": 3,
+            "reference_images": ["https://a/1.png", "https://a/2.png"]}),
+            Some("https://gw/cb"),
+        );
         assert_eq!(
             body,
             json!({"prompt": "p", "seed": 3, "width": 512, "height": 768,
-                "input_image": "https://a/1.png", "input_image_2": "https://a/2.png"})
+                "input_image": "https://a/1.png", "input_image_2": "https://a/2.png",
+                "webhook_url": "https://gw/cb"})
         );
-        let body = request_body(&json!({"prompt": "p", "aspect_ratio": "16:9"}));
+        let body = request_body(&json!({"prompt": "p", "aspect_ratio": "16:9"}), None);
         assert_eq!(body, json!({"prompt": "p", "aspect_ratio": "16:9"}));
     }
 }

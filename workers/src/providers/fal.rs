@@ -7,6 +7,11 @@
 //! (422 with `detail[].type`, `content_policy_violation` among them).
 //! `PUT …/requests/{id}/cancel` stops a request that has not started.
 //!
+//! Callbacks: `?fal_webhook=URL` on the submission makes fal POST `{request_id, status:
+//! "OK" | "ERROR", payload, error}` there when the request ends. fal signs them with
+//! ED25519, but its documentation does not pin down the signed message, so we rely on the
+//! per-job token in the URL (a callback only makes us look at the request sooner).
+//!
 //! The upstream id is fal's request id; the app id comes from the job's upstream model,
 //! which the route stores with the job, so every later call finds the same paths.
 
@@ -46,9 +51,11 @@ impl Fal {
 
     pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let url = self.upstream.url(&format!("/{}", call.upstream_model));
-        let request = self
-            .upstream
-            .request(Method::POST, &url)
+        let mut request = self.upstream.request(Method::POST, &url);
+        if let Some(callback) = call.callback_url {
+            request = request.query(&[("fal_webhook", callback)]);
+        }
+        let request = request
             .header("authorization", self.authorization())
             .json(&request_body(call.upstream_model, call.input));
         let answer = self
@@ -65,7 +72,7 @@ impl Fal {
         })?;
         Ok(Submitted::Pending {
             upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_interval,
+            poll_after: self.upstream.poll_after(call),
         })
     }
 
@@ -108,7 +115,7 @@ impl Fal {
                 // fal gives a queue position but no progress figure.
                 Ok(Polled::Pending {
                     progress: None,
-                    poll_after: self.upstream.poll_interval,
+                    poll_after: self.upstream.poll_after(call),
                 })
             }
         }
@@ -292,6 +299,12 @@ fn request_body(model: &str, input: &Value) -> Value {
         body.insert("image_urls".into(), json!(images));
     }
     Value::Object(body)
+}
+
+/// The request a callback is about.
+pub fn callback_request_id(body: &[u8]) -> Option<String> {
+    let event: Value = serde_json::from_slice(body).ok()?;
+    event["request_id"].as_str().map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ impl Google {
         })?;
         Ok(Submitted::Pending {
             upstream_id: name.to_owned(),
-            poll_after: self.upstream.poll_interval,
+            poll_after: self.upstream.poll_after(call),
         })
     }
 
@@ -140,7 +140,7 @@ impl Google {
             // Operations report no progress.
             None => Polled::Pending {
                 progress: None,
-                poll_after: self.upstream.poll_interval,
+                poll_after: self.upstream.poll_after(call),
             },
         })
     }
@@ -718,6 +718,8 @@ mod tests {
             timeout: Duration::from_secs(2),
             max_concurrency: 1,
             poll_interval: Duration::from_secs(1),
+            callback_poll_interval: Duration::from_secs(30),
+            webhook_secret: None,
         };
         let google = Google::new(&settings).unwrap();
         let e = google

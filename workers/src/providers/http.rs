@@ -11,7 +11,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::{ErrorClass, Media, ProviderError, ProviderSettings};
+use super::{ErrorClass, Media, ProviderCall, ProviderError, ProviderSettings};
 
 /// How long to wait after a 429 that gives no `Retry-After`.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
@@ -38,7 +38,8 @@ pub struct Upstream {
     api_key: String,
     client: reqwest::Client,
     in_flight: Arc<Semaphore>,
-    pub poll_interval: Duration,
+    poll_interval: Duration,
+    callback_poll_interval: Duration,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -62,7 +63,18 @@ impl Upstream {
             client: client(settings)?,
             in_flight: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
             poll_interval: settings.poll_interval,
+            callback_poll_interval: settings.callback_poll_interval,
         })
+    }
+
+    /// When to look at a running job again when the upstream gives no hint: the poll
+    /// interval, or the longer safety-net interval when it will call us back.
+    pub fn poll_after(&self, call: &ProviderCall<'_>) -> Duration {
+        if call.callback_url.is_some() {
+            self.callback_poll_interval
+        } else {
+            self.poll_interval
+        }
     }
 
     /// The key, for the adapter to put in its provider's auth header.

@@ -269,6 +269,7 @@ mod tests {
             input,
             retries,
             submitted_at,
+            callback_url: None,
         }
     }
 

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 /// Everything an adapter may know about the job it works for. Credentials stay inside
@@ -31,6 +32,9 @@ pub struct ProviderCall<'a> {
     pub retries: u32,
     /// When the current submission was made (Unix ms).
     pub submitted_at: i64,
+    /// Where the upstream should call us back when its work ends; `None` when upstream
+    /// callbacks are off or this provider cannot make them (then polling alone finds out).
+    pub callback_url: Option<&'a str>,
 }
 
 /// Where a finished output can be fetched from.
@@ -206,6 +210,38 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// Whether this provider can call a per-job URL when its work ends.
+    pub fn accepts_callbacks(&self) -> bool {
+        matches!(
+            self,
+            Provider::Replicate(_) | Provider::OpenRouter(_) | Provider::Fal(_) | Provider::Bfl(_)
+        )
+    }
+
+    /// Checks the upstream's own signature on a callback, where the provider documents
+    /// one, and returns the upstream job id the callback is about (if it says). Callbacks
+    /// only make a job's next check due now, so a provider without a documented signature
+    /// is trusted on the strength of the per-job token in the URL alone.
+    pub async fn verify_callback(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Option<String>, String> {
+        match self {
+            Provider::Replicate(p) => p.verify_callback(headers, body).await,
+            Provider::OpenRouter(p) => p.verify_callback(headers, body),
+            Provider::Fal(_) => Ok(fal::callback_request_id(body)),
+            Provider::Bfl(_) => Ok(bfl::callback_task_id(body)),
+            Provider::Local(_)
+            | Provider::OpenAi(_)
+            | Provider::Runway(_)
+            | Provider::ElevenLabs(_)
+            | Provider::Google(_) => Err("this provider makes no callbacks".to_owned()),
+        }
+    }
+}
+
 /// How one provider is reached, from `[providers.NAME]`. The key is read from the
 /// environment variable the configuration names and never leaves the adapter.
 #[derive(Clone)]
@@ -217,8 +253,13 @@ pub struct ProviderSettings {
     pub timeout: Duration,
     /// Upstream calls one process makes at once to this provider.
     pub max_concurrency: usize,
-    /// How often to poll when the upstream gives no hint (longer when it calls us back).
+    /// How often to poll when the upstream gives no hint.
     pub poll_interval: Duration,
+    /// How often to poll, as a safety net, when the upstream will call us back.
+    pub callback_poll_interval: Duration,
+    /// The secret the upstream signs its callbacks with, for providers where the operator
+    /// sets it in the provider's console (OpenRouter).
+    pub webhook_secret: Option<String>,
 }
 
 impl std::fmt::Debug for ProviderSettings {
@@ -230,6 +271,11 @@ impl std::fmt::Debug for ProviderSettings {
             .field("timeout", &self.timeout)
             .field("max_concurrency", &self.max_concurrency)
             .field("poll_interval", &self.poll_interval)
+            .field("callback_poll_interval", &self.callback_poll_interval)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }

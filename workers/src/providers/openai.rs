@@ -61,7 +61,7 @@ impl OpenAi {
             VideoRequest::Json(body) => request.json(&body),
         };
         let response = self.upstream.send(request).await?;
-        let poll_after = self.poll_after(response.headers());
+        let poll_after = self.poll_after(call, response.headers());
         let video = self.read_json(response).await?;
         let id = video["id"].as_str().ok_or_else(|| {
             ProviderError::new(
@@ -95,7 +95,7 @@ impl OpenAi {
         }
         let request = self.authorized(Method::GET, &format!("/v1/videos/{upstream_id}"));
         let response = self.upstream.send(request).await?;
-        let poll_after = self.poll_after(response.headers());
+        let poll_after = self.poll_after(call, response.headers());
         let video = self.read_json(response).await?;
         video_state(&video, upstream_id, poll_after)
     }
@@ -152,8 +152,8 @@ impl OpenAi {
         Ok((upstream_id, outputs))
     }
 
-    fn poll_after(&self, headers: &HeaderMap) -> Duration {
-        poll_hint(headers).unwrap_or(self.upstream.poll_interval)
+    fn poll_after(&self, call: &ProviderCall<'_>, headers: &HeaderMap) -> Duration {
+        poll_hint(headers).unwrap_or(self.upstream.poll_after(call))
     }
 
     async fn read_json(&self, response: Response) -> Result<Value, ProviderError> {

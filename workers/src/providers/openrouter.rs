@@ -6,10 +6,18 @@
 //! that path is the output's locator, and `fetch` only ever joins it to OpenRouter's own
 //! base URL, so the key goes nowhere else. No cancel is documented.
 //!
+//! Callbacks: `callback_url` in the submission is POSTed once the job ends, with
+//! `{type, created_at, data: {id, status, …}}`. When a signing secret is set in the
+//! workspace (and given to us as `webhook_secret_env`), each carries
+//! `X-OpenRouter-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "{t},{body}")>`.
+//!
 //! Only video: OpenRouter makes images through chat completions, a different API.
 
+use hmac::{Hmac, Mac};
 use reqwest::Method;
+use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
+use sha2::Sha256;
 
 use super::http::Upstream;
 use super::{
@@ -22,16 +30,52 @@ pub const NAME: &str = "openrouter";
 /// Where every job's videos stream from, under the base URL.
 const VIDEOS_PATH: &str = "/api/v1/videos";
 
-#[derive(Debug, Clone)]
+/// The replay window the documentation's own verifier uses.
+const SIGNATURE_TOLERANCE_SECS: i64 = 300;
+
+#[derive(Clone)]
 pub struct OpenRouter {
     upstream: Upstream,
+    /// The workspace's callback signing secret; without one, callbacks are unsigned.
+    webhook_secret: Option<String>,
+}
+
+impl std::fmt::Debug for OpenRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRouter")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OpenRouter {
     pub fn new(settings: &ProviderSettings) -> Result<OpenRouter, String> {
         Ok(OpenRouter {
             upstream: Upstream::new(NAME, settings)?,
+            webhook_secret: settings.webhook_secret.clone(),
         })
+    }
+
+    /// Checks a callback's signature (when a secret is configured) and returns the video
+    /// job's id.
+    pub fn verify_callback(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Option<String>, String> {
+        if let Some(secret) = &self.webhook_secret {
+            let header = headers
+                .get("x-openrouter-signature")
+                .and_then(|v| v.to_str().ok())
+                .ok_or("openrouter: the callback is not signed")?;
+            verify_signature(secret, header, body, crate::ids::now_ms() / 1000)?;
+        }
+        let event: Value = serde_json::from_slice(body)
+            .map_err(|e| format!("openrouter: the callback is not JSON: {e}"))?;
+        Ok(event
+            .pointer("/data/id")
+            .and_then(Value::as_str)
+            .map(str::to_owned))
     }
 
     pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
@@ -40,7 +84,11 @@ impl OpenRouter {
             .upstream
             .request(Method::POST, &url)
             .bearer_auth(self.upstream.key())
-            .json(&request_body(call.upstream_model, call.input));
+            .json(&request_body(
+                call.upstream_model,
+                call.input,
+                call.callback_url,
+            ));
         let answer = self
             .upstream
             .json(request)
@@ -55,13 +103,13 @@ impl OpenRouter {
         })?;
         Ok(Submitted::Pending {
             upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_interval,
+            poll_after: self.upstream.poll_after(call),
         })
     }
 
     pub async fn poll(
         &self,
-        _call: &ProviderCall<'_>,
+        call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
         let url = self.upstream.url(&format!("{VIDEOS_PATH}/{upstream_id}"));
@@ -89,7 +137,7 @@ impl OpenRouter {
             // The API reports no progress figure.
             None => Polled::Pending {
                 progress: None,
-                poll_after: self.upstream.poll_interval,
+                poll_after: self.upstream.poll_after(call),
             },
         })
     }
@@ -178,6 +226,32 @@ fn outcome(id: &str, answer: &Value) -> Result<Option<Vec<UpstreamOutput>>, Prov
     }
 }
 
+/// `t=<unix>,v1=<hex>`: the HMAC-SHA256 of `"{t},{body}"` under the workspace secret,
+/// made within the replay window of `now`.
+fn verify_signature(secret: &str, header: &str, body: &[u8], now: i64) -> Result<(), String> {
+    let field = |name: &str| {
+        header
+            .split(',')
+            .find_map(|part| part.trim().strip_prefix(name)?.strip_prefix('='))
+    };
+    let t = field("t").ok_or("openrouter: the signature has no timestamp")?;
+    let at = t
+        .parse::<i64>()
+        .map_err(|_| "openrouter: the signature's timestamp is not a number")?;
+    if (now - at).abs() > SIGNATURE_TOLERANCE_SECS {
+        return Err("openrouter: the signature is outside the replay window".to_owned());
+    }
+    let tag = field("v1")
+        .and_then(|v| hex::decode(v).ok())
+        .ok_or("openrouter: the signature has no v1 value")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(t.as_bytes());
+    mac.update(b",");
+    mac.update(body);
+    mac.verify_slice(&tag)
+        .map_err(|_| "openrouter: the signature does not match".to_owned())
+}
+
 fn is_refusal(error: &str) -> bool {
     let error = error.to_ascii_lowercase();
     [
@@ -202,10 +276,13 @@ fn refusal_from_forbidden(e: ProviderError) -> ProviderError {
 
 /// Our input in OpenRouter's words: the same field names; `image` is the first frame and
 /// `reference_images` are references.
-fn request_body(model: &str, input: &Value) -> Value {
+fn request_body(model: &str, input: &Value, callback_url: Option<&str>) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     body.insert("prompt".into(), input["prompt"].clone());
+    if let Some(url) = callback_url {
+        body.insert("callback_url".into(), json!(url));
+    }
     for field in [
         "duration",
         "resolution",
@@ -245,7 +322,7 @@ mod tests {
             "aspect_ratio": "9:16", "generate_audio": true, "seed": 5,
             "image": "https://a/start.png", "reference_images": ["https://a/r.png"]});
         assert_eq!(
-            request_body("google/veo-3.1", &input),
+            request_body("google/veo-3.1", &input, None),
             json!({"model": "google/veo-3.1", "prompt": "p", "duration": 8,
                 "resolution": "720p", "aspect_ratio": "9:16", "generate_audio": true,
                 "seed": 5,
@@ -254,8 +331,47 @@ mod tests {
                 "input_references": [{"type": "image_url", "image_url": {"url": "https://a/r.png"}}]})
         );
         assert_eq!(
-            request_body("openai/sora-2", &json!({"prompt": "p"})),
-            json!({"model": "openai/sora-2", "prompt": "p"})
+            request_body(
+                "openai/sora-2",
+                &json!({"prompt": "p"}),
+                Some("https://gw/cb")
+            ),
+            json!({"model": "openai/sora-2", "prompt": "p", "callback_url": "https://gw/cb"})
+        );
+    }
+
+    #[test]
+    fn callback_signatures_are_checked() {
+        let body = br#"{"type":"video.generation.completed","data":{"id":"v1"}}"#;
+        let sign = |secret: &str, t: &str| {
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(format!("{t},").as_bytes());
+            mac.update(body);
+            format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+        };
+        let now = 1_800_000_000;
+        let good = sign("s3cret", "1800000000");
+        assert_eq!(verify_signature("s3cret", &good, body, now), Ok(()));
+        assert_eq!(verify_signature("s3cret", &good, body, now + 299), Ok(()));
+        assert!(
+            verify_signature("s3cret", &good, body, now + 301).is_err(),
+            "replayed"
+        );
+        assert!(
+            verify_signature("other", &good, body, now).is_err(),
+            "wrong secret"
+        );
+        assert!(
+            verify_signature("s3cret", &good, b"{}", now).is_err(),
+            "other body"
+        );
+        assert!(
+            verify_signature("s3cret", "v1=00", body, now).is_err(),
+            "no timestamp"
+        );
+        assert!(
+            verify_signature("s3cret", "t=1800000000", body, now).is_err(),
+            "no tag"
         );
     }
 

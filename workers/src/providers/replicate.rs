@@ -5,11 +5,18 @@
 //! deleted after an hour, so the media is copied at once), `failed` (with `error`;
 //! content-policy refusals among them), `canceled` or `aborted`.
 //! `POST /v1/predictions/{id}/cancel` stops one.
+//!
+//! Callbacks: a prediction created with `webhook` (and `webhook_events_filter:
+//! ["completed"]`) is POSTed there when it ends, signed per Standard Webhooks with the
+//! account's secret from `GET /v1/webhooks/default/secret` (`{"key": "whsec_…"}`).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::Method;
+use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
+use tokio::sync::Mutex;
 
 use super::http::Upstream;
 use super::{
@@ -17,6 +24,8 @@ use super::{
     UpstreamOutput,
 };
 use crate::catalog::parse_size;
+use crate::ids::now_ms;
+use crate::webhooks::signature::{self, DEFAULT_TOLERANCE_SECS, Secret};
 
 pub const NAME: &str = "replicate";
 
@@ -24,11 +33,18 @@ pub const NAME: &str = "replicate";
 /// a poll interval), short enough that a video submission holds its worker only briefly.
 const LONGEST_WAIT: Duration = Duration::from_secs(5);
 
+/// How soon a callback that fails verification may make us fetch the signing secret
+/// again (it may have been rotated): often enough to follow a rotation, never so often
+/// that forged callbacks turn into calls to Replicate.
+const SECRET_REFETCH_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct Replicate {
     upstream: Upstream,
     /// Seconds for `Prefer: wait`; none when the request timeout is too short to wait.
     wait_secs: Option<u64>,
+    /// The account's webhook signing secret, fetched at the first callback, and when.
+    webhook_secret: Arc<Mutex<Option<(Secret, Instant)>>>,
 }
 
 impl Replicate {
@@ -38,6 +54,7 @@ impl Replicate {
         Ok(Replicate {
             upstream: Upstream::new(NAME, settings)?,
             wait_secs: (wait_secs > 0).then_some(wait_secs),
+            webhook_secret: Arc::default(),
         })
     }
 
@@ -46,6 +63,11 @@ impl Replicate {
         let mut body = json!({"input": request_input(call.upstream_model, call.input)});
         if let Some(version) = version {
             body["version"] = json!(version);
+        }
+        if let Some(url) = call.callback_url {
+            // Only the end matters to us; start, output and log events would be noise.
+            body["webhook"] = json!(url);
+            body["webhook_events_filter"] = json!(["completed"]);
         }
         let url = self.upstream.url(&path);
         let mut request = self
@@ -71,14 +93,14 @@ impl Replicate {
             }),
             None => Ok(Submitted::Pending {
                 upstream_id: id.to_owned(),
-                poll_after: self.upstream.poll_interval,
+                poll_after: self.upstream.poll_after(call),
             }),
         }
     }
 
     pub async fn poll(
         &self,
-        _call: &ProviderCall<'_>,
+        call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
         let url = self.upstream.url(&format!("/v1/predictions/{upstream_id}"));
@@ -92,7 +114,7 @@ impl Replicate {
             // Replicate reports no progress figure, only log lines.
             None => Ok(Polled::Pending {
                 progress: None,
-                poll_after: self.upstream.poll_interval,
+                poll_after: self.upstream.poll_after(call),
             }),
         }
     }
@@ -119,6 +141,66 @@ impl Replicate {
             .request(Method::POST, &url)
             .bearer_auth(self.upstream.key());
         self.upstream.send(request).await.map(drop)
+    }
+
+    /// Checks a callback's Standard Webhooks signature and returns the prediction's id.
+    pub async fn verify_callback(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Option<String>, String> {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+        };
+        let check = |secret: &Secret| {
+            signature::verify(
+                secret,
+                header("webhook-id"),
+                header("webhook-timestamp"),
+                header("webhook-signature"),
+                body,
+                now_ms() / 1000,
+                DEFAULT_TOLERANCE_SECS,
+            )
+        };
+        if let Err(first) = check(&self.signing_secret(false).await?) {
+            // Perhaps the secret was rotated since we fetched it.
+            check(&self.signing_secret(true).await?)
+                .map_err(|e| format!("replicate: {e} (first try: {first})"))?;
+        }
+        let prediction: Value = serde_json::from_slice(body)
+            .map_err(|e| format!("replicate: the callback is not a prediction: {e}"))?;
+        Ok(prediction["id"].as_str().map(str::to_owned))
+    }
+
+    /// The account's signing secret, fetched once and then kept; `refresh` fetches it
+    /// again unless that was done moments ago.
+    async fn signing_secret(&self, refresh: bool) -> Result<Secret, String> {
+        let mut cached = self.webhook_secret.lock().await;
+        if let Some((secret, fetched)) = cached.as_ref()
+            && (!refresh || fetched.elapsed() < SECRET_REFETCH_AFTER)
+        {
+            return Ok(secret.clone());
+        }
+        let url = self.upstream.url("/v1/webhooks/default/secret");
+        let request = self
+            .upstream
+            .request(Method::GET, &url)
+            .bearer_auth(self.upstream.key());
+        let answer = self
+            .upstream
+            .json(request)
+            .await
+            .map_err(|e| format!("replicate: fetching the webhook secret: {e}"))?;
+        let secret = answer["key"]
+            .as_str()
+            .ok_or("replicate: the webhook secret answer has no key")
+            .and_then(|k| Secret::parse(k).map_err(|_| "replicate: unusable webhook secret"))?;
+        *cached = Some((secret.clone(), Instant::now()));
+        Ok(secret)
     }
 
     fn redacted(&self, mut e: ProviderError) -> ProviderError {

@@ -47,13 +47,13 @@ impl Runway {
         })?;
         Ok(Submitted::Pending {
             upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_interval,
+            poll_after: self.upstream.poll_after(call),
         })
     }
 
     pub async fn poll(
         &self,
-        _call: &ProviderCall<'_>,
+        call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
         let request = self.authorized(Method::GET, &format!("/v1/tasks/{upstream_id}"));
@@ -61,7 +61,7 @@ impl Runway {
         task_state(&task, upstream_id).map(|state| match state {
             TaskState::Pending { progress } => Polled::Pending {
                 progress,
-                poll_after: self.upstream.poll_interval,
+                poll_after: self.upstream.poll_after(call),
             },
             TaskState::Done { outputs } => Polled::Done { outputs },
         })

@@ -206,41 +206,88 @@ pub async fn lease(
 
 /// Records the upstream's id the moment we have it, before anything else can fail. With
 /// `then_check = (seq, at)` the same write hands the next check to a new task (see
-/// `schedule_check`), saving a round trip on the hot path.
+/// `schedule_check`), saving a round trip on the hot path. Returns when the next check is
+/// due (`None` if the job moved on): `at`, or now if the upstream already called back
+/// about this submission (its callback can beat its own answer to us).
 pub async fn set_upstream_id(
     conn: &mut AnyConnection,
     id: &str,
     upstream_id: &str,
     now: i64,
     then_check: Option<(i64, i64)>,
-) -> Result<bool, sqlx::Error> {
-    let done = match then_check {
+) -> Result<Option<i64>, sqlx::Error> {
+    let row = match then_check {
         None => {
             sqlx::query(
                 "UPDATE jobs SET upstream_id = $1, updated_at = $2 \
-                 WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL",
+                 WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL \
+                 RETURNING next_check_at",
             )
             .bind(upstream_id)
             .bind(now)
             .bind(id)
-            .execute(conn)
+            .fetch_optional(conn)
             .await?
         }
         Some((seq, at)) => {
             sqlx::query(
-                "UPDATE jobs SET upstream_id = $1, updated_at = $2, check_seq = check_seq + 1, next_check_at = $3 \
-                 WHERE id = $4 AND status = 'in_progress' AND upstream_id IS NULL AND check_seq = $5",
+                "UPDATE jobs SET upstream_id = $1, updated_at = $2, check_seq = check_seq + 1, \
+                 next_check_at = CASE WHEN woken_at > 0 AND woken_at >= claimed_at THEN $2 ELSE $3 END \
+                 WHERE id = $4 AND status = 'in_progress' AND upstream_id IS NULL AND check_seq = $5 \
+                 RETURNING next_check_at",
             )
             .bind(upstream_id)
             .bind(now)
             .bind(at)
             .bind(id)
             .bind(seq)
-            .execute(conn)
+            .fetch_optional(conn)
             .await?
         }
     };
-    Ok(done.rows_affected() == 1)
+    row.map(|r| r.try_get("next_check_at")).transpose()
+}
+
+/// What `wake` did to a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// The next check is due now and belongs to the task with this fencing sequence.
+    Check(i64),
+    /// The upstream id is not stored yet (the callback beat the upstream's answer to our
+    /// submission); the mark left makes `set_upstream_id` schedule the check at once.
+    Marked,
+}
+
+/// An upstream called back about the job: its next check is due now. `None` when the job
+/// is not in progress or the callback names another upstream job (one the job has moved on
+/// from). `upstream_id` is empty when the callback does not say which job it is about.
+pub async fn wake(
+    conn: &mut AnyConnection,
+    id: &str,
+    upstream_id: &str,
+    now: i64,
+) -> Result<Option<Woken>, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE jobs SET woken_at = $1, \
+         check_seq = CASE WHEN upstream_id IS NULL THEN check_seq ELSE check_seq + 1 END, \
+         next_check_at = CASE WHEN upstream_id IS NULL THEN next_check_at ELSE $1 END \
+         WHERE id = $2 AND status = 'in_progress' \
+         AND (upstream_id IS NULL OR $3 = '' OR upstream_id = $3) \
+         RETURNING check_seq, upstream_id",
+    )
+    .bind(now)
+    .bind(id)
+    .bind(upstream_id)
+    .fetch_optional(conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let stored: Option<String> = row.try_get("upstream_id")?;
+    Ok(Some(match stored {
+        Some(_) => Woken::Check(row.try_get("check_seq")?),
+        None => Woken::Marked,
+    }))
 }
 
 /// Counts a retryable upstream failure. With `resubmit`, the upstream id and the
