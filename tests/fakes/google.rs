@@ -55,11 +55,22 @@ fn unauthorized(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<
         .or(query.get("key").map(String::as_str));
     match given {
         Some(k) if k == key() => None,
-        Some(_) => Some(status(
-            StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
-            "API key not valid. Please pass a valid API key.",
-        )),
+        Some(_) => {
+            let message = "API key not valid. Please pass a valid API key.";
+            Some(
+                (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"error": {"code": 400, "message": message,
+                        "status": "INVALID_ARGUMENT", "details": [
+                            {"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                             "metadata": {"service": "generativelanguage.googleapis.com"}},
+                            {"@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                             "locale": "en-US", "message": message}]}})),
+                )
+                    .into_response(),
+            )
+        }
         None => Some(status(
             StatusCode::FORBIDDEN,
             "PERMISSION_DENIED",

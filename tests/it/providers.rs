@@ -77,6 +77,9 @@ macro_rules! conformance {
             async fn falls_back(backend: Backend) {
                 outages_fall_back_to_the_next_model(backend, &$adapter).await
             }
+            async fn refused_key(backend: Backend) {
+                refused_keys_fall_back_to_the_next_model(backend, &$adapter).await
+            }
 
             crate::on_both_backends!(
                 completes,
@@ -84,7 +87,8 @@ macro_rules! conformance {
                 waits_out_429,
                 refusal,
                 $($expired_result,)?
-                falls_back
+                falls_back,
+                refused_key
             );
         }
     };
@@ -162,8 +166,8 @@ pub const OPENAI_IMAGE: Adapter = Adapter {
     input: || json!({"prompt": "a teapot shaped like a snail", "aspect_ratio": "1:1"}),
     start: |b| Box::pin(fakes::openai::start(b)),
     content_type: fakes::openai::IMAGE_CONTENT_TYPE,
-    // The safety system refuses with a 400 at once.
-    refusal_code: "upstream_rejected",
+    // The safety system refuses with a 400 `moderation_blocked` at once.
+    refusal_code: "upstream_moderated",
     authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
     is_submit: |r| r.method == "POST" && r.path.starts_with("/v1/images/"),
 };
@@ -199,7 +203,7 @@ pub const ELEVENLABS_MUSIC: Adapter = Adapter {
     start: |b| Box::pin(fakes::elevenlabs::start(b)),
     content_type: fakes::elevenlabs::CONTENT_TYPE,
     // A refused prompt is a 400 `bad_prompt` at once.
-    refusal_code: "upstream_rejected",
+    refusal_code: "upstream_moderated",
     authenticated: |r| r.header("xi-api-key") == fakes::key(),
     is_submit: |r| r.method == "POST" && r.path == "/v1/music",
 };
@@ -211,7 +215,7 @@ pub const ELEVENLABS_SOUND_EFFECTS: Adapter = Adapter {
     input: || json!({"prompt": "a heavy wooden door creaks open", "duration": 4}),
     start: |b| Box::pin(fakes::elevenlabs::start(b)),
     content_type: fakes::elevenlabs::CONTENT_TYPE,
-    refusal_code: "upstream_rejected",
+    refusal_code: "upstream_moderated",
     authenticated: |r| r.header("xi-api-key") == fakes::key(),
     is_submit: |r| r.method == "POST" && r.path == "/v1/sound-generation",
 };
@@ -479,6 +483,34 @@ async fn outages_fall_back_to_the_next_model(backend: Backend, adapter: &Adapter
     assert_eq!(attempts[1]["provider"], "local");
     assert_eq!(attempts[1]["status"], "succeeded");
 }
+
+/// A key the provider refuses (401/403, or Google's 400 `API_KEY_INVALID`) is about us,
+/// not the input: the job moves on to the next model instead of failing.
+async fn refused_keys_fall_back_to_the_next_model(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour::default()).await;
+    let provider = adapter.provider;
+    let app = app_for(backend, adapter, &fake, |c| {
+        c.providers.get_mut(provider).unwrap().api_key_env = Some(WRONG_KEY_VAR.to_owned());
+    })
+    .await;
+    let body = json!({"models": [adapter.model, adapter.local_model], "input": (adapter.input)()});
+    let job = run_to_end(&app, body).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["provider"], "local", "{job}");
+    let first = &job["attempts"][0];
+    assert_eq!(first["provider"], adapter.provider, "{job}");
+    assert_eq!(first["error"]["code"], "upstream_unauthorized", "{job}");
+    assert!(
+        !first["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&std::env::var(WRONG_KEY_VAR).unwrap()),
+        "the key stays out of the message: {job}"
+    );
+}
+
+/// Holds a key no fake accepts (set in `.cargo/config.toml`).
+const WRONG_KEY_VAR: &str = "TEST_WRONG_PROVIDER_KEY";
 
 /// An upstream job that ends in the provider's internal failure is submitted afresh, not
 /// polled again until the retries run out.

@@ -52,6 +52,32 @@ pub struct Model {
     /// Accepts `input.simulate` (the built-in local models).
     #[serde(default)]
     pub simulate: bool,
+    /// Durations that only some inputs allow (Veo makes 1080p only at 8 s).
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
+}
+
+/// While input field `when` is given (and, with `equals`, has that value), the duration
+/// must be one of `durations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constraint {
+    pub when: String,
+    #[serde(default)]
+    pub equals: Option<Value>,
+    pub durations: Vec<i64>,
+}
+
+impl Constraint {
+    fn applies(&self, input: &Value) -> bool {
+        let given = &input[self.when.as_str()];
+        let present = match given {
+            Value::Null => false,
+            Value::Array(items) => !items.is_empty(),
+            _ => true,
+        };
+        present && self.equals.as_ref().is_none_or(|v| v == given)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +170,9 @@ impl Model {
         put("reference_images", json!(self.reference_images));
         if let Some(n) = self.max_outputs {
             put("max_outputs", json!(n));
+        }
+        if !self.constraints.is_empty() {
+            put("constraints", json!(self.constraints));
         }
         let providers: Vec<Value> = self
             .providers
@@ -395,6 +424,7 @@ pub fn validate_input(model: &Model, input: &Value) -> Result<(), InvalidField> 
         }
     }
     reference_images(model, input)?;
+    constraints(model, input)?;
     match model.max_outputs {
         Some(max) => int_in(input, "n", 1, max)?,
         None if obj.get("n").is_some_and(|n| n.as_i64() != Some(1)) => {
@@ -413,6 +443,30 @@ pub fn validate_input(model: &Model, input: &Value) -> Result<(), InvalidField> 
             ));
         }
         validate_simulate(sim)?;
+    }
+    Ok(())
+}
+
+/// The durations some inputs allow, checked against the duration asked for (or the
+/// model's default).
+fn constraints(model: &Model, input: &Value) -> Result<(), InvalidField> {
+    let duration = input["duration"].as_i64().or(model.default_duration);
+    for c in model.constraints.iter().filter(|c| c.applies(input)) {
+        if duration.is_none_or(|d| !c.durations.contains(&d)) {
+            let given = match &c.equals {
+                Some(v) => format!("input.{} {}", c.when, v.as_str().unwrap_or(&v.to_string())),
+                None => format!("input.{}", c.when),
+            };
+            let allowed: Vec<String> = c.durations.iter().map(i64::to_string).collect();
+            return Err(InvalidField::new(
+                "input.duration",
+                format!(
+                    "{} takes {given} only with input.duration {}",
+                    model.id,
+                    allowed.join(" or ")
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -676,6 +730,32 @@ mod tests {
                 &json!({"prompt": "x", "duration": 6, "generate_audio": true})
             )
             .is_ok()
+        );
+        // Veo: 1080p and reference images only at 8 s (its default duration).
+        let err = validate_input(
+            veo,
+            &json!({"prompt": "x", "resolution": "1080p", "duration": 4}),
+        )
+        .unwrap_err();
+        assert_eq!(err.param, "input.duration");
+        assert!(
+            err.message.contains("1080p only with input.duration 8"),
+            "{err}"
+        );
+        for ok in [
+            json!({"prompt": "x", "resolution": "1080p", "duration": 8}),
+            json!({"prompt": "x", "resolution": "1080p"}),
+            json!({"prompt": "x", "resolution": "720p", "duration": 4}),
+            json!({"prompt": "x", "reference_images": [], "duration": 4}),
+        ] {
+            assert!(validate_input(veo, &ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            param(
+                veo,
+                json!({"prompt": "x", "duration": 6, "reference_images": ["https://a/1.png"]})
+            ),
+            "input.duration"
         );
         let sora = c.find("openai/sora-2").unwrap();
         assert_eq!(param(sora, json!({"prompt": "x", "seed": 3})), "input.seed");

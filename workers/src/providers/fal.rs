@@ -18,7 +18,7 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::Upstream;
+use super::http::{Failure, Upstream};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -35,7 +35,7 @@ pub struct Fal {
 impl Fal {
     pub fn new(settings: &ProviderSettings) -> Result<Fal, String> {
         Ok(Fal {
-            upstream: Upstream::new(NAME, settings)?,
+            upstream: Upstream::new(NAME, settings)?.reading_errors(read_error),
         })
     }
 
@@ -58,11 +58,7 @@ impl Fal {
         let request = request
             .header("authorization", self.authorization())
             .json(&request_body(call.upstream_model, call.input));
-        let answer = self
-            .upstream
-            .json(request)
-            .await
-            .map_err(refusal_from_rejection)?;
+        let answer = self.upstream.json(request).await?;
         let id = answer["request_id"].as_str().ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Retryable,
@@ -95,11 +91,7 @@ impl Fal {
                     .upstream
                     .request(Method::GET, &url)
                     .header("authorization", self.authorization());
-                let result = self
-                    .upstream
-                    .json(request)
-                    .await
-                    .map_err(refusal_from_rejection)?;
+                let result = self.upstream.json(request).await?;
                 Ok(Polled::Done {
                     outputs: result_outputs(&result)?,
                 })
@@ -158,17 +150,13 @@ fn app_id(model: &str) -> String {
 }
 
 /// fal answers a content-policy violation with 422 and `detail[].type`
-/// `content_policy_violation`; the shared client keeps only the message ("… flagged by a
-/// content checker"), so that is what tells a refusal from other rejected input.
-fn refusal_from_rejection(e: ProviderError) -> ProviderError {
-    let message = e.message.to_ascii_lowercase();
-    let refused = ["flagged", "content checker", "content policy", "nsfw"]
+/// `content_policy_violation`: a refusal, where other 422s are input it could not use.
+fn read_error(failure: &Failure<'_>) -> Option<(ErrorClass, &'static str)> {
+    let details = failure.body["detail"].as_array()?;
+    details
         .iter()
-        .any(|w| message.contains(w));
-    if e.class == ErrorClass::InvalidInput && refused {
-        return ProviderError::new(ErrorClass::Permanent, "upstream_moderated", e.message);
-    }
-    e
+        .any(|d| d["type"] == "content_policy_violation")
+        .then_some((ErrorClass::Permanent, "upstream_moderated"))
 }
 
 /// The media URLs in a model's output: `images[]`, `image`, `video`, `audio` (or
@@ -385,21 +373,22 @@ mod tests {
 
     #[test]
     fn content_policy_rejections_are_refusals() {
-        let rejected = |message: &str| {
-            refusal_from_rejection(ProviderError::new(
-                ErrorClass::InvalidInput,
-                "upstream_rejected",
-                message,
-            ))
+        let read = |status: u16, body: Value| {
+            read_error(&Failure {
+                status: reqwest::StatusCode::from_u16(status).unwrap(),
+                headers: &reqwest::header::HeaderMap::new(),
+                body: &body,
+            })
         };
-        let refusal = rejected(
-            "fal answered 422 Unprocessable Entity: The content could not be processed because it contained material flagged by a content checker.",
-        );
+        let flagged = json!({"detail": [{"loc": ["body", "prompt"], "type": "content_policy_violation",
+            "msg": "The content could not be processed because it contained material flagged by a content checker."}]});
         assert_eq!(
-            (refusal.class, refusal.code.as_str()),
-            (ErrorClass::Permanent, "upstream_moderated")
+            read(422, flagged),
+            Some((ErrorClass::Permanent, "upstream_moderated"))
         );
-        let invalid = rejected("fal answered 422 Unprocessable Entity: field required");
-        assert_eq!(invalid.class, ErrorClass::InvalidInput);
+        let invalid = json!({"detail": [{"loc": ["body", "prompt"], "type": "missing",
+            "msg": "field required"}]});
+        assert_eq!(read(422, invalid), None, "the status decides");
+        assert_eq!(read(500, Value::Null), None);
     }
 }

@@ -25,7 +25,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Map, Value, json};
 
-use super::http::Upstream;
+use super::http::{Failure, Upstream};
 use super::http::{inline_locator, inline_media};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
@@ -78,7 +78,7 @@ struct Blob {
 impl Google {
     pub fn new(settings: &ProviderSettings) -> Result<Google, String> {
         Ok(Google {
-            upstream: Upstream::new(NAME, settings)?,
+            upstream: Upstream::new(NAME, settings)?.reading_errors(read_error),
             image_client: ssrf::delivery_client(AllowList::default(), settings.timeout)
                 .map_err(|e| format!("HTTP client for input images: {e}"))?,
         })
@@ -529,6 +529,35 @@ fn gemini_outputs(answer: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
     ))
 }
 
+/// Errors are google.rpc.Status with typed `details`. A key Google refuses is a 400 with
+/// an ErrorInfo reason `API_KEY_INVALID` (or another `API_KEY_*`): about our key, not the
+/// input. A 429 gives its wait as RetryInfo's `retryDelay` ("17s"), not as `Retry-After`.
+fn read_error(failure: &Failure<'_>) -> Option<(ErrorClass, &'static str)> {
+    let details = failure.body.pointer("/error/details")?.as_array()?;
+    details.iter().find_map(|detail| {
+        let kind = detail["@type"].as_str()?;
+        if kind.ends_with("google.rpc.ErrorInfo") {
+            let reason = detail["reason"].as_str()?;
+            return reason
+                .starts_with("API_KEY_")
+                .then_some((ErrorClass::Unauthorized, "upstream_unauthorized"));
+        }
+        if kind.ends_with("google.rpc.RetryInfo") {
+            let delay = detail["retryDelay"].as_str()?.strip_suffix('s')?;
+            let secs = delay
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)?;
+            let retry_after = std::time::Duration::from_secs_f64(secs);
+            return Some((
+                ErrorClass::RateLimited { retry_after },
+                "upstream_rate_limited",
+            ));
+        }
+        None
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -730,5 +759,39 @@ mod tests {
             (e.class, e.code.as_str()),
             (ErrorClass::InvalidInput, "input_image_unavailable")
         );
+    }
+
+    #[test]
+    fn error_details_sort_errors() {
+        let read = |status: u16, body: Value| {
+            read_error(&Failure {
+                status: reqwest::StatusCode::from_u16(status).unwrap(),
+                headers: &reqwest::header::HeaderMap::new(),
+                body: &body,
+            })
+        };
+        let bad_key = json!({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
+            "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}});
+        assert_eq!(
+            read(400, bad_key),
+            Some((ErrorClass::Unauthorized, "upstream_unauthorized"))
+        );
+        let quota = json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}]}});
+        assert_eq!(
+            read(429, quota),
+            Some((
+                ErrorClass::RateLimited {
+                    retry_after: Duration::from_secs(17)
+                },
+                "upstream_rate_limited"
+            ))
+        );
+        let invalid = json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "durationSeconds out of bound"}});
+        assert_eq!(read(400, invalid), None, "the status decides");
+        assert_eq!(read(503, Value::Null), None);
     }
 }

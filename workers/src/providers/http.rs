@@ -30,6 +30,19 @@ pub fn client(settings: &ProviderSettings) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("HTTP client: {e}"))
 }
 
+/// A non-2xx answer, for an adapter to read what its provider says beyond the status:
+/// `body` is the parsed JSON (`Value::Null` if it was not JSON).
+pub struct Failure<'a> {
+    pub status: StatusCode,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Value,
+}
+
+/// An adapter's reading of its provider's error bodies: the class and code that replace
+/// the HTTP status's, when the body says more (a moderation code, a machine-readable
+/// reason, a retry hint). `None` leaves the status to decide.
+pub type ErrorReader = fn(&Failure<'_>) -> Option<(ErrorClass, &'static str)>;
+
 /// One provider's connection: base URL, key, client and a cap on calls in flight.
 #[derive(Clone)]
 pub struct Upstream {
@@ -40,6 +53,7 @@ pub struct Upstream {
     in_flight: Arc<Semaphore>,
     poll_interval: Duration,
     callback_poll_interval: Duration,
+    read_error: Option<ErrorReader>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -64,7 +78,14 @@ impl Upstream {
             in_flight: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
             poll_interval: settings.poll_interval,
             callback_poll_interval: settings.callback_poll_interval,
+            read_error: None,
         })
+    }
+
+    /// Sorts this provider's errors by their bodies first (see `ErrorReader`).
+    pub fn reading_errors(mut self, read_error: ErrorReader) -> Upstream {
+        self.read_error = Some(read_error);
+        self
     }
 
     /// When to look at a running job again when the upstream gives no hint: the poll
@@ -138,7 +159,8 @@ impl Upstream {
         )
     }
 
-    /// Sorts a non-2xx answer into an error class, keeping the upstream's message.
+    /// Sorts a non-2xx answer into an error class, keeping the upstream's message: by
+    /// what the adapter reads in the body, else by the status.
     pub async fn status_error(&self, response: Response) -> ProviderError {
         let status = response.status();
         let headers = response.headers().clone();
@@ -148,7 +170,16 @@ impl Upstream {
             self.name,
             self.redact(&upstream_message(&text))
         );
-        classify(status, &headers, message)
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let failure = Failure {
+            status,
+            headers: &headers,
+            body: &body,
+        };
+        match self.read_error.and_then(|read| read(&failure)) {
+            Some((class, code)) => ProviderError::new(class, code, message),
+            None => classify(status, &headers, message),
+        }
     }
 
     /// The text with the key blanked out, should an upstream echo it back.

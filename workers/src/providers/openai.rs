@@ -16,7 +16,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, inline_locator, inline_media};
+use super::http::{Failure, Upstream, inline_locator, inline_media};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -40,7 +40,7 @@ fn makes_video(upstream_model: &str) -> bool {
 impl OpenAi {
     pub fn new(settings: &ProviderSettings) -> Result<OpenAi, String> {
         Ok(OpenAi {
-            upstream: Upstream::new(NAME, settings)?,
+            upstream: Upstream::new(NAME, settings)?.reading_errors(read_error),
         })
     }
 
@@ -201,7 +201,7 @@ fn video_state(video: &Value, id: &str, poll_after: Duration) -> Result<Polled, 
                 message.unwrap_or("no detail")
             );
             // Moderation judged the prompt or the result: asking again gets the same answer.
-            if code.is_some_and(|c| c.contains("moderation") || c.contains("policy")) {
+            if code.is_some_and(is_moderation_code) {
                 Err(ProviderError::new(
                     ErrorClass::Permanent,
                     "upstream_moderated",
@@ -356,6 +356,18 @@ fn image_outputs(answer: &Value) -> Vec<UpstreamOutput> {
             locator: inline_locator(&content_type, b64),
         })
         .collect()
+}
+
+/// The safety system refuses an image prompt with a 400 whose `error.code` is
+/// `moderation_blocked` (`content_policy_violation` on older models): a refusal, where
+/// other 400s are input it could not use.
+fn read_error(failure: &Failure<'_>) -> Option<(ErrorClass, &'static str)> {
+    let code = failure.body.pointer("/error/code")?.as_str()?;
+    is_moderation_code(code).then_some((ErrorClass::Permanent, "upstream_moderated"))
+}
+
+fn is_moderation_code(code: &str) -> bool {
+    code.contains("moderation") || code.contains("policy")
 }
 
 #[cfg(test)]
