@@ -345,6 +345,19 @@ impl Config {
                 "queue.poll_interval_ms must be at least 1".into(),
             ));
         }
+        // A step holds its job for task_timeout. An upstream call allowed to outlast it
+        // would see the step abandoned and the job submitted again (and paid twice).
+        let task_ms = self.jobs.task_timeout_secs.saturating_mul(1000);
+        if let Some((name, _)) = self
+            .providers
+            .iter()
+            .find(|(_, p)| p.timeout_ms >= task_ms)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[providers.{name}] timeout_ms must be shorter than jobs.task_timeout_secs \
+                 ({task_ms} ms): a step that outlasts its lease is run again"
+            )));
+        }
         Ok(())
     }
 
@@ -514,5 +527,15 @@ mod tests {
         }
         let default = WebhooksConfig::default().delivery().unwrap();
         assert_eq!(default.schedule, DeliveryConfig::default().schedule);
+    }
+
+    #[test]
+    fn provider_calls_must_end_within_a_step() {
+        let mut c = Config::default();
+        c.providers.insert("fal".into(), ProviderConfig::default());
+        assert!(c.validate().is_ok());
+        c.providers.get_mut("fal").unwrap().timeout_ms = c.jobs.task_timeout_secs * 1000;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("[providers.fal] timeout_ms"), "{err}");
     }
 }

@@ -120,6 +120,20 @@ pub enum PriceUnit {
 pub struct Serving {
     pub provider: String,
     pub model: String,
+    /// The provider's name for the model when the input starts from an image
+    /// (`input.image`), where that is a sibling endpoint (fal's `…/image-to-video`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_model: Option<String>,
+}
+
+impl Serving {
+    /// The provider's name for the model, for this input.
+    pub fn upstream_model(&self, input: &Value) -> &str {
+        match &self.image_model {
+            Some(image_model) if present(input, "image") => image_model,
+            _ => &self.model,
+        }
+    }
 }
 
 impl Model {
@@ -177,7 +191,13 @@ impl Model {
         let providers: Vec<Value> = self
             .providers
             .iter()
-            .map(|s| json!({"name": s.provider, "model": s.model, "available": available(&s.provider)}))
+            .map(|s| {
+                let mut p = json!({"name": s.provider, "model": s.model, "available": available(&s.provider)});
+                if let Some(image_model) = &s.image_model {
+                    p["image_model"] = json!(image_model);
+                }
+                p
+            })
             .collect();
         json!({
             "id": self.id,

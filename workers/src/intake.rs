@@ -147,9 +147,9 @@ pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobReques
         Some(_) => return Err(InvalidField::new("metadata", "metadata must be an object")),
     };
     let prefs = routing::parse_prefs(obj.get("provider"))?;
-    let route = routing::plan(&models, &prefs, |p| here.providers.available(p));
+    let route = routing::plan(&models, &prefs, &input, |p| here.providers.available(p));
     if route.is_empty() {
-        let unfiltered = routing::plan(&models, &ProviderPrefs::default(), |p| {
+        let unfiltered = routing::plan(&models, &ProviderPrefs::default(), &input, |p| {
             here.providers.available(p)
         });
         let (param, message) = if unfiltered.is_empty() {

@@ -90,10 +90,11 @@ pub fn parse_prefs(value: Option<&Value>) -> Result<ProviderPrefs, InvalidField>
 }
 
 /// Every step the job may take, in order: for each model, the providers that serve it
-/// here, preferred ones first.
+/// here, preferred ones first, under each provider's name for that model and `input`.
 pub fn plan(
     models: &[&Model],
     prefs: &ProviderPrefs,
+    input: &Value,
     available: impl Fn(&str) -> bool,
 ) -> Vec<RouteStep> {
     let mut steps = Vec::new();
@@ -124,7 +125,7 @@ pub fn plan(
         steps.extend(servings.into_iter().map(|s| RouteStep {
             model: model.id.clone(),
             provider: s.provider.clone(),
-            upstream_model: s.model.clone(),
+            upstream_model: s.upstream_model(input).to_owned(),
         }));
     }
     steps
@@ -202,7 +203,8 @@ mod tests {
         let veo = c.find("google/veo-3.1").unwrap();
         let local = c.find("local/video").unwrap();
         let all = |_: &str| true;
-        let default = plan(&[veo, local], &ProviderPrefs::default(), all);
+        let text = json!({"prompt": "p"});
+        let default = plan(&[veo, local], &ProviderPrefs::default(), &text, all);
         assert_eq!(
             steps(&default),
             [
@@ -218,18 +220,33 @@ mod tests {
             &json!({"order": ["replicate", "fal"], "ignore": ["openrouter"]}),
         ))
         .unwrap();
-        let ordered = plan(&[veo], &prefs, all);
+        let ordered = plan(&[veo], &prefs, &text, all);
         let providers: Vec<_> = ordered.iter().map(|s| s.provider.as_str()).collect();
         assert_eq!(providers, ["replicate", "fal", "google"]);
         let prefs =
             parse_prefs(Some(&json!({"order": ["fal"], "allow_fallbacks": false}))).unwrap();
-        assert_eq!(steps(&plan(&[veo, local], &prefs, all)).len(), 2);
+        assert_eq!(steps(&plan(&[veo, local], &prefs, &text, all)).len(), 2);
         let prefs = parse_prefs(Some(&json!({"only": ["fal"]}))).unwrap();
-        assert_eq!(plan(&[veo], &prefs, all)[0].upstream_model, "fal-ai/veo3.1");
+        assert_eq!(
+            plan(&[veo], &prefs, &text, all)[0].upstream_model,
+            "fal-ai/veo3.1"
+        );
+        // Starting from an image is a sibling endpoint at fal.
+        let from_image = json!({"prompt": "p", "image": "https://a/1.png"});
+        assert_eq!(
+            plan(&[veo], &prefs, &from_image, all)[0].upstream_model,
+            "fal-ai/veo3.1/image-to-video"
+        );
         // Unconfigured providers never appear.
         let only_local = |p: &str| p == "local";
         assert_eq!(
-            steps(&plan(&[veo, local], &ProviderPrefs::default(), only_local)).len(),
+            steps(&plan(
+                &[veo, local],
+                &ProviderPrefs::default(),
+                &text,
+                only_local
+            ))
+            .len(),
             1
         );
         assert_eq!(
