@@ -53,7 +53,13 @@ pub struct Behaviour {
     pub bad_callback_signature: bool,
     /// Size of each result file (default: about 2 KB).
     pub media_bytes: Option<usize>,
+    /// The first this many GET requests (status polls, since result downloads come after
+    /// them) are answered only after `SLOW_ANSWER`: an upstream that hangs.
+    pub slow_gets: usize,
 }
+
+/// How late a slow answer comes.
+pub const SLOW_ANSWER: Duration = Duration::from_secs(2);
 
 /// A callback the fake sent: about which job, and what the receiver answered (0: no
 /// answer).
@@ -93,6 +99,7 @@ pub struct FakeState {
     pub doomed: Mutex<std::collections::HashSet<String>>,
     pub accepted_at: Mutex<HashMap<String, Instant>>,
     pub callbacks: Mutex<Vec<CallbackSent>>,
+    pub gets: AtomicUsize,
 }
 
 impl FakeState {
@@ -266,6 +273,10 @@ pub async fn serve(router: Router, state: Arc<FakeState>) -> Fake {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     *state.base.lock().unwrap() = base.clone();
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        answer_slowly,
+    ));
     let server = tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
     });
@@ -274,6 +285,20 @@ pub async fn serve(router: Router, state: Arc<FakeState>) -> Fake {
         state,
         server,
     }
+}
+
+/// Holds back the first `slow_gets` GET requests (see `Behaviour::slow_gets`).
+async fn answer_slowly(
+    axum::extract::State(state): axum::extract::State<Arc<FakeState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.method() == axum::http::Method::GET
+        && state.gets.fetch_add(1, Ordering::SeqCst) < state.behaviour.slow_gets
+    {
+        tokio::time::sleep(SLOW_ANSWER).await;
+    }
+    next.run(request).await
 }
 
 /// The media a fake hands out: a tiny valid file of the given type, the same every time.

@@ -46,16 +46,16 @@ pub const BFL: Adapter = Adapter {
 };
 
 /// Runs each trial for one adapter on both backends: `conformance!(bfl, BFL);`. An API
-/// that answers with the media itself hands out no result link that could expire, so
-/// `conformance!(name, ADAPTER, synchronous);` leaves that trial out.
+/// that answers with the media itself hands out no result link that could expire and is
+/// never polled, so `conformance!(name, ADAPTER, synchronous);` leaves those trials out.
 macro_rules! conformance {
     ($name:ident, $adapter:expr) => {
-        conformance!(@trials $name, $adapter, expired_result);
+        conformance!(@trials $name, $adapter, expired_result, slow_poll);
     };
     ($name:ident, $adapter:expr, synchronous) => {
         conformance!(@trials $name, $adapter);
     };
-    (@trials $name:ident, $adapter:expr $(, $expired_result:ident)?) => {
+    (@trials $name:ident, $adapter:expr $(, $expired_result:ident, $slow_poll:ident)?) => {
         mod $name {
             use super::*;
 
@@ -74,6 +74,9 @@ macro_rules! conformance {
             $(async fn $expired_result(backend: Backend) {
                 expired_results_fail_cleanly(backend, &$adapter).await
             })?
+            $(async fn $slow_poll(backend: Backend) {
+                hanging_polls_time_out_and_are_retried(backend, &$adapter).await
+            })?
             async fn falls_back(backend: Backend) {
                 outages_fall_back_to_the_next_model(backend, &$adapter).await
             }
@@ -86,7 +89,7 @@ macro_rules! conformance {
                 retries_5xx,
                 waits_out_429,
                 refusal,
-                $($expired_result,)?
+                $($expired_result, $slow_poll,)?
                 falls_back,
                 refused_key
             );
@@ -461,6 +464,42 @@ async fn expired_results_fail_cleanly(backend: Backend, adapter: &Adapter) {
         job["outputs"].as_array().unwrap().is_empty(),
         "no error page stored as media"
     );
+}
+
+/// An upstream that does not answer a status poll within the request timeout: the poll
+/// is retried, and the job completes with its one submission.
+async fn hanging_polls_time_out_and_are_retried(backend: Backend, adapter: &Adapter) {
+    let fake = (adapter.start)(Behaviour {
+        slow_gets: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_for(backend, adapter, &fake, |c| {
+        let p = c.providers.get_mut(adapter.provider).unwrap();
+        p.timeout_ms = (fakes::SLOW_ANSWER / 4).as_millis() as u64;
+    })
+    .await;
+    let job = run_to_end(&app, job_body(adapter)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let submits = fake
+        .state
+        .requests()
+        .iter()
+        .filter(|r| (adapter.is_submit)(r))
+        .count();
+    assert_eq!(
+        submits, 1,
+        "a poll that timed out is polled again, not resubmitted"
+    );
+    assert_eq!(job["attempts"].as_array().unwrap().len(), 1, "{job}");
+    let row = app
+        .engine()
+        .store
+        .job(job["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.retries >= 1, "the hanging poll counted as a failure");
 }
 
 async fn outages_fall_back_to_the_next_model(backend: Backend, adapter: &Adapter) {
