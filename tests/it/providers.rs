@@ -630,17 +630,35 @@ async fn callback_app(
     .await
 }
 
+/// Runs one job against a fake that calls back, with callbacks on and safety-net polling
+/// every `safety_poll_ms`; checks that it completed and that the fake's one callback was
+/// answered `answered`.
+async fn called_back_job(
+    backend: Backend,
+    adapter: &Adapter,
+    behaviour: Behaviour,
+    safety_poll_ms: u64,
+    answered: u16,
+) -> (TestApp, Fake, Value) {
+    let fake = (adapter.start)(behaviour).await;
+    let app = callback_app(backend, adapter, &fake, safety_poll_ms).await;
+    let job = run_to_end(&app, job_body(adapter)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let callbacks = fake.state.callbacks();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(callbacks[0].status, answered, "{callbacks:?}");
+    assert_eq!(job["attempts"][0]["upstream_id"], callbacks[0].job.as_str());
+    (app, fake, job)
+}
+
 /// The job finishes upstream after 300 ms and is called back; polling alone would not
 /// look again for a minute, so only the callback can explain its completion.
 async fn callbacks_complete_jobs_at_once(backend: Backend, adapter: &Adapter) {
-    let fake = (adapter.start)(Behaviour {
+    let behaviour = Behaviour {
         finish_after: Some(Duration::from_millis(300)),
         ..Behaviour::default()
-    })
-    .await;
-    let app = callback_app(backend, adapter, &fake, 60_000).await;
-    let job = run_to_end(&app, job_body(adapter)).await;
-    assert_eq!(job["status"], "completed", "{job}");
+    };
+    let (app, fake, job) = called_back_job(backend, adapter, behaviour, 60_000, 200).await;
     let id = job["id"].as_str().unwrap();
     let res = app
         .get(&format!("/v1/jobs/{id}/content"))
@@ -651,10 +669,6 @@ async fn callbacks_complete_jobs_at_once(backend: Backend, adapter: &Adapter) {
         res.bytes().await.unwrap().as_ref(),
         fakes::media(adapter.content_type)
     );
-    let callbacks = fake.state.callbacks();
-    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
-    assert_eq!(callbacks[0].status, 200, "{callbacks:?}");
-    assert_eq!(job["attempts"][0]["upstream_id"], callbacks[0].job.as_str());
     let submit = fake
         .state
         .requests()
@@ -679,36 +693,23 @@ async fn callbacks_complete_jobs_at_once(backend: Backend, adapter: &Adapter) {
 /// A callback signed with the wrong secret is refused (401) and does not wake the job,
 /// which still completes through the safety-net poll.
 async fn badly_signed_callbacks_are_refused(backend: Backend, adapter: &Adapter) {
-    let fake = (adapter.start)(Behaviour {
+    let behaviour = Behaviour {
         finish_after: Some(Duration::from_millis(300)),
         bad_callback_signature: true,
         ..Behaviour::default()
-    })
-    .await;
-    let app = callback_app(backend, adapter, &fake, 1_500).await;
-    let job = run_to_end(&app, job_body(adapter)).await;
-    assert_eq!(job["status"], "completed", "{job}");
-    let callbacks = fake.state.callbacks();
-    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
-    assert_eq!(callbacks[0].status, 401, "{callbacks:?}");
+    };
+    called_back_job(backend, adapter, behaviour, 1_500, 401).await;
 }
 
 /// The upstream's callback arrives before its answer to our submission (so before we
 /// know its id): the mark it leaves makes storing the id schedule the check at once,
 /// rather than a minute later.
 async fn callbacks_that_beat_the_submission_answer_count(backend: Backend) {
-    let adapter = &OPENROUTER;
-    let fake = (adapter.start)(Behaviour {
+    let behaviour = Behaviour {
         call_back_first: true,
         ..Behaviour::default()
-    })
-    .await;
-    let app = callback_app(backend, adapter, &fake, 60_000).await;
-    let job = run_to_end(&app, job_body(adapter)).await;
-    assert_eq!(job["status"], "completed", "{job}");
-    let callbacks = fake.state.callbacks();
-    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
-    assert_eq!(callbacks[0].status, 200, "{callbacks:?}");
+    };
+    called_back_job(backend, &OPENROUTER, behaviour, 60_000, 200).await;
 }
 
 /// Callback URLs cannot be guessed or reused for another job or provider; strangers get
