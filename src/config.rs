@@ -348,11 +348,7 @@ impl Config {
         // A step holds its job for task_timeout. An upstream call allowed to outlast it
         // would see the step abandoned and the job submitted again (and paid twice).
         let task_ms = self.jobs.task_timeout_secs.saturating_mul(1000);
-        if let Some((name, _)) = self
-            .providers
-            .iter()
-            .find(|(_, p)| p.timeout_ms >= task_ms)
-        {
+        if let Some((name, _)) = self.providers.iter().find(|(_, p)| p.timeout_ms >= task_ms) {
             return Err(ConfigError::Invalid(format!(
                 "[providers.{name}] timeout_ms must be shorter than jobs.task_timeout_secs \
                  ({task_ms} ms): a step that outlasts its lease is run again"

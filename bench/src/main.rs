@@ -16,7 +16,14 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use tokio::sync::Mutex;
 
+mod providers;
 mod webhooks;
+
+// The tests' fake upstreams, reused rather than copied. The bench drives two of them and
+// few of their helpers; the rest is used by the tests, so it is not dead code.
+#[allow(dead_code)]
+#[path = "../../tests/fakes/mod.rs"]
+mod fakes;
 
 #[derive(Parser)]
 struct Cli {
@@ -119,6 +126,37 @@ enum Command {
         #[arg(long)]
         slow_path: Option<String>,
     },
+    /// Upstream providers against the tests' fakes, served from this process: webhook lag
+    /// with callbacks or polling, or the fallback after a 5xx. Writes where the fakes
+    /// listen to `--ready-file` (as `export` lines for mediagate), then waits for the API.
+    Providers {
+        #[arg(long, value_enum)]
+        mode: providers::Mode,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+        /// Jobs per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// A job finishes upstream this long after the fake accepted it.
+        #[arg(long, default_value_t = 2000)]
+        finish_after_ms: u64,
+        /// Size of each job's result file.
+        #[arg(long, default_value_t = 1 << 20)]
+        media_bytes: usize,
+        #[arg(long, default_value = "127.0.0.1:18190")]
+        receiver_bind: String,
+        #[arg(long)]
+        database_url: String,
+        #[arg(long)]
+        ready_file: std::path::PathBuf,
+        /// Longest wait for webhooks after the last submission, in seconds.
+        #[arg(long, default_value_t = 60)]
+        drain_secs: u64,
+    },
 }
 
 #[tokio::main]
@@ -168,6 +206,34 @@ async fn main() -> anyhow::Result<()> {
             arrivals,
             slow_path,
         } => webhooks::analyse(&database_url, arrivals, slow_path.as_deref()).await,
+        Command::Providers {
+            mode,
+            url,
+            key,
+            rate,
+            seconds,
+            finish_after_ms,
+            media_bytes,
+            receiver_bind,
+            database_url,
+            ready_file,
+            drain_secs,
+        } => {
+            providers::run(providers::Run {
+                mode,
+                url,
+                key,
+                rate,
+                seconds,
+                finish_after: Duration::from_millis(finish_after_ms),
+                media_bytes,
+                receiver_bind,
+                database_url,
+                ready_file,
+                drain: Duration::from_secs(drain_secs),
+            })
+            .await
+        }
     }
 }
 

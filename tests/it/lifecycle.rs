@@ -118,25 +118,14 @@ async fn duplicate_and_stale_tasks_change_nothing(backend: Backend) {
     let id = insert_without_task(&app, json!({"prompt": "twice", "size": "64x64"})).await;
     let engine = app.engine();
 
-    advance(
-        engine,
-        &Advance {
-            job_id: id.clone(),
-            seq: 7,
-        },
-    )
-    .await
-    .unwrap();
+    advance(engine, &Advance::new(&id, 7)).await.unwrap();
     assert_eq!(
         app.job(&id).await["status"],
         "queued",
         "a stale task must not act"
     );
 
-    let task = Advance {
-        job_id: id.clone(),
-        seq: 0,
-    };
+    let task = Advance::new(&id, 0);
     let runs = futures::future::join_all((0..4).map(|_| advance(engine, &task))).await;
     for r in runs {
         r.unwrap();
@@ -153,15 +142,9 @@ async fn duplicate_and_stale_tasks_change_nothing(backend: Backend) {
     );
 
     // A late task after completion does nothing either.
-    advance(
-        engine,
-        &Advance {
-            job_id: id.clone(),
-            seq: job_seq(&app, &id).await,
-        },
-    )
-    .await
-    .unwrap();
+    advance(engine, &Advance::new(&id, job_seq(&app, &id).await))
+        .await
+        .unwrap();
     assert_eq!(
         engine.store.events_after(&id, 0, 100).await.unwrap().len(),
         2

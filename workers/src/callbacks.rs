@@ -137,10 +137,7 @@ pub async fn receive(
         Some(Woken::Marked) => return Ok(Received::Noted),
         Some(Woken::Check(seq)) => seq,
     };
-    let task = Advance {
-        job_id: job_id.clone(),
-        seq,
-    };
+    let task = Advance::new(&job_id, seq);
     if let Err(e) = engine.queue.enqueue(task, Duration::ZERO).await {
         // The row says the check is due now; the reaper pushes it after its grace.
         tracing::warn!(job_id, error = %e, "could not push the check a callback asked for");

@@ -264,10 +264,7 @@ pub async fn create_job(
             .await;
     }
     let job = result?;
-    let task = Advance {
-        job_id: job.id.clone(),
-        seq: job.check_seq,
-    };
+    let task = Advance::new(&job.id, job.check_seq);
     if let Err(e) = engine.queue.enqueue(task, Duration::ZERO).await {
         tracing::warn!(job_id = %job.id, error = %e, "could not push a new job; the reaper will");
     }

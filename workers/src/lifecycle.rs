@@ -494,10 +494,7 @@ pub async fn schedule(engine: &Engine, job: &Job, at: i64) -> Result<(), EngineE
 /// when the check is due, and the reaper pushes it later.
 async fn push_next(engine: &Engine, job_id: &str, seq: i64, at: i64) {
     let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
-    let task = Advance {
-        job_id: job_id.to_owned(),
-        seq,
-    };
+    let task = Advance::new(job_id, seq);
     if let Err(e) = engine.queue.enqueue(task, delay).await {
         tracing::warn!(job_id = %job_id, error = %e, "could not push the next check; the reaper will");
     }

@@ -33,6 +33,21 @@ macro_rules! push {
 pub struct Advance {
     pub job_id: String,
     pub seq: i64,
+    /// When the check is due (Unix ms; 0: at once). The queue keeps whole seconds and
+    /// hands a delayed check out up to a second early; the worker waits out the rest.
+    #[serde(default)]
+    pub due_ms: i64,
+}
+
+impl Advance {
+    /// The check of `job_id` that fencing sequence `seq` owns.
+    pub fn new(job_id: impl Into<String>, seq: i64) -> Advance {
+        Advance {
+            job_id: job_id.into(),
+            seq,
+            due_ms: 0,
+        }
+    }
 }
 
 /// "Make the next attempt of webhook delivery `delivery_id`." `seq` fences it like
@@ -203,10 +218,17 @@ impl Queue {
         })
     }
 
-    /// Pushes a job step to run after `delay`.
-    pub async fn enqueue(&self, task: Advance, delay: Duration) -> Result<(), QueueError> {
+    /// Pushes a job step to run after `delay`, to the millisecond: the queue hands it out
+    /// within the second before, and the worker waits out the rest (`Advance::due_ms`).
+    /// Polling an upstream every second would otherwise poll every two.
+    pub async fn enqueue(&self, mut task: Advance, delay: Duration) -> Result<(), QueueError> {
         let key = format!("{}:{}", task.job_id, task.seq);
-        let task = build(task, key, delay);
+        let run_at = (!delay.is_zero()).then(|| {
+            let due = since_epoch(delay);
+            task.due_ms = due.as_millis() as i64;
+            due.as_secs()
+        });
+        let task = build(task, key, run_at);
         match &self.backend {
             Backend::Embedded { advance, .. } => push!(advance, task)?,
             Backend::Redis { advance, .. } => push!(advance, task)?,
@@ -218,7 +240,13 @@ impl Queue {
     /// Pushes a webhook attempt to run after `delay`.
     pub async fn enqueue_delivery(&self, task: Deliver, delay: Duration) -> Result<(), QueueError> {
         let key = format!("{}:{}", task.delivery_id, task.seq);
-        let task = build(task, key, delay);
+        // Never early: a retry must not come before a receiver's Retry-After. A second
+        // late is nothing next to retry delays.
+        let run_at = (!delay.is_zero()).then(|| {
+            let due = since_epoch(delay);
+            due.as_secs() + u64::from(due.subsec_nanos() > 0)
+        });
+        let task = build(task, key, run_at);
         match &self.backend {
             Backend::Embedded { deliver, .. } => push!(deliver, task)?,
             Backend::Redis { deliver, .. } => push!(deliver, task)?,
@@ -345,21 +373,21 @@ impl Queue {
     }
 }
 
-/// A task due after `delay`, deduplicated by `key`. apalis retries a failed task at
-/// now + attempt seconds; a few tries cover a blip in the database, and past that the
-/// reaper owns recovery.
-fn build<T>(args: T, key: String, delay: Duration) -> Task<T> {
+/// A task due at `run_at` (Unix seconds; `None`: now), deduplicated by `key`. apalis
+/// keeps run times in whole seconds, so each queue rounds its own way. apalis retries a
+/// failed task at now + attempt seconds; a few tries cover a blip in the database, and
+/// past that the reaper owns recovery.
+fn build<T>(args: T, key: String, run_at: Option<u64>) -> Task<T> {
     let mut builder = TaskBuilder::new(args);
-    if !delay.is_zero() {
-        // apalis keeps run times in whole seconds. Its `run_after` rounds down, which can run
-        // a task up to a second early (before a receiver's Retry-After, or spinning on an
-        // upstream that is not ready yet); rounding up makes the delay a lower bound.
-        let due = std::time::SystemTime::now() + delay;
-        let since_epoch = due
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let secs = since_epoch.as_secs() + u64::from(since_epoch.subsec_nanos() > 0);
+    if let Some(secs) = run_at {
         builder = builder.run_at_timestamp(secs);
     }
     builder.idempotency_key(key).max_attempts(3).build()
+}
+
+/// Now + `delay`, since the Unix epoch.
+fn since_epoch(delay: Duration) -> Duration {
+    (std::time::SystemTime::now() + delay)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }

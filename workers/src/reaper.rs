@@ -28,13 +28,7 @@ pub async fn reap_once(engine: &Engine) -> Result<usize, EngineError> {
         drop(conn);
         engine
             .queue
-            .enqueue(
-                Advance {
-                    job_id,
-                    seq: seq + 1,
-                },
-                Duration::ZERO,
-            )
+            .enqueue(Advance::new(job_id, seq + 1), Duration::ZERO)
             .await?;
         handed_out += 1;
     }

@@ -7,9 +7,14 @@ use apalis::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ids::now_ms;
 use crate::queue::{Advance, Backend, Deliver, QueueName};
 use crate::webhooks::delivery;
 use crate::{EngineError, SharedEngine, lifecycle, reaper};
+
+/// The most a check may come early and be held here: the queue's rounding to whole
+/// seconds. Anything more (clocks of two machines apart) runs at once rather than wait.
+const MAX_EARLY: Duration = Duration::from_secs(1);
 
 /// Runs one job step. Handlers run detached (`parallelize`), so each is tracked in
 /// `inflight` for shutdown to wait on.
@@ -18,6 +23,21 @@ async fn handle_advance(
     engine: Data<SharedEngine>,
     inflight: Data<TaskTracker>,
 ) -> Result<(), BoxDynError> {
+    let early = Duration::from_millis((task.due_ms - now_ms()).max(0) as u64);
+    if !early.is_zero() && early <= MAX_EARLY {
+        // The queue handed the check out within the second before it is due (it keeps
+        // whole seconds). Wait out the rest on a timer, not in this worker slot; should
+        // the process die meanwhile, the job row still says the check is due, and the
+        // reaper hands it out again.
+        let engine = (*engine).clone();
+        inflight.spawn(async move {
+            tokio::time::sleep(early).await;
+            if let Err(e) = lifecycle::advance(&engine, &task).await {
+                tracing::warn!(id = %task.job_id, error = %e, "job step failed");
+            }
+        });
+        return Ok(());
+    }
     // On failure the job row keeps its due time; the reaper hands it out again.
     let step = lifecycle::advance(&engine, &task);
     tracked(&inflight, step, "job step", &task.job_id).await
