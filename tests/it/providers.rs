@@ -767,3 +767,52 @@ crate::on_both_backends!(
     callbacks_that_beat_the_submission_answer_count,
     forged_callbacks_are_not_found
 );
+
+/// Every provider of the first model fails at once: the job falls through them in order
+/// (each failure submitting to the next within the same step) to the next model.
+async fn a_run_of_outages_falls_through_every_provider(backend: Backend) {
+    let outage = || Behaviour {
+        fail_submits: vec![503; 20],
+        ..Behaviour::default()
+    };
+    let replicate = fakes::replicate::start(outage()).await;
+    let fal = fakes::fal::start(outage()).await;
+    let fal_base = fal.base.clone();
+    let app = app_for(backend, &REPLICATE, &replicate, |c| {
+        c.providers.insert(
+            "fal".to_owned(),
+            ProviderConfig {
+                base_url: Some(fal_base),
+                api_key_env: Some(fakes::KEY_VAR.to_owned()),
+                ..ProviderConfig::default()
+            },
+        );
+    })
+    .await;
+    let body = json!({"models": ["google/veo-3.1", "local/video"],
+        "input": (REPLICATE.input)(), "provider": {"order": ["replicate", "fal"]}});
+    let job = run_to_end(&app, body).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let tried: Vec<(&str, &str)> = job["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["provider"].as_str().unwrap(),
+                a["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tried,
+        [
+            ("replicate", "failed"),
+            ("fal", "failed"),
+            ("local", "succeeded")
+        ],
+        "{job}"
+    );
+}
+
+crate::on_both_backends!(a_run_of_outages_falls_through_every_provider);

@@ -40,22 +40,8 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
         }
         return Ok(());
     }
-    let Some((provider, upstream_model)) = route(engine, &job) else {
-        let error = JobError {
-            code: "provider_unavailable".to_owned(),
-            message: format!(
-                "no configured provider serves {} through {}",
-                job.model, job.provider
-            ),
-        };
-        end_job(engine, &job.id, JobStatus::Failed, Some(&error)).await?;
-        return Ok(());
-    };
-    let step = Step {
-        engine,
-        provider,
-        upstream_model,
-        callback_url: engine.callback_url(&job.provider, &job.id),
+    let Some(step) = Step::for_job(engine, &job) else {
+        return no_provider(engine, &job).await;
     };
     match (job.status, job.upstream_id.clone()) {
         (JobStatus::Queued, _) => {
@@ -112,6 +98,19 @@ fn route<'e>(engine: &'e Engine, job: &Job) -> Option<(&'e Provider, String)> {
     ))
 }
 
+/// Fails a job whose route step names a provider this process does not have.
+async fn no_provider(engine: &Engine, job: &Job) -> Result<(), EngineError> {
+    let error = JobError {
+        code: "provider_unavailable".to_owned(),
+        message: format!(
+            "no configured provider serves {} through {}",
+            job.model, job.provider
+        ),
+    };
+    end_job(engine, &job.id, JobStatus::Failed, Some(&error)).await?;
+    Ok(())
+}
+
 struct Step<'e> {
     engine: &'e Engine,
     provider: &'e Provider,
@@ -120,7 +119,19 @@ struct Step<'e> {
     callback_url: Option<String>,
 }
 
-impl Step<'_> {
+impl<'e> Step<'e> {
+    /// The step the job's current route step calls for; `None` if its provider is not
+    /// configured here.
+    fn for_job(engine: &'e Engine, job: &Job) -> Option<Step<'e>> {
+        let (provider, upstream_model) = route(engine, job)?;
+        Some(Step {
+            engine,
+            provider,
+            upstream_model,
+            callback_url: engine.callback_url(&job.provider, &job.id),
+        })
+    }
+
     fn call<'j>(&'j self, job: &'j Job) -> ProviderCall<'j> {
         ProviderCall {
             job_id: &job.id,
@@ -214,6 +225,9 @@ impl Step<'_> {
 
     async fn poll(&self, job: &Job, upstream_id: &str) -> Result<(), EngineError> {
         let call = self.call(job);
+        // The next poll is counted from this one's start, so a poll interval is the time
+        // between two polls, not between an answer and the next poll.
+        let started = now_ms();
         let polled = self.provider.poll(&call, upstream_id).await;
         self.observe(job, &polled);
         match polled {
@@ -235,7 +249,8 @@ impl Step<'_> {
                     self.engine.announce(&job.id);
                     delivery::dispatch(self.engine, outbox).await;
                 }
-                schedule(self.engine, job, now_ms() + poll_after.as_millis() as i64).await
+                let next = (started + poll_after.as_millis() as i64).max(now_ms());
+                schedule(self.engine, job, next).await
             }
             Ok(Polled::Done { outputs }) => {
                 // Copying media can take a while; keep the reaper off the job meanwhile.
@@ -392,29 +407,42 @@ impl Step<'_> {
 }
 
 impl Step<'_> {
-    /// Ends the current attempt and moves the job to its next route step, which the next
-    /// check submits to at once. Whatever the upstream still runs for us is cancelled.
+    /// Ends the current attempt and moves the job to its next route step, whose first
+    /// submission this task then makes itself (the claim is taken in the same write), so
+    /// a fallback costs no hand-off through the queue. Whatever the upstream still runs
+    /// for us is cancelled afterwards.
     async fn fall_back(&self, job: &Job, e: &ProviderError) -> Result<(), EngineError> {
         let Some(next) = job.next_step() else {
             return Ok(());
         };
+        let engine = self.engine;
         let now = now_ms();
         let error = JobError {
             code: e.code.clone(),
             message: e.message.clone(),
         };
-        let mut tx = self.engine.store.begin().await?;
+        let mut tx = engine.store.begin().await?;
         let index = job.route_index + 1;
-        if !jobs::switch_route(&mut tx, &job.id, job.check_seq, index, next, now).await? {
+        let lease = lease_until(engine, now);
+        let Some(moved) =
+            jobs::switch_route(&mut tx, &job.id, job.check_seq, index, next, now, lease).await?
+        else {
             return Ok(());
-        }
+        };
         job_attempts::finish(&mut tx, &job.id, "failed", Some(&error), now).await?;
+        job_attempts::start(&mut tx, &moved.id, &moved.provider, &moved.model, now).await?;
         tx.commit().await?;
+        // Should this process die before submitting, the lease lapses and the reaper hands
+        // the job out; the submission claim lapses too, so the next worker submits.
+        let submitted = match Step::for_job(engine, &moved) {
+            // Boxed: a run of failing providers falls back again from in here.
+            Some(step) => Box::pin(step.submit_or_skip(&moved)).await,
+            None => no_provider(engine, &moved).await,
+        };
         if job.upstream_id.is_some() {
-            cancel_upstream(self.engine, job).await;
+            cancel_upstream(engine, job).await;
         }
-        push_next(self.engine, &job.id, job.check_seq + 1, now).await;
-        Ok(())
+        submitted
     }
 }
 

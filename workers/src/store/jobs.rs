@@ -393,9 +393,10 @@ pub async fn end(
     row.as_ref().map(job_from_row).transpose()
 }
 
-/// Moves an in-progress job to route step `index` (another provider or model): the
-/// upstream id and submission claim are cleared so the next check submits afresh, and the
-/// fencing sequence is bumped like `schedule_check`. False if the job moved on.
+/// Moves an in-progress job to route step `index` (another provider or model) and claims
+/// its first submission for the caller: the upstream id is cleared, the fencing sequence
+/// bumped like `schedule_check`, and the job leased until `lease_until`. `None` if the
+/// job moved on.
 pub async fn switch_route(
     conn: &mut AnyConnection,
     id: &str,
@@ -403,22 +404,28 @@ pub async fn switch_route(
     index: i64,
     step: &RouteStep,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    lease_until: i64,
+) -> Result<Option<Job>, sqlx::Error> {
+    let sql = format!(
         "UPDATE jobs SET route_index = $1, model = $2, provider = $3, upstream_id = NULL, \
-         claimed_at = 0, retries = 0, check_seq = check_seq + 1, \
-         next_check_at = $4, updated_at = $4 \
-         WHERE id = $5 AND check_seq = $6 AND status = 'in_progress'",
+         claimed_at = $4, retries = 0, check_seq = check_seq + 1, \
+         next_check_at = $5, updated_at = $4 \
+         WHERE id = $6 AND check_seq = $7 AND status = 'in_progress' RETURNING {COLUMNS}"
+    );
+    one(
+        conn,
+        sql,
+        &[
+            Bind::I(&index),
+            Bind::S(&step.model),
+            Bind::S(&step.provider),
+            Bind::I(&now),
+            Bind::I(&lease_until),
+            Bind::S(id),
+            Bind::I(&seq),
+        ],
     )
-    .bind(index)
-    .bind(&step.model)
-    .bind(&step.provider)
-    .bind(now)
-    .bind(id)
-    .bind(seq)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .await
 }
 
 /// Hands the job's next check to a new task: bumps the fencing sequence if it is still
