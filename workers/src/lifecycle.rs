@@ -225,9 +225,15 @@ impl<'e> Step<'e> {
 
     async fn poll(&self, job: &Job, upstream_id: &str) -> Result<(), EngineError> {
         let call = self.call(job);
-        // The next poll is counted from this one's start, so a poll interval is the time
-        // between two polls, not between an answer and the next poll.
+        // The next poll is counted from when this one was due (or, if it ran late, from
+        // its start), so a poll interval is the time between two polls: the answer's
+        // wait and this step's own work do not add up, poll after poll.
         let started = now_ms();
+        let due = if job.next_check_at <= started {
+            job.next_check_at
+        } else {
+            started
+        };
         let polled = self.provider.poll(&call, upstream_id).await;
         self.observe(job, &polled);
         match polled {
@@ -249,7 +255,7 @@ impl<'e> Step<'e> {
                     self.engine.announce(&job.id);
                     delivery::dispatch(self.engine, outbox).await;
                 }
-                let next = (started + poll_after.as_millis() as i64).max(now_ms());
+                let next = (due + poll_after.as_millis() as i64).max(now_ms());
                 schedule(self.engine, job, next).await
             }
             Ok(Polled::Done { outputs }) => {
