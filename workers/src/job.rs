@@ -137,6 +137,8 @@ pub struct Job {
     pub route: Vec<RouteStep>,
     /// The step the job is on.
     pub route_index: i64,
+    /// Submissions so far; the current one is attempt number `attempt_count`.
+    pub attempt_count: i64,
 }
 
 impl Job {

@@ -51,7 +51,8 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
             else {
                 return Ok(());
             };
-            job_attempts::start(&mut tx, &job.id, &job.provider, &job.model, now).await?;
+            let n = job.attempt_count;
+            job_attempts::open(&mut tx, &job.id, n, &job.provider, &job.model, now).await?;
             let outbox =
                 record_event(engine, &mut tx, &job, JobStatus::InProgress.event_type()).await?;
             tx.commit().await?;
@@ -64,13 +65,16 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
             if job.claimed_at == 0 || job.claimed_at + grace <= now {
                 let mut tx = engine.store.begin().await?;
                 let lease = lease_until(engine, now);
-                if !jobs::reclaim_submission(&mut tx, &job.id, job.claimed_at, now, lease).await? {
+                let Some(n) =
+                    jobs::reclaim_submission(&mut tx, &job.id, job.claimed_at, now, lease).await?
+                else {
                     return Ok(());
-                }
-                job_attempts::start(&mut tx, &job.id, &job.provider, &job.model, now).await?;
+                };
+                job_attempts::open(&mut tx, &job.id, n, &job.provider, &job.model, now).await?;
                 tx.commit().await?;
                 step.submit_or_skip(&Job {
                     claimed_at: now,
+                    attempt_count: n,
                     ..job
                 })
                 .await
@@ -428,6 +432,9 @@ impl Step<'_> {
             message: e.message.clone(),
         };
         let mut tx = engine.store.begin().await?;
+        // The current attempt ends before the switch numbers the next one; should the
+        // switch find the job moved on, the transaction is dropped, and this with it.
+        job_attempts::finish(&mut tx, &job.id, "failed", Some(&error), now).await?;
         let index = job.route_index + 1;
         let lease = lease_until(engine, now);
         let Some(moved) =
@@ -435,8 +442,8 @@ impl Step<'_> {
         else {
             return Ok(());
         };
-        job_attempts::finish(&mut tx, &job.id, "failed", Some(&error), now).await?;
-        job_attempts::start(&mut tx, &moved.id, &moved.provider, &moved.model, now).await?;
+        let n = moved.attempt_count;
+        job_attempts::open(&mut tx, &moved.id, n, &moved.provider, &moved.model, now).await?;
         tx.commit().await?;
         // Should this process die before submitting, the lease lapses and the reaper hands
         // the job out; the submission claim lapses too, so the next worker submits.

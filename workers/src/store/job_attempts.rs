@@ -1,7 +1,7 @@
 //! A job's attempts: one row per submission to a provider, with the upstream id and the
 //! outcome, so a job shows every provider it tried and which one produced its result.
-//! Each write names the job's current attempt (`jobs.attempt_count`) in SQL, so writers
-//! never overwrite each other's changes.
+//! Each write names the job's current attempt (`jobs.attempt_count`, raised by the write
+//! that claims a submission) in SQL, so writers never overwrite each other's changes.
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -21,21 +21,16 @@ pub struct JobAttempt {
     pub ended_at: Option<i64>,
 }
 
-/// Opens the job's next attempt at `provider`.
-pub async fn start(
+/// Opens attempt number `n` at `provider`; the write that claimed the submission gave
+/// the job its new `attempt_count`, `n`.
+pub async fn open(
     conn: &mut AnyConnection,
     job_id: &str,
+    n: i64,
     provider: &str,
     model: &str,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let row = sqlx::query(
-        "UPDATE jobs SET attempt_count = attempt_count + 1 WHERE id = $1 RETURNING attempt_count",
-    )
-    .bind(job_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let n: i64 = row.try_get("attempt_count")?;
     sqlx::query(
         "INSERT INTO job_attempts (job_id, n, provider, model, status, started_at) \
          VALUES ($1, $2, $3, $4, 'running', $5)",

@@ -12,7 +12,7 @@ use crate::routing::RouteStep;
 const COLUMNS: &str = "id, account_id, status, kind, model, provider, input, metadata, webhook, \
     progress, upstream_id, outputs, error_code, error_message, cost_usd, retries, check_seq, \
     next_check_at, claimed_at, created_at, started_at, completed_at, deadline_at, route, \
-    route_index";
+    route_index, attempt_count";
 
 const PENDING: &str = "('queued', 'in_progress')";
 
@@ -90,6 +90,7 @@ fn job_from_row(r: &AnyRow) -> Result<Job, sqlx::Error> {
             serde_json::from_str(&text).map_err(|_| decode_err("route", &text))?
         },
         route_index: r.try_get("route_index")?,
+        attempt_count: r.try_get("attempt_count")?,
     })
 }
 
@@ -143,8 +144,9 @@ pub async fn insert(conn: &mut AnyConnection, j: &NewJob) -> Result<Job, sqlx::E
     job_from_row(&row)
 }
 
-/// queued → in_progress, claiming the first submission. `lease_until` marks the job as
-/// being worked on until then, so the reaper does not hand it out meanwhile.
+/// queued → in_progress, claiming the first submission (the returned job's
+/// `attempt_count` numbers it). `lease_until` marks the job as being worked on until then,
+/// so the reaper does not hand it out meanwhile.
 pub async fn claim_queued(
     conn: &mut AnyConnection,
     id: &str,
@@ -153,7 +155,8 @@ pub async fn claim_queued(
 ) -> Result<Option<Job>, sqlx::Error> {
     let sql = format!(
         "UPDATE jobs SET status = 'in_progress', started_at = $1, claimed_at = $1, updated_at = $1, \
-         next_check_at = $2 WHERE id = $3 AND status = 'queued' RETURNING {COLUMNS}"
+         next_check_at = $2, attempt_count = attempt_count + 1 \
+         WHERE id = $3 AND status = 'queued' RETURNING {COLUMNS}"
     );
     one(
         conn,
@@ -164,25 +167,28 @@ pub async fn claim_queued(
 }
 
 /// Re-claims the submission of an in-progress job that has no upstream id yet, when the
-/// previous claim (`old_claim`) was released or abandoned.
+/// previous claim (`old_claim`) was released or abandoned. Returns the new attempt's
+/// number, or `None` if someone else claimed it.
 pub async fn reclaim_submission(
     conn: &mut AnyConnection,
     id: &str,
     old_claim: i64,
     now: i64,
     lease_until: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE jobs SET claimed_at = $1, updated_at = $1, next_check_at = $2 \
-         WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL AND claimed_at = $4",
+) -> Result<Option<i64>, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE jobs SET claimed_at = $1, updated_at = $1, next_check_at = $2, \
+         attempt_count = attempt_count + 1 \
+         WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL AND claimed_at = $4 \
+         RETURNING attempt_count",
     )
     .bind(now)
     .bind(lease_until)
     .bind(id)
     .bind(old_claim)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    row.map(|r| r.try_get("attempt_count")).transpose()
 }
 
 /// Marks the job as being worked on by the task holding `seq` until `until` (before long
@@ -394,9 +400,9 @@ pub async fn end(
 }
 
 /// Moves an in-progress job to route step `index` (another provider or model) and claims
-/// its first submission for the caller: the upstream id is cleared, the fencing sequence
-/// bumped like `schedule_check`, and the job leased until `lease_until`. `None` if the
-/// job moved on.
+/// its first submission for the caller (numbered by the returned `attempt_count`): the
+/// upstream id is cleared, the fencing sequence bumped like `schedule_check`, and the job
+/// leased until `lease_until`. `None` if the job moved on.
 pub async fn switch_route(
     conn: &mut AnyConnection,
     id: &str,
@@ -409,7 +415,7 @@ pub async fn switch_route(
     let sql = format!(
         "UPDATE jobs SET route_index = $1, model = $2, provider = $3, upstream_id = NULL, \
          claimed_at = $4, retries = 0, check_seq = check_seq + 1, \
-         next_check_at = $5, updated_at = $4 \
+         next_check_at = $5, updated_at = $4, attempt_count = attempt_count + 1 \
          WHERE id = $6 AND check_seq = $7 AND status = 'in_progress' RETURNING {COLUMNS}"
     );
     one(
