@@ -412,6 +412,13 @@ impl Config {
                 .as_deref()
                 .is_some_and(|u| u.starts_with("https://"))
         });
+        if upstream_callbacks && !public_url.starts_with("https://") {
+            tracing::warn!(
+                public_url,
+                "upstream callbacks are on with a public URL that is not HTTPS: upstreams must \
+                 reach it, and OpenRouter refuses jobs whose callback URL is not HTTPS"
+            );
+        }
         Ok(EngineConfig {
             public_url,
             upstream_callbacks,

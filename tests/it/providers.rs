@@ -308,6 +308,15 @@ async fn run_to_end(app: &TestApp, body: Value) -> Value {
     app.wait_terminal(&id, Duration::from_secs(30)).await
 }
 
+/// How many submissions the fake received.
+fn submissions(fake: &Fake, adapter: &Adapter) -> usize {
+    fake.state
+        .requests()
+        .iter()
+        .filter(|r| (adapter.is_submit)(r))
+        .count()
+}
+
 fn job_body(adapter: &Adapter) -> Value {
     json!({"model": adapter.model, "input": (adapter.input)()})
 }
@@ -386,12 +395,7 @@ async fn server_errors_are_retried(backend: Backend, adapter: &Adapter) {
     let app = app_for(backend, adapter, &fake, |_| {}).await;
     let job = run_to_end(&app, job_body(adapter)).await;
     assert_eq!(job["status"], "completed", "{job}");
-    let submits = fake
-        .state
-        .requests()
-        .iter()
-        .filter(|r| (adapter.is_submit)(r))
-        .count();
+    let submits = submissions(&fake, adapter);
     assert_eq!(submits, 3);
     let statuses: Vec<&str> = job["attempts"]
         .as_array()
@@ -440,12 +444,7 @@ async fn refusals_fail_without_retry(backend: Backend, adapter: &Adapter) {
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"]["code"], adapter.refusal_code, "{job}");
     assert!(!job["error"]["message"].as_str().unwrap().is_empty());
-    let submits = fake
-        .state
-        .requests()
-        .iter()
-        .filter(|r| (adapter.is_submit)(r))
-        .count();
+    let submits = submissions(&fake, adapter);
     assert_eq!(submits, 1, "a refusal is not retried");
     assert!(job["outputs"].as_array().unwrap().is_empty());
 }
@@ -481,12 +480,7 @@ async fn hanging_polls_time_out_and_are_retried(backend: Backend, adapter: &Adap
     .await;
     let job = run_to_end(&app, job_body(adapter)).await;
     assert_eq!(job["status"], "completed", "{job}");
-    let submits = fake
-        .state
-        .requests()
-        .iter()
-        .filter(|r| (adapter.is_submit)(r))
-        .count();
+    let submits = submissions(&fake, adapter);
     assert_eq!(
         submits, 1,
         "a poll that timed out is polled again, not resubmitted"
@@ -567,12 +561,7 @@ async fn failed_upstream_jobs_are_submitted_again(backend: Backend) {
     assert_eq!(attempts.len(), 2, "{job}");
     assert_eq!(attempts[0]["status"], "failed");
     assert_ne!(attempts[0]["upstream_id"], attempts[1]["upstream_id"]);
-    let submits = fake
-        .state
-        .requests()
-        .iter()
-        .filter(|r| (adapter.is_submit)(r))
-        .count();
+    let submits = submissions(&fake, adapter);
     assert_eq!(submits, 2);
 }
 
