@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::Upstream;
+use super::http::{Upstream, still_running};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -102,13 +102,7 @@ impl Bfl {
                 format!("bfl: task {upstream_id} not found"),
             )),
             other => {
-                if other != "Pending" {
-                    tracing::warn!(
-                        provider = NAME,
-                        status = other,
-                        "unknown status; treating it as pending"
-                    );
-                }
+                still_running(NAME, other, &["Pending"]);
                 let progress = answer["progress"]
                     .as_f64()
                     .map(|p| if p <= 1.0 { p * 100.0 } else { p })

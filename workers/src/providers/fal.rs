@@ -18,7 +18,7 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::{Failure, Upstream};
+use super::http::{Failure, Upstream, still_running};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -97,13 +97,7 @@ impl Fal {
                 })
             }
             other => {
-                if !matches!(other, "IN_QUEUE" | "IN_PROGRESS") {
-                    tracing::warn!(
-                        provider = NAME,
-                        status = other,
-                        "unknown status; treating it as pending"
-                    );
-                }
+                still_running(NAME, other, &["IN_QUEUE", "IN_PROGRESS"]);
                 // fal gives a queue position but no progress figure.
                 Ok(Polled::Pending {
                     progress: None,

@@ -286,6 +286,14 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
+/// A status word that is not terminal: the upstream job still runs. A word outside
+/// `known` (the provider added one) is logged and treated the same, never as an end.
+pub fn still_running(provider: &str, status: &str, known: &[&str]) {
+    if !known.contains(&status) {
+        tracing::warn!(provider, status, "unknown status; treating it as pending");
+    }
+}
+
 /// The human part of an upstream error body: `error.message`, `detail`, `message`…, else
 /// the text itself, shortened.
 pub fn upstream_message(text: &str) -> String {

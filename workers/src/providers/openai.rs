@@ -16,7 +16,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Map, Value, json};
 
-use super::http::{Failure, Upstream, inline_locator, inline_media};
+use super::http::{Failure, Upstream, inline_locator, inline_media, still_running};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -216,13 +216,7 @@ fn video_state(video: &Value, id: &str, poll_after: Duration) -> Result<Polled, 
             }
         }
         other => {
-            if !matches!(other, "queued" | "in_progress") {
-                tracing::warn!(
-                    provider = NAME,
-                    status = other,
-                    "unknown status; treating it as pending"
-                );
-            }
+            still_running(NAME, other, &["queued", "in_progress"]);
             Ok(Polled::Pending {
                 progress: video["progress"].as_u64().map(|p| p.min(99) as u8),
                 poll_after,

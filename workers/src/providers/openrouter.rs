@@ -19,7 +19,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use super::http::Upstream;
+use super::http::{Upstream, still_running};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -214,13 +214,7 @@ fn outcome(id: &str, answer: &Value) -> Result<Option<Vec<UpstreamOutput>>, Prov
             format!("openrouter: video {id} expired: {}", error()),
         )),
         other => {
-            if !matches!(other, "pending" | "in_progress") {
-                tracing::warn!(
-                    provider = NAME,
-                    status = other,
-                    "unknown status; treating it as pending"
-                );
-            }
+            still_running(NAME, other, &["pending", "in_progress"]);
             Ok(None)
         }
     }

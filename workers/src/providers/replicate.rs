@@ -18,7 +18,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use super::http::Upstream;
+use super::http::{Upstream, still_running};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -261,13 +261,7 @@ fn outcome(prediction: &Value) -> Result<Option<Vec<UpstreamOutput>>, ProviderEr
             format!("replicate: prediction {id} was aborted before it ran"),
         )),
         other => {
-            if !matches!(other, "starting" | "processing") {
-                tracing::warn!(
-                    provider = NAME,
-                    status = other,
-                    "unknown status; treating it as pending"
-                );
-            }
+            still_running(NAME, other, &["starting", "processing"]);
             Ok(None)
         }
     }

@@ -9,7 +9,7 @@
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Map, Value, json};
 
-use super::http::Upstream;
+use super::http::{Upstream, still_running};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -148,13 +148,7 @@ fn task_state(task: &Value, id: &str) -> Result<TaskState, ProviderError> {
             format!("runway: task {id} was cancelled upstream"),
         )),
         other => {
-            if !matches!(other, "PENDING" | "THROTTLED" | "RUNNING") {
-                tracing::warn!(
-                    provider = NAME,
-                    status = other,
-                    "unknown status; treating it as pending"
-                );
-            }
+            still_running(NAME, other, &["PENDING", "THROTTLED", "RUNNING"]);
             let progress = task["progress"]
                 .as_f64()
                 .map(|p| (p * 100.0).clamp(0.0, 99.0) as u8);
