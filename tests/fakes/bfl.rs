@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -40,12 +40,9 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
 async fn submit(
     State(state): State<Arc<FakeState>>,
     Path(model): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.record(&method, &uri, &headers, &body);
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -90,11 +87,8 @@ async fn submit(
 async fn get_result(
     State(state): State<Arc<FakeState>>,
     Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -129,14 +123,7 @@ fn sample_url(state: &FakeState, id: &str) -> String {
     )
 }
 
-async fn sample(
-    State(state): State<Arc<FakeState>>,
-    Path(_file): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    state.record(&method, &uri, &headers, b"");
+async fn sample(State(state): State<Arc<FakeState>>, Path(_file): Path<String>) -> Response {
     if state.behaviour.expire_results {
         return (
             StatusCode::FORBIDDEN,

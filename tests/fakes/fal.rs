@@ -58,14 +58,14 @@ async fn queue_api(
         .split_once("/requests/")
         .map(|(app, rest)| (app.to_owned(), rest.to_owned()));
     match (&method, request) {
-        (&Method::POST, None) => submit(&queue, path, &method, &uri, &headers, &body),
+        (&Method::POST, None) => submit(&queue, path, &uri, &headers, &body),
         (&Method::GET, Some((app, rest))) => match rest.split_once('/') {
-            Some((id, "status")) => status(&queue, &app, id, &method, &uri, &headers),
-            None => result(&queue, &app, &rest, &method, &uri, &headers),
+            Some((id, "status")) => status(&queue, &app, id, &headers),
+            None => result(&queue, &app, &rest, &headers),
             Some(_) => not_found(),
         },
         (&Method::PUT, Some((app, rest))) => match rest.split_once('/') {
-            Some((id, "cancel")) => cancel(&queue, &app, id, &method, &uri, &headers),
+            Some((id, "cancel")) => cancel(&queue, &app, id, &headers),
             _ => not_found(),
         },
         _ => not_found(),
@@ -106,16 +106,8 @@ fn not_found() -> Response {
         .into_response()
 }
 
-fn submit(
-    queue: &Queue,
-    model: String,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
+fn submit(queue: &Queue, model: String, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
     let state = &queue.state;
-    state.record(method, uri, headers, body);
     if let Some(denied) = unauthorized(headers) {
         return denied;
     }
@@ -173,16 +165,8 @@ fn submit(
     .into_response()
 }
 
-fn status(
-    queue: &Queue,
-    app: &str,
-    id: &str,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Response {
+fn status(queue: &Queue, app: &str, id: &str, headers: &HeaderMap) -> Response {
     let state = &queue.state;
-    state.record(method, uri, headers, b"");
     if let Some(denied) = unauthorized(headers) {
         return denied;
     }
@@ -210,16 +194,8 @@ fn status(
     (StatusCode::ACCEPTED, axum::Json(Value::Object(answer))).into_response()
 }
 
-fn result(
-    queue: &Queue,
-    app: &str,
-    id: &str,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Response {
+fn result(queue: &Queue, app: &str, id: &str, headers: &HeaderMap) -> Response {
     let state = &queue.state;
-    state.record(method, uri, headers, b"");
     if let Some(denied) = unauthorized(headers) {
         return denied;
     }
@@ -258,16 +234,7 @@ fn output(state: &FakeState, id: &str) -> Value {
     })
 }
 
-fn cancel(
-    queue: &Queue,
-    app: &str,
-    id: &str,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Response {
-    let state = &queue.state;
-    state.record(method, uri, headers, b"");
+fn cancel(queue: &Queue, app: &str, id: &str, headers: &HeaderMap) -> Response {
     if let Some(denied) = unauthorized(headers) {
         return denied;
     }
@@ -284,11 +251,8 @@ fn cancel(
 async fn file(
     State(queue): State<Queue>,
     Path(_file): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    queue.state.record(&method, &uri, &headers, b"");
     // The CDN is not the API: an adapter sending the key here leaks it.
     if headers.contains_key("authorization") {
         return (StatusCode::BAD_REQUEST, "unexpected credentials").into_response();

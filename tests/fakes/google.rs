@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -106,12 +106,9 @@ async fn model_call(
     State(state): State<Arc<FakeState>>,
     Path(call): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.record(&method, &uri, &headers, &body);
     if let Some(denied) = unauthorized(&headers, &query) {
         return denied;
     }
@@ -171,11 +168,8 @@ async fn operation(
     State(state): State<Arc<FakeState>>,
     Path((model, id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = unauthorized(&headers, &query) {
         return denied;
     }
@@ -200,11 +194,8 @@ async fn file(
     State(state): State<Arc<FakeState>>,
     Path(call): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = unauthorized(&headers, &query) {
         return denied;
     }
@@ -222,14 +213,7 @@ async fn file(
     (StatusCode::FOUND, [("location", location)]).into_response()
 }
 
-async fn storage(
-    State(state): State<Arc<FakeState>>,
-    Query(query): Query<HashMap<String, String>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    state.record(&method, &uri, &headers, b"");
+async fn storage(Query(query): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
     if headers.contains_key("x-goog-api-key") || query.contains_key("key") {
         return status(
             StatusCode::BAD_REQUEST,

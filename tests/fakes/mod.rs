@@ -110,7 +110,7 @@ impl FakeState {
         })
     }
 
-    pub fn record(
+    fn record(
         &self,
         method: &axum::http::Method,
         uri: &axum::http::Uri,
@@ -273,10 +273,15 @@ pub async fn serve(router: Router, state: Arc<FakeState>) -> Fake {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     *state.base.lock().unwrap() = base.clone();
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        answer_slowly,
-    ));
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            answer_slowly,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ));
     let server = tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
     });
@@ -285,6 +290,21 @@ pub async fn serve(router: Router, state: Arc<FakeState>) -> Fake {
         state,
         server,
     }
+}
+
+/// Records every request as it arrives, before any handler (or hold-up) sees it.
+async fn record_request(
+    axum::extract::State(state): axum::extract::State<Arc<FakeState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    state.record(&parts.method, &parts.uri, &parts.headers, &body);
+    next.run(axum::extract::Request::from_parts(parts, body.into()))
+        .await
 }
 
 /// Holds back the first `slow_gets` GET requests (see `Behaviour::slow_gets`).

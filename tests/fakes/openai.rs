@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -86,15 +86,8 @@ fn submit_failure(state: &FakeState) -> Option<Response> {
     })
 }
 
-async fn images(
-    State(fake): State<Arc<OpenAi>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn images(State(fake): State<Arc<OpenAi>>, headers: HeaderMap, body: Bytes) -> Response {
     let state = &fake.shared;
-    state.record(&method, &uri, &headers, &body);
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -174,13 +167,10 @@ fn paced(body: Value) -> Response {
 
 async fn create_video(
     State(fake): State<Arc<OpenAi>>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let state = &fake.shared;
-    state.record(&method, &uri, &headers, &body);
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -219,12 +209,9 @@ async fn create_video(
 async fn get_video(
     State(fake): State<Arc<OpenAi>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let state = &fake.shared;
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -254,12 +241,9 @@ async fn get_video(
 async fn video_content(
     State(fake): State<Arc<OpenAi>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let state = &fake.shared;
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -56,14 +56,7 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
         .then(|| error(StatusCode::UNAUTHORIZED, "No auth credentials found"))
 }
 
-async fn submit(
-    State(state): State<Arc<FakeState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    state.record(&method, &uri, &headers, &body);
+async fn submit(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -100,11 +93,8 @@ async fn submit(
 async fn job(
     State(state): State<Arc<FakeState>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -175,11 +165,8 @@ async fn content(
     State(state): State<Arc<FakeState>>,
     Path(_id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -87,12 +87,9 @@ fn prediction_object(state: &FakeState, id: &str, model: &str, status: &str) -> 
 async fn create(
     State(state): State<Arc<FakeState>>,
     Path((owner, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.record(&method, &uri, &headers, &body);
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -152,11 +149,8 @@ async fn create(
 async fn prediction(
     State(state): State<Arc<FakeState>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -173,24 +167,15 @@ async fn prediction(
 async fn cancel(
     State(state): State<Arc<FakeState>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
     axum::Json(prediction_object(&state, &id, "owner/model", "canceled")).into_response()
 }
 
-async fn webhook_secret(
-    State(state): State<Arc<FakeState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    state.record(&method, &uri, &headers, b"");
+async fn webhook_secret(headers: HeaderMap) -> Response {
     if let Some(denied) = unauthorized(&headers) {
         return denied;
     }
@@ -200,11 +185,8 @@ async fn webhook_secret(
 async fn delivery(
     State(state): State<Arc<FakeState>>,
     Path(_file): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    state.record(&method, &uri, &headers, b"");
     // The delivery host is not the API: an adapter sending the key here leaks it.
     if headers.contains_key("authorization") {
         return (StatusCode::BAD_REQUEST, "unexpected credentials").into_response();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -52,12 +52,10 @@ fn refused(headers: &HeaderMap) -> Option<Response> {
 
 async fn submit(
     State(state): State<Arc<FakeState>>,
-    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.record(&method, &uri, &headers, &body);
     if let Some(denied) = refused(&headers) {
         return denied;
     }
@@ -84,11 +82,8 @@ async fn submit(
 async fn task(
     State(state): State<Arc<FakeState>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    state.record(&method, &uri, &headers, b"");
     if let Some(denied) = refused(&headers) {
         return denied;
     }
@@ -115,26 +110,14 @@ async fn task(
     .into_response()
 }
 
-async fn cancel(
-    State(state): State<Arc<FakeState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    state.record(&method, &uri, &headers, b"");
+async fn cancel(headers: HeaderMap) -> Response {
     if let Some(denied) = refused(&headers) {
         return denied;
     }
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn output(
-    State(state): State<Arc<FakeState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    state.record(&method, &uri, &headers, b"");
+async fn output(State(state): State<Arc<FakeState>>, headers: HeaderMap) -> Response {
     if headers.contains_key("authorization") {
         return error(StatusCode::BAD_REQUEST, "the key was sent to the CDN");
     }
