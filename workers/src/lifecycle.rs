@@ -259,7 +259,13 @@ impl<'e> Step<'e> {
                     self.engine.announce(&job.id);
                     delivery::dispatch(self.engine, outbox).await;
                 }
-                let next = (due + poll_after.as_millis() as i64).max(now_ms());
+                let after = poll_after.as_millis() as i64;
+                // A check handed out long after it was due (by the reaper, say) counts
+                // from its start instead, rather than polling again at once.
+                let next = match due + after {
+                    next if next > now_ms() => next,
+                    _ => started + after,
+                };
                 schedule(self.engine, job, next).await
             }
             Ok(Polled::Done { outputs }) => {
