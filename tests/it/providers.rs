@@ -805,3 +805,55 @@ async fn a_run_of_outages_falls_through_every_provider(backend: Backend) {
 }
 
 crate::on_both_backends!(a_run_of_outages_falls_through_every_provider);
+
+/// A provider that keeps failing is skipped (its jobs go straight to their next step,
+/// without calling it) until the breaker's cooldown is over; then it is tried again.
+async fn a_failing_provider_is_skipped_for_a_while(backend: Backend) {
+    // An image model: its `local` fallback finishes at once, well within the cooldown.
+    let adapter = &BFL;
+    let fake = (adapter.start)(Behaviour {
+        fail_submits: vec![503; 20],
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_for(backend, adapter, &fake, |c| {
+        c.routing.breaker_threshold = 2;
+        c.routing.breaker_cooldown_ms = 5_000;
+    })
+    .await;
+    let body = || {
+        json!({"models": [adapter.model, adapter.local_model],
+            "input": {"prompt": "a lighthouse at dusk", "size": "256x256"}})
+    };
+    for _ in 0..2 {
+        let job = run_to_end(&app, body()).await;
+        assert_eq!(
+            job["attempts"][0]["error"]["code"], "upstream_error",
+            "{job}"
+        );
+    }
+    assert_eq!(submissions(&fake, adapter), 2);
+    // Open: the next job does not call the provider at all.
+    let job = run_to_end(&app, body()).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["provider"], "local", "{job}");
+    assert_eq!(
+        job["attempts"][0]["error"]["code"], "provider_unavailable",
+        "{job}"
+    );
+    assert_eq!(submissions(&fake, adapter), 2, "skipped while open");
+    // After the cooldown one call is let through again.
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    let job = run_to_end(&app, body()).await;
+    assert_eq!(
+        job["attempts"][0]["error"]["code"], "upstream_error",
+        "{job}"
+    );
+    assert_eq!(
+        submissions(&fake, adapter),
+        3,
+        "tried again after the cooldown"
+    );
+}
+
+crate::on_both_backends!(a_failing_provider_is_skipped_for_a_while);
