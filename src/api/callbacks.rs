@@ -4,20 +4,19 @@
 //! make sense of, so upstreams do not retry what was received.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use mediagate_workers::callbacks::{self, CallbackError, Received};
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::{AppState, RawBody};
 
 pub async fn receive(
     State(state): State<AppState>,
     Path((provider, token)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Json<Value>> {
     match callbacks::receive(&state.engine, &provider, &token, &headers, &body).await {
         Ok(received) => Ok(Json(json!({

@@ -117,13 +117,11 @@ async fn shed_load(State(capacity): State<Arc<Semaphore>>, req: Request, next: N
     next.run(req).await
 }
 
-/// A JSON request body, kept with its raw bytes (idempotency hashes the bytes).
-pub struct JsonBody {
-    pub value: Value,
-    pub raw: Bytes,
-}
+/// A request body's bytes; an unreadable or oversized body is a SPEC error (`413` or
+/// `400`), never axum's plain-text rejection.
+pub struct RawBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -142,6 +140,21 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 )
             }
         })?;
+        Ok(RawBody(raw))
+    }
+}
+
+/// A JSON request body, kept with its raw bytes (idempotency hashes the bytes).
+pub struct JsonBody {
+    pub value: Value,
+    pub raw: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let RawBody(raw) = RawBody::from_request(req, state).await?;
         let value = serde_json::from_slice(&raw).map_err(|e| {
             ApiError::invalid(
                 "invalid_json",

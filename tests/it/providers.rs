@@ -748,6 +748,17 @@ async fn forged_callbacks_are_not_found(backend: Backend) {
     // The genuine URL is accepted (and, the job being still upstream, only wakes it).
     let res = post(format!("/v1/callbacks/bfl/{token}")).await.unwrap();
     assert_eq!(res.status(), 200);
+    // An oversized body is refused in the SPEC's shape too.
+    let res = app
+        .client
+        .post(format!("{}/v1/callbacks/bfl/{token}", app.url))
+        .body(vec![b' '; (16 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large", "{body}");
     let job = app.job(&id).await;
     assert_eq!(job["status"], "in_progress", "{job}");
 }
