@@ -292,6 +292,7 @@ pub fn callback_request_id(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::http::read_with;
 
     #[test]
     fn input_maps_to_fal_fields() {
@@ -367,13 +368,7 @@ mod tests {
 
     #[test]
     fn content_policy_rejections_are_refusals() {
-        let read = |status: u16, body: Value| {
-            read_error(&Failure {
-                status: reqwest::StatusCode::from_u16(status).unwrap(),
-                headers: &reqwest::header::HeaderMap::new(),
-                body: &body,
-            })
-        };
+        let read = |status: u16, body: Value| read_with(read_error, status, &body);
         let flagged = json!({"detail": [{"loc": ["body", "prompt"], "type": "content_policy_violation",
             "msg": "The content could not be processed because it contained material flagged by a content checker."}]});
         assert_eq!(

@@ -563,6 +563,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::providers::http::read_with;
 
     fn blob(data: &str) -> Blob {
         Blob {
@@ -763,13 +764,7 @@ mod tests {
 
     #[test]
     fn error_details_sort_errors() {
-        let read = |status: u16, body: Value| {
-            read_error(&Failure {
-                status: reqwest::StatusCode::from_u16(status).unwrap(),
-                headers: &reqwest::header::HeaderMap::new(),
-                body: &body,
-            })
-        };
+        let read = |status: u16, body: Value| read_with(read_error, status, &body);
         let bad_key = json!({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
             "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
             "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}});

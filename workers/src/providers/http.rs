@@ -255,6 +255,20 @@ impl Upstream {
     }
 }
 
+/// What `read` makes of an answer with `status` and JSON `body` (for adapters' tests).
+#[cfg(test)]
+pub fn read_with(
+    read: ErrorReader,
+    status: u16,
+    body: &Value,
+) -> Option<(ErrorClass, &'static str)> {
+    read(&Failure {
+        status: StatusCode::from_u16(status).expect("a valid status"),
+        headers: &HeaderMap::new(),
+        body,
+    })
+}
+
 /// The one place HTTP statuses become error classes.
 pub fn classify(status: StatusCode, headers: &HeaderMap, message: String) -> ProviderError {
     let (class, code) = match status.as_u16() {
