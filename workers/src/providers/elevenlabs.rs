@@ -10,7 +10,7 @@ use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde_json::{Map, Value, json};
 
-use super::http::{Failure, Upstream};
+use super::http::Upstream;
 use super::http::{inline_locator, inline_media};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
@@ -147,8 +147,8 @@ fn audio_request(model: &str, input: &Value) -> (&'static str, Value) {
 
 /// A prompt ElevenLabs will not set to music (one naming an artist, say) is a 400 with
 /// `detail.status` `bad_prompt`: a refusal, where other 400s are input it could not use.
-fn read_error(failure: &Failure<'_>) -> Option<(ErrorClass, &'static str)> {
-    let status = failure.body.pointer("/detail/status")?.as_str()?;
+fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
+    let status = body.pointer("/detail/status")?.as_str()?;
     status
         .starts_with("bad_prompt")
         .then_some((ErrorClass::Permanent, "upstream_moderated"))

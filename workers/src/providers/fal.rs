@@ -18,7 +18,7 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::{Failure, Upstream, still_running};
+use super::http::{Upstream, still_running};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -145,8 +145,8 @@ fn app_id(model: &str) -> String {
 
 /// fal answers a content-policy violation with 422 and `detail[].type`
 /// `content_policy_violation`: a refusal, where other 422s are input it could not use.
-fn read_error(failure: &Failure<'_>) -> Option<(ErrorClass, &'static str)> {
-    let details = failure.body["detail"].as_array()?;
+fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
+    let details = body["detail"].as_array()?;
     details
         .iter()
         .any(|d| d["type"] == "content_policy_violation")
@@ -292,7 +292,6 @@ pub fn callback_request_id(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::http::read_with;
 
     #[test]
     fn input_maps_to_fal_fields() {
@@ -368,16 +367,16 @@ mod tests {
 
     #[test]
     fn content_policy_rejections_are_refusals() {
-        let read = |status: u16, body: Value| read_with(read_error, status, &body);
+        let read = |body: Value| read_error(&body);
         let flagged = json!({"detail": [{"loc": ["body", "prompt"], "type": "content_policy_violation",
             "msg": "The content could not be processed because it contained material flagged by a content checker."}]});
         assert_eq!(
-            read(422, flagged),
+            read(flagged),
             Some((ErrorClass::Permanent, "upstream_moderated"))
         );
         let invalid = json!({"detail": [{"loc": ["body", "prompt"], "type": "missing",
             "msg": "field required"}]});
-        assert_eq!(read(422, invalid), None, "the status decides");
-        assert_eq!(read(500, Value::Null), None);
+        assert_eq!(read(invalid), None, "the status decides");
+        assert_eq!(read(Value::Null), None);
     }
 }

@@ -25,7 +25,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Map, Value, json};
 
-use super::http::{Failure, Upstream};
+use super::http::Upstream;
 use super::http::{inline_locator, inline_media};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
@@ -532,8 +532,8 @@ fn gemini_outputs(answer: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
 /// Errors are google.rpc.Status with typed `details`. A key Google refuses is a 400 with
 /// an ErrorInfo reason `API_KEY_INVALID` (or another `API_KEY_*`): about our key, not the
 /// input. A 429 gives its wait as RetryInfo's `retryDelay` ("17s"), not as `Retry-After`.
-fn read_error(failure: &Failure<'_>) -> Option<(ErrorClass, &'static str)> {
-    let details = failure.body.pointer("/error/details")?.as_array()?;
+fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
+    let details = body.pointer("/error/details")?.as_array()?;
     details.iter().find_map(|detail| {
         let kind = detail["@type"].as_str()?;
         if kind.ends_with("google.rpc.ErrorInfo") {
@@ -563,7 +563,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::providers::http::read_with;
 
     fn blob(data: &str) -> Blob {
         Blob {
@@ -764,19 +763,19 @@ mod tests {
 
     #[test]
     fn error_details_sort_errors() {
-        let read = |status: u16, body: Value| read_with(read_error, status, &body);
+        let read = |body: Value| read_error(&body);
         let bad_key = json!({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
             "status": "INVALID_ARGUMENT", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
             "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}});
         assert_eq!(
-            read(400, bad_key),
+            read(bad_key),
             Some((ErrorClass::Unauthorized, "upstream_unauthorized"))
         );
         let quota = json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
             {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}]}});
         assert_eq!(
-            read(429, quota),
+            read(quota),
             Some((
                 ErrorClass::RateLimited {
                     retry_after: Duration::from_secs(17)
@@ -786,7 +785,7 @@ mod tests {
         );
         let invalid = json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
             "message": "durationSeconds out of bound"}});
-        assert_eq!(read(400, invalid), None, "the status decides");
-        assert_eq!(read(503, Value::Null), None);
+        assert_eq!(read(invalid), None, "the status decides");
+        assert_eq!(read(Value::Null), None);
     }
 }

@@ -30,18 +30,11 @@ pub fn client(settings: &ProviderSettings) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("HTTP client: {e}"))
 }
 
-/// A non-2xx answer, for an adapter to read what its provider says beyond the status:
-/// `body` is the parsed JSON (`Value::Null` if it was not JSON).
-pub struct Failure<'a> {
-    pub status: StatusCode,
-    pub headers: &'a HeaderMap,
-    pub body: &'a Value,
-}
-
-/// An adapter's reading of its provider's error bodies: the class and code that replace
-/// the HTTP status's, when the body says more (a moderation code, a machine-readable
-/// reason, a retry hint). `None` leaves the status to decide.
-pub type ErrorReader = fn(&Failure<'_>) -> Option<(ErrorClass, &'static str)>;
+/// An adapter's reading of its provider's error bodies (the JSON, `Value::Null` if the
+/// body was not JSON): the class and code that replace the HTTP status's, when the body
+/// says more (a moderation code, a machine-readable reason, a retry hint). `None` leaves
+/// the status to decide.
+pub type ErrorReader = fn(&Value) -> Option<(ErrorClass, &'static str)>;
 
 /// One provider's connection: base URL, key, client and a cap on calls in flight.
 #[derive(Clone)]
@@ -171,12 +164,7 @@ impl Upstream {
             self.redact(&upstream_message(&text))
         );
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let failure = Failure {
-            status,
-            headers: &headers,
-            body: &body,
-        };
-        match self.read_error.and_then(|read| read(&failure)) {
+        match self.read_error.and_then(|read| read(&body)) {
             Some((class, code)) => ProviderError::new(class, code, message),
             None => classify(status, &headers, message),
         }
@@ -253,20 +241,6 @@ impl Upstream {
             bytes,
         })
     }
-}
-
-/// What `read` makes of an answer with `status` and JSON `body` (for adapters' tests).
-#[cfg(test)]
-pub fn read_with(
-    read: ErrorReader,
-    status: u16,
-    body: &Value,
-) -> Option<(ErrorClass, &'static str)> {
-    read(&Failure {
-        status: StatusCode::from_u16(status).expect("a valid status"),
-        headers: &HeaderMap::new(),
-        body,
-    })
 }
 
 /// The one place HTTP statuses become error classes.

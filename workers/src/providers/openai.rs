@@ -16,7 +16,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Map, Value, json};
 
-use super::http::{Failure, Upstream, inline_locator, inline_media, still_running};
+use super::http::{Upstream, inline_locator, inline_media, still_running};
 use super::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -355,8 +355,8 @@ fn image_outputs(answer: &Value) -> Vec<UpstreamOutput> {
 /// The safety system refuses an image prompt with a 400 whose `error.code` is
 /// `moderation_blocked` (`content_policy_violation` on older models): a refusal, where
 /// other 400s are input it could not use.
-fn read_error(failure: &Failure<'_>) -> Option<(ErrorClass, &'static str)> {
-    let code = failure.body.pointer("/error/code")?.as_str()?;
+fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
+    let code = body.pointer("/error/code")?.as_str()?;
     is_moderation_code(code).then_some((ErrorClass::Permanent, "upstream_moderated"))
 }
 
