@@ -76,8 +76,9 @@ pub struct ProviderConfig {
     pub enabled: bool,
     /// Longest one upstream request may take.
     pub timeout_ms: u64,
-    /// Upstream calls one process makes at once to this provider.
-    pub max_concurrency: usize,
+    /// Upstream calls one process makes at once to this provider (for `local`: renders
+    /// at once). Defaults to 64, and for `local` to the number of cores.
+    pub max_concurrency: Option<usize>,
     /// How often to poll when the upstream gives no hint.
     pub poll_interval_ms: u64,
     /// How often to poll, as a safety net, a job the upstream will call us back about.
@@ -87,6 +88,9 @@ pub struct ProviderConfig {
     pub webhook_secret_env: Option<String>,
 }
 
+/// Upstream calls at once to a remote provider, unless its section says otherwise.
+const DEFAULT_PROVIDER_CONCURRENCY: usize = 64;
+
 impl Default for ProviderConfig {
     fn default() -> Self {
         Self {
@@ -94,7 +98,7 @@ impl Default for ProviderConfig {
             api_key_env: None,
             enabled: true,
             timeout_ms: 60_000,
-            max_concurrency: 64,
+            max_concurrency: None,
             poll_interval_ms: 5_000,
             callback_poll_interval_ms: 30_000,
             webhook_secret_env: None,
@@ -142,6 +146,9 @@ pub struct JobsConfig {
     pub reaper_grace_ms: u64,
     pub task_timeout_secs: u64,
     pub worker_concurrency: usize,
+    /// Failed steps (an error, or a step longer than `task_timeout_secs`) after which a
+    /// job fails rather than being tried again.
+    pub max_step_failures: u32,
     pub file_url_ttl_secs: u64,
 }
 
@@ -286,6 +293,7 @@ impl Default for JobsConfig {
             reaper_grace_ms: e.reaper_grace.as_millis() as u64,
             task_timeout_secs: e.task_timeout.as_secs(),
             worker_concurrency: e.worker_concurrency,
+            max_step_failures: e.max_step_failures,
             file_url_ttl_secs: e.file_url_ttl.as_secs(),
         }
     }
@@ -319,7 +327,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
         self.webhook_allow()?;
         self.webhooks.delivery()?;
@@ -344,6 +352,29 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "queue.poll_interval_ms must be at least 1".into(),
             ));
+        }
+        let j = &self.jobs;
+        for (name, value) in [
+            ("jobs.worker_concurrency", j.worker_concurrency as u64),
+            ("jobs.task_timeout_secs", j.task_timeout_secs),
+            ("jobs.deadline_secs", j.deadline_secs),
+            ("jobs.reaper_interval_ms", j.reaper_interval_ms),
+            ("jobs.max_step_failures", u64::from(j.max_step_failures)),
+            ("jobs.file_url_ttl_secs", j.file_url_ttl_secs),
+            (
+                "queue.heartbeat_interval_ms",
+                self.queue.heartbeat_interval_ms,
+            ),
+            (
+                "queue.missed_heartbeats",
+                self.queue.missed_heartbeats as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at least 1 (0 would stop work or end it at once)"
+                )));
+            }
         }
         // A step holds its job for task_timeout. An upstream call allowed to outlast it
         // would see the step abandoned and the job submitted again (and paid twice).
@@ -379,6 +410,33 @@ impl Config {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("mediagate.db").display()))
+    }
+
+    /// The embedded database's file, when the database is embedded.
+    pub fn embedded_database_path(&self) -> Option<PathBuf> {
+        let url = self.database_url();
+        let path = url
+            .strip_prefix("sqlite://")
+            .or(url.strip_prefix("sqlite:"))?;
+        let path = path.split('?').next().unwrap_or(path);
+        Some(absolute(Path::new(path)))
+    }
+
+    /// The database, for people: the embedded file's absolute path, or the server URL
+    /// without its password.
+    pub fn database_display(&self) -> String {
+        if let Some(path) = self.embedded_database_path() {
+            return path.display().to_string();
+        }
+        let url = self.database_url();
+        match url.split_once("://").and_then(|(scheme, rest)| {
+            let (auth, host) = rest.split_once('@')?;
+            let user = auth.split(':').next().unwrap_or(auth);
+            Some(format!("{scheme}://{user}@{host}"))
+        }) {
+            Some(redacted) => redacted,
+            None => url,
+        }
     }
 
     pub fn storage_url(&self) -> String {
@@ -432,6 +490,7 @@ impl Config {
             reaper_grace: Duration::from_millis(j.reaper_grace_ms),
             task_timeout: Duration::from_secs(j.task_timeout_secs),
             worker_concurrency: j.worker_concurrency,
+            max_step_failures: j.max_step_failures,
             webhook_allow: self.webhook_allow()?,
             delivery: self.webhooks.delivery()?,
             catalog: self.catalog()?,
@@ -467,7 +526,7 @@ impl Config {
             let key_env = p.api_key_env.as_deref().unwrap_or(defaults.api_key_env);
             let api_key = std::env::var(key_env).ok().filter(|k| !k.trim().is_empty());
             if p.timeout_ms == 0
-                || p.max_concurrency == 0
+                || p.max_concurrency == Some(0)
                 || p.poll_interval_ms == 0
                 || p.callback_poll_interval_ms == 0
             {
@@ -493,7 +552,11 @@ impl Config {
                     api_key,
                     enabled: p.enabled,
                     timeout: Duration::from_millis(p.timeout_ms),
-                    max_concurrency: p.max_concurrency,
+                    max_concurrency: p.max_concurrency.unwrap_or(if name == "local" {
+                        providers::local::cores()
+                    } else {
+                        DEFAULT_PROVIDER_CONCURRENCY
+                    }),
                     poll_interval: Duration::from_millis(p.poll_interval_ms),
                     callback_poll_interval: Duration::from_millis(p.callback_poll_interval_ms),
                     webhook_secret,

@@ -83,6 +83,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
+    let database = config.database_display();
+    let created_database = config.embedded_database_path().is_some_and(|p| !p.exists());
     let store = app::open_store(config, 2).await?;
     match cmd {
         KeysCommand::Create { name, account } => {
@@ -90,7 +92,17 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             let id = store
                 .insert_key(&account, &name, &hash_key(&key), &key[..10])
                 .await?;
-            eprintln!("created key {id} for account {account}; it is shown only once");
+            eprintln!(
+                "created key {id} for account {account} in the database {database}; it is \
+                 shown only once, and works only with a server using that database"
+            );
+            if created_database {
+                eprintln!(
+                    "note: that database did not exist until now. If your server runs from \
+                     another folder, run this command there, or give both the same \
+                     MEDIAGATE_DATA_DIR (or MEDIAGATE_DATABASE_URL)"
+                );
+            }
             println!("{key}");
         }
         KeysCommand::List => {

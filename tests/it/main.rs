@@ -16,3 +16,4 @@ mod redis_restart;
 mod webhook_delivery;
 mod webhook_secrets;
 mod webhook_signing;
+mod worker_limits;

@@ -19,6 +19,7 @@ pub mod render;
 pub mod routing;
 pub mod storage;
 pub mod store;
+pub mod watchdog;
 pub mod webhooks;
 pub mod worker;
 
@@ -71,6 +72,9 @@ pub struct EngineConfig {
     pub task_timeout: Duration,
     /// Tasks one worker process runs at once (they mostly wait on I/O).
     pub worker_concurrency: usize,
+    /// Failed steps (an error, or longer than `task_timeout`) after which a job fails
+    /// instead of being tried again.
+    pub max_step_failures: u32,
     /// Private ranges webhooks may reach despite the SSRF guard.
     pub webhook_allow: AllowList,
     pub delivery: DeliveryConfig,
@@ -98,6 +102,7 @@ impl Default for EngineConfig {
             reaper_grace: Duration::from_secs(30),
             task_timeout: Duration::from_secs(120),
             worker_concurrency: 256,
+            max_step_failures: 5,
             webhook_allow: AllowList::default(),
             delivery: DeliveryConfig::default(),
             catalog: Catalog::builtin(),
@@ -118,6 +123,8 @@ pub struct Engine {
     /// Providers being skipped after repeated failures.
     pub breakers: Breakers,
     pub config: EngineConfig,
+    /// Names this deployment's database; its queue namespace is bound to it.
+    pub deployment_id: String,
     pub signer: FileSigner,
     /// Makes and checks the tokens of upstream callback URLs.
     pub callback_signer: CallbackSigner,
@@ -138,6 +145,10 @@ const FILE_URL_KEY: &str = "file_url_key";
 /// Name of the stored setting that keys upstream callback tokens.
 const CALLBACK_KEY: &str = "callback_key";
 
+/// Name of the stored setting that names this deployment's database, to which its Redis
+/// queue namespace is bound.
+const DEPLOYMENT_ID: &str = "deployment_id";
+
 impl Engine {
     /// Assembles an engine from connected parts; the file-link key comes from the store so
     /// that every process signs alike.
@@ -152,6 +163,12 @@ impl Engine {
             config.file_url_ttl.as_secs() as i64,
         );
         let callback_signer = CallbackSigner::new(shared_key(&store, CALLBACK_KEY).await?);
+        let deployment_id = store
+            .setting_or_init(DEPLOYMENT_ID, || {
+                format!("dep_{}", uuid::Uuid::now_v7().simple())
+            })
+            .await?;
+        queue.claim_namespace(&deployment_id).await?;
         let webhook_client =
             ssrf::delivery_client(config.webhook_allow.clone(), config.delivery.timeout)
                 .map_err(|e| EngineError::Internal(format!("webhook client: {e}")))?;
@@ -166,6 +183,7 @@ impl Engine {
             providers,
             breakers,
             config,
+            deployment_id,
             signer,
             callback_signer,
             webhook_client,

@@ -18,12 +18,15 @@ use crate::providers::{
 use crate::queue::Advance;
 use crate::store::{events, job_attempts, jobs};
 use crate::webhooks::delivery;
-use crate::{Engine, EngineError};
+use crate::{Engine, EngineError, watchdog};
 
 /// Moves the job named by `task` one step forward. Stale, duplicate and late tasks end
 /// quietly: the row says what is true.
 pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError> {
     let Some(job) = engine.store.job(&task.job_id).await? else {
+        // Jobs are never deleted: a task for a job this database lacks was pushed by
+        // another deployment sharing the queue namespace.
+        tracing::warn!(job_id = %task.job_id, "task for a job this database does not have (another deployment on the same queue namespace?); dropped");
         return Ok(());
     };
     if job.status.is_terminal() || job.check_seq != task.seq {
@@ -86,6 +89,76 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
         (JobStatus::InProgress, Some(upstream_id)) => step.poll(&job, &upstream_id).await,
         _ => Ok(()),
     }
+}
+
+/// Runs one step of the job named by `task`, cut off after `task_timeout` without a sign
+/// of life ([`watchdog`]); while it shows them, its lease on the job is renewed. A step
+/// that fails or is cut off counts against the job ([`step_failed`]). Returns an error
+/// only when even that could not be recorded (the database is out of reach).
+pub async fn run_step(engine: &Engine, task: &Advance) -> Result<(), EngineError> {
+    let limit = engine.config.task_timeout;
+    let renew = || async {
+        let until = lease_until(engine, now_ms());
+        if let Ok(mut conn) = engine.store.pool().acquire().await {
+            // Best effort: a job that moved on is not leased, and the step's own guarded
+            // writes then find it moved on too.
+            let _ = jobs::lease(&mut conn, &task.job_id, task.seq, until).await;
+        }
+    };
+    let reason = match watchdog::watched(limit, renew, advance(engine, task)).await {
+        Some(Ok(())) => return Ok(()),
+        Some(Err(e)) => e.to_string(),
+        None => format!("the step went {} s without progress", limit.as_secs()),
+    };
+    step_failed(engine, task, &reason).await
+}
+
+/// Counts a failed step. Below `max_step_failures` the job is checked again after a
+/// backoff; at it, the job fails with `internal_error`, so that a job whose writes keep
+/// failing (or whose step never ends in time) stops instead of being retried for ever.
+pub async fn step_failed(engine: &Engine, task: &Advance, reason: &str) -> Result<(), EngineError> {
+    let job_id = task.job_id.as_str();
+    let mut conn = engine.store.pool().acquire().await?;
+    let Some(failures) = jobs::count_step_failure(&mut conn, job_id).await? else {
+        return Ok(());
+    };
+    let cfg = &engine.config;
+    if failures < i64::from(cfg.max_step_failures) {
+        tracing::warn!(job_id, failures, reason, "job step failed; trying again");
+        let delay = backoff(cfg.retry_base, cfg.retry_max, failures as u32);
+        let at = now_ms() + delay.as_millis() as i64;
+        if jobs::schedule_check(&mut conn, job_id, task.seq, at).await? {
+            drop(conn);
+            push_next(engine, job_id, task.seq + 1, at).await;
+        }
+        return Ok(());
+    }
+    drop(conn);
+    tracing::error!(
+        job_id,
+        failures,
+        reason,
+        "job failed: its steps keep failing"
+    );
+    let error = JobError {
+        code: "internal_error".to_owned(),
+        message: format!(
+            "mediagate could not move this job forward ({failures} failed steps; last: {reason})"
+        ),
+    };
+    match end_job(engine, job_id, JobStatus::Failed, Some(&error)).await {
+        Ok(Some(job)) => cancel_upstream(engine, &job).await,
+        Ok(None) => {}
+        Err(e) => {
+            // Its event cannot be written either: end the row alone, without an event.
+            tracing::error!(job_id, error = %e, "could not record the failure's event; failing the job without one");
+            let mut conn = engine.store.pool().acquire().await?;
+            if jobs::force_fail(&mut conn, job_id, &error, now_ms()).await? {
+                engine.announce(job_id);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Until when a step that starts `now` may hold the job: as long as a task may run.

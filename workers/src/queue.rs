@@ -16,6 +16,9 @@ use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+/// apalis-redis' server-wide list of queues, written whenever a worker registers.
+const APALIS_QUEUE_LIST: &str = "core:apalis:queues:list";
+
 /// Pushes a built task into either backend's storage (they differ only in type).
 macro_rules! push {
     ($storage:expr, $task:expr) => {
@@ -88,6 +91,12 @@ pub enum QueueError {
     Dir(#[from] std::io::Error),
     #[error("queue maintenance: {0}")]
     Vacuum(String),
+    #[error(
+        "the queue namespace {prefix:?} on this Redis belongs to another deployment (another \
+         database: {owner}); two deployments sharing it would take each other's tasks. Give \
+         this one its own namespace with MEDIAGATE_QUEUE__PREFIX, or its own Redis"
+    )]
+    Foreign { prefix: String, owner: String },
 }
 
 /// Tuning shared by both backends.
@@ -313,6 +322,40 @@ impl Queue {
                 Ok(removed)
             }
         }
+    }
+
+    /// Binds this queue namespace to the deployment whose database is named `owner` (an id
+    /// stored in that database), or fails if another deployment's database holds it. With
+    /// the embedded queue, the queue file sits in the deployment's own data directory, so
+    /// there is nothing to bind. Called at start and again by every reaper sweep, which also
+    /// takes our queues out of apalis' global list of queues (one entry per queue ever
+    /// seen on the server, whatever its prefix): a Redis restarted empty is claimed again.
+    pub async fn claim_namespace(&self, owner: &str) -> Result<(), QueueError> {
+        let Backend::Redis { advance, deliver } = &self.backend else {
+            return Ok(());
+        };
+        let mut conn = advance.clone().get_connection().clone();
+        let key = format!("{}:owner", self.settings.prefix);
+        let (_, holder, _): (Option<String>, String, i64) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(owner)
+            .arg("NX")
+            .cmd("GET")
+            .arg(&key)
+            .cmd("ZREM")
+            .arg(APALIS_QUEUE_LIST)
+            .arg(advance.get_config().workers_set())
+            .arg(deliver.get_config().workers_set())
+            .query_async(&mut conn)
+            .await?;
+        if holder != owner {
+            return Err(QueueError::Foreign {
+                prefix: self.settings.prefix.clone(),
+                owner: holder,
+            });
+        }
+        Ok(())
     }
 
     /// Whether the queue's store answers.

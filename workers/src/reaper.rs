@@ -49,6 +49,9 @@ pub async fn run(engine: &Engine, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(engine.config.reaper_interval) => {}
         }
+        if let Err(e) = engine.queue.claim_namespace(&engine.deployment_id).await {
+            tracing::error!(error = %e, "queue namespace check failed");
+        }
         if let Err(e) = reap_once(engine).await {
             tracing::warn!(error = %e, "reaper sweep failed");
         }

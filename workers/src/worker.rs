@@ -32,14 +32,15 @@ async fn handle_advance(
         let engine = (*engine).clone();
         inflight.spawn(async move {
             tokio::time::sleep(early).await;
-            if let Err(e) = lifecycle::advance(&engine, &task).await {
+            if let Err(e) = lifecycle::run_step(&engine, &task).await {
                 tracing::warn!(id = %task.job_id, error = %e, "job step failed");
             }
         });
         return Ok(());
     }
-    // On failure the job row keeps its due time; the reaper hands it out again.
-    let step = lifecycle::advance(&engine, &task);
+    // The step is bounded and its failures counted in `run_step`; an error here means the
+    // database is out of reach, and the job row keeps its due time for the reaper.
+    let step = lifecycle::run_step(&engine, &task);
     tracked(&inflight, step, "job step", &task.job_id).await
 }
 
@@ -87,7 +88,11 @@ pub async fn run(
     let name = unique_worker_name();
     tracing::info!(worker = %name, "worker starting");
     let inflight = TaskTracker::new();
-    let timeout = engine.config.task_timeout;
+    // Job steps are bounded by their watchdog in `lifecycle::run_step` (a render may run
+    // longer than `task_timeout` while it shows progress); apalis' limit is only a
+    // backstop there, at the job deadline that no step can usefully outlive.
+    let step_backstop = engine.config.job_deadline;
+    let attempt_timeout = engine.config.task_timeout;
     let monitor = Monitor::new()
         .shutdown_timeout(drain)
         .should_restart(|ctx, err| {
@@ -96,7 +101,7 @@ pub async fn run(
         });
     // The two backends differ only in type, so one macro builds a worker for either.
     macro_rules! register {
-        ($monitor:expr, $storage:expr, $queue:expr, $concurrency:expr, $handler:expr) => {{
+        ($monitor:expr, $storage:expr, $queue:expr, $concurrency:expr, $timeout:expr, $handler:expr) => {{
             let (storage, engine, inflight) = ($storage, engine.clone(), inflight.clone());
             let (label, name) = ($queue, name.clone());
             $monitor.register(move |run| {
@@ -111,7 +116,7 @@ pub async fn run(
                     .concurrency($concurrency)
                     .parallelize(tokio::spawn)
                     .catch_panic()
-                    .timeout(timeout)
+                    .timeout($timeout)
                     .build($handler)
             })
         }};
@@ -120,22 +125,38 @@ pub async fn run(
     let attempts = engine.config.delivery.concurrency;
     let monitor = match engine.queue.backend().clone() {
         Backend::Embedded { advance, deliver } => {
-            let monitor = register!(monitor, advance, QueueName::Advance, jobs, handle_advance);
+            let monitor = register!(
+                monitor,
+                advance,
+                QueueName::Advance,
+                jobs,
+                step_backstop,
+                handle_advance
+            );
             register!(
                 monitor,
                 deliver,
                 QueueName::Deliver,
                 attempts,
+                attempt_timeout,
                 handle_deliver
             )
         }
         Backend::Redis { advance, deliver } => {
-            let monitor = register!(monitor, advance, QueueName::Advance, jobs, handle_advance);
+            let monitor = register!(
+                monitor,
+                advance,
+                QueueName::Advance,
+                jobs,
+                step_backstop,
+                handle_advance
+            );
             register!(
                 monitor,
                 deliver,
                 QueueName::Deliver,
                 attempts,
+                attempt_timeout,
                 handle_deliver
             )
         }
@@ -143,15 +164,30 @@ pub async fn run(
     let reaper_engine = engine.clone();
     let reaper_stop = shutdown.clone();
     let reaper = reaper::run(&reaper_engine, reaper_stop);
-    let signal = async move {
-        shutdown.cancelled().await;
-        Ok(())
+    // One drain for the whole stop: the monitor's shutdown and the wait for detached steps
+    // share it, counted from the signal.
+    let stop_requested = std::sync::Arc::new(std::sync::OnceLock::new());
+    let signal = {
+        let stop_requested = stop_requested.clone();
+        async move {
+            shutdown.cancelled().await;
+            let _ = stop_requested.set(tokio::time::Instant::now());
+            Ok(())
+        }
     };
     let (result, ()) = tokio::join!(monitor.run_with_signal(signal), reaper);
     // No new work is fetched now; let the steps under way finish. Whatever is cut short
     // is picked up elsewhere (orphan recovery, then the reaper).
     inflight.close();
-    if tokio::time::timeout(drain, inflight.wait()).await.is_err() {
+    let drain_ends = stop_requested
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now)
+        + drain;
+    if tokio::time::timeout_at(drain_ends, inflight.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             left = inflight.len(),
             "drain time over; abandoning unfinished steps"

@@ -1,22 +1,164 @@
 //! The built-in `local` provider: no network, real media, deterministic for a prompt and
 //! seed. It behaves like an asynchronous upstream (submit, then poll until the simulated
 //! latency has passed) and takes `input.simulate` knobs for tests and load runs.
+//!
+//! Rendering is CPU-bound and cannot be cancelled once started, so it runs in a pool with
+//! one slot per core ([`RenderPool`]). A job whose render cannot start yet is told to look
+//! again later, like an upstream whose job is still queued: the wait costs no worker slot
+//! and no lease, so however many renders are submitted, each runs once, at full speed.
 
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{ErrorClass, Media, Polled, ProviderCall, ProviderError, Submitted, UpstreamOutput};
 use crate::catalog::{ASPECT_RATIOS, VIDEO_RESOLUTIONS, parse_size};
 use crate::ids::now_ms;
-use crate::render;
+use crate::{render, watchdog};
 
 pub const PROVIDER_TYPE: &str = "local";
 
 const VIDEO_FPS: u32 = 24;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Local;
+/// How often a running render tells the step watchdog it is still working.
+const SIGN_OF_LIFE_EVERY: Duration = Duration::from_millis(500);
+
+/// How soon a job waiting for a render slot looks again.
+const RENDER_WAIT_POLL: Duration = Duration::from_millis(250);
+
+/// How long a waiting job keeps its place in line without asking again (it asks every
+/// `RENDER_WAIT_POLL` while it waits).
+const PLACE_KEPT_FOR: Duration = Duration::from_secs(5);
+
+/// How long a slot set aside for a job's render waits for that step's fetch. The fetch
+/// follows the check in the same step, moments later; a step that died in between gives
+/// its slot back after this.
+const RESERVATION_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Local {
+    pool: RenderPool,
+}
+
+impl Default for Local {
+    /// One render per core.
+    fn default() -> Self {
+        Local::new(cores())
+    }
+}
+
+/// The cores this process may use (1 if unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Renders one process runs at once. A check that finds a job ready to render sets a slot
+/// aside for it (`reserve`); the step's fetch then renders in that slot. Jobs that find
+/// every slot busy get one in the order they first asked.
+#[derive(Debug, Clone)]
+pub struct RenderPool {
+    slots: Arc<Semaphore>,
+    state: Arc<Mutex<Waiting>>,
+    started: Arc<AtomicU64>,
+}
+
+/// Slots set aside, and the jobs waiting for one (oldest first, with when each last
+/// asked: a job that stopped asking, cancelled say, loses its place).
+#[derive(Debug, Default)]
+struct Waiting {
+    reserved: HashMap<String, (OwnedSemaphorePermit, Instant)>,
+    line: VecDeque<(String, Instant)>,
+}
+
+impl RenderPool {
+    fn new(slots: usize) -> Self {
+        RenderPool {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            state: Arc::default(),
+            started: Arc::default(),
+        }
+    }
+
+    /// Sets a slot aside for `job_id`'s render; false if every slot is busy or taken by
+    /// a job that has waited longer.
+    fn reserve(&self, job_id: &str) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Waiting { reserved, line } = &mut *state;
+        reserved.retain(|_, (_, at)| at.elapsed() < RESERVATION_TTL);
+        if reserved.contains_key(job_id) {
+            return true;
+        }
+        line.retain(|(_, asked)| asked.elapsed() < PLACE_KEPT_FOR);
+        let place = match line.iter().position(|(id, _)| id == job_id) {
+            Some(place) => {
+                line[place].1 = Instant::now();
+                place
+            }
+            None => {
+                line.push_back((job_id.to_owned(), Instant::now()));
+                line.len() - 1
+            }
+        };
+        if place >= self.slots.available_permits() {
+            return false;
+        }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                line.remove(place);
+                reserved.insert(job_id.to_owned(), (permit, Instant::now()));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Runs `render` on a blocking thread in `job_id`'s reserved slot, or in the next free
+    /// one. The slot is held until the render ends, even if the caller stops waiting: an
+    /// abandoned render still occupies its core.
+    async fn run<T: Send + 'static>(
+        &self,
+        job_id: &str,
+        render: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let reserved = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reserved
+            .remove(job_id);
+        let permit = match reserved {
+            Some((permit, _)) => permit,
+            None => self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the render pool is never closed"),
+        };
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let rendering = tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            render()
+        });
+        tokio::pin!(rendering);
+        // A render is work in progress however long it takes: the step stays alive.
+        loop {
+            tokio::select! {
+                done = &mut rendering => return done,
+                _ = tokio::time::sleep(SIGN_OF_LIFE_EVERY) => watchdog::alive(),
+            }
+        }
+    }
+
+    /// Renders started by this process so far.
+    pub fn renders_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+}
 
 /// The `input.simulate` knobs, with per-model defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +221,17 @@ impl Simulate {
 }
 
 impl Local {
+    /// A local provider rendering at most `renders` media at once.
+    pub fn new(renders: usize) -> Self {
+        Local {
+            pool: RenderPool::new(renders),
+        }
+    }
+
+    pub fn pool(&self) -> &RenderPool {
+        &self.pool
+    }
+
     pub fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let sim = Simulate::from_call(call);
         sim.check(call)?;
@@ -91,6 +244,12 @@ impl Local {
         }
         let upstream_id = format!("local_{}", call.job_id.trim_start_matches("job_"));
         if sim.latency_ms == 0 {
+            if !self.pool.reserve(call.job_id) {
+                return Ok(Submitted::Pending {
+                    upstream_id,
+                    poll_after: RENDER_WAIT_POLL,
+                });
+            }
             return Ok(Submitted::Done {
                 upstream_id,
                 outputs: vec![output()],
@@ -111,6 +270,14 @@ impl Local {
         sim.check(call)?;
         let elapsed = (now_ms() - call.submitted_at).max(0) as u64;
         if elapsed >= sim.latency_ms {
+            if !self.pool.reserve(call.job_id) {
+                // Ready, but every core is rendering: still in line, like an upstream's
+                // queued job.
+                return Ok(Polled::Pending {
+                    progress: None,
+                    poll_after: RENDER_WAIT_POLL,
+                });
+            }
             return Ok(Polled::Done {
                 outputs: vec![output()],
             });
@@ -133,7 +300,9 @@ impl Local {
         _output: &UpstreamOutput,
     ) -> Result<Media, ProviderError> {
         let spec = RenderSpec::from_call(call);
-        let rendered = tokio::task::spawn_blocking(move || spec.render())
+        let rendered = self
+            .pool
+            .run(call.job_id, move || spec.render())
             .await
             .map_err(|e| {
                 ProviderError::new(
@@ -277,17 +446,19 @@ mod tests {
     fn transient_failures_then_success_and_permanent_rejection() {
         let input = json!({"prompt": "p", "simulate": {"fail": "transient", "fail_times": 2, "latency_ms": 0}});
         for retries in 0..2 {
-            let err = Local
+            let err = Local::default()
                 .submit(&call("image", &input, retries, 0))
                 .unwrap_err();
             assert_eq!(err.class, ErrorClass::Retryable);
         }
         assert!(matches!(
-            Local.submit(&call("image", &input, 2, 0)),
+            Local::default().submit(&call("image", &input, 2, 0)),
             Ok(Submitted::Done { .. })
         ));
         let input = json!({"prompt": "p", "simulate": {"fail": "permanent"}});
-        let err = Local.submit(&call("image", &input, 0, 0)).unwrap_err();
+        let err = Local::default()
+            .submit(&call("image", &input, 0, 0))
+            .unwrap_err();
         assert_eq!(
             (err.class, err.code.as_str()),
             (ErrorClass::Permanent, "upstream_rejected")
@@ -299,10 +470,10 @@ mod tests {
         let input = json!({"prompt": "p", "simulate": {"latency_ms": 60_000, "progress_steps": 4}});
         let now = now_ms();
         assert!(matches!(
-            Local.submit(&call("video", &input, 0, now)),
+            Local::default().submit(&call("video", &input, 0, now)),
             Ok(Submitted::Pending { .. })
         ));
-        match Local
+        match Local::default()
             .poll(&call("video", &input, 0, now - 31_000), "x")
             .unwrap()
         {
@@ -319,9 +490,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            Local.poll(&call("video", &input, 0, now - 61_000), "x"),
+            Local::default().poll(&call("video", &input, 0, now - 61_000), "x"),
             Ok(Polled::Done { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn render_slots_go_to_waiting_jobs_in_the_order_they_asked() {
+        let pool = RenderPool::new(1);
+        assert!(pool.reserve("a"));
+        assert!(!pool.reserve("b"), "the only slot is taken");
+        assert!(!pool.reserve("c"));
+        assert!(pool.reserve("a"), "a keeps its slot until it renders");
+        pool.run("a", || ()).await.unwrap();
+        assert!(!pool.reserve("c"), "b asked first");
+        assert!(pool.reserve("b"));
+        pool.run("b", || ()).await.unwrap();
+        assert!(pool.reserve("c"));
+        assert_eq!(pool.renders_started(), 2);
     }
 
     #[test]

@@ -280,8 +280,8 @@ impl std::fmt::Debug for ProviderSettings {
     }
 }
 
-/// The providers this deployment can use: `local` always, others when configured,
-/// enabled and given a key.
+/// The providers this deployment can use: `local` unless `[providers.local]` disables
+/// it, others when configured, enabled and given a key.
 #[derive(Debug, Clone)]
 pub struct Providers {
     by_name: BTreeMap<String, Provider>,
@@ -292,7 +292,7 @@ impl Default for Providers {
         let mut by_name = BTreeMap::new();
         by_name.insert(
             local::PROVIDER_TYPE.to_owned(),
-            Provider::Local(local::Local),
+            Provider::Local(local::Local::default()),
         );
         Self { by_name }
     }
@@ -342,7 +342,8 @@ pub fn defaults(name: &str) -> Option<Defaults> {
 }
 
 impl Providers {
-    /// `local` plus every configured provider that is enabled and has a key.
+    /// `local` (unless disabled) plus every configured provider that is enabled and has a
+    /// key.
     pub fn from_settings(
         settings: &BTreeMap<String, ProviderSettings>,
     ) -> Result<Providers, String> {
@@ -356,10 +357,12 @@ impl Providers {
             }
             if !s.enabled || (name != local::PROVIDER_TYPE && s.api_key.is_none()) {
                 tracing::info!(provider = %name, "provider not used: disabled or no key");
+                // `local` is there by default; disabling it takes it away.
+                providers.by_name.remove(name);
                 continue;
             }
             let provider = match name.as_str() {
-                local::PROVIDER_TYPE => Provider::Local(local::Local),
+                local::PROVIDER_TYPE => Provider::Local(local::Local::new(s.max_concurrency)),
                 bfl::NAME => Provider::Bfl(bfl::Bfl::new(s)?),
                 openai::NAME => Provider::OpenAi(openai::OpenAi::new(s)?),
                 runway::NAME => Provider::Runway(runway::Runway::new(s)?),

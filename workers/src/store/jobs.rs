@@ -434,6 +434,44 @@ pub async fn switch_route(
     .await
 }
 
+/// Counts a failed step of a pending job; returns the job's failed steps so far, or
+/// `None` if the job is no longer pending. A bare counter, so that it can be written when
+/// the job's other writes cannot.
+pub async fn count_step_failure(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE jobs SET step_failures = step_failures + 1 \
+         WHERE id = $1 AND status IN {PENDING} RETURNING step_failures"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| r.try_get("step_failures")).transpose()
+}
+
+/// Fails a pending job with nothing but its status and error: the last resort for a job
+/// whose event (or row) cannot be written or read. True if the job was pending.
+pub async fn force_fail(
+    conn: &mut AnyConnection,
+    id: &str,
+    error: &JobError,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE jobs SET status = 'failed', error_code = $1, error_message = $2, \
+         completed_at = $3, updated_at = $3 WHERE id = $4 AND status IN {PENDING}"
+    )))
+    .bind(&error.code)
+    .bind(&error.message)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Hands the job's next check to a new task: bumps the fencing sequence if it is still
 /// `seq`. Tasks carrying an older sequence find it changed and stand down.
 pub async fn schedule_check(
