@@ -16,6 +16,32 @@ const COLUMNS: &str = "id, account_id, status, kind, model, provider, input, met
 
 const PENDING: &str = "('queued', 'in_progress')";
 
+/// Most bytes of stored job text one list page reads (input, metadata, webhook, outputs,
+/// route and error). With today's limits a job holds at most ~200 KB, so full pages of 100
+/// fit unless their jobs are near the limits; older rows may be far larger.
+pub const LIST_PAGE_BYTES: i64 = 4 << 20;
+
+/// What `LIST_PAGE_BYTES` counts, as SQL both databases run.
+const ROW_BYTES: &str = "CAST(octet_length(input) + octet_length(metadata) \
+    + COALESCE(octet_length(webhook), 0) + octet_length(outputs) + octet_length(route) \
+    + COALESCE(octet_length(error_message), 0) AS BIGINT)";
+
+/// The ids of `rows` (newest first, with their sizes; one more than `limit` if there are
+/// more) that make a page of at most `limit` rows and `budget` bytes, the first row always
+/// included so a client can get past any row; and whether rows remain after it.
+fn fit_page(rows: &[(String, i64)], limit: usize, budget: i64) -> (Vec<String>, bool) {
+    let mut ids = Vec::new();
+    let mut total = 0i64;
+    for (id, bytes) in rows.iter().take(limit) {
+        total = total.saturating_add(*bytes);
+        if !ids.is_empty() && total > budget {
+            return (ids, true);
+        }
+        ids.push(id.clone());
+    }
+    (ids, rows.len() > limit)
+}
+
 /// A job about to be inserted.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -479,13 +505,19 @@ impl Store {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    /// Newest first; `has_more` says whether another page follows.
+    /// Newest first; `has_more` says whether another page follows. A page also ends
+    /// early once its rows add up to [`LIST_PAGE_BYTES`] (always holding at least one), so
+    /// its memory is bounded however large the rows are, including rows written before
+    /// `input` and `metadata` had limits; the client goes on from `last_id` as usual.
     pub async fn list_jobs(
         &self,
         account_id: &str,
         f: &JobFilter,
     ) -> Result<(Vec<Job>, bool), sqlx::Error> {
-        let mut sql = format!("SELECT {COLUMNS} FROM jobs WHERE account_id = $1");
+        // First the ids and sizes only (the database measures the text without sending
+        // it), then the rows that fit.
+        let mut sql =
+            format!("SELECT id, {ROW_BYTES} AS row_bytes FROM jobs WHERE account_id = $1");
         let mut n = 1;
         let mut next = || {
             n += 1;
@@ -511,16 +543,37 @@ impl Store {
         if let Some(a) = &f.after {
             q = q.bind(a.as_str());
         }
-        let rows = q
+        let sizes = q
             .bind(i64::from(f.limit) + 1)
             .fetch_all(self.pool())
-            .await?;
-        let mut jobs = rows
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("id")?,
+                    r.try_get::<i64, _>("row_bytes")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let (ids, has_more) = fit_page(&sizes, f.limit as usize, LIST_PAGE_BYTES);
+        if ids.is_empty() {
+            return Ok((Vec::new(), has_more));
+        }
+        let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM jobs WHERE account_id = $1 AND id IN ({}) ORDER BY id DESC",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(account_id);
+        for id in &ids {
+            q = q.bind(id.as_str());
+        }
+        let jobs = q
+            .fetch_all(self.pool())
+            .await?
             .iter()
             .map(job_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let has_more = jobs.len() > f.limit as usize;
-        jobs.truncate(f.limit as usize);
         Ok((jobs, has_more))
     }
 
@@ -544,5 +597,30 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("check_seq")?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_page;
+
+    #[test]
+    fn pages_stop_at_the_row_limit_or_the_byte_budget() {
+        let rows = |sizes: &[i64]| -> Vec<(String, i64)> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("j{i}"), *s))
+                .collect()
+        };
+        let ids = |page: (Vec<String>, bool)| (page.0.len(), page.1);
+        assert_eq!(ids(fit_page(&rows(&[1, 1, 1]), 2, 100)), (2, true));
+        assert_eq!(ids(fit_page(&rows(&[1, 1]), 2, 100)), (2, false));
+        assert_eq!(ids(fit_page(&rows(&[60, 40, 1]), 5, 100)), (2, true));
+        assert_eq!(ids(fit_page(&rows(&[60, 41]), 5, 100)), (1, true));
+        // A row larger than the whole budget still comes, alone.
+        assert_eq!(ids(fit_page(&rows(&[500, 1]), 5, 100)), (1, true));
+        assert_eq!(ids(fit_page(&rows(&[500]), 5, 100)), (1, false));
+        assert_eq!(ids(fit_page(&[], 5, 100)), (0, false));
     }
 }
