@@ -120,6 +120,18 @@ async fn unknown_parameters_are_refused_by_name_at_every_level(backend: Backend)
         app.get_json("/v1/webhook-endpoints").await["data"],
         json!([])
     );
+    // The catalog says which names each model takes.
+    let models = app.get_json("/v1/models").await;
+    let image = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "local/image")
+        .expect("local/image listed")
+        .clone();
+    let parameters = image["accepts"]["parameters"].as_array().unwrap();
+    assert!(parameters.contains(&json!("simulate")), "{image}");
+    assert!(!parameters.contains(&json!("duration")), "{image}");
     // The same fields, spelt right, are taken.
     app.submit(job(
         json!({"webhook": {"url": hook, "events": ["job.completed"]},

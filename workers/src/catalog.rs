@@ -189,6 +189,13 @@ impl Model {
         if !self.constraints.is_empty() {
             put("constraints", json!(self.constraints));
         }
+        // Every input field name this model takes; any other is refused by name.
+        let parameters: Vec<&str> = INPUT_FIELDS
+            .iter()
+            .copied()
+            .filter(|f| self.takes(f))
+            .collect();
+        put("parameters", json!(parameters));
         let providers: Vec<Value> = self
             .providers
             .iter()
@@ -485,13 +492,13 @@ pub fn validate_input(model: &Model, input: &Value) -> Result<(), InvalidField> 
     if let Some(list) = &model.aspect_ratios {
         one_of(input, "aspect_ratio", list.iter().map(String::as_str))?;
     }
-    if let Some(size) = obj.get("size").filter(|v| !v.is_null()) {
-        if size.as_str().and_then(parse_size).is_none() {
-            return Err(InvalidField::new(
-                "input.size",
-                "input.size must be WIDTHxHEIGHT with even sides from 64 to 2048, e.g. \"1024x1024\"",
-            ));
-        }
+    if let Some(size) = obj.get("size").filter(|v| !v.is_null())
+        && size.as_str().and_then(parse_size).is_none()
+    {
+        return Err(InvalidField::new(
+            "input.size",
+            "input.size must be WIDTHxHEIGHT with even sides from 64 to 2048, e.g. \"1024x1024\"",
+        ));
     }
     match obj.get("generate_audio") {
         None | Some(Value::Null) => {}
