@@ -6,6 +6,7 @@
 use mediagate_workers::ids::{IdKind, new_id, now_ms};
 use mediagate_workers::job::{JobKind, JobStatus};
 use mediagate_workers::routing::RouteStep;
+use mediagate_workers::store::events;
 use mediagate_workers::store::jobs::{self, NewJob};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -19,6 +20,7 @@ on_both_backends!(
     nul_is_refused_in_every_place_a_client_can_put_it,
     integers_are_plain_digits,
     list_pages_stay_bounded_over_huge_rows,
+    event_batches_stay_bounded_over_huge_rows,
 );
 
 /// Asserts a 400 in the SPEC shape and returns its `error`.
@@ -356,34 +358,9 @@ async fn list_pages_stay_bounded_over_huge_rows(backend: Backend) {
     let account = app.account_id().await;
     const ROWS: usize = 12;
     let mut ids = Vec::new();
-    let mut conn = app.engine().store.pool().acquire().await.unwrap();
     for i in 0..ROWS {
-        let now = now_ms();
-        let new = NewJob {
-            id: new_id(IdKind::Job),
-            account_id: account.clone(),
-            kind: JobKind::Image,
-            model: "local/image".to_owned(),
-            provider: "local".to_owned(),
-            input: json!({"prompt": "p", "junk": format!("{i}{}", "j".repeat(1 << 20))}),
-            metadata: json!({"junk": "m".repeat(64 * 1024)}),
-            webhook: None,
-            route: vec![RouteStep {
-                model: "local/image".to_owned(),
-                provider: "local".to_owned(),
-                upstream_model: "image".to_owned(),
-            }],
-            created_at: now,
-            deadline_at: now + 600_000,
-        };
-        jobs::insert(&mut conn, &new).await.unwrap();
-        // Ended at once, so no worker touches it.
-        jobs::end(&mut conn, &new.id, JobStatus::Cancelled, None, now)
-            .await
-            .unwrap();
-        ids.push(new.id);
+        ids.push(insert_huge_job(&app, &account, i).await);
     }
-    drop(conn);
     ids.reverse(); // newest first, as lists are
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
@@ -415,4 +392,93 @@ async fn list_pages_stay_bounded_over_huge_rows(backend: Backend) {
     }
     assert_eq!(seen, ids, "every row once, newest first");
     assert!(pages >= 3, "{ROWS} rows of 1 MB took {pages} page(s)");
+}
+
+/// A job of about 1 MB (input and metadata past today's limits, as rows from before them
+/// may be), written straight through the store and ended at once so no worker touches it.
+async fn insert_huge_job(app: &TestApp, account: &str, i: usize) -> String {
+    let now = now_ms();
+    let new = NewJob {
+        id: new_id(IdKind::Job),
+        account_id: account.to_owned(),
+        kind: JobKind::Image,
+        model: "local/image".to_owned(),
+        provider: "local".to_owned(),
+        input: json!({"prompt": "p", "junk": format!("{i}{}", "j".repeat(1 << 20))}),
+        metadata: json!({"junk": "m".repeat(64 * 1024)}),
+        webhook: None,
+        route: vec![RouteStep {
+            model: "local/image".to_owned(),
+            provider: "local".to_owned(),
+            upstream_model: "image".to_owned(),
+        }],
+        created_at: now,
+        deadline_at: now + 600_000,
+    };
+    let mut conn = app.engine().store.pool().acquire().await.unwrap();
+    jobs::insert(&mut conn, &new).await.unwrap();
+    jobs::end(&mut conn, &new.id, JobStatus::Cancelled, None, now)
+        .await
+        .unwrap();
+    new.id
+}
+
+/// Every event holds a copy of its job: a stream over a huge job reads its events in
+/// batches bounded in bytes, and still sends every one, in order, ending with the last.
+async fn event_batches_stay_bounded_over_huge_rows(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let account = app.account_id().await;
+    let id = insert_huge_job(&app, &account, 0).await;
+    let data = app.job(&id).await;
+    const EVENTS: usize = 12;
+    let mut conn = app.engine().store.pool().acquire().await.unwrap();
+    for i in 0..EVENTS {
+        let kind = if i + 1 == EVENTS {
+            "job.cancelled"
+        } else {
+            "job.progress"
+        };
+        events::insert(&mut conn, &id, &account, kind, now_ms(), &data)
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    let store = &app.engine().store;
+    let first = store.events_after(&id, 0, 100).await.unwrap();
+    assert!(
+        !first.is_empty() && first.len() < EVENTS,
+        "one batch read {} events of 1 MB",
+        first.len()
+    );
+    let mut seqs: Vec<i64> = first.iter().map(|e| e.seq).collect();
+    loop {
+        let next = store
+            .events_after(&id, *seqs.last().unwrap(), 100)
+            .await
+            .unwrap();
+        if next.is_empty() {
+            break;
+        }
+        seqs.extend(next.iter().map(|e| e.seq));
+    }
+    assert_eq!(seqs.len(), EVENTS);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // The stream sends them all and ends after the terminal one.
+    let text = app
+        .get(&format!("/v1/jobs/{id}/events"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("event: ")
+                .or_else(|| l.strip_prefix("event:"))
+        })
+        .collect();
+    assert_eq!(kinds.len(), EVENTS, "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"job.cancelled"));
 }

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::Store;
+use super::{LIST_PAGE_BYTES, Store, fit_page};
 use crate::job::{Job, JobError, JobKind, JobStatus, StoredOutput};
 use crate::routing::RouteStep;
 
@@ -16,31 +16,10 @@ const COLUMNS: &str = "id, account_id, status, kind, model, provider, input, met
 
 const PENDING: &str = "('queued', 'in_progress')";
 
-/// Most bytes of stored job text one list page reads (input, metadata, webhook, outputs,
-/// route and error). With today's limits a job holds at most ~200 KB, so full pages of 100
-/// fit unless their jobs are near the limits; older rows may be far larger.
-pub const LIST_PAGE_BYTES: i64 = 4 << 20;
-
-/// What `LIST_PAGE_BYTES` counts, as SQL both databases run.
+/// What [`LIST_PAGE_BYTES`] counts, as SQL both databases run.
 const ROW_BYTES: &str = "CAST(octet_length(input) + octet_length(metadata) \
     + COALESCE(octet_length(webhook), 0) + octet_length(outputs) + octet_length(route) \
     + COALESCE(octet_length(error_message), 0) AS BIGINT)";
-
-/// The ids of `rows` (newest first, with their sizes; one more than `limit` if there are
-/// more) that make a page of at most `limit` rows and `budget` bytes, the first row always
-/// included so a client can get past any row; and whether rows remain after it.
-fn fit_page(rows: &[(String, i64)], limit: usize, budget: i64) -> (Vec<String>, bool) {
-    let mut ids = Vec::new();
-    let mut total = 0i64;
-    for (id, bytes) in rows.iter().take(limit) {
-        total = total.saturating_add(*bytes);
-        if !ids.is_empty() && total > budget {
-            return (ids, true);
-        }
-        ids.push(id.clone());
-    }
-    (ids, rows.len() > limit)
-}
 
 /// A job about to be inserted.
 #[derive(Debug, Clone)]
@@ -597,30 +576,5 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("check_seq")?)))
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fit_page;
-
-    #[test]
-    fn pages_stop_at_the_row_limit_or_the_byte_budget() {
-        let rows = |sizes: &[i64]| -> Vec<(String, i64)> {
-            sizes
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("j{i}"), *s))
-                .collect()
-        };
-        let ids = |page: (Vec<String>, bool)| (page.0.len(), page.1);
-        assert_eq!(ids(fit_page(&rows(&[1, 1, 1]), 2, 100)), (2, true));
-        assert_eq!(ids(fit_page(&rows(&[1, 1]), 2, 100)), (2, false));
-        assert_eq!(ids(fit_page(&rows(&[60, 40, 1]), 5, 100)), (2, true));
-        assert_eq!(ids(fit_page(&rows(&[60, 41]), 5, 100)), (1, true));
-        // A row larger than the whole budget still comes, alone.
-        assert_eq!(ids(fit_page(&rows(&[500, 1]), 5, 100)), (1, true));
-        assert_eq!(ids(fit_page(&rows(&[500]), 5, 100)), (1, false));
-        assert_eq!(ids(fit_page(&[], 5, 100)), (0, false));
     }
 }
