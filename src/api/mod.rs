@@ -185,6 +185,17 @@ impl Params {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// `name` as a non-negative integer written in plain digits (no sign, no spaces), or
+    /// `None` when absent; anything else is a 400 naming it with `what` as the message.
+    pub fn digits<T: std::str::FromStr>(&self, name: &str, what: &str) -> ApiResult<Option<T>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(text) => fields::parse_digits(text)
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid("invalid_field", what).with_param(name)),
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
@@ -211,19 +222,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
             }
         }
         Ok(Params(pairs))
-    }
-}
-
-impl Params {
-    /// `name` as a non-negative integer written in plain digits (no sign, no spaces), or
-    /// `None` when absent; anything else is a 400 naming it with `what` as the message.
-    pub fn digits<T: std::str::FromStr>(&self, name: &str, what: &str) -> ApiResult<Option<T>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(text) => fields::parse_digits(text)
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid("invalid_field", what).with_param(name)),
-        }
     }
 }
 
