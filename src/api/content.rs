@@ -21,13 +21,9 @@ pub async fn job_content(
     params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let index = match params.get("index") {
-        None => 0,
-        Some(i) => i.parse::<u32>().map_err(|_| {
-            ApiError::invalid("invalid_field", "index must be a non-negative integer")
-                .with_param("index")
-        })?,
-    };
+    let index = params
+        .digits::<u32>("index", "index must be a non-negative integer")?
+        .unwrap_or(0);
     let job = find_job(&state, &caller.account_id, &id).await?;
     serve(&state, &job, index, &headers).await
 }

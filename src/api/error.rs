@@ -84,7 +84,9 @@ impl ApiError {
 impl From<InvalidField> for ApiError {
     fn from(e: InvalidField) -> Self {
         let param = e.param.clone();
-        let code = if param == "model" || param == "models" {
+        let code = if e.code != "invalid_field" {
+            e.code
+        } else if param == "model" || param == "models" {
             "unknown_model"
         } else {
             "invalid_field"

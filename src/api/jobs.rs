@@ -137,15 +137,12 @@ pub async fn list(
         })?);
     }
     filter.model = params.get("model").map(str::to_owned);
-    if let Some(l) = params.get("limit") {
-        filter.limit = l
-            .parse()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid("invalid_field", "limit must be an integer from 1 to 100")
-                    .with_param("limit")
-            })?;
+    const BAD_LIMIT: &str = "limit must be an integer from 1 to 100";
+    if let Some(l) = params.digits::<u32>("limit", BAD_LIMIT)? {
+        if !(1..=100).contains(&l) {
+            return Err(ApiError::invalid("invalid_field", BAD_LIMIT).with_param("limit"));
+        }
+        filter.limit = l;
     }
     if let Some(a) = params.get("after") {
         if !looks_like(IdKind::Job, a) {

@@ -17,19 +17,22 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, Query, RawPathParams, Request,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mediagate_workers::SharedEngine;
+use mediagate_workers::fields;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use self::error::ApiError;
+use self::error::{ApiError, ApiResult};
 use crate::config::Config;
 
 /// Largest upstream callback body accepted.
@@ -79,6 +82,7 @@ pub fn router(state: AppState) -> Router {
             // prediction), which can be larger than any request a client may send us.
             post(callbacks::receive).layer(DefaultBodyLimit::max(CALLBACK_MAX_BODY)),
         )
+        .route_layer(middleware::from_fn(refuse_unstorable_path))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -161,11 +165,17 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 format!("the request body is not valid JSON: {e}"),
             )
         })?;
+        // Here, so that no handler can forget it: a NUL would pass every check and then
+        // fail each write of the row that holds it, on Postgres.
+        if let Some(bad) = fields::find_unstorable(&value) {
+            return Err(bad.into());
+        }
         Ok(JsonBody { value, raw })
     }
 }
 
-/// Query-string pairs in order; a malformed query string is a 400.
+/// Query-string pairs in order; a malformed query string, or one holding a NUL (`%00`)
+/// in a name or value, is a 400.
 pub struct Params(pub Vec<(String, String)>);
 
 impl Params {
@@ -174,6 +184,17 @@ impl Params {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// `name` as a non-negative integer written in plain digits (no sign, no spaces), or
+    /// `None` when absent; anything else is a 400 naming it with `what` as the message.
+    pub fn digits<T: std::str::FromStr>(&self, name: &str, what: &str) -> ApiResult<Option<T>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(text) => fields::parse_digits(text)
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid("invalid_field", what).with_param(name)),
+        }
     }
 }
 
@@ -189,6 +210,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
                     format!("could not read the query string: {e}"),
                 )
             })?;
+        for (name, value) in &pairs {
+            if name.contains('\0') {
+                return Err(ApiError::invalid(
+                    "invalid_character",
+                    "a query parameter name contains a NUL character (U+0000), which is not allowed",
+                ));
+            }
+            if value.contains('\0') {
+                return Err(fields::nul_in(name).into());
+            }
+        }
         Ok(Params(pairs))
     }
+}
+
+/// A path segment (`/v1/jobs/{id}`) holding a NUL (`%00`) is a 400 naming the segment, as
+/// a JSON field or query value would be, whatever the route does with it.
+async fn refuse_unstorable_path(req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    // A segment that is not UTF-8 is left to the route's own extractor to refuse.
+    if let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await
+        && let Some((name, _)) = params.iter().find(|(_, value)| value.contains('\0'))
+    {
+        return ApiError::from(fields::nul_in(name)).into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
 }

@@ -7,6 +7,7 @@ mod fakes;
 
 mod api_errors;
 mod idempotency;
+mod input_limits;
 mod jobs;
 mod lifecycle;
 mod processes;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::fields;
 use crate::job::JobKind;
 
 /// The catalog shipped with mediagate.
@@ -188,6 +189,13 @@ impl Model {
         if !self.constraints.is_empty() {
             put("constraints", json!(self.constraints));
         }
+        // Every input field name this model takes; any other is refused by name.
+        let parameters: Vec<&str> = INPUT_FIELDS
+            .iter()
+            .copied()
+            .filter(|f| self.takes(f))
+            .collect();
+        put("parameters", json!(parameters));
         let providers: Vec<Value> = self
             .providers
             .iter()
@@ -335,6 +343,8 @@ fn check(m: &Model) -> Result<(), String> {
 pub struct InvalidField {
     pub param: String,
     pub message: String,
+    /// The error's `code`: `invalid_field` unless a more precise word applies.
+    pub code: &'static str,
 }
 
 impl InvalidField {
@@ -342,7 +352,23 @@ impl InvalidField {
         Self {
             param: param.to_owned(),
             message: message.into(),
+            code: "invalid_field",
         }
+    }
+
+    /// A parameter this request (or this model) does not take: Stripe's
+    /// `parameter_unknown`, so a typo or a field meant for another API is never dropped
+    /// silently.
+    pub fn unknown(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: "parameter_unknown",
+            ..Self::new(param, message)
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
     }
 }
 
@@ -360,12 +386,70 @@ pub const ASPECT_RATIOS: &[(&str, u32, u32)] = &[
     ("2:3", 2, 3),
 ];
 
-/// Checks `input` against what `model` accepts. Unknown extra fields are left alone:
-/// upstreams take many optional parameters this gateway passes through.
+/// Every `input` field some model takes. No adapter passes other fields upstream, so a
+/// field outside this list would be stored and copied into every event and webhook of the
+/// job without ever doing anything.
+pub const INPUT_FIELDS: &[&str] = &[
+    "prompt",
+    "seed",
+    "duration",
+    "resolution",
+    "aspect_ratio",
+    "size",
+    "generate_audio",
+    "image",
+    "reference_images",
+    "n",
+    "simulate",
+];
+
+impl Model {
+    /// Whether this model takes `input.{field}`. `generate_audio: false` and `n: 1` ask
+    /// for what every model does, so every model takes those two names (their values are
+    /// checked below).
+    pub fn takes(&self, field: &str) -> bool {
+        match field {
+            "prompt" | "generate_audio" | "n" => true,
+            "seed" => self.seed,
+            "duration" => self.durations.is_some() || self.duration_range.is_some(),
+            "resolution" => self.resolutions.is_some(),
+            "aspect_ratio" => self.aspect_ratios.is_some(),
+            "size" => self.sizes,
+            "image" | "reference_images" => self.reference_images > 0,
+            "simulate" => self.simulate,
+            _ => false,
+        }
+    }
+}
+
+/// Checks `input` against what `model` accepts: a field it does not take is refused by
+/// name (`parameter_unknown`), so a typo never goes unnoticed. A `null` for a field some
+/// other model takes counts as absent, as it does everywhere in the input.
 pub fn validate_input(model: &Model, input: &Value) -> Result<(), InvalidField> {
     let Some(obj) = input.as_object() else {
         return Err(InvalidField::new("input", "input must be an object"));
     };
+    for (field, value) in obj {
+        let known = INPUT_FIELDS.contains(&field.as_str());
+        if model.takes(field) || known && value.is_null() {
+            continue;
+        }
+        let param = format!("input.{field}");
+        return Err(InvalidField::unknown(
+            &param,
+            if known {
+                format!(
+                    "{} does not take {param}; GET /v1/models shows what each model accepts",
+                    model.id
+                )
+            } else {
+                format!(
+                    "unknown parameter {param}; input fields are {}",
+                    INPUT_FIELDS.join(", ")
+                )
+            },
+        ));
+    }
     match obj.get("prompt") {
         Some(Value::String(p)) if !p.trim().is_empty() && p.chars().count() <= 10_000 => {}
         Some(Value::String(p)) if p.trim().is_empty() => {
@@ -393,48 +477,41 @@ pub fn validate_input(model: &Model, input: &Value) -> Result<(), InvalidField> 
             ));
         }
     }
-    let unsupported = |field: &str| {
-        InvalidField::new(
-            &format!("input.{field}"),
-            format!("{} does not accept input.{field}", model.id),
-        )
-    };
+    // Past the loop above, every non-null field is one the model takes.
     if model.seed {
         int_in(input, "seed", 0, u32::MAX as i64)?;
-    } else if present(input, "seed") {
-        return Err(unsupported("seed"));
     }
     match (&model.durations, model.duration_range) {
         (Some(list), _) => one_of_ints(input, "duration", list)?,
         (None, Some([min, max])) => int_in(input, "duration", min, max)?,
-        (None, None) if present(input, "duration") => return Err(unsupported("duration")),
         (None, None) => {}
     }
-    match &model.resolutions {
-        Some(list) => one_of(input, "resolution", list.iter().map(String::as_str))?,
-        None if present(input, "resolution") => return Err(unsupported("resolution")),
-        None => {}
+    if let Some(list) = &model.resolutions {
+        one_of(input, "resolution", list.iter().map(String::as_str))?;
     }
-    match &model.aspect_ratios {
-        Some(list) => one_of(input, "aspect_ratio", list.iter().map(String::as_str))?,
-        None if present(input, "aspect_ratio") => return Err(unsupported("aspect_ratio")),
-        None => {}
+    if let Some(list) = &model.aspect_ratios {
+        one_of(input, "aspect_ratio", list.iter().map(String::as_str))?;
     }
-    if let Some(size) = obj.get("size").filter(|v| !v.is_null()) {
-        if !model.sizes {
-            return Err(unsupported("size"));
-        }
-        if size.as_str().and_then(parse_size).is_none() {
-            return Err(InvalidField::new(
-                "input.size",
-                "input.size must be WIDTHxHEIGHT with even sides from 64 to 2048, e.g. \"1024x1024\"",
-            ));
-        }
+    if let Some(size) = obj.get("size").filter(|v| !v.is_null())
+        && size.as_str().and_then(parse_size).is_none()
+    {
+        return Err(InvalidField::new(
+            "input.size",
+            "input.size must be WIDTHxHEIGHT with even sides from 64 to 2048, e.g. \"1024x1024\"",
+        ));
     }
     match obj.get("generate_audio") {
         None | Some(Value::Null) => {}
         Some(Value::Bool(_)) if model.audio => {}
-        Some(Value::Bool(true)) => return Err(unsupported("generate_audio")),
+        Some(Value::Bool(true)) => {
+            return Err(InvalidField::new(
+                "input.generate_audio",
+                format!(
+                    "{} makes no audio; input.generate_audio must be false",
+                    model.id
+                ),
+            ));
+        }
         Some(Value::Bool(false)) => {}
         Some(_) => {
             return Err(InvalidField::new(
@@ -455,13 +532,7 @@ pub fn validate_input(model: &Model, input: &Value) -> Result<(), InvalidField> 
         }
         None => {}
     }
-    if let Some(sim) = obj.get("simulate") {
-        if !model.simulate {
-            return Err(InvalidField::new(
-                "input.simulate",
-                "input.simulate is only accepted by local models",
-            ));
-        }
+    if let Some(sim) = obj.get("simulate").filter(|v| !v.is_null()) {
         validate_simulate(sim)?;
     }
     Ok(())
@@ -503,7 +574,7 @@ fn reference_images(model: &Model, input: &Value) -> Result<(), InvalidField> {
         if !image.as_str().is_some_and(is_http_url) {
             return Err(InvalidField::new(
                 "input.image",
-                "input.image must be an http(s) URL",
+                "input.image must be an http(s) URL of at most 4096 bytes",
             ));
         }
         count += 1;
@@ -519,7 +590,7 @@ fn reference_images(model: &Model, input: &Value) -> Result<(), InvalidField> {
             if !v.as_str().is_some_and(is_http_url) {
                 return Err(InvalidField::new(
                     &format!("input.reference_images[{i}]"),
-                    "every reference image must be an http(s) URL",
+                    "every reference image must be an http(s) URL of at most 4096 bytes",
                 ));
             }
         }
@@ -542,25 +613,33 @@ fn reference_images(model: &Model, input: &Value) -> Result<(), InvalidField> {
     Ok(())
 }
 
+/// An http(s) URL of at most [`fields::MAX_INPUT_URL_BYTES`].
 fn is_http_url(s: &str) -> bool {
-    url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+    s.len() <= fields::MAX_INPUT_URL_BYTES
+        && url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
 }
 
-/// `WIDTHxHEIGHT` with even sides in 64..=2048.
+/// `WIDTHxHEIGHT` with even sides in 64..=2048, each side plain digits (`+64x+64` is not
+/// a size).
 pub fn parse_size(s: &str) -> Option<(u32, u32)> {
     let (w, h) = s.split_once('x')?;
-    let (w, h): (u32, u32) = (w.parse().ok()?, h.parse().ok()?);
+    let (w, h): (u32, u32) = (fields::parse_digits(w)?, fields::parse_digits(h)?);
     let ok = |v: u32| (64..=2048).contains(&v) && v.is_multiple_of(2);
     (ok(w) && ok(h)).then_some((w, h))
 }
 
 fn validate_simulate(sim: &Value) -> Result<(), InvalidField> {
-    if !sim.is_object() {
+    let Some(obj) = sim.as_object() else {
         return Err(InvalidField::new(
             "input.simulate",
             "input.simulate must be an object",
         ));
-    }
+    };
+    fields::refuse_unknown(
+        obj,
+        &["latency_ms", "progress_steps", "fail", "fail_times"],
+        "input.simulate",
+    )?;
     int_in_at(sim, "input.simulate.latency_ms", "latency_ms", 0, 3_600_000)?;
     int_in_at(
         sim,
@@ -732,6 +811,41 @@ mod tests {
             "input.size"
         );
         assert_eq!(parse_size("512x256"), Some((512, 256)));
+        for lax in [
+            "+64x+64", "+512x256", "512x+256", " 512x256", "512 x256", "-64x64",
+        ] {
+            assert_eq!(parse_size(lax), None, "{lax}");
+        }
+
+        // A field the model does not take is refused by name, even a known name.
+        let unknown = |m: &Model, input: Value| {
+            let e = validate_input(m, &input).unwrap_err();
+            (e.param, e.code)
+        };
+        assert_eq!(
+            unknown(video, json!({"prompt": "x", "negative_prompt": "y"})),
+            ("input.negative_prompt".into(), "parameter_unknown")
+        );
+        assert_eq!(
+            unknown(video, json!({"prompt": "x", "junk": null})),
+            ("input.junk".into(), "parameter_unknown")
+        );
+        assert_eq!(
+            unknown(video, json!({"prompt": "x", "size": "64x64"})),
+            ("input.size".into(), "parameter_unknown")
+        );
+        assert_eq!(
+            unknown(video, json!({"prompt": "x", "simulate": {"latency": 5}})),
+            ("input.simulate.latency".into(), "parameter_unknown")
+        );
+        // null for a field some model takes is absent; n 1 and no audio are every model's.
+        assert!(
+            validate_input(
+                video,
+                &json!({"prompt": "x", "size": null, "n": 1, "generate_audio": false})
+            )
+            .is_ok()
+        );
 
         // Real models: exact durations, resolutions, seeds, reference images, simulate.
         let veo = c.find("google/veo-3.1").unwrap();

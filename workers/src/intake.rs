@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, Catalog, InvalidField};
+use crate::fields;
 use crate::ids::{IdKind, new_id, now_ms};
 use crate::job::{Job, JobKind, JobStatus};
 use crate::lifecycle::{cancel_upstream, end_job};
@@ -49,6 +50,11 @@ impl Engine {
     }
 }
 
+/// The top-level fields of a `POST /v1/jobs` body.
+const JOB_FIELDS: &[&str] = &[
+    "model", "models", "input", "provider", "webhook", "metadata",
+];
+
 /// Checks a `POST /v1/jobs` body. Every failure names the offending field.
 pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobRequest, InvalidField> {
     let Some(obj) = body.as_object() else {
@@ -57,6 +63,7 @@ pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobReques
             "the request body must be a JSON object",
         ));
     };
+    fields::refuse_unknown(obj, JOB_FIELDS, "")?;
     let candidates: Vec<&str> = match (obj.get("model"), obj.get("models")) {
         (None | Some(Value::Null), None | Some(Value::Null)) => {
             return Err(InvalidField::new("model", "model (or models) is required"));
@@ -129,23 +136,13 @@ pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobReques
             ));
         }
     };
-    // Any model of the list may end up serving the job, so the input must suit each.
+    // Any model of the list may end up serving the job, so the input must suit each: a
+    // field one of them does not take is refused, never passed to some and not others.
     for model in &models {
         catalog::validate_input(model, &input)?;
     }
-    let metadata = match obj.get("metadata") {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(v @ Value::Object(m)) if m.len() <= 50 && v.to_string().len() <= 16 * 1024 => {
-            v.clone()
-        }
-        Some(Value::Object(_)) => {
-            return Err(InvalidField::new(
-                "metadata",
-                "metadata may hold at most 50 keys and 16 KB",
-            ));
-        }
-        Some(_) => return Err(InvalidField::new("metadata", "metadata must be an object")),
-    };
+    fields::check_input_size(&input)?;
+    let metadata = fields::check_metadata(obj.get("metadata"))?;
     let prefs = routing::parse_prefs(obj.get("provider"))?;
     let route = routing::plan(&models, &prefs, &input, |p| here.providers.available(p));
     if route.is_empty() {
@@ -189,6 +186,9 @@ fn parse_webhook(w: &Value, allow: &AllowList) -> Result<Value, InvalidField> {
             "webhook must be an object with a url",
         ));
     };
+    // A per-job webhook is signed with the account's secret; a `secret` here would be
+    // dropped, and the receiver would then reject every delivery, so it is refused.
+    fields::refuse_unknown(obj, &["url", "events"], "webhook")?;
     let url = endpoints::parse_url(obj.get("url"), "webhook.url", allow)?;
     let events = endpoints::parse_event_filter(obj.get("events"), "webhook.events")?;
     Ok(serde_json::json!({"url": url, "events": events}))
@@ -429,6 +429,44 @@ mod tests {
                 "{body}"
             );
         }
+        // Unknown fields at every level are refused by name, never dropped.
+        let unknown = [
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "webhok": {}}),
+                "webhok",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "webhook": {"url": "https://example.com/h", "secret": "x"}}),
+                "webhook.secret",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "provider": {"sort": "price"}}),
+                "provider.sort",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x", "style": "noir"}}),
+                "input.style",
+            ),
+            // With fallbacks, a field must suit every model of the list.
+            (
+                json!({"models": ["local/image", "black-forest-labs/flux-2-pro"], "input": {"prompt": "x", "size": "512x512", "simulate": {}}}),
+                "input.simulate",
+            ),
+        ];
+        for (body, param) in unknown {
+            let err = parse_job_request(&body, none).unwrap_err();
+            assert_eq!(
+                (err.param.as_str(), err.code),
+                (param, "parameter_unknown"),
+                "{body}"
+            );
+        }
+        let err = parse_job_request(
+            &json!({"model": "local/video", "input": {"prompt": "x"}, "metadata": {"n": 1}}),
+            none,
+        )
+        .unwrap_err();
+        assert_eq!(err.param, "metadata.n");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod callbacks;
 pub mod catalog;
 pub mod error;
+pub mod fields;
 pub mod files;
 pub mod ids;
 pub mod intake;

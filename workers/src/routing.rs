@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::catalog::{InvalidField, Model};
+use crate::fields;
+use crate::providers::KNOWN;
 
 /// One place a job can run: a catalog model at one provider, under that provider's name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,18 +52,31 @@ pub fn parse_prefs(value: Option<&Value>) -> Result<ProviderPrefs, InvalidField>
         Some(Value::Object(o)) => o,
         Some(_) => return Err(InvalidField::new("provider", "provider must be an object")),
     };
+    fields::refuse_unknown(
+        obj,
+        &["order", "only", "ignore", "allow_fallbacks"],
+        "provider",
+    )?;
     let list = |field: &str| -> Result<Option<Vec<String>>, InvalidField> {
         match obj.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| {
-                    v.as_str().map(str::to_owned).ok_or_else(|| {
-                        InvalidField::new(
-                            &format!("provider.{field}"),
-                            format!("provider.{field} must be an array of provider names"),
-                        )
-                    })
+                .enumerate()
+                .map(|(i, v)| match v.as_str() {
+                    // A misspelt name would otherwise be ignored without a word.
+                    Some(name) if KNOWN.contains(&name) => Ok(name.to_owned()),
+                    Some(_) => Err(InvalidField::new(
+                        &format!("provider.{field}[{i}]"),
+                        format!(
+                            "provider.{field}[{i}] is not a provider; providers are {}",
+                            KNOWN.join(", ")
+                        ),
+                    )),
+                    None => Err(InvalidField::new(
+                        &format!("provider.{field}"),
+                        format!("provider.{field} must be an array of provider names"),
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
@@ -256,6 +271,17 @@ mod tests {
             "provider.order"
         );
         assert_eq!(parse_prefs(Some(&json!([]))).unwrap_err().param, "provider");
+        let err = parse_prefs(Some(&json!({"order": ["fal"], "sort": "price"}))).unwrap_err();
+        assert_eq!(
+            (err.param.as_str(), err.code),
+            ("provider.sort", "parameter_unknown")
+        );
+        assert_eq!(
+            parse_prefs(Some(&json!({"ignore": ["fal", "replciate"]})))
+                .unwrap_err()
+                .param,
+            "provider.ignore[1]"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 
-use super::Store;
+use super::{LIST_PAGE_BYTES, Store, fit_page};
 use crate::ids::{IdKind, new_id};
 
 #[derive(Debug, Clone)]
@@ -106,20 +106,38 @@ impl Store {
         row.as_ref().map(event_from_row).transpose()
     }
 
-    /// A job's events after `after_seq`, oldest first.
+    /// A job's events after `after_seq`, oldest first: at most `limit`, and fewer once
+    /// they add up to [`LIST_PAGE_BYTES`] (at least one), since each event holds a copy of
+    /// the job, which may be large. The caller asks again after the last one.
     pub async fn events_after(
         &self,
         job_id: &str,
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<EventRow>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT seq, id, job_id, type, created_at, data FROM job_events \
+        let sizes = sqlx::query(
+            "SELECT seq, CAST(octet_length(data) AS BIGINT) AS bytes FROM job_events \
              WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(job_id)
         .bind(after_seq)
         .bind(limit)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>("seq")?, r.try_get::<i64, _>("bytes")?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let (seqs, _) = fit_page(&sizes, sizes.len(), LIST_PAGE_BYTES);
+        let Some(last) = seqs.last() else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT seq, id, job_id, type, created_at, data FROM job_events \
+             WHERE job_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+        )
+        .bind(job_id)
+        .bind(after_seq)
+        .bind(last)
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(event_from_row).collect()

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::Store;
+use super::{LIST_PAGE_BYTES, Store, fit_page};
 use crate::job::{Job, JobError, JobKind, JobStatus, StoredOutput};
 use crate::routing::RouteStep;
 
@@ -15,6 +15,11 @@ const COLUMNS: &str = "id, account_id, status, kind, model, provider, input, met
     route_index, attempt_count";
 
 const PENDING: &str = "('queued', 'in_progress')";
+
+/// What [`LIST_PAGE_BYTES`] counts, as SQL both databases run.
+const ROW_BYTES: &str = "CAST(octet_length(input) + octet_length(metadata) \
+    + COALESCE(octet_length(webhook), 0) + octet_length(outputs) + octet_length(route) \
+    + COALESCE(octet_length(error_message), 0) AS BIGINT)";
 
 /// A job about to be inserted.
 #[derive(Debug, Clone)]
@@ -517,13 +522,19 @@ impl Store {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    /// Newest first; `has_more` says whether another page follows.
+    /// Newest first; `has_more` says whether another page follows. A page also ends
+    /// early once its rows add up to [`LIST_PAGE_BYTES`] (always holding at least one), so
+    /// its memory is bounded however large the rows are, including rows written before
+    /// `input` and `metadata` had limits; the client goes on from `last_id` as usual.
     pub async fn list_jobs(
         &self,
         account_id: &str,
         f: &JobFilter,
     ) -> Result<(Vec<Job>, bool), sqlx::Error> {
-        let mut sql = format!("SELECT {COLUMNS} FROM jobs WHERE account_id = $1");
+        // First the ids and sizes only (the database measures the text without sending
+        // it), then the rows that fit.
+        let mut sql =
+            format!("SELECT id, {ROW_BYTES} AS row_bytes FROM jobs WHERE account_id = $1");
         let mut n = 1;
         let mut next = || {
             n += 1;
@@ -549,16 +560,37 @@ impl Store {
         if let Some(a) = &f.after {
             q = q.bind(a.as_str());
         }
-        let rows = q
+        let sizes = q
             .bind(i64::from(f.limit) + 1)
             .fetch_all(self.pool())
-            .await?;
-        let mut jobs = rows
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("id")?,
+                    r.try_get::<i64, _>("row_bytes")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let (ids, has_more) = fit_page(&sizes, f.limit as usize, LIST_PAGE_BYTES);
+        if ids.is_empty() {
+            return Ok((Vec::new(), has_more));
+        }
+        let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM jobs WHERE account_id = $1 AND id IN ({}) ORDER BY id DESC",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(account_id);
+        for id in &ids {
+            q = q.bind(id.as_str());
+        }
+        let jobs = q
+            .fetch_all(self.pool())
+            .await?
             .iter()
             .map(job_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let has_more = jobs.len() > f.limit as usize;
-        jobs.truncate(f.limit as usize);
         Ok((jobs, has_more))
     }
 

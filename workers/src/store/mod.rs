@@ -122,3 +122,44 @@ impl Store {
             .map(|_| ())
     }
 }
+
+/// Most bytes of stored text one page of a list reads (`GET /v1/jobs`, a batch of a job's
+/// events). With today's limits a job holds at most ~200 KB, so a full page of 100 fits
+/// unless its jobs are near the limits; rows written before the limits may be far larger.
+pub const LIST_PAGE_BYTES: i64 = 4 << 20;
+
+/// The keys of `rows` (in list order, with their sizes in bytes; one more than `limit` if
+/// more follow) that make a page of at most `limit` rows and `budget` bytes, and whether
+/// rows remain after it. The first row is always taken, so a client gets past any row.
+pub(crate) fn fit_page<K: Clone>(rows: &[(K, i64)], limit: usize, budget: i64) -> (Vec<K>, bool) {
+    let mut keys = Vec::new();
+    let mut total = 0i64;
+    for (key, bytes) in rows.iter().take(limit) {
+        total = total.saturating_add(*bytes);
+        if !keys.is_empty() && total > budget {
+            return (keys, true);
+        }
+        keys.push(key.clone());
+    }
+    (keys, rows.len() > limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_page;
+
+    #[test]
+    fn pages_stop_at_the_row_limit_or_the_byte_budget() {
+        let rows =
+            |sizes: &[i64]| -> Vec<(usize, i64)> { sizes.iter().copied().enumerate().collect() };
+        let n = |page: (Vec<usize>, bool)| (page.0.len(), page.1);
+        assert_eq!(n(fit_page(&rows(&[1, 1, 1]), 2, 100)), (2, true));
+        assert_eq!(n(fit_page(&rows(&[1, 1]), 2, 100)), (2, false));
+        assert_eq!(n(fit_page(&rows(&[60, 40, 1]), 5, 100)), (2, true));
+        assert_eq!(n(fit_page(&rows(&[60, 41]), 5, 100)), (1, true));
+        // A row larger than the whole budget still comes, alone.
+        assert_eq!(n(fit_page(&rows(&[500, 1]), 5, 100)), (1, true));
+        assert_eq!(n(fit_page(&rows(&[500]), 5, 100)), (1, false));
+        assert_eq!(n(fit_page::<usize>(&[], 5, 100)), (0, false));
+    }
+}

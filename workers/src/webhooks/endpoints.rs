@@ -105,6 +105,7 @@ pub fn parse_endpoint_request(
             "the request body must be a JSON object",
         ));
     };
+    crate::fields::refuse_unknown(obj, &["url", "events", "description"], "")?;
     let url = parse_url(obj.get("url"), "url", allow)?;
     let events = parse_event_filter(obj.get("events"), "events")?;
     let description = match obj.get("description") {
