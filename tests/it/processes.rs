@@ -15,11 +15,13 @@ use crate::support::{Backend, fresh_bucket, fresh_schema, redis_url, s3_settings
 
 on_both_backends!(
     jobs_survive_killed_and_stopped_workers,
-    webhook_survives_a_worker_killed_mid_delivery
+    webhook_survives_a_worker_killed_mid_delivery,
+    sigterm_waits_for_steps_one_drain_time,
 );
 
 struct Cluster {
     env: Vec<(String, String)>,
+    data_dir: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -66,7 +68,11 @@ impl Cluster {
                     .map(|(k, v)| (k.to_uppercase(), v)),
             );
         }
-        Cluster { env, _dir: dir }
+        Cluster {
+            env,
+            data_dir: dir.path().to_path_buf(),
+            _dir: dir,
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -342,6 +348,76 @@ async fn webhook_survives_a_worker_killed_mid_delivery(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A worker stopped while a step is stuck on an upstream that never answers waits for it
+/// the drain time once, from the signal, then exits cleanly; the job is left for others.
+async fn sigterm_waits_for_steps_one_drain_time(backend: Backend) {
+    let mut cluster = Cluster::new(backend).await;
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let drain = Duration::from_secs(4);
+    for (k, v) in [
+        ("MEDIAGATE_SHUTDOWN_DRAIN_SECS", drain.as_secs().to_string()),
+        (
+            "MEDIAGATE_PROVIDERS__BFL__BASE_URL",
+            format!("http://{}", hanging.local_addr().unwrap()),
+        ),
+        ("MEDIAGATE_PROVIDERS__BFL__TIMEOUT_MS", "15000".to_owned()),
+        ("BFL_API_KEY", "bfl-test-key".to_owned()),
+    ] {
+        cluster.env.retain(|(name, _)| name != k);
+        cluster.env.push((k.to_owned(), v));
+    }
+    let key = cluster.create_key();
+    let (_api, addr) = cluster.spawn("api");
+    let (mut worker, _) = cluster.spawn("worker");
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/jobs", addr.unwrap()))
+        .bearer_auth(&key)
+        .json(&json!({"model": "black-forest-labs/flux-1.1-pro", "input": {"prompt": "never"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    // The worker's submission reaches the upstream, which holds it without answering.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(30), hanging.accept())
+        .await
+        .expect("the worker calls the upstream")
+        .unwrap();
+    let signalled = Instant::now();
+    signal(&worker, "-TERM");
+    let exit = wait_exit(&mut worker, Duration::from_secs(30));
+    let took = signalled.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(took >= drain, "the stuck step was not waited for: {took:?}");
+    // Once, not twice: the drain is shared by the queue's shutdown and the steps' wait
+    // (plus a second for the runtime to let go of blocking threads).
+    assert!(
+        took < drain + Duration::from_secs(2),
+        "stopping took {took:?} for a drain of {drain:?}"
+    );
+}
+
+/// `keys create` says which database it wrote the key to, and warns when that database
+/// is new (run from another folder than the server's, it would be).
+#[tokio::test]
+async fn keys_create_names_its_database() {
+    let cluster = Cluster::new(Backend::Embedded).await;
+    let out = cluster
+        .command(&["keys", "create", "--name", "x"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    let db = cluster.data_dir.join("mediagate.db");
+    assert!(said.contains(&db.display().to_string()), "{said}");
+    assert!(said.contains("did not exist until now"), "{said}");
+    let again = cluster
+        .command(&["keys", "create", "--name", "y"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(!said.contains("did not exist"), "{said}");
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {

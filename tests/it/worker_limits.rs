@@ -28,6 +28,13 @@ fn renders_started(app: &TestApp) -> u64 {
     }
 }
 
+fn local_pool_state(app: &TestApp) -> String {
+    match app.engine().providers.get("local") {
+        Some(Provider::Local(local)) => format!("{:?}", local.pool()),
+        _ => "missing".to_owned(),
+    }
+}
+
 /// Far more renders than cores, each of which would outlast a step's time limit if they
 /// all ran at once: every job completes once, and nothing is rendered twice.
 async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
@@ -43,7 +50,7 @@ async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
             },
         );
         c.jobs.task_timeout_secs = 10;
-        c.jobs.reaper_grace_ms = 300;
+        c.jobs.reaper_grace_ms = 2000;
     })
     .await;
     let jobs = 60;
@@ -57,9 +64,24 @@ async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
             .await;
         ids.push(job["id"].as_str().unwrap().to_owned());
     }
+    let start = std::time::Instant::now();
     for id in &ids {
-        let job = app.wait_terminal(id, Duration::from_secs(400)).await;
-        assert_eq!(job["status"], "completed", "{job}");
+        loop {
+            let row = app.engine().store.job(id).await.unwrap().unwrap();
+            if row.status.is_terminal() {
+                assert_eq!(row.status.as_str(), "completed", "{row:?}");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(400),
+                "still {} after {:?} (now {}): {row:?}; local pool: {}",
+                row.status.as_str(),
+                start.elapsed(),
+                mediagate_workers::ids::now_ms(),
+                local_pool_state(&app)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     // A step cut off by its watchdog while waiting on a slow database (not rendering)
     // may render again when it is retried; a loaded machine can cause a few of those.

@@ -35,9 +35,9 @@ const RENDER_WAIT_POLL: Duration = Duration::from_millis(250);
 const PLACE_KEPT_FOR: Duration = Duration::from_secs(5);
 
 /// How long a slot set aside for a job's render waits for that step's fetch. The fetch
-/// follows the check in the same step, moments later; a step that died in between gives
-/// its slot back after this.
-const RESERVATION_TTL: Duration = Duration::from_secs(5);
+/// follows the check in the same step, moments later (longer on a loaded machine); a step
+/// that died in between gives its slot back after this.
+const RESERVATION_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Local {
@@ -132,12 +132,18 @@ impl RenderPool {
             .remove(job_id);
         let permit = match reserved {
             Some((permit, _)) => permit,
-            None => self
-                .slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the render pool is never closed"),
+            None => {
+                // The slot set aside lapsed (a slow step): wait in line for one. Waiting
+                // for the CPU is not a stalled step.
+                let waiting = self.slots.clone().acquire_owned();
+                tokio::pin!(waiting);
+                loop {
+                    tokio::select! {
+                        permit = &mut waiting => break permit.expect("the render pool is never closed"),
+                        _ = tokio::time::sleep(SIGN_OF_LIFE_EVERY) => watchdog::alive(),
+                    }
+                }
+            }
         };
         self.started.fetch_add(1, Ordering::Relaxed);
         let rendering = tokio::task::spawn_blocking(move || {
