@@ -49,7 +49,7 @@ async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
                 ..ProviderConfig::default()
             },
         );
-        c.jobs.task_timeout_secs = 10;
+        c.jobs.task_timeout_secs = 5;
         c.jobs.reaper_grace_ms = 2000;
     })
     .await;
