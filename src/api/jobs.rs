@@ -1,7 +1,7 @@
 //! `/v1/jobs`: create, get, list, cancel.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mediagate_workers::ids::{IdKind, looks_like};
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::auth::Authed;
 use super::error::{ApiError, ApiResult};
-use super::{AppState, JsonBody, Params};
+use super::{AppState, JsonBody, Params, Path, parse_digits};
 
 /// `POST /v1/jobs` → 202 with the job and `Location`.
 pub async fn create(
@@ -138,9 +138,7 @@ pub async fn list(
     }
     filter.model = params.get("model").map(str::to_owned);
     if let Some(l) = params.get("limit") {
-        filter.limit = l
-            .parse()
-            .ok()
+        filter.limit = parse_digits(l)
             .filter(|n| (1..=100).contains(n))
             .ok_or_else(|| {
                 ApiError::invalid("invalid_field", "limit must be an integer from 1 to 100")
