@@ -154,9 +154,10 @@ async fn serve(
 /// Whether `If-None-Match` names this version. It compares weakly (RFC 9110 §13.1.2): a
 /// `W/"…"` tag a cache kept matches the same opaque tag.
 fn none_match(header: &str, etag: &str) -> bool {
-    header.split(',').map(str::trim).any(|tag| {
-        tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag
-    })
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 fn header_value(s: &str) -> HeaderValue {
@@ -238,7 +239,13 @@ mod tests {
         assert_eq!(parse_range("bytes=5-1", 100), RangeSpec::Ignore);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeSpec::Ignore);
         assert_eq!(parse_range("items=0-1", 100), RangeSpec::Ignore);
-        for lax in ["bytes=+1-+2", "bytes=+1-", "bytes=-+5", "bytes=1-+2", "bytes=0x1-2"] {
+        for lax in [
+            "bytes=+1-+2",
+            "bytes=+1-",
+            "bytes=-+5",
+            "bytes=1-+2",
+            "bytes=0x1-2",
+        ] {
             assert_eq!(parse_range(lax, 100), RangeSpec::Ignore, "{lax}");
         }
     }

@@ -18,10 +18,10 @@ use mediagate_workers::ids::{IdKind, looks_like};
 use mediagate_workers::store::events::EventRow;
 use tokio::sync::broadcast;
 
-use super::{AppState, Path, parse_digits};
 use super::auth::Authed;
 use super::error::ApiResult;
 use super::jobs::find_job;
+use super::{AppState, Path, parse_digits};
 
 /// How often a stream looks for changes made by other processes.
 const POLL: Duration = Duration::from_millis(250);

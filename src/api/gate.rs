@@ -103,9 +103,7 @@ pub async fn check_head(req: Request, next: Next) -> Response {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "invalid_request_error",
             "headers_too_large",
-            format!(
-                "the request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes"
-            ),
+            format!("the request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes"),
         ));
     }
     next.run(req).await
@@ -133,12 +131,11 @@ pub async fn open(State(state): State<AppState>, req: Request, next: Next) -> Re
 /// is read, and the body is capped at what an upstream sends ([`callback_max_body`]).
 pub async fn callback(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    let (provider, token) = match Path::<(String, String)>::from_request_parts(&mut parts, &state)
-        .await
-    {
-        Ok(Path(pair)) => pair,
-        Err(e) => return closing(e),
-    };
+    let (provider, token) =
+        match Path::<(String, String)>::from_request_parts(&mut parts, &state).await {
+            Ok(Path(pair)) => pair,
+            Err(e) => return closing(e),
+        };
     let engine = &state.engine;
     if engine.providers.get(&provider).is_none()
         || engine.callback_signer.verify(&provider, &token).is_none()
@@ -193,7 +190,8 @@ async fn admit(state: &AppState, req: Request, limit: usize, next: Next) -> Resp
         Err(shed) => return shed.into_response(),
     };
     // Streams (SSE, downloads) hold the slot only until their headers are sent.
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

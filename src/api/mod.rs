@@ -71,11 +71,13 @@ pub fn router(state: AppState) -> Router {
     let callbacks = Router::new()
         .route(
             "/v1/callbacks/{provider}/{token}",
-            post(callbacks::receive).layer(DefaultBodyLimit::max(gate::callback_max_body(
-                max_body,
-            ))),
+            post(callbacks::receive)
+                .layer(DefaultBodyLimit::max(gate::callback_max_body(max_body))),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), gate::callback));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            gate::callback,
+        ));
     Router::new()
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get))

@@ -6,6 +6,7 @@ mod support;
 mod fakes;
 
 mod api_errors;
+mod http_details;
 mod idempotency;
 mod jobs;
 mod lifecycle;
@@ -13,6 +14,7 @@ mod processes;
 mod providers;
 mod receiver;
 mod redis_restart;
+mod slow_clients;
 mod webhook_delivery;
 mod webhook_secrets;
 mod webhook_signing;
