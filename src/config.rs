@@ -571,6 +571,20 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_refuse_zero() {
+        for set in [
+            |h: &mut HttpConfig| h.header_timeout_secs = 0,
+            |h: &mut HttpConfig| h.body_timeout_secs = 0,
+            |h: &mut HttpConfig| h.max_connections = 0,
+        ] {
+            let mut c = Config::default();
+            set(&mut c.http);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("http."), "{err}");
+        }
+    }
+
+    #[test]
     fn provider_calls_must_end_within_a_step() {
         let mut c = Config::default();
         c.providers.insert("fal".into(), ProviderConfig::default());

@@ -114,7 +114,7 @@ pub async fn keyed(State(state): State<AppState>, req: Request, next: Next) -> R
     let (mut parts, body) = req.into_parts();
     let caller = match Authed::from_request_parts(&mut parts, &state).await {
         Ok(Authed(caller)) => caller,
-        Err(e) => return closing(e),
+        Err(e) => return refuse(e, body),
     };
     parts.extensions.insert(caller);
     let limit = state.config.max_body_bytes;
@@ -140,7 +140,7 @@ pub async fn callback(State(state): State<AppState>, req: Request, next: Next) -
     if engine.providers.get(&provider).is_none()
         || engine.callback_signer.verify(&provider, &token).is_none()
     {
-        return closing(ApiError::not_found("callback"));
+        return refuse(ApiError::not_found("callback"), body);
     }
     let limit = callback_max_body(state.config.max_body_bytes);
     admit(&state, Request::from_parts(parts, body), limit, next).await
@@ -158,7 +158,7 @@ pub fn callback_max_body(max_body_bytes: usize) -> usize {
 async fn admit(state: &AppState, req: Request, limit: usize, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     if declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-        return closing(too_large());
+        return refuse(too_large(), body);
     }
     let timeout = Duration::from_secs(state.config.http.body_timeout_secs);
     let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
@@ -210,8 +210,23 @@ fn too_large() -> ApiError {
     )
 }
 
-/// An answer given before the body was read (or while it still trickles in): the
-/// connection is closed after it, so the rest of the body is never waited for.
+/// How long a refused request's body is still taken in (and dropped) after the answer.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// An answer given before the body was read. The connection is closed after it, so the
+/// rest of the body is never waited for; for [`LINGER`] what arrives is read and dropped,
+/// since closing a socket with unread data sends a reset, and a client that sent its body
+/// in one go could lose the answer to it.
+fn refuse(e: ApiError, body: Body) -> Response {
+    tokio::spawn(async move {
+        let mut body = body;
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+    closing(e)
+}
+
+/// An answer after which the connection is closed.
 fn closing(e: ApiError) -> Response {
     let mut res = e.into_response();
     res.headers_mut()
