@@ -126,7 +126,7 @@ impl Feed {
                     if self.ended {
                         return None;
                     }
-                    if self.empty_polls % STATUS_EVERY == 0 && self.job_ended().await {
+                    if self.empty_polls.is_multiple_of(STATUS_EVERY) && self.job_ended().await {
                         self.ended = true;
                         continue;
                     }

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Authed;
 use super::error::ApiError;
-use super::{AppState, Path};
+use super::{AppState, Path, parse_digits};
 
 /// Longest request target (path and query) answered with a SPEC `414`.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -198,7 +198,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+        .and_then(parse_digits)
 }
 
 fn too_large() -> ApiError {
