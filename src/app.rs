@@ -14,8 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::auth::KeyCache;
-use crate::api::{AppState, router};
+use crate::api::{AppState, router, serve};
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,21 +120,11 @@ pub async fn start(config: Config, roles: Roles) -> anyhow::Result<Running> {
     let drain = Duration::from_secs(config.shutdown_drain_secs);
 
     if let Some(listener) = listener {
-        let app = router(AppState {
-            engine: engine.clone(),
-            config: config.clone(),
-            keys: Arc::new(KeyCache::new(Duration::from_millis(config.auth_cache_ms))),
-        });
+        let app = router(AppState::new(engine.clone(), config.clone()));
         let stop = shutdown.clone();
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
+        let config = config.clone();
+        tasks.spawn(async move { serve::serve(listener, app, &config.http, stop, drain).await });
     }
     if roles.worker {
         let engine = engine.clone();

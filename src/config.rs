@@ -55,6 +55,8 @@ pub struct Config {
     pub auth_cache_ms: u64,
     /// How long a stopping process lets in-flight work finish.
     pub shutdown_drain_secs: u64,
+    /// `[http]`: how long and how many connections a client may hold.
+    pub http: HttpConfig,
     pub queue: QueueConfig,
     pub jobs: JobsConfig,
     pub webhooks: WebhooksConfig,
@@ -119,6 +121,33 @@ impl Default for RoutingConfig {
         Self {
             breaker_threshold: 5,
             breaker_cooldown_ms: 30_000,
+        }
+    }
+}
+
+/// Limits on what a client may hold before mediagate does any work for it: time to send a
+/// request's head and body, time a connection may sit idle, connections open at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Longest a client may take to send a request's line and headers, counted from the
+    /// moment the server starts waiting for them (so also the longest a keep-alive
+    /// connection may sit idle between requests). Past it the connection is closed.
+    pub header_timeout_secs: u64,
+    /// Longest a client may take to send a whole request body, counted once its headers
+    /// are read. Past it the answer is `408` and the connection is closed.
+    pub body_timeout_secs: u64,
+    /// Connections open at once. Past it new connections wait in the listen backlog
+    /// (the kernel's queue) until one closes; they are not refused.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_connections: 4096,
         }
     }
 }
@@ -258,6 +287,7 @@ impl Default for Config {
             auth_cache_ms: 2000,
             max_concurrent_requests: 256,
             shutdown_drain_secs: 30,
+            http: HttpConfig::default(),
             queue: QueueConfig::default(),
             jobs: JobsConfig::default(),
             webhooks: WebhooksConfig::default(),
@@ -346,6 +376,14 @@ impl Config {
         if self.max_concurrent_requests == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent_requests must be at least 1".into(),
+            ));
+        }
+        let h = &self.http;
+        if h.header_timeout_secs == 0 || h.body_timeout_secs == 0 || h.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "http.header_timeout_secs, body_timeout_secs and max_connections must be at \
+                 least 1"
+                    .into(),
             ));
         }
         if self.queue.poll_interval_ms == 0 {
@@ -593,6 +631,20 @@ mod tests {
         }
         let default = WebhooksConfig::default().delivery().unwrap();
         assert_eq!(default.schedule, DeliveryConfig::default().schedule);
+    }
+
+    #[test]
+    fn http_limits_refuse_zero() {
+        for set in [
+            |h: &mut HttpConfig| h.header_timeout_secs = 0,
+            |h: &mut HttpConfig| h.body_timeout_secs = 0,
+            |h: &mut HttpConfig| h.max_connections = 0,
+        ] {
+            let mut c = Config::default();
+            set(&mut c.http);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("http."), "{err}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use sqlx::Row;
 use tokio::sync::Mutex;
 
 mod providers;
+mod slow;
 mod webhooks;
 
 // The tests' fake upstreams, reused rather than copied. The bench drives two of them and
@@ -126,6 +127,25 @@ enum Command {
         #[arg(long)]
         slow_path: Option<String>,
     },
+    /// Job submissions at a fixed rate while `uploads` connections trickle request bodies
+    /// a byte a second; reports the submissions' latency and how many were shed.
+    Trickle {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 300)]
+        uploads: usize,
+        #[arg(
+            long,
+            default_value = r#"{"model":"local/image","input":{"prompt":"bench","size":"64x64"}}"#
+        )]
+        body: String,
+    },
     /// Upstream providers against the tests' fakes, served from this process: webhook lag
     /// with callbacks or polling, or the fallback after a 5xx. Writes where the fakes
     /// listen to `--ready-file` (as `export` lines for mediagate), then waits for the API.
@@ -206,6 +226,24 @@ async fn main() -> anyhow::Result<()> {
             arrivals,
             slow_path,
         } => webhooks::analyse(&database_url, arrivals, slow_path.as_deref()).await,
+        Command::Trickle {
+            url,
+            key,
+            rate,
+            seconds,
+            uploads,
+            body,
+        } => {
+            slow::run(slow::Run {
+                url,
+                key,
+                rate,
+                seconds,
+                uploads,
+                body,
+            })
+            .await
+        }
         Command::Providers {
             mode,
             url,

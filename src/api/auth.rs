@@ -37,6 +37,10 @@ impl FromRequestParts<AppState> for Authed {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // Checked already by the gate in front of the handler.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(Authed(caller.clone()));
+        }
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
             return Err(ApiError::unauthorized(
                 "missing Authorization: Bearer mg_… header",
@@ -45,11 +49,7 @@ impl FromRequestParts<AppState> for Authed {
         let key = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(bearer_token)
             .filter(|k| k.starts_with(KEY_PREFIX) && k.len() <= 128)
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be Bearer mg_…")
@@ -58,6 +58,10 @@ impl FromRequestParts<AppState> for Authed {
         if let Some(caller) = state.keys.get(&hash) {
             return Ok(Authed(caller));
         }
+        // The lookup is our work, so it takes a slot (for its own length only: the body,
+        // read after this, holds none). Unknown keys are not cached, so without this a
+        // flood of made-up keys would be a flood of unbounded database reads.
+        let _slot = state.slots.take()?;
         match state.engine.store.caller_by_key_hash(&hash).await? {
             Some(caller) => {
                 state.keys.put(hash, caller.clone());
@@ -66,6 +70,15 @@ impl FromRequestParts<AppState> for Authed {
             None => Err(ApiError::unauthorized("unknown or revoked API key")),
         }
     }
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Recently seen keys, so a busy client costs one key lookup every `ttl` rather than one

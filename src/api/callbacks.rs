@@ -4,13 +4,13 @@
 //! make sense of, so upstreams do not retry what was received.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use mediagate_workers::callbacks::{self, CallbackError, Received};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::{AppState, RawBody};
+use super::{AppState, Path, RawBody};
 
 pub async fn receive(
     State(state): State<AppState>,

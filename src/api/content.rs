@@ -3,7 +3,7 @@
 //! 100 MB file never sits in memory.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mediagate_workers::ids::now_ms;
@@ -12,7 +12,8 @@ use mediagate_workers::job::{Job, JobStatus};
 use super::auth::Authed;
 use super::error::{ApiError, ApiResult};
 use super::jobs::find_job;
-use super::{AppState, Params};
+use super::{AppState, Params, Path};
+use mediagate_workers::fields;
 
 pub async fn job_content(
     State(state): State<AppState>,
@@ -74,7 +75,7 @@ async fn serve(
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        .is_some_and(|v| none_match(v, &etag))
     {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
         res.headers_mut().insert(header::ETAG, header_value(&etag));
@@ -147,6 +148,15 @@ async fn serve(
     Ok(res)
 }
 
+/// Whether `If-None-Match` names this version. It compares weakly (RFC 9110 §13.1.2): a
+/// `W/"…"` tag a cache kept matches the same opaque tag.
+fn none_match(header: &str, etag: &str) -> bool {
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
@@ -171,7 +181,15 @@ fn parse_range(header: &str, len: u64) -> RangeSpec {
         return RangeSpec::Ignore;
     };
     let (start, end) = (start.trim(), end.trim());
-    match (start.parse::<u64>(), end.parse::<u64>()) {
+    // Positions are digits only: `+1` is no position (Rust's parse would take it).
+    let (first, last) = (
+        fields::parse_digits::<u64>(start),
+        fields::parse_digits::<u64>(end),
+    );
+    if (first.is_none() && !start.is_empty()) || (last.is_none() && !end.is_empty()) {
+        return RangeSpec::Ignore;
+    }
+    match (first.ok_or(()), last.ok_or(())) {
         (Ok(a), Ok(b)) if a <= b => {
             if a >= len {
                 RangeSpec::Unsatisfiable
@@ -221,5 +239,25 @@ mod tests {
         assert_eq!(parse_range("bytes=5-1", 100), RangeSpec::Ignore);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeSpec::Ignore);
         assert_eq!(parse_range("items=0-1", 100), RangeSpec::Ignore);
+        for lax in [
+            "bytes=+1-+2",
+            "bytes=+1-",
+            "bytes=-+5",
+            "bytes=1-+2",
+            "bytes=0x1-2",
+        ] {
+            assert_eq!(parse_range(lax, 100), RangeSpec::Ignore, "{lax}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let etag = "\"abc\"";
+        assert!(none_match("\"abc\"", etag));
+        assert!(none_match("W/\"abc\"", etag));
+        assert!(none_match("\"x\", W/\"abc\"", etag));
+        assert!(none_match("*", etag));
+        assert!(!none_match("W/\"abd\"", etag));
+        assert!(!none_match("w/\"abc\"", etag));
     }
 }

@@ -71,6 +71,16 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict_error", code, message)
     }
 
+    /// At capacity: the client should retry in a moment (with `Retry-After`).
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "overloaded",
+            "mediagate is at capacity; retry in a moment",
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -125,6 +135,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.code == "overloaded" {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         res
     }

@@ -1,7 +1,7 @@
 //! `/v1/jobs`: create, get, list, cancel.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mediagate_workers::ids::{IdKind, looks_like};
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::auth::Authed;
 use super::error::{ApiError, ApiResult};
-use super::{AppState, JsonBody, Params};
+use super::{AppState, JsonBody, Params, Path};
 
 /// `POST /v1/jobs` → 202 with the job and `Location`.
 pub async fn create(

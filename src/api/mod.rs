@@ -7,58 +7,87 @@ mod callbacks;
 mod content;
 pub mod error;
 mod events;
+pub mod gate;
 mod health;
 mod jobs;
 mod models;
+pub mod serve;
 mod webhooks;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::{
     DefaultBodyLimit, FromRequest, FromRequestParts, Query, RawPathParams, Request,
 };
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mediagate_workers::SharedEngine;
 use mediagate_workers::fields;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 use self::error::{ApiError, ApiResult};
 use crate::config::Config;
-
-/// Largest upstream callback body accepted.
-const CALLBACK_MAX_BODY: usize = 16 << 20;
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: SharedEngine,
     pub config: Arc<Config>,
     pub keys: Arc<auth::KeyCache>,
+    /// `max_concurrent_requests` request slots.
+    pub slots: Arc<gate::Slots>,
+}
+
+impl AppState {
+    pub fn new(engine: SharedEngine, config: Arc<Config>) -> Self {
+        Self {
+            keys: Arc::new(auth::KeyCache::new(Duration::from_millis(
+                config.auth_cache_ms,
+            ))),
+            slots: Arc::new(gate::Slots::new(config.max_concurrent_requests)),
+            engine,
+            config,
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let max_body = state.config.max_body_bytes;
-    let capacity = Arc::new(Semaphore::new(state.config.max_concurrent_requests));
     let probes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
+    // Each group's gate checks what can be checked from the head, then reads the body,
+    // then takes a request slot (see `gate`).
+    let open = Router::new()
+        .route("/v1/files/{token}", get(content::signed_file))
+        .route_layer(middleware::from_fn_with_state(state.clone(), gate::open));
+    let callbacks = Router::new()
+        .route(
+            "/v1/callbacks/{provider}/{token}",
+            post(callbacks::receive)
+                .layer(DefaultBodyLimit::max(gate::callback_max_body(max_body))),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            gate::callback,
+        ));
     Router::new()
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/content", get(content::job_content))
         .route("/v1/jobs/{id}/events", get(events::stream))
-        .route("/v1/files/{token}", get(content::signed_file))
         .route("/v1/models", get(models::list))
         .route("/v1/webhook-secret", get(webhooks::secret))
         .route("/v1/webhook-secret/rotate", post(webhooks::rotate))
@@ -76,12 +105,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}/deliveries", get(webhooks::job_deliveries))
         .route("/v1/deliveries/{id}/redeliver", post(webhooks::redeliver))
-        .route(
-            "/v1/callbacks/{provider}/{token}",
-            // An upstream's callback may echo the job's input (Replicate sends the whole
-            // prediction), which can be larger than any request a client may send us.
-            post(callbacks::receive).layer(DefaultBodyLimit::max(CALLBACK_MAX_BODY)),
-        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), gate::keyed))
+        .merge(open)
+        .merge(callbacks)
+        // Before any gate: a path no database can store is refused from the path alone.
         .route_layer(middleware::from_fn(refuse_unstorable_path))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
@@ -92,33 +119,44 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(middleware::from_fn_with_state(capacity, shed_load))
         .merge(probes)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(gate::check_head))
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
 }
 
-/// Past `max_concurrent_requests` requests in the handlers, new ones get `503` with
-/// `Retry-After` at once instead of queueing without bound: under overload, memory and the
-/// latency of accepted requests stay flat. Streams (SSE, downloads) count only until their
-/// headers are sent. Probes are never shed.
-async fn shed_load(State(capacity): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
-    let Ok(_permit) = capacity.try_acquire() else {
-        let mut res = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "api_error",
-            "overloaded",
-            "mediagate is at capacity; retry in a moment",
-        )
-        .into_response();
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return res;
-    };
-    next.run(req).await
+/// 5xx answers are logged as errors, except `503`: shedding at capacity (counted and
+/// reported by `gate::Slots`) and a not-ready probe are the server protecting itself.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &Span) {
+    match class {
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(?latency, "answered 503");
+        }
+        class => tracing::error!(classification = %class, ?latency, "response failed"),
+    }
+}
+
+/// Path parameters; one that cannot be read (bad percent-encoding, not UTF-8) is a SPEC
+/// `400`, not axum's plain-text rejection.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|e| {
+                ApiError::invalid(
+                    "invalid_path",
+                    format!("the request path could not be read: {}", e.body_text()),
+                )
+            })
+    }
 }
 
 /// A request body's bytes; an unreadable or oversized body is a SPEC error (`413` or

@@ -3,7 +3,7 @@
 //! and manual redelivery.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mediagate_workers::ids::{IdKind, looks_like};
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::auth::Authed;
 use super::error::{ApiError, ApiResult};
 use super::jobs::find_job;
-use super::{AppState, JsonBody};
+use super::{AppState, JsonBody, Path};
 
 pub async fn secret(
     State(state): State<AppState>,

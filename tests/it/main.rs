@@ -6,6 +6,7 @@ mod support;
 mod fakes;
 
 mod api_errors;
+mod http_details;
 mod idempotency;
 mod input_limits;
 mod jobs;
@@ -14,6 +15,7 @@ mod processes;
 mod providers;
 mod receiver;
 mod redis_restart;
+mod slow_clients;
 mod webhook_delivery;
 mod webhook_secrets;
 mod webhook_signing;
