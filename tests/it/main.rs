@@ -14,5 +14,6 @@ mod providers;
 mod receiver;
 mod redis_restart;
 mod webhook_delivery;
+mod webhook_limits;
 mod webhook_secrets;
 mod webhook_signing;
