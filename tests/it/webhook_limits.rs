@@ -274,11 +274,14 @@ async fn a_redelivery_storm_records_every_attempt_sent(backend: Backend) {
             .map(|d| d["id"].as_str().unwrap().to_owned())
     })
     .await;
-    let tasks: Vec<_> = (0..30)
-        .map(|_| {
+    // Redeliveries keep coming while earlier ones are still being sent: bursts of three,
+    // 50 ms apart, for about as long as ten attempts take.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        for _ in 0..3 {
             let (client, url, key) = (app.client.clone(), app.url.clone(), app.key.clone());
             let path = format!("{url}/v1/deliveries/{first}/redeliver");
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 client
                     .post(path)
                     .bearer_auth(&key)
@@ -286,9 +289,10 @@ async fn a_redelivery_storm_records_every_attempt_sent(backend: Backend) {
                     .await
                     .unwrap()
                     .status()
-            })
-        })
-        .collect();
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::ACCEPTED);
     }
