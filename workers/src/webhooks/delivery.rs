@@ -612,8 +612,15 @@ impl Slots {
                     tenant.in_turns = true;
                     st.turns.push_back(account.to_owned());
                 }
-                rx
+                // Normally nothing to hand out here (free slots never wait beside an
+                // account's turn), but a turn left behind by a waiter that went away must
+                // not strand this one.
+                (rx, self.grant(&mut st))
             };
+            let (rx, grants) = rx;
+            for (tx, slot) in grants {
+                let _ = tx.send(slot);
+            }
             if let Ok(slot) = rx.await {
                 return slot;
             }
