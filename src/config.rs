@@ -195,9 +195,14 @@ pub struct WebhooksConfig {
     pub disable_after_secs: u64,
     /// Delivery attempts one worker process makes at once.
     pub concurrency: usize,
-    /// Delivery attempts one worker process makes at once to any one URL (a slow
-    /// receiver cannot take every slot).
+    /// Delivery attempts one worker process makes at once to any one destination (host
+    /// and port) of one account (a slow receiver cannot take every slot).
     pub per_url_concurrency: usize,
+    /// Delivery attempts one worker process makes at once for any one account (an
+    /// account whose receivers hang holds at most this many; the rest are shared fairly).
+    pub per_account_concurrency: usize,
+    /// Webhook endpoints one account may register.
+    pub max_endpoints_per_account: usize,
     /// Least time between two `job.progress` events of one job.
     pub progress_interval_ms: u64,
 }
@@ -217,6 +222,8 @@ impl Default for WebhooksConfig {
             disable_after_secs: d.disable_after.as_secs(),
             concurrency: d.concurrency,
             per_url_concurrency: d.per_url_concurrency,
+            per_account_concurrency: d.per_account_concurrency,
+            max_endpoints_per_account: d.max_endpoints_per_account,
             progress_interval_ms: d.progress_interval.as_millis() as u64,
         }
     }
@@ -227,9 +234,15 @@ impl WebhooksConfig {
         let schedule = parse_schedule(&self.schedule).map_err(|e| {
             ConfigError::Invalid(format!("webhooks.schedule {:?}: {e}", self.schedule))
         })?;
-        if self.timeout_ms == 0 || self.concurrency == 0 || self.per_url_concurrency == 0 {
+        if self.timeout_ms == 0
+            || self.concurrency == 0
+            || self.per_url_concurrency == 0
+            || self.per_account_concurrency == 0
+            || self.max_endpoints_per_account == 0
+        {
             return Err(ConfigError::Invalid(
-                "webhooks.timeout_ms, concurrency and per_url_concurrency must be at least 1"
+                "webhooks.timeout_ms, concurrency, per_url_concurrency, per_account_concurrency \
+                 and max_endpoints_per_account must be at least 1"
                     .into(),
             ));
         }
@@ -240,6 +253,8 @@ impl WebhooksConfig {
             disable_after: Duration::from_secs(self.disable_after_secs),
             concurrency: self.concurrency,
             per_url_concurrency: self.per_url_concurrency,
+            per_account_concurrency: self.per_account_concurrency,
+            max_endpoints_per_account: self.max_endpoints_per_account,
             progress_interval: Duration::from_millis(self.progress_interval_ms),
         })
     }

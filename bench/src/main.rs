@@ -99,6 +99,27 @@ enum Command {
         #[arg(long)]
         slow_path: Option<String>,
     },
+    /// Creates account webhook endpoints for `job.completed` at
+    /// `http://127.0.0.1:{port}/dead?i={i}` over `--ports` ports from `--base-port`.
+    DeadEndpoints {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value_t = 18200)]
+        base_port: u16,
+        #[arg(long, default_value_t = 10)]
+        ports: u16,
+        #[arg(long, default_value_t = 300)]
+        count: usize,
+    },
+    /// Receivers that never answer, on `--ports` ports from `--base-port`, until SIGTERM.
+    Hang {
+        #[arg(long, default_value_t = 18200)]
+        base_port: u16,
+        #[arg(long, default_value_t = 10)]
+        ports: u16,
+    },
     /// A webhook receiver: answers 200, records arrivals, verifies signatures; prints
     /// arrival rates and writes its log on SIGINT/SIGTERM.
     Receiver {
@@ -211,6 +232,14 @@ async fn main() -> anyhow::Result<()> {
             count,
             slow_path,
         } => webhooks::create_endpoints(&url, &key, &receiver, count, slow_path.as_deref()).await,
+        Command::DeadEndpoints {
+            url,
+            key,
+            base_port,
+            ports,
+            count,
+        } => webhooks::create_dead_endpoints(&url, &key, base_port, ports, count).await,
+        Command::Hang { base_port, ports } => webhooks::hang(base_port, ports).await,
         Command::Receiver {
             bind,
             secrets,

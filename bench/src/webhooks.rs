@@ -59,6 +59,65 @@ pub async fn create_endpoints(
     Ok(())
 }
 
+/// Creates `count` endpoints for `job.completed` at `http://127.0.0.1:{port}/dead?i={i}`,
+/// spread over `ports` ports from `base_port` (so over that many destinations): the
+/// tenant whose receivers never answer.
+pub async fn create_dead_endpoints(
+    url: &str,
+    key: &str,
+    base_port: u16,
+    ports: u16,
+    count: usize,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for i in 0..count {
+        let port = base_port + (i % ports.max(1) as usize) as u16;
+        let hook = format!("http://127.0.0.1:{port}/dead?i={i}");
+        let res = client
+            .post(format!("{url}/v1/webhook-endpoints"))
+            .bearer_auth(key)
+            .json(&json!({"url": hook, "events": ["job.completed"]}))
+            .send()
+            .await?;
+        let status = res.status();
+        if status.as_u16() != 201 {
+            let body: Value = res.json().await.unwrap_or_default();
+            bail!("creating the endpoint {hook} answered {status}: {body}");
+        }
+    }
+    Ok(())
+}
+
+/// Listens on `ports` ports from `base_port` on 127.0.0.1 and never answers: every
+/// connection is read from (so requests go out) and held until the other side gives up.
+/// Runs until SIGINT or SIGTERM.
+pub async fn hang(base_port: u16, ports: u16) -> anyhow::Result<()> {
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for k in 0..ports {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", base_port + k))
+            .await
+            .with_context(|| format!("binding 127.0.0.1:{}", base_port + k))?;
+        let held = Arc::clone(&held);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let held = Arc::clone(&held);
+                held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 4096];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+    }
+    stopped().await;
+    println!(
+        "hanging receiver: {} connections held",
+        held.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(())
+}
+
 /// One request as the receiver saw it.
 struct Arrival {
     /// Unix time in µs.
@@ -281,7 +340,9 @@ pub async fn analyse(
 ) -> anyhow::Result<()> {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(database_url).await?;
-    let is_slow = |url: &str| slow_path.is_some_and(|p| url.ends_with(p));
+    // `/slow` ends the slow endpoint's URL; `/dead` is followed by `?i=N`.
+    let is_slow =
+        |url: &str| slow_path.is_some_and(|p| url.ends_with(p) || url.contains(&format!("{p}?")));
     let now = mediagate_workers::ids::now_ms();
 
     let counts = sqlx::query(

@@ -8,6 +8,7 @@ use mediagate_workers::ids::{IdKind, looks_like};
 use mediagate_workers::intake::{self, Cancelled, Created, IdempotencyKey};
 use mediagate_workers::job::{Job, JobStatus};
 use mediagate_workers::store::jobs::JobFilter;
+use mediagate_workers::webhooks::endpoints;
 use serde_json::{Value, json};
 
 use super::auth::Authed;
@@ -23,6 +24,12 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let key = idempotency_key(&headers)?.map(|k| IdempotencyKey::new(&k, &body.raw));
     let request = intake::parse_job_request(&body.value, state.engine.deployment())?;
+    // A webhook host name that resolves only to private addresses is refused now, not at
+    // every delivery.
+    if let Some(url) = request.webhook.as_ref().and_then(|w| w["url"].as_str()) {
+        let allow = &state.engine.config.webhook_allow;
+        endpoints::check_resolved_url(url, "webhook.url", allow).await?;
+    }
     let engine = &state.engine;
     match intake::create_job(engine, &caller.account_id, request, key.as_ref()).await? {
         Created::New(job) => Ok(accepted(engine.job_json(&job), &job, false)),

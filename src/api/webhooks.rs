@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::auth::Authed;
 use super::error::{ApiError, ApiResult};
 use super::jobs::find_job;
-use super::{AppState, JsonBody, Path};
+use super::{AppState, JsonBody, Params, Path};
 
 pub async fn secret(
     State(state): State<AppState>,
@@ -26,7 +26,8 @@ pub async fn secret(
     Ok(Json(json!({"secret": secrets.current})))
 }
 
-/// A new secret; the previous one keeps signing (a second signature) for 24 hours.
+/// A new secret; the one it replaces keeps signing (another signature) for 24 hours, as do
+/// those replaced earlier until their own 24 hours are up.
 pub async fn rotate(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -34,7 +35,7 @@ pub async fn rotate(
     let secrets = webhooks::rotate_default_secret(&state.engine, &caller.account_id).await?;
     Ok(Json(json!({
         "secret": secrets.current,
-        "previous_secret_expires_at": secrets.previous.map(|(_, expires)| expires.div_euclid(1000)),
+        "previous_secret_expires_at": secrets.previous.first().map(|(_, expires)| expires.div_euclid(1000)),
     })))
 }
 
@@ -44,28 +45,64 @@ pub async fn create_endpoint(
     Authed(caller): Authed,
     body: JsonBody,
 ) -> ApiResult<Response> {
-    let req = endpoints::parse_endpoint_request(&body.value, &state.engine.config.webhook_allow)?;
-    let endpoint = endpoints::create_endpoint(&state.engine, &caller.account_id, req).await?;
+    let allow = &state.engine.config.webhook_allow;
+    let req = endpoints::parse_endpoint_request(&body.value, allow)?;
+    endpoints::check_resolved_url(&req.url, "url", allow).await?;
+    let Some(endpoint) = endpoints::create_endpoint(&state.engine, &caller.account_id, req).await?
+    else {
+        let cap = state.engine.config.delivery.max_endpoints_per_account;
+        return Err(ApiError::conflict(
+            "endpoint_limit_reached",
+            format!(
+                "this account already has {cap} webhook endpoints, the most allowed; \
+                 delete one first (or send several event types to one endpoint)"
+            ),
+        ));
+    };
     let body = endpoints::endpoint_json(&endpoint, true);
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// `GET /v1/webhook-endpoints?limit=&after=`: oldest first, in pages like `GET /v1/jobs`.
 pub async fn list_endpoints(
     State(state): State<AppState>,
     Authed(caller): Authed,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let list = state
+    let limit = match params.get("limit") {
+        None => 20,
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid("invalid_field", "limit must be an integer from 1 to 100")
+                    .with_param("limit")
+            })?,
+    };
+    let after = params.get("after");
+    if after.is_some_and(|a| !looks_like(IdKind::Endpoint, a)) {
+        return Err(
+            ApiError::invalid("invalid_field", "after must be a webhook endpoint id")
+                .with_param("after"),
+        );
+    }
+    let (list, has_more) = state
         .engine
         .store
-        .endpoints_for_account(&caller.account_id)
+        .endpoints_page(&caller.account_id, after, limit)
         .await?;
     let data: Vec<Value> = list
         .iter()
         .map(|e| endpoints::endpoint_json(e, false))
         .collect();
-    Ok(Json(
-        json!({"object": "list", "data": data, "has_more": false}),
-    ))
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "first_id": list.first().map(|e| e.id.clone()),
+        "last_id": list.last().map(|e| e.id.clone()),
+    })))
 }
 
 pub async fn get_endpoint(

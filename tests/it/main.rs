@@ -17,6 +17,7 @@ mod receiver;
 mod redis_restart;
 mod slow_clients;
 mod webhook_delivery;
+mod webhook_limits;
 mod webhook_secrets;
 mod webhook_signing;
 mod worker_limits;

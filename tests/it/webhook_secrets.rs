@@ -6,9 +6,13 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::on_both_backends;
+use crate::receiver::{Receiver, Reply};
 use crate::support::{Backend, TestApp, new_key};
 
-on_both_backends!(default_secret_is_stable_and_rotation_signs_with_both);
+on_both_backends!(
+    default_secret_is_stable_and_rotation_signs_with_both,
+    rotations_in_a_row_keep_every_secret_signing_for_its_24_hours,
+);
 
 async fn default_secret_is_stable_and_rotation_signs_with_both(backend: Backend) {
     let app = TestApp::start(backend).await;
@@ -63,5 +67,39 @@ async fn default_secret_is_stable_and_rotation_signs_with_both(backend: Backend)
     let new = signature::Secret::parse(&second).unwrap();
     for secret in [&raw, &new] {
         signature::verify(secret, "evt_1", &now.to_string(), &header, body, now, 300).unwrap();
+    }
+}
+
+async fn rotations_in_a_row_keep_every_secret_signing_for_its_24_hours(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.webhook_allow_cidrs = "127.0.0.0/8".to_owned();
+        c.webhooks.schedule = "0".to_owned();
+    })
+    .await;
+    let mut secrets = vec![
+        app.get_json("/v1/webhook-secret").await["secret"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ];
+    for _ in 0..2 {
+        let res = app.post("/v1/webhook-secret/rotate").send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let rotated: Value = res.json().await.unwrap();
+        secrets.push(rotated["secret"].as_str().unwrap().to_owned());
+    }
+    // A real delivery after two rotations: a receiver holding any of the three accepts it.
+    let rx = Receiver::start(|_, _| Reply::ok()).await;
+    app.submit(serde_json::json!({"model": "local/image",
+        "input": {"prompt": "rotated", "size": "64x64"}, "webhook": {"url": rx.url("/r")}}))
+        .await;
+    let hit = rx.wait_hits(1, std::time::Duration::from_secs(30)).await[0].clone();
+    assert_eq!(
+        hit.header("webhook-signature").split(' ').count(),
+        3,
+        "{hit:?}"
+    );
+    for (i, secret) in secrets.iter().enumerate() {
+        assert!(hit.verifies_with(secret), "secret {i} no longer signs");
     }
 }

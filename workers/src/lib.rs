@@ -131,7 +131,8 @@ pub struct Engine {
     pub callback_signer: CallbackSigner,
     /// The guarded HTTP client every webhook attempt goes through.
     pub webhook_client: reqwest::Client,
-    /// Webhook attempts under way in this process, per URL.
+    /// Webhook attempts under way in this process: slots shared fairly among accounts,
+    /// and per account and destination.
     pub webhook_destinations: Destinations,
     /// Ids of jobs that just changed in this process, so live streams react at once
     /// (changes made by other processes are picked up by their polling).
@@ -177,6 +178,7 @@ impl Engine {
             Providers::from_settings(&config.providers).map_err(EngineError::Internal)?;
         let breakers = Breakers::new(config.breaker_threshold, config.breaker_cooldown);
         let (changes, _) = broadcast::channel(4096);
+        let webhook_destinations = Destinations::new(&config.delivery);
         Ok(Arc::new(Engine {
             store,
             queue,
@@ -188,7 +190,7 @@ impl Engine {
             signer,
             callback_signer,
             webhook_client,
-            webhook_destinations: Destinations::default(),
+            webhook_destinations,
             changes,
         }))
     }

@@ -51,7 +51,7 @@ async fn handle_deliver(
     inflight: Data<TaskTracker>,
 ) -> Result<(), BoxDynError> {
     // On failure the delivery stays due in SQL; the sweeper hands it out again.
-    let attempt = delivery::attempt(&engine, &task);
+    let attempt = delivery::attempt(&engine, &task, &inflight);
     tracked(&inflight, attempt, "delivery attempt", &task.delivery_id).await
 }
 

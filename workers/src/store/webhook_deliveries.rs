@@ -154,8 +154,11 @@ pub async fn claim(
     row.as_ref().map(delivery_from_row).transpose()
 }
 
-/// Records an attempt and where the delivery goes next, if the delivery is still held at
-/// `seq` (a redelivery or the sweeper may have taken it meanwhile). False if not.
+/// Records an attempt, numbered here (`a.attempt` is ignored), and, if the delivery is
+/// still held at `seq`, where it goes next. An attempt that was made is always recorded,
+/// even when a redelivery or the sweeper took the delivery meanwhile (then the newer
+/// holder decides what comes next): the log shows every request that was sent. True if
+/// the delivery's next state was written.
 pub async fn record_attempt(
     conn: &mut AnyConnection,
     d: &Delivery,
@@ -163,18 +166,40 @@ pub async fn record_attempt(
     next: AfterAttempt,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
+    // Numbering takes the row's lock (Postgres), so attempts recorded at once by two
+    // holders get distinct numbers.
+    let number: i64 = sqlx::query(
+        "UPDATE webhook_deliveries SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+    )
+    .bind(&d.id)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("attempts")?;
+    sqlx::query(
+        "INSERT INTO webhook_attempts \
+         (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&d.id)
+    .bind(number)
+    .bind(a.started_at)
+    .bind(a.duration_ms)
+    .bind(a.status_code)
+    .bind(a.error.clone())
+    .bind(a.response_body.clone())
+    .execute(&mut *conn)
+    .await?;
     let (status, next_at, step, delivered_at) = match next {
         AfterAttempt::Delivered => (DeliveryStatus::Delivered, None, d.step, Some(now)),
         AfterAttempt::Retry { at, step } => (DeliveryStatus::Pending, Some(at), step, None),
         AfterAttempt::Failed => (DeliveryStatus::Failed, None, d.step, None),
     };
     let updated = sqlx::query(
-        "UPDATE webhook_deliveries SET status = $1, attempts = $2, step = $3, \
-         next_attempt_at = $4, claimed_until = 0, last_error = $5, updated_at = $6, \
-         delivered_at = $7 WHERE id = $8 AND seq = $9 AND status = 'pending'",
+        "UPDATE webhook_deliveries SET status = $1, step = $2, \
+         next_attempt_at = $3, claimed_until = 0, last_error = $4, updated_at = $5, \
+         delivered_at = $6 WHERE id = $7 AND seq = $8 AND status = 'pending'",
     )
     .bind(status.as_str())
-    .bind(a.attempt)
     .bind(step)
     .bind(next_at)
     .bind(a.error.clone())
@@ -182,26 +207,9 @@ pub async fn record_attempt(
     .bind(delivered_at)
     .bind(&d.id)
     .bind(d.seq)
-    .execute(&mut *conn)
-    .await?;
-    if updated.rows_affected() != 1 {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO webhook_attempts \
-         (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&d.id)
-    .bind(a.attempt)
-    .bind(a.started_at)
-    .bind(a.duration_ms)
-    .bind(a.status_code)
-    .bind(a.error.clone())
-    .bind(a.response_body.clone())
     .execute(conn)
     .await?;
-    Ok(true)
+    Ok(updated.rows_affected() == 1)
 }
 
 /// Ends a delivery without an attempt (its endpoint was deleted or disabled).
@@ -333,7 +341,9 @@ impl Store {
     }
 
     /// Arms a delivery for a manual redelivery now, with the schedule started over. The
-    /// new task carries the returned sequence. `None` if the account has no such delivery.
+    /// new task carries the returned sequence. `None` if the account has no such delivery,
+    /// or if an attempt holds it now (being sent, or waiting for a slot): that attempt is
+    /// the redelivery, so redeliveries asked for at once coalesce into one.
     pub async fn rearm_delivery(
         &self,
         account_id: &str,
@@ -343,7 +353,8 @@ impl Store {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE webhook_deliveries SET status = 'pending', step = 0, seq = seq + 1, \
              next_attempt_at = $1, claimed_until = 0, updated_at = $1 \
-             WHERE id = $2 AND account_id = $3 RETURNING {COLUMNS}"
+             WHERE id = $2 AND account_id = $3 \
+             AND NOT (status = 'pending' AND claimed_until > $1) RETURNING {COLUMNS}"
         )))
         .bind(now)
         .bind(id)

@@ -122,7 +122,27 @@ pub async fn disable(
 }
 
 impl Store {
-    pub async fn insert_endpoint(&self, e: &Endpoint) -> Result<(), sqlx::Error> {
+    /// Writes the endpoint unless its account already has `cap` of them; false if it has.
+    /// Count and insert are one transaction, serialized per account (an advisory lock on
+    /// Postgres, the write lock on SQLite), so requests racing each other cannot pass the
+    /// cap together.
+    pub async fn insert_endpoint(&self, e: &Endpoint, cap: usize) -> Result<bool, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('webhook_endpoints:' || $1))")
+                .bind(&e.account_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let count: i64 =
+            sqlx::query("SELECT count(*) AS n FROM webhook_endpoints WHERE account_id = $1")
+                .bind(&e.account_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+        if count >= cap as i64 {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO webhook_endpoints \
              (id, account_id, url, secret, events, description, created_at) \
@@ -135,9 +155,10 @@ impl Store {
         .bind(serde_json::to_string(&e.events).expect("strings serialize"))
         .bind(&e.description)
         .bind(e.created_at)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
@@ -150,18 +171,30 @@ impl Store {
         row.as_ref().map(endpoint_from_row).transpose()
     }
 
-    /// The account's endpoints, oldest first.
-    pub async fn endpoints_for_account(
+    /// One page of the account's endpoints, oldest first, after the id `after`; and
+    /// whether more follow.
+    pub async fn endpoints_page(
         &self,
         account_id: &str,
-    ) -> Result<Vec<Endpoint>, sqlx::Error> {
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<Endpoint>, bool), sqlx::Error> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM webhook_endpoints WHERE account_id = $1 ORDER BY id"
+            "SELECT {COLUMNS} FROM webhook_endpoints WHERE account_id = $1 AND id > $2 \
+             ORDER BY id LIMIT $3"
         )))
         .bind(account_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit) + 1)
         .fetch_all(self.pool())
         .await?;
-        rows.iter().map(endpoint_from_row).collect()
+        let mut list = rows
+            .iter()
+            .map(endpoint_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let has_more = list.len() > limit as usize;
+        list.truncate(limit as usize);
+        Ok((list, has_more))
     }
 
     /// Deletes the endpoint; its pending deliveries fail at their next attempt. False if the

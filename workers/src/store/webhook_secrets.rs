@@ -1,15 +1,23 @@
-//! Each account's default webhook signing secret, and its predecessor during rotation.
+//! Each account's default webhook signing secret, and the secrets rotated out of it that
+//! still sign alongside (each for its own overlap window, however many rotations there
+//! were).
 
 use sqlx::Row;
 
 use super::Store;
 
+/// At most this many rotated-out secrets sign alongside the current one: every receiver
+/// checks each signature in the header, and headers have size limits. A rotation past
+/// it retires the oldest early.
+pub const MAX_PREVIOUS_SECRETS: i64 = 9;
+
 /// The secrets that sign an account's per-job webhooks right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SigningSecrets {
     pub current: String,
-    /// The secret replaced by the last rotation, while it still signs alongside.
-    pub previous: Option<(String, i64)>,
+    /// Secrets replaced by rotations that still sign alongside, with when each stops
+    /// (Unix ms); the most recently replaced first.
+    pub previous: Vec<(String, i64)>,
 }
 
 impl Store {
@@ -24,18 +32,29 @@ impl Store {
         if let Some(found) = self.read_webhook_secrets(account_id, now).await? {
             return Ok(found);
         }
-        sqlx::query(
+        self.create_webhook_secret(account_id, &make(), now).await?;
+        self.read_webhook_secrets(account_id, now)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Writes the account's first secret; false if it already had one.
+    async fn create_webhook_secret(
+        &self,
+        account_id: &str,
+        secret: &str,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
             "INSERT INTO webhook_secrets (account_id, secret, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (account_id) DO NOTHING",
         )
         .bind(account_id)
-        .bind(make())
+        .bind(secret)
         .bind(now)
         .execute(self.pool())
         .await?;
-        self.read_webhook_secrets(account_id, now)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)
+        Ok(done.rows_affected() == 1)
     }
 
     async fn read_webhook_secrets(
@@ -43,25 +62,35 @@ impl Store {
         account_id: &str,
         now: i64,
     ) -> Result<Option<SigningSecrets>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT secret, previous_secret, previous_expires_at FROM webhook_secrets WHERE account_id = $1",
+        let rows = sqlx::query(
+            "SELECT s.secret, p.secret AS previous, p.expires_at FROM webhook_secrets s \
+             LEFT JOIN webhook_previous_secrets p \
+               ON p.account_id = s.account_id AND p.expires_at > $2 \
+             WHERE s.account_id = $1 ORDER BY p.expires_at DESC",
         )
         .bind(account_id)
-        .fetch_optional(self.pool())
+        .bind(now)
+        .fetch_all(self.pool())
         .await?;
-        let Some(row) = row else {
+        let Some(first) = rows.first() else {
             return Ok(None);
         };
-        let previous: Option<String> = row.try_get("previous_secret")?;
-        let expires: Option<i64> = row.try_get("previous_expires_at")?;
+        let mut previous = Vec::new();
+        for r in &rows {
+            let secret: Option<String> = r.try_get("previous")?;
+            let expires: Option<i64> = r.try_get("expires_at")?;
+            if let Some(pair) = secret.zip(expires) {
+                previous.push(pair);
+            }
+        }
         Ok(Some(SigningSecrets {
-            current: row.try_get("secret")?,
-            previous: previous.zip(expires).filter(|(_, expires)| *expires > now),
+            current: first.try_get("secret")?,
+            previous,
         }))
     }
 
-    /// Replaces the account's secret with `new`; the old one signs alongside until
-    /// `now + overlap_ms`.
+    /// Replaces the account's secret with `new`; the one it replaces signs alongside until
+    /// `now + overlap_ms`, as do those replaced before it until their own time is up.
     pub async fn rotate_webhook_secret(
         &self,
         account_id: &str,
@@ -69,17 +98,50 @@ impl Store {
         now: i64,
         overlap_ms: i64,
     ) -> Result<SigningSecrets, sqlx::Error> {
-        sqlx::query(
-            "UPDATE webhook_secrets SET previous_secret = secret, previous_expires_at = $1, \
-             secret = $2, rotated_at = $3 WHERE account_id = $4",
-        )
-        .bind(now + overlap_ms)
-        .bind(new)
-        .bind(now)
-        .bind(account_id)
-        .execute(self.pool())
-        .await?;
         // An account that never had a secret gets `new` as its first.
+        if !self.create_webhook_secret(account_id, new, now).await? {
+            let mut tx = self.begin().await?;
+            // The write takes the row's lock first (Postgres; SQLite's transaction holds
+            // the write lock already), so two rotations at once each retire the secret
+            // the other installed rather than both retiring the same one.
+            sqlx::query("UPDATE webhook_secrets SET rotated_at = $1 WHERE account_id = $2")
+                .bind(now)
+                .bind(account_id)
+                .execute(&mut *tx)
+                .await?;
+            let old: String =
+                sqlx::query("SELECT secret FROM webhook_secrets WHERE account_id = $1")
+                    .bind(account_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("secret")?;
+            sqlx::query(
+                "INSERT INTO webhook_previous_secrets (account_id, secret, expires_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (account_id, secret) DO NOTHING",
+            )
+            .bind(account_id)
+            .bind(&old)
+            .bind(now + overlap_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE webhook_secrets SET secret = $1 WHERE account_id = $2")
+                .bind(new)
+                .bind(account_id)
+                .execute(&mut *tx)
+                .await?;
+            // Expired ones go, and past the bound the oldest retire early.
+            sqlx::query(
+                "DELETE FROM webhook_previous_secrets WHERE account_id = $1 AND (expires_at <= $2 \
+                 OR secret NOT IN (SELECT secret FROM webhook_previous_secrets \
+                   WHERE account_id = $1 ORDER BY expires_at DESC LIMIT $3))",
+            )
+            .bind(account_id)
+            .bind(now)
+            .bind(MAX_PREVIOUS_SECRETS)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
         self.webhook_secrets(account_id, now, || new.to_owned())
             .await
     }

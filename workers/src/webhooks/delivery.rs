@@ -4,12 +4,13 @@
 //! next attempt as a new delayed task. No attempt ever waits in a worker slot for its
 //! retry time, and a slow receiver only holds the slot of its own attempt.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::task::TaskTracker;
 
 use sqlx::AnyConnection;
 
@@ -43,13 +44,19 @@ pub struct DeliveryConfig {
     pub retry_after_max: Duration,
     /// An endpoint with no successful delivery for this long after a failure is disabled.
     pub disable_after: Duration,
-    /// Attempts one worker process makes at once.
+    /// Attempts one worker process makes at once, shared fairly among the accounts that
+    /// have attempts to make (see [`Slots`]).
     pub concurrency: usize,
-    /// Attempts one worker process makes at once to any one URL. Past it, further
-    /// deliveries there wait for a slot outside the worker (without using up an attempt),
-    /// so that a slow or dead receiver cannot occupy every worker slot and delay
-    /// deliveries to everyone else.
+    /// Attempts one worker process makes at once to any one destination (host and port)
+    /// of one account. Past it, further deliveries there wait for a slot outside the
+    /// worker (without using up an attempt), so that a slow or dead receiver cannot
+    /// occupy every slot of its account.
     pub per_url_concurrency: usize,
+    /// Attempts one worker process makes at once for any one account, so that an
+    /// account whose receivers all hang holds at most this many of `concurrency`.
+    pub per_account_concurrency: usize,
+    /// Endpoints one account may register (each event fans out to every one).
+    pub max_endpoints_per_account: usize,
     /// Least time between two `job.progress` events of one job.
     pub progress_interval: Duration,
 }
@@ -78,6 +85,8 @@ impl Default for DeliveryConfig {
             disable_after: Duration::from_secs(5 * 24 * h),
             concurrency: 256,
             per_url_concurrency: 32,
+            per_account_concurrency: 64,
+            max_endpoints_per_account: 16,
             progress_interval: Duration::from_secs(1),
         }
     }
@@ -139,8 +148,15 @@ pub(crate) async fn dispatch(engine: &Engine, delivery_ids: Vec<String>) {
 }
 
 /// Makes one attempt of the delivery named by `task`. Stale and duplicate tasks end
-/// quietly.
-pub async fn attempt(engine: &SharedEngine, task: &Deliver) -> Result<(), EngineError> {
+/// quietly. The worker slot is only used for the claim: the attempt itself runs
+/// detached (tracked by `inflight`, so shutdown lets it finish) once its destination has
+/// a free slot and its account a fair share of the process's slots; until then it waits
+/// off the worker, so a delivery that cannot start yet costs the worker nothing.
+pub async fn attempt(
+    engine: &SharedEngine,
+    task: &Deliver,
+    inflight: &TaskTracker,
+) -> Result<(), EngineError> {
     let cfg = &engine.config.delivery;
     let lease_until = now_ms() + (cfg.timeout + LEASE_MARGIN).as_millis() as i64;
     let mut conn = engine.store.pool().acquire().await?;
@@ -150,40 +166,69 @@ pub async fn attempt(engine: &SharedEngine, task: &Deliver) -> Result<(), Engine
         return Ok(());
     };
     drop(conn);
-    let gate = engine
-        .webhook_destinations
-        .gate(&delivery.url, cfg.per_url_concurrency);
-    if let Ok(slot) = gate.slots.clone().try_acquire_owned() {
-        return make_attempt(engine, &delivery, slot).await;
+    let places = &engine.webhook_destinations;
+    let gate = places.gate(
+        &delivery.account_id,
+        &destination(&delivery.url),
+        cfg.per_url_concurrency,
+    );
+    // The destination's slot first: one held while waiting for the account's turn
+    // blocks only this account's other deliveries there.
+    let mut permit = gate.slots.clone().try_acquire_owned().ok();
+    let slot = match permit {
+        Some(_) => places.slots.try_take(&delivery.account_id),
+        None => None,
+    };
+    if let (Some(slot), Some(permit)) = (slot, permit.take()) {
+        let engine = Arc::clone(engine);
+        inflight.spawn(async move {
+            if let Err(e) = make_attempt(&engine, &delivery, (permit, slot)).await {
+                // The delivery stays due in SQL; the sweeper hands it out again.
+                tracing::warn!(delivery_id = %delivery.id, error = %e, "delivery attempt failed");
+            }
+        });
+        return Ok(());
     }
-    // The receiver is busy with our earlier attempts. Wait for one of its slots off the
-    // worker, so that a slow receiver holds only its own slots and the worker goes on
-    // with deliveries to everyone else.
-    if gate.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING_PER_URL {
-        gate.waiting.fetch_sub(1, Ordering::SeqCst);
-        let at = now_ms() + jitter(BUSY_RETRY).as_millis() as i64;
+    // The destination is busy with this account's earlier attempts, or the account has
+    // its share of slots in use. Wait off the worker, unless so many already wait that
+    // this one could not start before its hold lapses: then it goes back to SQL, due
+    // when the backlog ahead of it should be gone.
+    let Some(waiting) = places.start_waiting(&delivery.account_id, &gate, cfg) else {
+        let at = now_ms()
+            + jitter(places.backlog_delay(&delivery.account_id, &gate, cfg)).as_millis() as i64;
         let mut conn = engine.store.pool().acquire().await?;
         if deliveries::defer(&mut conn, &delivery, at).await? {
             drop(conn);
             push_attempt(engine, &delivery, at).await;
         }
         return Ok(());
-    }
+    };
     // Hold the delivery while it waits, so the sweeper does not hand it out again and
     // again; if this process dies meanwhile, the hold lapses and the sweeper takes over.
     let hold = now_ms() + WAITING_HOLD.as_millis() as i64;
     let mut conn = engine.store.pool().acquire().await?;
     if !deliveries::renew(&mut conn, &delivery, hold).await? {
-        gate.waiting.fetch_sub(1, Ordering::SeqCst);
         return Ok(());
     }
     drop(conn);
     let engine = Arc::clone(engine);
+    let inflight = inflight.clone();
     tokio::spawn(async move {
-        let slot = gate.slots.clone().acquire_owned().await;
-        gate.waiting.fetch_sub(1, Ordering::SeqCst);
-        let Ok(slot) = slot else { return };
-        if let Err(e) = attempt_after_waiting(&engine, &delivery, slot).await {
+        let permit = match permit {
+            Some(p) => p,
+            None => match gate.slots.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let slot = engine
+            .webhook_destinations
+            .slots
+            .take(&delivery.account_id)
+            .await;
+        drop(waiting);
+        let made = attempt_after_waiting(&engine, &delivery, (permit, slot));
+        if let Err(e) = inflight.track_future(made).await {
             // The delivery stays due in SQL; the sweeper hands it out again.
             tracing::warn!(delivery_id = %delivery.id, error = %e, "delivery attempt failed");
         }
@@ -191,12 +236,16 @@ pub async fn attempt(engine: &SharedEngine, task: &Deliver) -> Result<(), Engine
     Ok(())
 }
 
+/// What one attempt holds while its request is under way: a slot of its destination
+/// and one of the process's slots, counted against its account.
+type Held = (OwnedSemaphorePermit, Slot);
+
 /// The hold taken at the claim may have lapsed while waiting for a slot: renew it, or
 /// stand down if the delivery moved on (the sweeper handed it to someone else).
 async fn attempt_after_waiting(
     engine: &Engine,
     delivery: &Delivery,
-    slot: OwnedSemaphorePermit,
+    held: Held,
 ) -> Result<(), EngineError> {
     let lease_until = now_ms() + (engine.config.delivery.timeout + LEASE_MARGIN).as_millis() as i64;
     let mut conn = engine.store.pool().acquire().await?;
@@ -204,15 +253,11 @@ async fn attempt_after_waiting(
         return Ok(());
     }
     drop(conn);
-    make_attempt(engine, delivery, slot).await
+    make_attempt(engine, delivery, held).await
 }
 
-/// One attempt of a claimed delivery, holding one of its URL's slots for the request.
-async fn make_attempt(
-    engine: &Engine,
-    delivery: &Delivery,
-    slot: OwnedSemaphorePermit,
-) -> Result<(), EngineError> {
+/// One attempt of a claimed delivery, holding its slots for the request.
+async fn make_attempt(engine: &Engine, delivery: &Delivery, held: Held) -> Result<(), EngineError> {
     let signer = match signing_keys(engine, delivery).await? {
         Ok(signer) => signer,
         Err(reason) => {
@@ -232,9 +277,10 @@ async fn make_attempt(
     let clock = Instant::now();
     let response = send(engine, &delivery.url, &event.id, &signer.secrets, body).await;
     // The receiver is done with us; the next delivery to it need not wait for our records.
-    drop(slot);
+    drop(held);
     let attempt = Attempt {
-        attempt: delivery.attempts + 1,
+        // Numbered when it is recorded.
+        attempt: 0,
         started_at,
         duration_ms: clock.elapsed().as_millis() as i64,
         status_code: response.status.map(i64::from),
@@ -319,12 +365,11 @@ async fn record(
             next = AfterAttempt::Failed;
         }
     }
-    if !deliveries::record_attempt(&mut tx, delivery, attempt, next, now).await? {
-        // Redelivered or swept meanwhile: the newer task owns the delivery now.
-        return Ok(());
-    }
+    let owned = deliveries::record_attempt(&mut tx, delivery, attempt, next, now).await?;
+    // Committed even when the delivery moved on (redelivered or swept meanwhile, and the
+    // newer task owns it now): the attempt was made, so the log shows it.
     tx.commit().await?;
-    if let AfterAttempt::Retry { at, .. } = next {
+    if let (true, AfterAttempt::Retry { at, .. }) = (owned, next) {
         push_attempt(engine, delivery, at).await;
     }
     Ok(())
@@ -343,51 +388,349 @@ async fn push_attempt(engine: &Engine, delivery: &Delivery, at: i64) {
     }
 }
 
-/// When a URL already has this many deliveries waiting for a slot in this process, more
-/// are put back in SQL for `BUSY_RETRY` instead of waiting in memory.
-const MAX_WAITING_PER_URL: usize = 10_000;
-
-/// How long a delivery waiting for a busy URL's slot is held against the sweeper.
+/// How long a delivery waiting for a slot is held against the sweeper. No more wait in
+/// memory than can start within it (see [`Destinations::start_waiting`]).
 const WAITING_HOLD: Duration = Duration::from_secs(600);
 
-/// How long a delivery put back for a busy URL waits.
+/// The least a delivery put back for a busy destination or account waits.
 const BUSY_RETRY: Duration = Duration::from_secs(5);
 
-/// Per URL, the attempts this process may make at once, and who waits for one.
-#[derive(Debug, Default)]
-pub struct Destinations {
-    by_url: Mutex<HashMap<String, Arc<Gate>>>,
+/// Where a URL's requests go, for the per-destination limit: host and port (the scheme's
+/// default port when none is given), so that `?i=1`, `?i=2`… or other paths on one
+/// server count together. A URL that does not parse is its own destination.
+pub fn destination(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or_default(),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_owned(),
+    }
 }
 
-/// One URL's slots.
+/// Per process: the attempt slots, shared fairly among accounts ([`Slots`]), and per
+/// account and destination, the attempts under way and who waits for one.
 #[derive(Debug)]
-struct Gate {
+pub struct Destinations {
+    by_place: Mutex<HashMap<(String, String), Arc<Gate>>>,
+    pub slots: Arc<Slots>,
+}
+
+/// One account's slots at one destination, and how many deliveries wait for them.
+#[derive(Debug)]
+pub struct Gate {
     slots: Arc<Semaphore>,
+    limit: usize,
     waiting: AtomicUsize,
 }
 
+/// A delivery waiting for its slots, counted against its account and destination while
+/// it lives.
+#[derive(Debug)]
+pub struct Waiting {
+    gate: Arc<Gate>,
+    slots: Arc<Slots>,
+    account: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.gate.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.slots.stop_waiting(&self.account);
+    }
+}
+
 impl Destinations {
-    /// The gate of `url`, made with `limit` slots on first use.
-    fn gate(&self, url: &str, limit: usize) -> Arc<Gate> {
-        let mut map = self.by_url.lock().expect("not poisoned");
+    pub fn new(cfg: &DeliveryConfig) -> Self {
+        Self {
+            by_place: Mutex::new(HashMap::new()),
+            slots: Slots::new(cfg.concurrency, cfg.per_account_concurrency),
+        }
+    }
+
+    /// The gate of `account` at `destination`, made with `limit` slots on first use. The
+    /// limit is per account, so another account sharing a host (a hosted automation
+    /// service, say) is not held up by this account's stuck URLs on it.
+    fn gate(&self, account: &str, destination: &str, limit: usize) -> Arc<Gate> {
+        let mut map = self.by_place.lock().expect("not poisoned");
         if map.len() > 10_000 {
-            // Forget URLs nobody is using, so the map does not grow with every URL seen.
+            // Forget places nobody is using, so the map does not grow with every URL seen.
             map.retain(|_, gate| Arc::strong_count(gate) > 1);
         }
-        map.entry(url.to_owned())
+        map.entry((account.to_owned(), destination.to_owned()))
             .or_insert_with(|| {
                 Arc::new(Gate {
                     slots: Arc::new(Semaphore::new(limit)),
+                    limit,
                     waiting: AtomicUsize::new(0),
                 })
             })
             .clone()
     }
+
+    /// How many may wait for `slots` slots when each attempt ahead may take the whole
+    /// timeout: no more than can start before the hold of the last one lapses.
+    fn wait_limit(slots: usize, cfg: &DeliveryConfig) -> usize {
+        let rounds = (WAITING_HOLD.as_millis() / cfg.timeout.as_millis().max(1)).max(1) as usize;
+        slots.saturating_mul(rounds)
+    }
+
+    /// Counts a delivery as waiting for its account and destination, or `None` if as
+    /// many wait already as could start before their holds lapse.
+    fn start_waiting(
+        &self,
+        account: &str,
+        gate: &Arc<Gate>,
+        cfg: &DeliveryConfig,
+    ) -> Option<Waiting> {
+        let at_gate = gate.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting {
+            gate: Arc::clone(gate),
+            slots: Arc::clone(&self.slots),
+            account: account.to_owned(),
+        };
+        let in_account = self.slots.start_waiting(account);
+        let share = cfg.per_account_concurrency.min(cfg.concurrency);
+        if at_gate >= Self::wait_limit(gate.limit, cfg)
+            || in_account >= Self::wait_limit(share, cfg)
+        {
+            return None; // `waiting` is dropped: both counts go back down.
+        }
+        Some(waiting)
+    }
+
+    /// How long the deliveries already waiting for this account and destination should
+    /// take, if every attempt took the whole timeout: when one put back should return.
+    fn backlog_delay(&self, account: &str, gate: &Gate, cfg: &DeliveryConfig) -> Duration {
+        let share = cfg.per_account_concurrency.min(cfg.concurrency);
+        let at_gate = gate.waiting.load(Ordering::SeqCst) / gate.limit.max(1);
+        let in_account = self.slots.waiting(account) / share.max(1);
+        let rounds = at_gate.max(in_account) as u32;
+        cfg.timeout
+            .saturating_mul(rounds)
+            .clamp(BUSY_RETRY, WAITING_HOLD)
+    }
 }
 
-/// 2xx delivers; 410 ends the delivery; anything else tries again at the next step of the
-/// schedule (or when a 429/503 says, within bounds) until the schedule runs out.
+/// The process's attempt slots (`webhooks.concurrency`), shared among accounts: an
+/// account runs at most `per_account` attempts at once, and when slots are short they
+/// go round-robin to the accounts that wait for one, so an account with many deliveries
+/// waiting gets no more turns than one with a single delivery.
+#[derive(Debug)]
+pub struct Slots {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    free: usize,
+    per_account: usize,
+    accounts: HashMap<String, Tenant>,
+    /// Accounts with a waiter and room under their cap, in the order they get a slot.
+    turns: VecDeque<String>,
+}
+
+#[derive(Debug, Default)]
+struct Tenant {
+    running: usize,
+    queue: VecDeque<oneshot::Sender<Slot>>,
+    in_turns: bool,
+    /// Deliveries of this account waiting in this process (for a slot or a destination).
+    waiting: usize,
+}
+
+impl Tenant {
+    fn idle(&self) -> bool {
+        self.running == 0 && self.queue.is_empty() && self.waiting == 0 && !self.in_turns
+    }
+}
+
+/// One of the process's attempt slots, held by one account; given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<Slots>,
+    account: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.release(&self.account);
+    }
+}
+
+impl Slots {
+    pub fn new(total: usize, per_account: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(SlotState {
+                free: total,
+                per_account,
+                accounts: HashMap::new(),
+                turns: VecDeque::new(),
+            }),
+        })
+    }
+
+    /// A slot for `account` now, if one is free and the account is under its cap and has
+    /// no earlier delivery waiting.
+    pub fn try_take(self: &Arc<Self>, account: &str) -> Option<Slot> {
+        let mut st = self.state.lock().expect("not poisoned");
+        let (free, cap) = (st.free, st.per_account);
+        let tenant = st.accounts.entry(account.to_owned()).or_default();
+        if free == 0 || tenant.running >= cap || !tenant.queue.is_empty() {
+            if tenant.idle() {
+                st.accounts.remove(account);
+            }
+            return None;
+        }
+        tenant.running += 1;
+        st.free -= 1;
+        Some(Slot {
+            slots: Arc::clone(self),
+            account: account.to_owned(),
+        })
+    }
+
+    /// A slot for `account`, waiting for the account's turn if need be.
+    pub async fn take(self: &Arc<Self>, account: &str) -> Slot {
+        loop {
+            let rx = {
+                let mut st = self.state.lock().expect("not poisoned");
+                let (free, cap) = (st.free, st.per_account);
+                let tenant = st.accounts.entry(account.to_owned()).or_default();
+                if free > 0 && tenant.running < cap && tenant.queue.is_empty() {
+                    tenant.running += 1;
+                    st.free -= 1;
+                    return Slot {
+                        slots: Arc::clone(self),
+                        account: account.to_owned(),
+                    };
+                }
+                let (tx, rx) = oneshot::channel();
+                tenant.queue.push_back(tx);
+                if tenant.running < cap && !tenant.in_turns {
+                    tenant.in_turns = true;
+                    st.turns.push_back(account.to_owned());
+                }
+                // Normally nothing to hand out here (free slots never wait beside an
+                // account's turn), but a turn left behind by a waiter that went away must
+                // not strand this one.
+                (rx, self.grant(&mut st))
+            };
+            let (rx, grants) = rx;
+            for (tx, slot) in grants {
+                let _ = tx.send(slot);
+            }
+            if let Ok(slot) = rx.await {
+                return slot;
+            }
+        }
+    }
+
+    fn release(self: &Arc<Self>, account: &str) {
+        let grants = {
+            let mut st = self.state.lock().expect("not poisoned");
+            st.free += 1;
+            let cap = st.per_account;
+            let mut idle = false;
+            let mut queue_turn = false;
+            if let Some(tenant) = st.accounts.get_mut(account) {
+                tenant.running -= 1;
+                if tenant.running < cap && !tenant.queue.is_empty() && !tenant.in_turns {
+                    tenant.in_turns = true;
+                    queue_turn = true;
+                }
+                idle = tenant.idle();
+            }
+            if queue_turn {
+                st.turns.push_back(account.to_owned());
+            }
+            if idle {
+                st.accounts.remove(account);
+            }
+            self.grant(&mut st)
+        };
+        // Handed over outside the lock: a waiter that is gone drops its slot, which
+        // releases it again.
+        for (tx, slot) in grants {
+            let _ = tx.send(slot);
+        }
+    }
+
+    /// Free slots to waiting accounts, one per account per round.
+    fn grant(self: &Arc<Self>, st: &mut SlotState) -> Vec<(oneshot::Sender<Slot>, Slot)> {
+        let mut out = Vec::new();
+        while st.free > 0 {
+            let Some(account) = st.turns.pop_front() else {
+                break;
+            };
+            let cap = st.per_account;
+            let Some(tenant) = st.accounts.get_mut(&account) else {
+                continue;
+            };
+            tenant.in_turns = false;
+            let Some(tx) =
+                std::iter::from_fn(|| tenant.queue.pop_front()).find(|tx| !tx.is_closed())
+            else {
+                continue;
+            };
+            tenant.running += 1;
+            let again = tenant.running < cap && !tenant.queue.is_empty();
+            if again {
+                tenant.in_turns = true;
+            }
+            st.free -= 1;
+            if again {
+                st.turns.push_back(account.clone());
+            }
+            out.push((
+                tx,
+                Slot {
+                    slots: Arc::clone(self),
+                    account,
+                },
+            ));
+        }
+        out
+    }
+
+    /// Counts one more delivery of `account` waiting; returns how many waited before.
+    fn start_waiting(&self, account: &str) -> usize {
+        let mut st = self.state.lock().expect("not poisoned");
+        let tenant = st.accounts.entry(account.to_owned()).or_default();
+        tenant.waiting += 1;
+        tenant.waiting - 1
+    }
+
+    fn stop_waiting(&self, account: &str) {
+        let mut st = self.state.lock().expect("not poisoned");
+        if let Some(tenant) = st.accounts.get_mut(account) {
+            tenant.waiting -= 1;
+            if tenant.idle() {
+                st.accounts.remove(account);
+            }
+        }
+    }
+
+    fn waiting(&self, account: &str) -> usize {
+        let st = self.state.lock().expect("not poisoned");
+        st.accounts.get(account).map_or(0, |t| t.waiting)
+    }
+
+    /// Attempts `account` has under way in this process.
+    pub fn running(&self, account: &str) -> usize {
+        let st = self.state.lock().expect("not poisoned");
+        st.accounts.get(account).map_or(0, |t| t.running)
+    }
+}
+
+/// 2xx delivers; 410 and a destination the guard refuses end the delivery; anything else
+/// tries again at the next step of the schedule (or when a 429/503 says, within bounds)
+/// until the schedule runs out.
 fn next_step(cfg: &DeliveryConfig, step: i64, response: &Response, now: i64) -> AfterAttempt {
+    if response.blocked {
+        return AfterAttempt::Failed;
+    }
     match response.status {
         Some(200..=299) => return AfterAttempt::Delivered,
         Some(410) => return AfterAttempt::Failed,
@@ -421,12 +764,27 @@ struct Response {
     retry_after: Option<Duration>,
     body: Option<String>,
     error: Option<String>,
+    /// The guard refused the destination: no retry can reach it under these rules.
+    blocked: bool,
 }
 
 impl Response {
     fn failed(error: String) -> Response {
         Response {
             error: Some(error),
+            ..Response::default()
+        }
+    }
+
+    fn blocked(e: &ssrf::GuardError) -> Response {
+        let permanent = e.is_permanent();
+        Response {
+            error: Some(if permanent {
+                format!("blocked: {e}")
+            } else {
+                e.to_string()
+            }),
+            blocked: permanent,
             ..Response::default()
         }
     }
@@ -442,7 +800,7 @@ async fn send(
     body: Vec<u8>,
 ) -> Response {
     if let Err(e) = ssrf::check_url(url, &engine.config.webhook_allow) {
-        return Response::failed(format!("blocked: {e}"));
+        return Response::blocked(&e);
     }
     let timestamp = now_ms().div_euclid(1000);
     let secrets: Vec<&Secret> = secrets.iter().collect();
@@ -459,7 +817,12 @@ async fn send(
         .await;
     let mut response = match sent {
         Ok(r) => r,
-        Err(e) => return Response::failed(describe(&e, engine.config.delivery.timeout)),
+        Err(e) => {
+            if let Some(guard) = ssrf::find_guard_error(&e) {
+                return Response::blocked(guard);
+            }
+            return Response::failed(describe(&e, engine.config.delivery.timeout));
+        }
     };
     let status = response.status();
     let retry_after = match status.as_u16() {
@@ -496,6 +859,7 @@ async fn send(
         retry_after,
         body: Some(String::from_utf8_lossy(&kept).into_owned()),
         error,
+        blocked: false,
     }
 }
 
@@ -561,7 +925,12 @@ pub async fn redeliver(
         .rearm_delivery(account_id, delivery_id, now_ms())
         .await?
     else {
-        return Ok(Redelivery::NotFound);
+        // An attempt holds the delivery right now: it is the redelivery (a second one at
+        // once would only race it).
+        return Ok(match engine.store.delivery(delivery_id).await? {
+            Some(d) if d.account_id == account_id => Redelivery::Armed(Box::new(d)),
+            _ => Redelivery::NotFound,
+        });
     };
     let task = Deliver {
         delivery_id: armed.id.clone(),
@@ -611,23 +980,76 @@ mod tests {
     }
 
     #[test]
-    fn destinations_cap_attempts_per_url_and_free_slots_on_drop() {
-        let d = Destinations::default();
-        let a = d.gate("http://a/", 2);
+    fn destinations_are_host_and_port() {
+        assert_eq!(destination("https://h.example/a?i=1"), "h.example:443");
+        assert_eq!(destination("https://H.example:443/b?i=2"), "h.example:443");
+        assert_eq!(destination("http://h.example/"), "h.example:80");
+        assert_eq!(destination("http://h.example:8080/"), "h.example:8080");
+        assert_eq!(destination("http://[::1]:9/"), "[::1]:9");
+    }
+
+    #[test]
+    fn gates_cap_attempts_per_account_and_destination() {
+        let d = Destinations::new(&DeliveryConfig::default());
+        let a = d.gate("acct_a", "h:80", 2);
         let a1 = a.slots.clone().try_acquire_owned().unwrap();
         let _a2 = a.slots.clone().try_acquire_owned().unwrap();
-        let again = d.gate("http://a/", 2);
+        let again = d.gate("acct_a", "h:80", 2);
         assert!(
             again.slots.clone().try_acquire_owned().is_err(),
-            "one gate per URL"
+            "one gate per place"
         );
-        let b = d.gate("http://b/", 2);
+        let other = d.gate("acct_b", "h:80", 2);
         assert!(
-            b.slots.clone().try_acquire_owned().is_ok(),
-            "other URLs are unaffected"
+            other.slots.clone().try_acquire_owned().is_ok(),
+            "other accounts are unaffected"
         );
         drop(a1);
         assert!(a.slots.clone().try_acquire_owned().is_ok());
+    }
+
+    #[tokio::test]
+    async fn slots_cap_each_account_and_go_round_robin() {
+        let slots = Slots::new(3, 2);
+        let a1 = slots.try_take("a").unwrap();
+        let a2 = slots.try_take("a").unwrap();
+        assert!(slots.try_take("a").is_none(), "a is at its cap");
+        let b1 = slots.try_take("b").unwrap();
+        assert!(slots.try_take("c").is_none(), "no slot left");
+        // a queues many, c one: the next free slot goes to c, although a asked first.
+        let mut a_waits: Vec<_> = (0..5)
+            .map(|_| {
+                let s = Arc::clone(&slots);
+                tokio::spawn(async move { s.take("a").await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let s = Arc::clone(&slots);
+        let c_wait = tokio::spawn(async move { s.take("c").await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(b1);
+        let c1 = tokio::time::timeout(Duration::from_secs(5), c_wait)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(slots.running("c"), 1);
+        assert_eq!(slots.running("a"), 2);
+        // a's own slots come back to a.
+        drop(a1);
+        let first = a_waits.remove(0);
+        let _ = (a2, c1);
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if slots.running("a") == 2 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(got.is_ok());
+        drop(first);
+        drop(a_waits);
     }
 
     #[test]

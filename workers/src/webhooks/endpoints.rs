@@ -1,6 +1,8 @@
 //! Account-wide webhook endpoints: checking a create request, writing the endpoint with
 //! its own secret, and the event filters shared with per-job webhooks.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use super::signature::Secret;
@@ -82,9 +84,41 @@ pub fn parse_url(
         ));
     };
     // An address a hostname resolves to is judged again at each delivery attempt.
-    ssrf::check_url(url, allow)
-        .map_err(|e| InvalidField::new(param, format!("{param} is not usable: {e}")))?;
+    ssrf::check_url(url, allow).map_err(|e| refused(param, &e))?;
     Ok(url.to_owned())
+}
+
+/// How long submission waits for a webhook host name to resolve before leaving the
+/// judgement to delivery.
+pub const SUBMIT_LOOKUP_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// The addresses a webhook URL's host name resolves to now, judged at submission (after
+/// [`parse_url`]), so that a name for a private address is refused at once instead of
+/// failing at every delivery. Cheap: at most [`SUBMIT_LOOKUP_TIMEOUT`], and a name that
+/// does not resolve in time is accepted (delivery judges it again anyway).
+pub async fn check_resolved_url(
+    url: &str,
+    param: &str,
+    allow: &AllowList,
+) -> Result<(), InvalidField> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(());
+    };
+    ssrf::check_resolved(&parsed, allow, SUBMIT_LOOKUP_TIMEOUT)
+        .await
+        .map_err(|e| refused(param, &e))
+}
+
+fn refused(param: &str, e: &ssrf::GuardError) -> InvalidField {
+    let hint = if e.is_private_address() {
+        format!(
+            "; private and loopback addresses are refused unless {} allows them",
+            ssrf::ALLOW_CIDRS_ENV
+        )
+    } else {
+        String::new()
+    };
+    InvalidField::new(param, format!("{param} is not usable: {e}{hint}"))
 }
 
 /// A `POST /v1/webhook-endpoints` body that passed every check.
@@ -125,12 +159,14 @@ pub fn parse_endpoint_request(
     })
 }
 
-/// Creates an endpoint with a fresh secret (the only time the secret is shown).
+/// Creates an endpoint with a fresh secret (the only time the secret is shown); `None` if
+/// the account already has `webhooks.max_endpoints_per_account` endpoints. Every event
+/// fans out to each endpoint, so the cap bounds what one event can cost.
 pub async fn create_endpoint(
     engine: &Engine,
     account_id: &str,
     req: EndpointRequest,
-) -> Result<Endpoint, EngineError> {
+) -> Result<Option<Endpoint>, EngineError> {
     let endpoint = Endpoint {
         id: new_id(IdKind::Endpoint),
         account_id: account_id.to_owned(),
@@ -143,8 +179,12 @@ pub async fn create_endpoint(
         disabled_at: None,
         disabled_reason: None,
     };
-    engine.store.insert_endpoint(&endpoint).await?;
-    Ok(endpoint)
+    let cap = engine.config.delivery.max_endpoints_per_account;
+    Ok(engine
+        .store
+        .insert_endpoint(&endpoint, cap)
+        .await?
+        .then_some(endpoint))
 }
 
 /// The public endpoint object; the secret only when it was just created.

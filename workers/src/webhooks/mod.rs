@@ -29,7 +29,8 @@ pub async fn default_secret(
     Ok(secrets)
 }
 
-/// A new default secret; the old one signs alongside for `ROTATION_OVERLAP`.
+/// A new default secret; the old one signs alongside for `ROTATION_OVERLAP` (and those
+/// rotated out before it for the rest of theirs).
 pub async fn rotate_default_secret(
     engine: &Engine,
     account_id: &str,
@@ -49,7 +50,7 @@ pub async fn signing_secrets(
 ) -> Result<Vec<Secret>, EngineError> {
     let stored = default_secret(engine, account_id).await?;
     std::iter::once(stored.current)
-        .chain(stored.previous.map(|(secret, _)| secret))
+        .chain(stored.previous.into_iter().map(|(secret, _)| secret))
         .map(|s| {
             Secret::parse(&s).map_err(|e| {
                 EngineError::Internal(format!("stored webhook secret unreadable: {e}"))

@@ -55,6 +55,8 @@ pub enum GuardError {
     MissingHost,
     #[error("address {ip} is not allowed: {reason}")]
     Blocked { ip: IpAddr, reason: &'static str },
+    #[error("{host} always names this machine (loopback), which is not allowed")]
+    LocalName { host: String },
     // The I/O error goes into the message rather than `source()` so that logs which print only the
     // top-level message still say why the lookup failed.
     #[error("could not resolve {host}: {error}")]
@@ -74,6 +76,27 @@ fn describe_blocked(blocked: &[(IpAddr, &'static str)]) -> String {
         .map(|(ip, reason)| format!("{ip} ({reason})"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+impl GuardError {
+    /// Whether the URL can never be delivered to under these rules (as opposed to a name
+    /// that could not be resolved just now): such a delivery fails at once, not retried.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(
+            self,
+            GuardError::Lookup { .. } | GuardError::NoAddresses { .. }
+        )
+    }
+
+    /// Whether the operator's allow list could open what was refused.
+    pub fn is_private_address(&self) -> bool {
+        matches!(
+            self,
+            GuardError::Blocked { .. }
+                | GuardError::LocalName { .. }
+                | GuardError::AllBlocked { .. }
+        )
+    }
 }
 
 /// Finds the [`GuardError`] behind an error, e.g. inside a `reqwest::Error` from [`delivery_client`],
@@ -377,11 +400,50 @@ pub fn check_url(url: &str, allow: &AllowList) -> Result<url::Url, GuardError> {
     match parsed.host() {
         None => return Err(GuardError::MissingHost),
         Some(url::Host::Domain("")) => return Err(GuardError::MissingHost),
+        // `localhost` and its subdomains are loopback by definition (RFC 6761), so they
+        // are judged without asking a resolver, like 127.0.0.1.
+        Some(url::Host::Domain(name)) if is_localhost(name) => {
+            if !allow.allows(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                && !allow.allows(IpAddr::V6(Ipv6Addr::LOCALHOST))
+            {
+                return Err(GuardError::LocalName {
+                    host: name.to_owned(),
+                });
+            }
+        }
         Some(url::Host::Domain(_)) => {}
         Some(url::Host::Ipv4(ip)) => check_ip(IpAddr::V4(ip), allow)?,
         Some(url::Host::Ipv6(ip)) => check_ip(IpAddr::V6(ip), allow)?,
     }
     Ok(parsed)
+}
+
+/// `localhost`, `localhost.` and any name under `.localhost`.
+fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// What can be judged of a URL's host name when it is submitted: the addresses it
+/// resolves to now, looked up for at most `timeout`. Refused only if every address is
+/// blocked; a name that does not resolve in time (or at all) is left to delivery, which
+/// judges the addresses again at every attempt (DNS answers change).
+pub async fn check_resolved(
+    url: &url::Url,
+    allow: &AllowList,
+    timeout: Duration,
+) -> Result<(), GuardError> {
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return Ok(());
+    };
+    let lookup = tokio::net::lookup_host((host, 0));
+    let Ok(Ok(addrs)) = tokio::time::timeout(timeout, lookup).await else {
+        return Ok(());
+    };
+    match filter_addrs(host, addrs, allow) {
+        Err(e @ GuardError::AllBlocked { .. }) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Keeps the addresses of `host` that may be dialled under `allow`, or explains why none may.
@@ -728,8 +790,24 @@ mod tests {
         assert_eq!(url.host_str(), Some("example.com"));
         assert!(check_url("http://8.8.8.8:8080/x?y=1", &none).is_ok());
         assert!(check_url("https://[2606:4700:4700::1111]/hook", &none).is_ok());
-        // Names are not resolved at submission; the resolver judges them at delivery.
-        assert!(check_url("http://localhost/hook", &none).is_ok());
+        // Names are not resolved here; the resolver judges them at delivery. `localhost`
+        // is loopback by definition, so it is judged like 127.0.0.1.
+        assert!(check_url("http://hooks.example.com/hook", &none).is_ok());
+        for local in [
+            "http://localhost:9000/hook",
+            "http://LocalHost./h",
+            "http://a.localhost/h",
+        ] {
+            let err = check_url(local, &none).unwrap_err();
+            assert!(
+                matches!(err, GuardError::LocalName { .. })
+                    && err.is_permanent()
+                    && err.is_private_address(),
+                "{local}: {err:?}"
+            );
+        }
+        assert!(check_url("http://localhost:9000/hook", &allow("127.0.0.0/8")).is_ok());
+        assert!(check_url("http://localhost:9000/hook", &allow("::1")).is_ok());
 
         let exact = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 20));
         assert_eq!(exact.len(), MAX_URL_LEN);

@@ -1,0 +1,436 @@
+//! Webhooks under a careless or hostile tenant, on both backends: one account's stuck
+//! receivers cost another account nothing, URLs on one host share its limit, endpoints
+//! are capped and paged, every attempt sent is in the log however many redeliveries are
+//! asked for at once, a destination the guard refuses fails at once, and `localhost` (or a
+//! name for a private address) is refused when submitted.
+
+use std::time::{Duration, Instant};
+
+use mediagate::config::Config;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+use crate::receiver::{Receiver, Reply};
+use crate::support::{Backend, TestApp, new_key};
+
+on_both_backends!(
+    a_stuck_account_does_not_delay_another_accounts_webhooks,
+    urls_on_one_host_share_its_limit,
+    endpoints_are_capped_and_paged,
+    a_redelivery_storm_records_every_attempt_sent,
+    a_blocked_destination_fails_at_once_with_the_reason,
+    localhost_and_private_names_are_refused_at_submission,
+);
+
+/// Loopback receivers are reachable, and the schedule is short.
+async fn start(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    TestApp::start_with(backend, move |c| {
+        c.webhook_allow_cidrs = "127.0.0.0/8".to_owned();
+        c.webhooks.schedule = "0".to_owned();
+        tweak(c);
+    })
+    .await
+}
+
+fn image_job(prompt: &str) -> Value {
+    json!({"model": "local/image", "input": {"prompt": prompt, "size": "64x64"}})
+}
+
+async fn create_endpoint(app: &TestApp, key: &str, url: &str) -> reqwest::Response {
+    app.client
+        .post(format!("{}/v1/webhook-endpoints", app.url))
+        .bearer_auth(key)
+        .json(&json!({"url": url}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn deliveries(app: &TestApp, job_id: &str) -> Vec<Value> {
+    let list = app.get_json(&format!("/v1/jobs/{job_id}/deliveries")).await;
+    list["data"].as_array().expect("a list").clone()
+}
+
+/// Polls until `done` holds, for at most `limit`.
+async fn eventually<T>(limit: Duration, mut done: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = done().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "never got there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_stuck_account_does_not_delay_another_accounts_webhooks(backend: Backend) {
+    // Eight attempt slots per process, at most four for one account, two per destination.
+    // The stuck account's receivers never answer within the 30 s timeout.
+    let app = start(backend, |c| {
+        c.webhooks.concurrency = 8;
+        c.webhooks.per_account_concurrency = 4;
+        c.webhooks.per_url_concurrency = 2;
+        c.webhooks.timeout_ms = 30_000;
+        c.webhooks.max_endpoints_per_account = 100;
+    })
+    .await;
+    let mut hanging = Vec::new();
+    for _ in 0..8 {
+        hanging.push(Receiver::start(|_, _| Reply::ok().after(Duration::from_secs(120))).await);
+    }
+    // Many endpoints, on many destinations: alone they could take every slot.
+    for rx in &hanging {
+        for i in 0..5 {
+            let res = create_endpoint(&app, &app.key, &rx.url(&format!("/stuck?i={i}"))).await;
+            assert_eq!(res.status(), StatusCode::CREATED);
+        }
+    }
+    let stuck_job = app.submit(image_job("stuck")).await;
+    let stuck_id = stuck_job["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    // The stuck account holds its share: its attempts are under way and hang.
+    eventually(Duration::from_secs(30), async || {
+        let n: usize = hanging.iter().map(|rx| rx.hits().len()).sum();
+        (n >= 4).then_some(())
+    })
+    .await;
+
+    let other = new_key(app.running.as_ref().unwrap(), "acct_quiet").await;
+    let fast = Receiver::start(|_, _| Reply::ok()).await;
+    let res = app
+        .client
+        .post(format!("{}/v1/jobs", app.url))
+        .bearer_auth(&other)
+        .json(
+            &json!({"model": "local/image", "input": {"prompt": "quiet", "size": "64x64"},
+                      "webhook": {"url": fast.url("/quiet")}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    // Were the stuck account allowed every slot, this would wait for the 30 s timeout.
+    fast.wait_hits(1, Duration::from_secs(60)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the other account's webhook came only after {:?}",
+        started.elapsed()
+    );
+    // ...and it came while the stuck ones were still hanging: none has ended yet.
+    let log = deliveries(&app, &stuck_id).await;
+    assert_eq!(log.len(), 40);
+    assert!(
+        log.iter()
+            .all(|d| d["attempts"].as_array().unwrap().is_empty()),
+        "{log:#?}"
+    );
+    let hits: usize = hanging.iter().map(|rx| rx.hits().len()).sum();
+    assert!(hits <= 4, "the stuck account made {hits} attempts at once");
+}
+
+async fn urls_on_one_host_share_its_limit(backend: Backend) {
+    let app = start(backend, |c| {
+        c.webhooks.per_url_concurrency = 2;
+        c.webhooks.timeout_ms = 30_000;
+    })
+    .await;
+    let hanging = Receiver::start(|_, _| Reply::ok().after(Duration::from_secs(120))).await;
+    let fast = Receiver::start(|_, _| Reply::ok()).await;
+    for i in 0..6 {
+        let url = hanging.url(&format!("/h?i={i}"));
+        assert_eq!(
+            create_endpoint(&app, &app.key, &url).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(
+        create_endpoint(&app, &app.key, &fast.url("/f"))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    app.submit(image_job("one host")).await;
+    // The account's other destination is served meanwhile.
+    fast.wait_hits(1, Duration::from_secs(30)).await;
+    hanging.wait_hits(2, Duration::from_secs(30)).await;
+    // Give the other four every chance to start, were they counted apart.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        hanging.hits().len(),
+        2,
+        "six URLs on one host and port are one destination"
+    );
+}
+
+async fn endpoints_are_capped_and_paged(backend: Backend) {
+    let app = start(backend, |c| c.webhooks.max_endpoints_per_account = 5).await;
+    let rx = Receiver::start(|_, _| Reply::ok()).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let res = create_endpoint(&app, &app.key, &rx.url(&format!("/e{i}"))).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let res = create_endpoint(&app, &app.key, &rx.url("/e5")).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(res.headers().contains_key("x-request-id"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "conflict_error", "{body}");
+    assert_eq!(body["error"]["code"], "endpoint_limit_reached", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains('5'));
+
+    // Pages of two, oldest first, in the cursor style of GET /v1/jobs.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/webhook-endpoints?limit=2&after={a}"),
+            None => "/v1/webhook-endpoints?limit=2".to_owned(),
+        };
+        let page = app.get_json(&path).await;
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= 2);
+        seen.extend(data.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        assert_eq!(page["last_id"], data.last().unwrap()["id"]);
+        if page["has_more"] == false {
+            break;
+        }
+        after = page["last_id"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, ids);
+    let all = app.get_json("/v1/webhook-endpoints").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 5);
+    assert_eq!(all["has_more"], false);
+    for bad in ["limit=0", "limit=101", "limit=x", "after=job_1"] {
+        let res = app
+            .get(&format!("/v1/webhook-endpoints?{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        let param = bad.split('=').next().unwrap();
+        assert_eq!(body["error"]["param"], param, "{bad}: {body}");
+    }
+
+    // A deleted endpoint frees its place; another account has places of its own.
+    let res = app
+        .client
+        .delete(format!("{}/v1/webhook-endpoints/{}", app.url, ids[0]))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        create_endpoint(&app, &app.key, &rx.url("/again"))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    // Creations racing each other cannot pass the cap together.
+    let other = new_key(app.running.as_ref().unwrap(), "acct_racer").await;
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let (client, url, key) = (app.client.clone(), app.url.clone(), other.clone());
+            let hook = rx.url(&format!("/race{i}"));
+            tokio::spawn(async move {
+                client
+                    .post(format!("{url}/v1/webhook-endpoints"))
+                    .bearer_auth(&key)
+                    .json(&json!({"url": hook}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(created, 5);
+}
+
+async fn a_redelivery_storm_records_every_attempt_sent(backend: Backend) {
+    let app = start(backend, |_| {}).await;
+    // Slow enough that redeliveries overlap attempts under way.
+    let rx = Receiver::start(|_, _| Reply::ok().after(Duration::from_millis(300))).await;
+    let mut job = image_job("storm");
+    job["webhook"] = json!({"url": rx.url("/storm")});
+    let job = app.submit(job).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let first = eventually(Duration::from_secs(30), async || {
+        let log = deliveries(&app, &id).await;
+        log.first()
+            .filter(|d| d["status"] == "delivered")
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    // Redeliveries keep coming while earlier ones are still being sent: bursts of three,
+    // 50 ms apart, for about as long as ten attempts take.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        for _ in 0..3 {
+            let (client, url, key) = (app.client.clone(), app.url.clone(), app.key.clone());
+            let path = format!("{url}/v1/deliveries/{first}/redeliver");
+            tasks.push(tokio::spawn(async move {
+                client
+                    .post(path)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::ACCEPTED);
+    }
+    // Quiet: nothing pending, and no request arriving for a while.
+    let log = eventually(Duration::from_secs(60), async || {
+        let before = rx.hits().len();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let log = deliveries(&app, &id).await;
+        (rx.hits().len() == before && log[0]["status"] != "pending").then_some(log)
+    })
+    .await;
+    let recorded = log[0]["attempts"].as_array().unwrap().len();
+    assert_eq!(log[0]["attempt_count"], recorded);
+    assert!(rx.hits().len() >= 2, "a redelivery was sent");
+    assert_eq!(
+        rx.hits().len(),
+        recorded,
+        "every attempt sent is in the delivery log: {log:#?}"
+    );
+    let numbers: Vec<i64> = log[0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=recorded as i64).collect::<Vec<_>>());
+}
+
+async fn a_blocked_destination_fails_at_once_with_the_reason(backend: Backend) {
+    // No allow list, and a schedule with retries to spare.
+    let app = TestApp::start_with(backend, |c| {
+        c.webhooks.schedule = "0,200ms,200ms,200ms".to_owned();
+    })
+    .await;
+    let rx = Receiver::start(|_, _| Reply::ok()).await;
+    let port = rx.base.rsplit(':').next().unwrap().to_owned();
+    // An endpoint stored before the rules refused it (written past the API's check): the
+    // guard at delivery refuses it, for good.
+    let engine = app.engine();
+    let endpoint = mediagate_workers::store::webhook_endpoints::Endpoint {
+        id: mediagate_workers::ids::new_id(mediagate_workers::ids::IdKind::Endpoint),
+        account_id: app.account_id().await,
+        url: format!("http://localhost:{port}/h"),
+        secret: mediagate_workers::webhooks::signature::Secret::generate().to_whsec(),
+        events: vec!["job.completed".to_owned()],
+        description: String::new(),
+        created_at: mediagate_workers::ids::now_ms(),
+        failing_since: None,
+        disabled_at: None,
+        disabled_reason: None,
+    };
+    assert!(engine.store.insert_endpoint(&endpoint, 100).await.unwrap());
+    let job = app.submit(image_job("blocked")).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(30), async || {
+        let log = deliveries(&app, &id).await;
+        log.first()
+            .is_some_and(|d| d["status"] != "pending")
+            .then_some(())
+    })
+    .await;
+    // Had it been retried, the three retries would come within a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = deliveries(&app, &id).await;
+    assert_eq!(log[0]["status"], "failed", "{log:#?}");
+    let attempts = log[0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "not retried: {log:#?}");
+    let error = attempts[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("blocked") && error.contains("localhost"),
+        "{error}"
+    );
+    assert_eq!(log[0]["last_error"], error);
+    assert!(rx.hits().is_empty());
+}
+
+async fn localhost_and_private_names_are_refused_at_submission(backend: Backend) {
+    // No allow list: the quickstart's receiver on this machine is refused up front.
+    let app = TestApp::start(backend).await;
+    let refused = |res: Value, param: &str| {
+        assert_eq!(res["error"]["param"], param, "{res}");
+        assert_eq!(res["error"]["type"], "invalid_request_error", "{res}");
+        let message = res["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("MEDIAGATE_WEBHOOK_ALLOW_CIDRS"),
+            "{message}"
+        );
+    };
+    // Names in /etc/hosts for this machine other than localhost resolve to loopback too;
+    // those are judged by what they resolve to.
+    let mut urls = vec![
+        "http://localhost:9000/hook".to_owned(),
+        "http://LOCALHOST./h".to_owned(),
+    ];
+    if let Some(name) = loopback_alias().await {
+        urls.push(format!("http://{name}:9000/hook"));
+    }
+    for url in &urls {
+        let mut job = image_job("local");
+        job["webhook"] = json!({"url": url});
+        let res = app.post("/v1/jobs").json(&job).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{url}");
+        assert!(res.headers().contains_key("x-request-id"));
+        refused(res.json().await.unwrap(), "webhook.url");
+        let res = create_endpoint(&app, &app.key, url).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{url}");
+        refused(res.json().await.unwrap(), "url");
+    }
+    // Allowed by the operator, the same URL is accepted.
+    let open = start(backend, |_| {}).await;
+    let mut job = image_job("local");
+    job["webhook"] = json!({"url": "http://localhost:9000/hook"});
+    let res = open.post("/v1/jobs").json(&job).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+}
+
+/// A name other than `localhost` that this machine resolves to loopback alone (from
+/// /etc/hosts), if there is one.
+async fn loopback_alias() -> Option<String> {
+    let hosts = std::fs::read_to_string("/etc/hosts").ok()?;
+    for line in hosts.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(addr) = fields.next() else { continue };
+        if addr.starts_with('#') || !addr.starts_with("127.") {
+            continue;
+        }
+        for name in fields {
+            if name.contains("localhost") {
+                continue;
+            }
+            let Ok(addrs) = tokio::net::lookup_host((name, 0)).await else {
+                continue;
+            };
+            let addrs: Vec<_> = addrs.collect();
+            if !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()) {
+                return Some(name.to_owned());
+            }
+        }
+    }
+    None
+}
