@@ -80,7 +80,7 @@ async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
                 mediagate_workers::ids::now_ms(),
                 local_pool_state(&app)
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
     // A step cut off by its watchdog while waiting on a slow database (not rendering)

@@ -27,8 +27,10 @@ const VIDEO_FPS: u32 = 24;
 /// How often a running render tells the step watchdog it is still working.
 const SIGN_OF_LIFE_EVERY: Duration = Duration::from_millis(500);
 
-/// How soon a job waiting for a render slot looks again.
+/// How soon a job waiting for a render slot looks again, per round of renders ahead of
+/// it, and at most.
 const RENDER_WAIT_POLL: Duration = Duration::from_millis(250);
+const RENDER_WAIT_POLL_MAX: Duration = Duration::from_secs(2);
 
 /// How long a waiting job keeps its place in line without asking again (it asks every
 /// `RENDER_WAIT_POLL` while it waits).
@@ -62,6 +64,7 @@ pub fn cores() -> usize {
 #[derive(Debug, Clone)]
 pub struct RenderPool {
     slots: Arc<Semaphore>,
+    slot_count: usize,
     state: Arc<Mutex<Waiting>>,
     started: Arc<AtomicU64>,
 }
@@ -78,19 +81,20 @@ impl RenderPool {
     fn new(slots: usize) -> Self {
         RenderPool {
             slots: Arc::new(Semaphore::new(slots.max(1))),
+            slot_count: slots.max(1),
             state: Arc::default(),
             started: Arc::default(),
         }
     }
 
-    /// Sets a slot aside for `job_id`'s render; false if every slot is busy or taken by
-    /// a job that has waited longer.
-    fn reserve(&self, job_id: &str) -> bool {
+    /// Sets a slot aside for `job_id`'s render; otherwise (every slot busy, or taken by
+    /// jobs that have waited longer) the job's place in line, 0 first.
+    fn reserve(&self, job_id: &str) -> Result<(), usize> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let Waiting { reserved, line } = &mut *state;
         reserved.retain(|_, (_, at)| at.elapsed() < RESERVATION_TTL);
         if reserved.contains_key(job_id) {
-            return true;
+            return Ok(());
         }
         line.retain(|(_, asked)| asked.elapsed() < PLACE_KEPT_FOR);
         let place = match line.iter().position(|(id, _)| id == job_id) {
@@ -104,16 +108,23 @@ impl RenderPool {
             }
         };
         if place >= self.slots.available_permits() {
-            return false;
+            return Err(place);
         }
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 line.remove(place);
                 reserved.insert(job_id.to_owned(), (permit, Instant::now()));
-                true
+                Ok(())
             }
-            Err(_) => false,
+            Err(_) => Err(place),
         }
+    }
+
+    /// When a job at `place` in line should ask again: soon at the front, rarely at the
+    /// back (a long line must not turn into a storm of checks).
+    fn wait_poll(&self, place: usize) -> Duration {
+        let rounds = 1 + place / self.slot_count;
+        (RENDER_WAIT_POLL * rounds as u32).min(RENDER_WAIT_POLL_MAX)
     }
 
     /// Runs `render` on a blocking thread in `job_id`'s reserved slot, or in the next free
@@ -250,10 +261,10 @@ impl Local {
         }
         let upstream_id = format!("local_{}", call.job_id.trim_start_matches("job_"));
         if sim.latency_ms == 0 {
-            if !self.pool.reserve(call.job_id) {
+            if let Err(place) = self.pool.reserve(call.job_id) {
                 return Ok(Submitted::Pending {
                     upstream_id,
-                    poll_after: RENDER_WAIT_POLL,
+                    poll_after: self.pool.wait_poll(place),
                 });
             }
             return Ok(Submitted::Done {
@@ -276,12 +287,12 @@ impl Local {
         sim.check(call)?;
         let elapsed = (now_ms() - call.submitted_at).max(0) as u64;
         if elapsed >= sim.latency_ms {
-            if !self.pool.reserve(call.job_id) {
+            if let Err(place) = self.pool.reserve(call.job_id) {
                 // Ready, but every core is rendering: still in line, like an upstream's
                 // queued job.
                 return Ok(Polled::Pending {
                     progress: None,
-                    poll_after: RENDER_WAIT_POLL,
+                    poll_after: self.pool.wait_poll(place),
                 });
             }
             return Ok(Polled::Done {
@@ -504,15 +515,23 @@ mod tests {
     #[tokio::test]
     async fn render_slots_go_to_waiting_jobs_in_the_order_they_asked() {
         let pool = RenderPool::new(1);
-        assert!(pool.reserve("a"));
-        assert!(!pool.reserve("b"), "the only slot is taken");
-        assert!(!pool.reserve("c"));
-        assert!(pool.reserve("a"), "a keeps its slot until it renders");
+        assert_eq!(pool.reserve("a"), Ok(()));
+        assert_eq!(pool.reserve("b"), Err(0), "the only slot is taken");
+        assert_eq!(pool.reserve("c"), Err(1));
+        assert!(
+            pool.wait_poll(1) > pool.wait_poll(0),
+            "the back of the line asks less often"
+        );
+        assert_eq!(
+            pool.reserve("a"),
+            Ok(()),
+            "a keeps its slot until it renders"
+        );
         pool.run("a", || ()).await.unwrap();
-        assert!(!pool.reserve("c"), "b asked first");
-        assert!(pool.reserve("b"));
+        assert_eq!(pool.reserve("c"), Err(1), "b asked first");
+        assert_eq!(pool.reserve("b"), Ok(()));
         pool.run("b", || ()).await.unwrap();
-        assert!(pool.reserve("c"));
+        assert_eq!(pool.reserve("c"), Ok(()));
         assert_eq!(pool.renders_started(), 2);
     }
 
