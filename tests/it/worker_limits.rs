@@ -254,7 +254,8 @@ async fn a_queue_namespace_belongs_to_one_database() {
 /// Settings that would stop work, or end it at once, are refused at start.
 #[test]
 fn nonsense_settings_are_refused() {
-    let cases: [(&str, fn(&mut Config)); 5] = [
+    type Tweak = fn(&mut Config);
+    let cases: [(&str, Tweak); 5] = [
         ("jobs.worker_concurrency", |c| c.jobs.worker_concurrency = 0),
         ("jobs.task_timeout_secs", |c| c.jobs.task_timeout_secs = 0),
         ("jobs.deadline_secs", |c| c.jobs.deadline_secs = 0),
