@@ -12,7 +12,7 @@ use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{Backend, TestApp, fresh_bucket, fresh_schema, redis_url, s3_settings};
+use crate::support::{Backend, TestApp, process_env};
 
 on_both_backends!(
     the_bearer_scheme_is_case_insensitive,
@@ -172,27 +172,7 @@ async fn shed_requests_are_not_logged_as_errors(backend: Backend) {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    env.push((
-        "MEDIAGATE_DATA_DIR".into(),
-        dir.path().display().to_string(),
-    ));
-    env.push((
-        "MEDIAGATE_QUEUE__PREFIX".into(),
-        format!("s{}", uuid::Uuid::now_v7().simple()),
-    ));
-    if backend == Backend::Production {
-        env.push(("MEDIAGATE_DATABASE_URL".into(), fresh_schema().await));
-        env.push(("MEDIAGATE_REDIS_URL".into(), redis_url()));
-        env.push((
-            "MEDIAGATE_STORAGE_URL".into(),
-            format!("s3://{}", fresh_bucket().await),
-        ));
-        env.extend(
-            s3_settings()
-                .into_iter()
-                .map(|(k, v)| (k.to_uppercase(), v)),
-        );
-    }
+    env.extend(process_env(backend, dir.path()).await);
     let command = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mediagate"));
         cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));

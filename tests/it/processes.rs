@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::receiver::{Receiver, Reply};
-use crate::support::{Backend, fresh_bucket, fresh_schema, redis_url, s3_settings};
+use crate::support::{Backend, process_env};
 
 on_both_backends!(
     jobs_survive_killed_and_stopped_workers,
@@ -48,26 +48,7 @@ impl Cluster {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        env.push((
-            "MEDIAGATE_DATA_DIR".to_owned(),
-            dir.path().display().to_string(),
-        ));
-        let prefix = format!("p{}", uuid::Uuid::now_v7().simple());
-        env.push(("MEDIAGATE_QUEUE__PREFIX".to_owned(), prefix));
-        if backend == Backend::Production {
-            env.push(("MEDIAGATE_DATABASE_URL".to_owned(), fresh_schema().await));
-            env.push(("MEDIAGATE_REDIS_URL".to_owned(), redis_url()));
-            // Media in S3, configured the usual way: AWS_* variables.
-            env.push((
-                "MEDIAGATE_STORAGE_URL".to_owned(),
-                format!("s3://{}", fresh_bucket().await),
-            ));
-            env.extend(
-                s3_settings()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_uppercase(), v)),
-            );
-        }
+        env.extend(process_env(backend, dir.path()).await);
         Cluster {
             env,
             data_dir: dir.path().to_path_buf(),

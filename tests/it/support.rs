@@ -268,3 +268,33 @@ macro_rules! on_both_backends {
         }
     )*};
 }
+
+/// The environment of a `mediagate` process for `backend`: its own data directory, queue
+/// prefix and (production) schema, bucket and S3 settings, as an operator would set them.
+pub async fn process_env(backend: Backend, data_dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "MEDIAGATE_DATA_DIR".to_owned(),
+            data_dir.display().to_string(),
+        ),
+        (
+            "MEDIAGATE_QUEUE__PREFIX".to_owned(),
+            format!("p{}", uuid::Uuid::now_v7().simple()),
+        ),
+    ];
+    if backend == Backend::Production {
+        env.push(("MEDIAGATE_DATABASE_URL".to_owned(), fresh_schema().await));
+        env.push(("MEDIAGATE_REDIS_URL".to_owned(), redis_url()));
+        // Media in S3, configured the usual way: AWS_* variables.
+        env.push((
+            "MEDIAGATE_STORAGE_URL".to_owned(),
+            format!("s3://{}", fresh_bucket().await),
+        ));
+        env.extend(
+            s3_settings()
+                .into_iter()
+                .map(|(k, v)| (k.to_uppercase(), v)),
+        );
+    }
+    env
+}
