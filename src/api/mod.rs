@@ -46,6 +46,8 @@ pub struct AppState {
     pub keys: Arc<auth::KeyCache>,
     /// `max_concurrent_requests` request slots.
     pub slots: Arc<gate::Slots>,
+    /// The last readiness answer, reused for a second.
+    pub readiness: Arc<health::Readiness>,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
                 config.auth_cache_ms,
             ))),
             slots: Arc::new(gate::Slots::new(config.max_concurrent_requests)),
+            readiness: Arc::default(),
             engine,
             config,
         }
