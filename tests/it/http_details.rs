@@ -4,7 +4,7 @@
 //! as a server error.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{Backend, TestApp, process_env};
+use crate::support::{Backend, Proc, TestApp, process_env};
 
 on_both_backends!(
     the_bearer_scheme_is_case_insensitive,
@@ -188,7 +188,7 @@ async fn shed_requests_are_not_logged_as_errors(backend: Backend) {
     );
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
-    let mut child = Killed(command(&["serve"]).stderr(Stdio::piped()).spawn().unwrap());
+    let mut child = Proc(command(&["serve"]).stderr(Stdio::piped()).spawn().unwrap());
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = child.0.stderr.take().unwrap();
@@ -243,16 +243,4 @@ async fn shed_requests_are_not_logged_as_errors(backend: Backend) {
             .any(|l| l.contains("\"WARN\"") && l.contains("at capacity")),
         "shedding is reported as a warning: {lines:#?}"
     );
-}
-
-/// A child process killed if the test ends first.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::receiver::{Receiver, Reply};
-use crate::support::{Backend, process_env};
+use crate::support::{Backend, Proc, process_env};
 
 on_both_backends!(
     jobs_survive_killed_and_stopped_workers,
@@ -105,32 +105,6 @@ impl Cluster {
                 .expect("api prints its address")
         });
         (child, addr)
-    }
-}
-
-/// A child process that is killed if the test ends early (a failed assertion must not
-/// leave workers running on the machine).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl std::ops::Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
     }
 }
 
