@@ -21,6 +21,21 @@ pub fn alive() {
     let _ = LAST_SIGN.try_with(|last| last.store(now_ms(), Ordering::Relaxed));
 }
 
+/// How often [`alive_while`] gives a sign of life.
+const SIGN_EVERY: Duration = Duration::from_millis(500);
+
+/// Awaits `work`, which is known to be progressing (or waiting its turn for the CPU),
+/// giving a sign of life every half second meanwhile.
+pub async fn alive_while<F: Future>(work: F) -> F::Output {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(SIGN_EVERY) => alive(),
+        }
+    }
+}
+
 /// Runs `work` until it ends, or until it has gone `limit` without a sign of life (then
 /// `None`). While it shows signs of life, `renew` is called about every third of `limit`.
 pub async fn watched<F, R, RF>(limit: Duration, mut renew: R, work: F) -> Option<F::Output>

@@ -24,9 +24,6 @@ pub const PROVIDER_TYPE: &str = "local";
 
 const VIDEO_FPS: u32 = 24;
 
-/// How often a running render tells the step watchdog it is still working.
-const SIGN_OF_LIFE_EVERY: Duration = Duration::from_millis(500);
-
 /// How soon a job waiting for a render slot looks again, per round of renders ahead of
 /// it, and at most.
 const RENDER_WAIT_POLL: Duration = Duration::from_millis(250);
@@ -143,32 +140,19 @@ impl RenderPool {
             .remove(job_id);
         let permit = match reserved {
             Some((permit, _)) => permit,
-            None => {
-                // The slot set aside lapsed (a slow step): wait in line for one. Waiting
-                // for the CPU is not a stalled step.
-                let waiting = self.slots.clone().acquire_owned();
-                tokio::pin!(waiting);
-                loop {
-                    tokio::select! {
-                        permit = &mut waiting => break permit.expect("the render pool is never closed"),
-                        _ = tokio::time::sleep(SIGN_OF_LIFE_EVERY) => watchdog::alive(),
-                    }
-                }
-            }
+            // The slot set aside lapsed (a slow step): wait in line for one. Waiting for
+            // the CPU is not a stalled step.
+            None => watchdog::alive_while(self.slots.clone().acquire_owned())
+                .await
+                .expect("the render pool is never closed"),
         };
         self.started.fetch_add(1, Ordering::Relaxed);
         let rendering = tokio::task::spawn_blocking(move || {
             let _slot = permit;
             render()
         });
-        tokio::pin!(rendering);
         // A render is work in progress however long it takes: the step stays alive.
-        loop {
-            tokio::select! {
-                done = &mut rendering => return done,
-                _ = tokio::time::sleep(SIGN_OF_LIFE_EVERY) => watchdog::alive(),
-            }
-        }
+        watchdog::alive_while(rendering).await
     }
 
     /// Renders started by this process so far.
