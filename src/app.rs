@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mediagate_workers::queue::Queue;
-use mediagate_workers::storage::Storage;
-use mediagate_workers::store::Store;
-use mediagate_workers::{Engine, SharedEngine, worker};
+use mediagate_engine::db::Db;
+use mediagate_engine::media::storage::Storage;
+use mediagate_engine::{Engine, SharedEngine};
+use mediagate_workers::Queue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,13 +63,13 @@ impl Running {
 }
 
 /// Opens the database (creating the embedded one's directory) and applies migrations.
-pub async fn open_store(config: &Config, max_connections: u32) -> anyhow::Result<Store> {
+pub async fn open_store(config: &Config, max_connections: u32) -> anyhow::Result<Db> {
     let db_url = config.database_url();
     if db_url.starts_with("sqlite:") {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
-    let store = Store::connect(&db_url, max_connections)
+    let store = Db::connect(&db_url, max_connections)
         .await
         .context("connecting to the database")?;
     store
@@ -130,7 +130,7 @@ pub async fn start(config: Config, roles: Roles) -> anyhow::Result<Running> {
         let engine = engine.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = worker::run(engine, stop, drain).await {
+            if let Err(e) = mediagate_engine::tasks::run(engine, stop, drain).await {
                 tracing::error!(error = %e, "workers stopped with an error");
             }
         });

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use mediagate_workers::EngineConfig;
-use mediagate_workers::catalog::Catalog;
-use mediagate_workers::providers::{self, ProviderSettings};
-use mediagate_workers::queue::QueueSettings;
-use mediagate_workers::webhooks::delivery::DeliveryConfig;
-use mediagate_workers::webhooks::ssrf::AllowList;
+use mediagate_engine::EngineConfig;
+use mediagate_engine::catalog::Catalog;
+use mediagate_engine::egress::AllowList;
+use mediagate_engine::providers::{self, ProviderSettings};
+use mediagate_engine::webhooks::delivery::DeliveryConfig;
+use mediagate_workers::QueueSettings;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

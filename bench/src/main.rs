@@ -401,7 +401,7 @@ async fn submit(url: &str, key: &str, rate: u64, seconds: u64, body: &str) -> an
 async fn pickup(database_url: &str, since_secs: i64) -> anyhow::Result<()> {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(database_url).await?;
-    let since = mediagate_workers::ids::now_ms() - since_secs * 1000;
+    let since = mediagate_engine::ids::now_ms() - since_secs * 1000;
     let rows = sqlx::query("SELECT started_at - created_at AS wait FROM jobs WHERE created_at >= $1 AND started_at IS NOT NULL")
         .bind(since)
         .fetch_all(&pool)
@@ -457,10 +457,11 @@ async fn fixture(
     key: &str,
     mb: usize,
 ) -> anyhow::Result<()> {
-    use mediagate_workers::ids::{IdKind, new_id, now_ms};
-    use mediagate_workers::store::jobs::{self, NewJob};
-    let store = mediagate_workers::store::Store::connect(database_url, 2).await?;
-    let storage = mediagate_workers::storage::Storage::open(storage_url, &Default::default())?;
+    use mediagate_engine::db::jobs::{self, NewJob};
+    use mediagate_engine::ids::{IdKind, new_id, now_ms};
+    let store = mediagate_engine::db::Db::connect(database_url, 2).await?;
+    let storage =
+        mediagate_engine::media::storage::Storage::open(storage_url, &Default::default())?;
     let key_hash = hex::encode(Sha256::digest(key.as_bytes()));
     let caller = store
         .caller_by_key_hash(&key_hash)
@@ -479,7 +480,7 @@ async fn fixture(
     let new = NewJob {
         id: new_id(IdKind::Job),
         account_id: caller.account_id,
-        kind: mediagate_workers::job::JobKind::Video,
+        kind: mediagate_engine::jobs::job::JobKind::Video,
         model: "local/video".to_owned(),
         provider: "local".to_owned(),
         input: json!({"prompt": "fixture"}),

@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use hdrhistogram::Histogram;
-use mediagate_workers::webhooks::signature::{self, Secret};
+use mediagate_engine::webhooks::signature::{self, Secret};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -343,7 +343,7 @@ pub async fn analyse(
     // `/slow` ends the slow endpoint's URL; `/dead` is followed by `?i=N`.
     let is_slow =
         |url: &str| slow_path.is_some_and(|p| url.ends_with(p) || url.contains(&format!("{p}?")));
-    let now = mediagate_workers::ids::now_ms();
+    let now = mediagate_engine::ids::now_ms();
 
     let counts = sqlx::query(
         "SELECT status, count(*) AS n FROM webhook_deliveries GROUP BY status ORDER BY status",

@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mediagate_workers::store::keys::Caller;
+use mediagate_engine::db::keys::Caller;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
@@ -62,7 +62,7 @@ impl FromRequestParts<AppState> for Authed {
         // read after this, holds none). Unknown keys are not cached, so without this a
         // flood of made-up keys would be a flood of unbounded database reads.
         let _slot = state.slots.take()?;
-        match state.engine.store.caller_by_key_hash(&hash).await? {
+        match state.engine.db.caller_by_key_hash(&hash).await? {
             Some(caller) => {
                 state.keys.put(hash, caller.clone());
                 Ok(Authed(caller))

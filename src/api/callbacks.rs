@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use mediagate_workers::callbacks::{self, CallbackError, Received};
+use mediagate_engine::providers::callbacks::{self, CallbackError, Received};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};

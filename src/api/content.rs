@@ -6,14 +6,14 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mediagate_workers::ids::now_ms;
-use mediagate_workers::job::{Job, JobStatus};
+use mediagate_engine::ids::now_ms;
+use mediagate_engine::jobs::job::{Job, JobStatus};
 
 use super::auth::Authed;
 use super::error::{ApiError, ApiResult};
 use super::jobs::find_job;
 use super::{AppState, Params, Path};
-use mediagate_workers::fields;
+use mediagate_engine::fields;
 
 pub async fn job_content(
     State(state): State<AppState>,
@@ -41,7 +41,7 @@ pub async fn signed_file(
         .ok_or_else(|| ApiError::not_found("file (the link is invalid or has expired)"))?;
     let job = state
         .engine
-        .store
+        .db
         .job(&grant.job_id)
         .await?
         .ok_or_else(|| ApiError::not_found("file"))?;

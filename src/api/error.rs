@@ -6,8 +6,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mediagate_workers::EngineError;
-use mediagate_workers::catalog::InvalidField;
+use mediagate_engine::EngineError;
+use mediagate_engine::catalog::InvalidField;
 use serde_json::json;
 
 #[derive(Debug, Clone)]

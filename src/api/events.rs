@@ -14,15 +14,15 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use mediagate_workers::ids::{IdKind, looks_like};
-use mediagate_workers::store::events::EventRow;
+use mediagate_engine::db::events::EventRow;
+use mediagate_engine::ids::{IdKind, looks_like};
 use tokio::sync::broadcast;
 
 use super::auth::Authed;
 use super::error::ApiResult;
 use super::jobs::find_job;
 use super::{AppState, Path};
-use mediagate_workers::fields;
+use mediagate_engine::fields;
 
 /// How often a stream looks for changes made by other processes.
 const POLL: Duration = Duration::from_millis(250);
@@ -76,7 +76,7 @@ pub async fn stream(
 /// start. Anything else replays the whole stream, which is always safe.
 async fn resume_after(state: &AppState, job_id: &str, last: &str) -> ApiResult<i64> {
     if looks_like(IdKind::Event, last) {
-        return Ok(match state.engine.store.event(last).await? {
+        return Ok(match state.engine.db.event(last).await? {
             Some(row) if row.job_id == job_id => row.seq,
             _ => 0,
         });
@@ -111,7 +111,7 @@ impl Feed {
             match self
                 .state
                 .engine
-                .store
+                .db
                 .events_after(&self.job_id, self.after, 100)
                 .await
             {
@@ -142,7 +142,7 @@ impl Feed {
     }
 
     async fn job_ended(&self) -> bool {
-        match self.state.engine.store.job(&self.job_id).await {
+        match self.state.engine.db.job(&self.job_id).await {
             Ok(job) => job.is_none_or(|j| j.status.is_terminal()),
             Err(e) => {
                 tracing::warn!(job_id = %self.job_id, error = %e, "event stream read failed");

@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::auth::Authed;
 use super::error::ApiError;
 use super::{AppState, Path};
-use mediagate_workers::fields;
+use mediagate_engine::fields;
 
 /// Longest request target (path and query) answered with a SPEC `414`.
 pub const MAX_URI_BYTES: usize = 8 * 1024;

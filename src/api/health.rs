@@ -55,7 +55,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let found = state
         .readiness
         .get(|| async {
-            let db = engine.store.ping().await;
+            let db = engine.db.ping().await;
             let queue = engine.queue.ping().await;
             if let Err(e) = &db {
                 tracing::warn!(error = %e, "readiness: database unreachable");

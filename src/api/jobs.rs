@@ -4,11 +4,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mediagate_workers::ids::{IdKind, looks_like};
-use mediagate_workers::intake::{self, Cancelled, Created, IdempotencyKey};
-use mediagate_workers::job::{Job, JobStatus};
-use mediagate_workers::store::jobs::JobFilter;
-use mediagate_workers::webhooks::endpoints;
+use mediagate_engine::db::jobs::JobFilter;
+use mediagate_engine::ids::{IdKind, looks_like};
+use mediagate_engine::jobs::intake::{self, Cancelled, Created, IdempotencyKey};
+use mediagate_engine::jobs::job::{Job, JobStatus};
+use mediagate_engine::webhooks::endpoints;
 use serde_json::{Value, json};
 
 use super::auth::Authed;
@@ -91,7 +91,7 @@ pub async fn find_job(state: &AppState, account_id: &str, id: &str) -> ApiResult
     }
     state
         .engine
-        .store
+        .db
         .job_for_account(account_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("job"))
@@ -105,7 +105,7 @@ pub async fn get(
     let job = find_job(&state, &caller.account_id, &id).await?;
     let mut body = state.engine.job_json(&job);
     // The detail view also shows every provider the job tried and how each went.
-    let attempts = state.engine.store.job_attempts(&job.id).await?;
+    let attempts = state.engine.db.job_attempts(&job.id).await?;
     let attempts: Vec<Value> = attempts
         .iter()
         .map(|a| {
@@ -161,7 +161,7 @@ pub async fn list(
     }
     let (jobs, has_more) = state
         .engine
-        .store
+        .db
         .list_jobs(&caller.account_id, &filter)
         .await?;
     let data: Vec<Value> = jobs.iter().map(|j| state.engine.job_json(j)).collect();

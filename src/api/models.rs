@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use mediagate_workers::job::JobKind;
+use mediagate_engine::jobs::job::JobKind;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};

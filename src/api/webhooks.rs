@@ -6,11 +6,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mediagate_workers::ids::{IdKind, looks_like};
-use mediagate_workers::store::events::rfc3339;
-use mediagate_workers::store::webhook_deliveries::{Attempt, Delivery};
-use mediagate_workers::webhooks::delivery::{self, Redelivery};
-use mediagate_workers::webhooks::{self, endpoints};
+use mediagate_engine::db::events::rfc3339;
+use mediagate_engine::db::webhook_deliveries::{Attempt, Delivery};
+use mediagate_engine::ids::{IdKind, looks_like};
+use mediagate_engine::webhooks::delivery::{self, Redelivery};
+use mediagate_engine::webhooks::{self, endpoints};
 use serde_json::{Value, json};
 
 use super::auth::Authed;
@@ -89,7 +89,7 @@ pub async fn list_endpoints(
     }
     let (list, has_more) = state
         .engine
-        .store
+        .db
         .endpoints_page(&caller.account_id, after, limit)
         .await?;
     let data: Vec<Value> = list
@@ -113,7 +113,7 @@ pub async fn get_endpoint(
     if !looks_like(IdKind::Endpoint, &id) {
         return Err(ApiError::not_found("webhook endpoint"));
     }
-    match state.engine.store.endpoint(&id).await? {
+    match state.engine.db.endpoint(&id).await? {
         Some(e) if e.account_id == caller.account_id => {
             Ok(Json(endpoints::endpoint_json(&e, false)))
         }
@@ -129,7 +129,7 @@ pub async fn delete_endpoint(
     if looks_like(IdKind::Endpoint, &id)
         && state
             .engine
-            .store
+            .db
             .delete_endpoint(&caller.account_id, &id)
             .await?
     {
@@ -149,13 +149,13 @@ pub async fn enable_endpoint(
     if !looks_like(IdKind::Endpoint, &id)
         || !state
             .engine
-            .store
+            .db
             .enable_endpoint(&caller.account_id, &id)
             .await?
     {
         return Err(ApiError::not_found("webhook endpoint"));
     }
-    match state.engine.store.endpoint(&id).await? {
+    match state.engine.db.endpoint(&id).await? {
         Some(e) => Ok(Json(endpoints::endpoint_json(&e, false))),
         None => Err(ApiError::not_found("webhook endpoint")),
     }
@@ -168,7 +168,7 @@ pub async fn job_deliveries(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let job = find_job(&state, &caller.account_id, &id).await?;
-    let list = state.engine.store.deliveries_for_job(&job.id).await?;
+    let list = state.engine.db.deliveries_for_job(&job.id).await?;
     let data: Vec<Value> = list
         .iter()
         .map(|(d, attempts)| delivery_json(d, attempts))

@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::support::{Backend, TestApp};
-use mediagate_workers::ids::now_ms;
-use mediagate_workers::store::idempotency::{Claim, KeyPolicy};
+use mediagate_engine::db::idempotency::{Claim, KeyPolicy};
+use mediagate_engine::ids::now_ms;
 
 on_both_backends!(same_key_same_body_is_one_job, key_in_flight_is_a_conflict);
 
@@ -50,7 +50,7 @@ async fn same_key_same_body_is_one_job(backend: Backend) {
 
 async fn key_in_flight_is_a_conflict(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let store = &app.engine().store;
+    let store = &app.engine().db;
     // A claim that has not been bound to a job yet is a request still being handled.
     let policy = KeyPolicy {
         lock_ms: 60_000,
@@ -59,7 +59,7 @@ async fn key_in_flight_is_a_conflict(backend: Backend) {
     let account = app.account_id().await;
     let body = json!({"model": "local/image", "input": {"prompt": "slow"}});
     let raw = serde_json::to_vec(&body).unwrap();
-    let key = mediagate_workers::intake::IdempotencyKey::new("busy-key", &raw);
+    let key = mediagate_engine::jobs::intake::IdempotencyKey::new("busy-key", &raw);
     let claim = store
         .claim_idempotency_key(&account, "busy-key", &key.request_hash, now_ms(), &policy)
         .await

@@ -3,11 +3,11 @@
 //! comes (JSON, query, path), integers are plain digits, and list pages stay bounded in
 //! memory however large the rows.
 
-use mediagate_workers::ids::{IdKind, new_id, now_ms};
-use mediagate_workers::job::{JobKind, JobStatus};
-use mediagate_workers::routing::RouteStep;
-use mediagate_workers::store::events;
-use mediagate_workers::store::jobs::{self, NewJob};
+use mediagate_engine::db::events;
+use mediagate_engine::db::jobs::{self, NewJob};
+use mediagate_engine::ids::{IdKind, new_id, now_ms};
+use mediagate_engine::jobs::job::{JobKind, JobStatus};
+use mediagate_engine::jobs::routing::RouteStep;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -415,7 +415,7 @@ async fn insert_huge_job(app: &TestApp, account: &str, i: usize) -> String {
         created_at: now,
         deadline_at: now + 600_000,
     };
-    let mut conn = app.engine().store.pool().acquire().await.unwrap();
+    let mut conn = app.engine().db.pool().acquire().await.unwrap();
     jobs::insert(&mut conn, &new).await.unwrap();
     jobs::end(&mut conn, &new.id, JobStatus::Cancelled, None, now)
         .await
@@ -431,7 +431,7 @@ async fn event_batches_stay_bounded_over_huge_rows(backend: Backend) {
     let id = insert_huge_job(&app, &account, 0).await;
     let data = app.job(&id).await;
     const EVENTS: usize = 12;
-    let mut conn = app.engine().store.pool().acquire().await.unwrap();
+    let mut conn = app.engine().db.pool().acquire().await.unwrap();
     for i in 0..EVENTS {
         let kind = if i + 1 == EVENTS {
             "job.cancelled"
@@ -443,7 +443,7 @@ async fn event_batches_stay_bounded_over_huge_rows(backend: Backend) {
             .unwrap();
     }
     drop(conn);
-    let store = &app.engine().store;
+    let store = &app.engine().db;
     let first = store.events_after(&id, 0, 100).await.unwrap();
     assert!(
         !first.is_empty() && first.len() < EVENTS,

@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use mediagate_workers::ids::{IdKind, new_id, now_ms};
-use mediagate_workers::job::JobKind;
-use mediagate_workers::lifecycle::advance;
-use mediagate_workers::queue::{Advance, Backend as QueueBackend};
-use mediagate_workers::routing::RouteStep;
-use mediagate_workers::store::jobs::{self, NewJob};
+use mediagate_engine::db::jobs::{self, NewJob};
+use mediagate_engine::ids::{IdKind, new_id, now_ms};
+use mediagate_engine::jobs::job::JobKind;
+use mediagate_engine::jobs::lifecycle::advance;
+use mediagate_engine::jobs::routing::RouteStep;
+use mediagate_engine::tasks::Advance;
+use mediagate_workers::Connection;
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
@@ -74,7 +75,7 @@ async fn past_its_deadline_a_job_expires(backend: Backend) {
     assert_eq!(job["status"], "expired", "{job}");
     assert_eq!(job["error"]["code"], "deadline_exceeded");
     assert!(job["expires_at"].is_null());
-    let events = app.engine().store.events_after(id, 0, 100).await.unwrap();
+    let events = app.engine().db.events_after(id, 0, 100).await.unwrap();
     assert_eq!(events.last().unwrap().kind, "job.expired");
 }
 
@@ -99,7 +100,7 @@ async fn insert_without_task(app: &TestApp, input: Value) -> String {
         created_at: now,
         deadline_at: now + 600_000,
     };
-    let mut tx = app.engine().store.begin().await.unwrap();
+    let mut tx = app.engine().db.begin().await.unwrap();
     jobs::insert(&mut tx, &new).await.unwrap();
     tx.commit().await.unwrap();
     new.id
@@ -133,7 +134,7 @@ async fn duplicate_and_stale_tasks_change_nothing(backend: Backend) {
     let job = app.wait_terminal(&id, WAIT).await;
     assert_eq!(job["status"], "completed");
     assert_eq!(job["outputs"].as_array().unwrap().len(), 1);
-    let events = engine.store.events_after(&id, 0, 100).await.unwrap();
+    let events = engine.db.events_after(&id, 0, 100).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(
         kinds,
@@ -145,14 +146,11 @@ async fn duplicate_and_stale_tasks_change_nothing(backend: Backend) {
     advance(engine, &Advance::new(&id, job_seq(&app, &id).await))
         .await
         .unwrap();
-    assert_eq!(
-        engine.store.events_after(&id, 0, 100).await.unwrap().len(),
-        2
-    );
+    assert_eq!(engine.db.events_after(&id, 0, 100).await.unwrap().len(), 2);
 }
 
 async fn job_seq(app: &TestApp, id: &str) -> i64 {
-    app.engine().store.job(id).await.unwrap().unwrap().check_seq
+    app.engine().db.job(id).await.unwrap().unwrap().check_seq
 }
 
 /// ffprobe must see one H.264 stream of about `seconds`, and ffmpeg must decode it cleanly.
@@ -225,16 +223,16 @@ async fn finished_tasks_are_cleared_from_the_queue(backend: Backend) {
     }
     let queue = &app.engine().queue;
     let leftovers = || async {
-        match queue.backend() {
-            QueueBackend::Embedded { advance, .. } => {
+        match queue.connection() {
+            Connection::Embedded(pool) => {
                 let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM Jobs")
-                    .fetch_one(advance.pool())
+                    .fetch_one(pool)
                     .await
                     .unwrap();
                 row.0 as usize
             }
-            QueueBackend::Redis { advance, .. } => {
-                let mut conn = advance.clone().get_connection().clone();
+            Connection::Redis(conn) => {
+                let mut conn = conn.clone();
                 let pattern = format!("{}*", queue.prefix());
                 let keys: Vec<String> = redis::cmd("KEYS")
                     .arg(pattern)

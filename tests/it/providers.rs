@@ -341,7 +341,7 @@ async fn assert_key_stays_with_the_provider(
     let key = fakes::key();
     let job = app.job(id).await.to_string();
     assert!(!job.contains(&key), "the key leaked into the job: {job}");
-    let events = app.engine().store.events_after(id, 0, 100).await.unwrap();
+    let events = app.engine().db.events_after(id, 0, 100).await.unwrap();
     for e in events {
         assert!(
             !e.to_public().to_string().contains(&key),
@@ -488,7 +488,7 @@ async fn hanging_polls_time_out_and_are_retried(backend: Backend, adapter: &Adap
     assert_eq!(job["attempts"].as_array().unwrap().len(), 1, "{job}");
     let row = app
         .engine()
-        .store
+        .db
         .job(job["id"].as_str().unwrap())
         .await
         .unwrap()

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use mediagate_workers::webhooks::signature::{self, Secret};
+use mediagate_engine::webhooks::signature::{self, Secret};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -40,7 +40,7 @@ impl Hit {
             self.header("webhook-timestamp"),
             self.header("webhook-signature"),
             self.body.as_bytes(),
-            mediagate_workers::ids::now_ms() / 1000,
+            mediagate_engine::ids::now_ms() / 1000,
             300,
         )
         .is_ok()

@@ -107,7 +107,7 @@ async fn jobs_complete_after_redis_restarts_empty() {
     for id in &ids {
         let job = app.wait_terminal(id, Duration::from_secs(60)).await;
         assert_eq!(job["status"], "completed", "{job}");
-        let events = app.engine().store.events_after(id, 0, 100).await.unwrap();
+        let events = app.engine().db.events_after(id, 0, 100).await.unwrap();
         let completed = events.iter().filter(|e| e.kind == "job.completed").count();
         assert_eq!(completed, 1, "{id}");
     }

@@ -144,14 +144,14 @@ impl TestApp {
         }
     }
 
-    pub fn engine(&self) -> &mediagate_workers::Engine {
+    pub fn engine(&self) -> &mediagate_engine::Engine {
         &self.running.as_ref().expect("running").engine
     }
 
     /// The account behind this app's key.
     pub async fn account_id(&self) -> String {
         self.engine()
-            .store
+            .db
             .caller_by_key_hash(&mediagate::api::auth::hash_key(&self.key))
             .await
             .expect("key lookup")
@@ -245,7 +245,7 @@ pub async fn new_key(running: &Running, account: &str) -> String {
     let key = generate_key();
     running
         .engine
-        .store
+        .db
         .insert_key(account, "test", &hash_key(&key), &key[..10])
         .await
         .expect("insert key");

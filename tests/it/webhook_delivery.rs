@@ -535,7 +535,7 @@ async fn progress_events_are_opt_in_and_throttled(backend: Backend) {
     );
 
     // The throttle itself: at most one announced progress change per second per job.
-    let store = &app.engine().store;
+    let store = &app.engine().db;
     let job = app
         .submit(json!({"model": "local/video", "input": {"prompt": "t", "duration": 1, "resolution": "360p",
             "simulate": {"latency_ms": 30000, "progress_steps": 0}}}))
@@ -546,7 +546,7 @@ async fn progress_events_are_opt_in_and_throttled(backend: Backend) {
         assert!(start.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let t = mediagate_workers::ids::now_ms() + 10_000;
+    let t = mediagate_engine::ids::now_ms() + 10_000;
     let mut announced = Vec::new();
     for (progress, at) in [
         (10, t),
@@ -557,7 +557,7 @@ async fn progress_events_are_opt_in_and_throttled(backend: Backend) {
     ] {
         let mut tx = store.begin().await.unwrap();
         let (_, announce) =
-            mediagate_workers::store::jobs::set_progress(&mut tx, id, progress, at, 1000)
+            mediagate_engine::db::jobs::set_progress(&mut tx, id, progress, at, 1000)
                 .await
                 .unwrap()
                 .expect("in progress");

@@ -332,19 +332,19 @@ async fn a_blocked_destination_fails_at_once_with_the_reason(backend: Backend) {
     // An endpoint stored before the rules refused it (written past the API's check): the
     // guard at delivery refuses it, for good.
     let engine = app.engine();
-    let endpoint = mediagate_workers::store::webhook_endpoints::Endpoint {
-        id: mediagate_workers::ids::new_id(mediagate_workers::ids::IdKind::Endpoint),
+    let endpoint = mediagate_engine::db::webhook_endpoints::Endpoint {
+        id: mediagate_engine::ids::new_id(mediagate_engine::ids::IdKind::Endpoint),
         account_id: app.account_id().await,
         url: format!("http://localhost:{port}/h"),
-        secret: mediagate_workers::webhooks::signature::Secret::generate().to_whsec(),
+        secret: mediagate_engine::webhooks::signature::Secret::generate().to_whsec(),
         events: vec!["job.completed".to_owned()],
         description: String::new(),
-        created_at: mediagate_workers::ids::now_ms(),
+        created_at: mediagate_engine::ids::now_ms(),
         failing_since: None,
         disabled_at: None,
         disabled_reason: None,
     };
-    assert!(engine.store.insert_endpoint(&endpoint, 100).await.unwrap());
+    assert!(engine.db.insert_endpoint(&endpoint, 100).await.unwrap());
     let job = app.submit(image_job("blocked")).await;
     let id = job["id"].as_str().unwrap().to_owned();
     eventually(Duration::from_secs(30), async || {

@@ -1,7 +1,7 @@
 //! The account's default webhook secret: stable until rotated; after a rotation both the
 //! new and the old secret sign, for 24 hours.
 
-use mediagate_workers::webhooks::{self, signature};
+use mediagate_engine::webhooks::{self, signature};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -47,7 +47,7 @@ async fn default_secret_is_stable_and_rotation_signs_with_both(backend: Backend)
     let second = rotated["secret"].as_str().unwrap().to_owned();
     assert_ne!(second, first);
     let expires = rotated["previous_secret_expires_at"].as_i64().unwrap();
-    let now = mediagate_workers::ids::now_ms() / 1000;
+    let now = mediagate_engine::ids::now_ms() / 1000;
     assert!(
         (expires - now - 24 * 3600).abs() < 60,
         "old secret signs for 24 h"

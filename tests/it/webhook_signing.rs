@@ -6,8 +6,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mediagate_workers::ids::now_ms;
-use mediagate_workers::webhooks::{self, signature};
+use mediagate_engine::ids::now_ms;
+use mediagate_engine::webhooks::{self, signature};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
@@ -53,7 +53,7 @@ async fn reference_libraries_accept_our_signed_events(backend: Backend) {
         .await;
     let id = job["id"].as_str().unwrap();
     app.wait_terminal(id, Duration::from_secs(60)).await;
-    let events = app.engine().store.events_after(id, 0, 10).await.unwrap();
+    let events = app.engine().db.events_after(id, 0, 10).await.unwrap();
     let completed = events.iter().find(|e| e.kind == "job.completed").unwrap();
     let body = completed.to_public().to_string();
     let secret: Value = app.get_json("/v1/webhook-secret").await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mediagate::app::{self, Roles};
 use mediagate::config::{Config, ProviderConfig};
-use mediagate_workers::providers::Provider;
+use mediagate_engine::providers::Provider;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -67,7 +67,7 @@ async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
     let start = std::time::Instant::now();
     for id in &ids {
         loop {
-            let row = app.engine().store.job(id).await.unwrap().unwrap();
+            let row = app.engine().db.job(id).await.unwrap().unwrap();
             if row.status.is_terminal() {
                 assert_eq!(row.status.as_str(), "completed", "{row:?}");
                 break;
@@ -77,7 +77,7 @@ async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
                 "still {} after {:?} (now {}): {row:?}; local pool: {}",
                 row.status.as_str(),
                 start.elapsed(),
-                mediagate_workers::ids::now_ms(),
+                mediagate_engine::ids::now_ms(),
                 local_pool_state(&app)
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -93,7 +93,7 @@ async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
     for id in &ids {
         let log = app
             .engine()
-            .store
+            .db
             .events_after(id, 0, 100)
             .await
             .expect("events");
@@ -170,14 +170,14 @@ async fn refuse_events_of(app: &TestApp, backend: Backend, job_id: &str) {
                 "CREATE TRIGGER refuse_events BEFORE INSERT ON job_events \
                  WHEN NEW.job_id = '{job_id}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
             );
-            let mut conn = app.engine().store.pool().acquire().await.unwrap();
+            let mut conn = app.engine().db.pool().acquire().await.unwrap();
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut *conn)
                 .await
                 .unwrap();
         }
         Backend::Production => {
-            let mut conn = app.engine().store.pool().acquire().await.unwrap();
+            let mut conn = app.engine().db.pool().acquire().await.unwrap();
             for sql in [
                 format!(
                     "CREATE FUNCTION refuse_events() RETURNS trigger AS $$ BEGIN \

@@ -1,244 +1,64 @@
-//! mediagate's engine room: the job domain, the SQL store, the task queue, media storage,
-//! providers and the task handlers that move a job from submission to stored media.
+//! mediagate's task runtime: durable task queues on apalis (SQLite embedded, Redis in
+//! production) and the worker that runs them. It knows no job, provider or webhook: a
+//! task is any [`Task`], pushed with [`Queue::push`] and run by a [`Runner`] it was
+//! registered with, so the domain that defines tasks depends on this crate and never the
+//! other way round.
 //!
-//! Nothing here knows about HTTP servers; the front door (`mediagate` crate) calls these
-//! functions. Dependencies point one way: front door → engine.
+//! What the runtime owns: one named queue per task type, wake-ups (a push in this process
+//! at once, in another process through Redis pub/sub, else polling), due times rounded to
+//! the queue's whole seconds in the direction the task asks for, vacuuming of finished
+//! tasks, the namespace's owner, and a Monitor that restarts failed workers, catches
+//! panics, bounds each task and drains running ones at shutdown.
 
-pub mod callbacks;
-pub mod catalog;
-pub mod error;
-pub mod fields;
-pub mod files;
-pub mod ids;
-pub mod intake;
-pub mod job;
-pub mod lifecycle;
-pub mod providers;
-pub mod queue;
-pub mod reaper;
-pub mod render;
-pub mod routing;
-pub mod storage;
-pub mod store;
-pub mod watchdog;
-pub mod webhooks;
-pub mod worker;
+mod queue;
+mod runner;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
 
-use tokio::sync::broadcast;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::task::TaskTracker;
 
-pub use error::EngineError;
+pub use queue::{Connection, Queue, QueueError, QueueSettings};
+pub use runner::{Runner, unique_worker_name};
 
-use crate::callbacks::CallbackSigner;
-use crate::catalog::Catalog;
-use crate::files::FileSigner;
-use crate::job::{Job, Render};
-use crate::providers::{ProviderSettings, Providers};
-use crate::queue::Queue;
-use crate::routing::Breakers;
-use crate::storage::Storage;
-use crate::store::Store;
-use crate::webhooks::delivery::{DeliveryConfig, Destinations};
-use crate::webhooks::ssrf::{self, AllowList};
+/// What a failed task hands back; the runtime logs it and lets apalis retry the task a
+/// few times (it is at-least-once: a task's effects must be safe to repeat).
+pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Engine tuning, filled in by the front door's configuration.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Base of absolute URLs in job objects and events.
-    pub public_url: String,
-    /// Whether upstreams that can call us back are given a per-job callback URL under
-    /// `public_url` (which they must be able to reach).
-    pub upstream_callbacks: bool,
-    /// How long signed file links stay valid.
-    pub file_url_ttl: Duration,
-    /// A job not finished this long after creation becomes `expired`.
-    pub job_deadline: Duration,
-    /// Retryable upstream failures a job may have before it fails.
-    pub max_retries: u32,
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    /// How long a submission claim is honoured before another worker may resubmit: a
-    /// worker that died mid-submit leaves one behind.
-    pub submit_grace: Duration,
-    /// How often the reaper looks for jobs whose task was lost.
-    pub reaper_interval: Duration,
-    /// How overdue a job's scheduled check must be before the reaper hands it out again. A
-    /// step in progress holds the job for `task_timeout` (a lease), so this only needs to
-    /// cover queue delays.
-    pub reaper_grace: Duration,
-    /// Longest a single task may run before it is abandoned (and later retried).
-    pub task_timeout: Duration,
-    /// Tasks one worker process runs at once (they mostly wait on I/O).
-    pub worker_concurrency: usize,
-    /// Failed steps (an error, or longer than `task_timeout`) after which a job fails
-    /// instead of being tried again.
-    pub max_step_failures: u32,
-    /// Private ranges webhooks may reach despite the SSRF guard.
-    pub webhook_allow: AllowList,
-    pub delivery: DeliveryConfig,
-    /// The models jobs may ask for.
-    pub catalog: Catalog,
-    /// `[providers.NAME]`: how each upstream is reached.
-    pub providers: BTreeMap<String, ProviderSettings>,
-    /// Outage-like failures in a row after which a provider is skipped for a while.
-    pub breaker_threshold: u32,
-    pub breaker_cooldown: Duration,
+/// How a delayed task's due time is kept, since queues keep whole seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Handed out within the second before it is due; the runtime waits out the rest on a
+    /// timer (not in a worker slot), so the task runs to the millisecond.
+    Exact,
+    /// Never before it is due, up to a second late (a webhook retry must not come before
+    /// a receiver's `Retry-After`).
+    NotBefore,
 }
 
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            public_url: "http://127.0.0.1:8080".to_owned(),
-            upstream_callbacks: false,
-            file_url_ttl: Duration::from_secs(24 * 3600),
-            job_deadline: Duration::from_secs(3600),
-            max_retries: 5,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
-            submit_grace: Duration::from_secs(120),
-            reaper_interval: Duration::from_secs(5),
-            reaper_grace: Duration::from_secs(30),
-            task_timeout: Duration::from_secs(120),
-            worker_concurrency: 256,
-            max_step_failures: 5,
-            webhook_allow: AllowList::default(),
-            delivery: DeliveryConfig::default(),
-            catalog: Catalog::builtin(),
-            providers: BTreeMap::new(),
-            breaker_threshold: 5,
-            breaker_cooldown: Duration::from_secs(30),
-        }
-    }
-}
+/// A kind of background work: its arguments are the task (serialized into the queue),
+/// and `run` does it. Tasks should carry ids, not state: the database is the truth, and a
+/// task that runs twice, late or never (then re-issued by its owner) must be harmless.
+pub trait Task: Serialize + DeserializeOwned + Send + 'static {
+    /// The queue's name, under the namespace prefix. Each task type has its own queue,
+    /// so a backlog of one never delays another.
+    const QUEUE: &'static str;
+    /// What one run is called in logs ("job step").
+    const NAME: &'static str;
+    const DUE: Due;
+    /// What `run` needs: shared state, handed to every run.
+    type Context: Clone + Send + Sync + 'static;
 
-/// Everything a handler needs, shared by the API and the workers of one process.
-#[derive(Debug)]
-pub struct Engine {
-    pub store: Store,
-    pub queue: Queue,
-    pub storage: Storage,
-    pub providers: Providers,
-    /// Providers being skipped after repeated failures.
-    pub breakers: Breakers,
-    pub config: EngineConfig,
-    /// Names this deployment's database; its queue namespace is bound to it.
-    pub deployment_id: String,
-    pub signer: FileSigner,
-    /// Makes and checks the tokens of upstream callback URLs.
-    pub callback_signer: CallbackSigner,
-    /// The guarded HTTP client every webhook attempt goes through.
-    pub webhook_client: reqwest::Client,
-    /// Webhook attempts under way in this process: slots shared fairly among accounts,
-    /// and per account and destination.
-    pub webhook_destinations: Destinations,
-    /// Ids of jobs that just changed in this process, so live streams react at once
-    /// (changes made by other processes are picked up by their polling).
-    changes: broadcast::Sender<String>,
-}
+    /// Pushes of tasks with equal keys within the queue's deduplication window (an hour)
+    /// run once.
+    fn key(&self) -> String;
 
-pub type SharedEngine = Arc<Engine>;
-
-/// Name of the stored setting that keys file-link signatures.
-const FILE_URL_KEY: &str = "file_url_key";
-
-/// Name of the stored setting that keys upstream callback tokens.
-const CALLBACK_KEY: &str = "callback_key";
-
-/// Name of the stored setting that names this deployment's database, to which its Redis
-/// queue namespace is bound.
-const DEPLOYMENT_ID: &str = "deployment_id";
-
-impl Engine {
-    /// Assembles an engine from connected parts; the file-link key comes from the store so
-    /// that every process signs alike.
-    pub async fn new(
-        store: Store,
-        queue: Queue,
-        storage: Storage,
-        config: EngineConfig,
-    ) -> Result<SharedEngine, EngineError> {
-        let signer = FileSigner::new(
-            shared_key(&store, FILE_URL_KEY).await?,
-            config.file_url_ttl.as_secs() as i64,
-        );
-        let callback_signer = CallbackSigner::new(shared_key(&store, CALLBACK_KEY).await?);
-        let deployment_id = store
-            .setting_or_init(DEPLOYMENT_ID, || {
-                format!("dep_{}", uuid::Uuid::now_v7().simple())
-            })
-            .await?;
-        queue.claim_namespace(&deployment_id).await?;
-        let webhook_client =
-            ssrf::delivery_client(config.webhook_allow.clone(), config.delivery.timeout)
-                .map_err(|e| EngineError::Internal(format!("webhook client: {e}")))?;
-        let providers =
-            Providers::from_settings(&config.providers).map_err(EngineError::Internal)?;
-        let breakers = Breakers::new(config.breaker_threshold, config.breaker_cooldown);
-        let (changes, _) = broadcast::channel(4096);
-        let webhook_destinations = Destinations::new(&config.delivery);
-        Ok(Arc::new(Engine {
-            store,
-            queue,
-            storage,
-            providers,
-            breakers,
-            config,
-            deployment_id,
-            signer,
-            callback_signer,
-            webhook_client,
-            webhook_destinations,
-            changes,
-        }))
-    }
-
-    pub fn render(&self) -> Render<'_> {
-        Render {
-            public_url: &self.config.public_url,
-            signer: &self.signer,
-            now_ms: ids::now_ms(),
-        }
-    }
-
-    /// The public job object.
-    pub fn job_json(&self, job: &Job) -> serde_json::Value {
-        job.to_public(&self.render())
-    }
-
-    /// The URL `provider` should call when its work on `job_id` ends, when upstream
-    /// callbacks are on and the provider can make them.
-    pub fn callback_url(&self, provider: &str, job_id: &str) -> Option<String> {
-        let takes_them = self
-            .providers
-            .get(provider)
-            .is_some_and(|p| p.accepts_callbacks());
-        (self.config.upstream_callbacks && takes_them).then(|| {
-            self.callback_signer
-                .url(&self.config.public_url, provider, job_id)
-        })
-    }
-
-    pub fn subscribe_changes(&self) -> broadcast::Receiver<String> {
-        self.changes.subscribe()
-    }
-
-    pub(crate) fn announce(&self, job_id: &str) {
-        // No subscribers is the normal case for API-less workers.
-        let _ = self.changes.send(job_id.to_owned());
-    }
-}
-
-/// A random 32-byte key stored under `name`, made by the first process that asks: every
-/// process signs alike.
-async fn shared_key(store: &Store, name: &str) -> Result<Vec<u8>, EngineError> {
-    let key = store
-        .setting_or_init(name, || {
-            let bytes: [u8; 32] = rand::random();
-            hex::encode(bytes)
-        })
-        .await?;
-    hex::decode(key).map_err(|e| EngineError::Internal(format!("bad {name}: {e}")))
+    /// Does the work. Work that outlives the run (a wait off the worker) is spawned on
+    /// `inflight`, so shutdown waits for it too.
+    fn run(
+        self,
+        ctx: &Self::Context,
+        inflight: &TaskTracker,
+    ) -> impl Future<Output = Result<(), TaskError>> + Send;
 }

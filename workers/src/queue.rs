@@ -1,23 +1,42 @@
-//! The task queues: apalis on SQLite (embedded) or Redis (production). Two queues, so that
-//! a backlog of webhook attempts never delays jobs and the other way round: `advance`
-//! moves jobs, `deliver` makes webhook attempts. Tasks carry ids only; SQL is the truth,
-//! so a task that is lost, duplicated or late is harmless.
+//! The queues: apalis on SQLite (embedded) or Redis (production), one named queue per
+//! task type. Every queue stores the same envelope (a task's JSON fields, plus its exact
+//! due time), so one storage type serves every task and the domain's types never reach
+//! apalis.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apalis::prelude::{Task, TaskBuilder, TaskSink};
+use apalis::prelude::{TaskBuilder, TaskSink};
 use apalis_core::backend::Vacuum;
 use apalis_redis::{ConnectionManager, RedisStorage};
-use apalis_sqlite::SqliteStorage;
+use apalis_sqlite::{SqlitePool, SqliteStorage};
 use futures::{Stream, StreamExt};
 use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::{Due, Task};
+
 /// apalis-redis' server-wide list of queues, written whenever a worker registers.
 const APALIS_QUEUE_LIST: &str = "core:apalis:queues:list";
+
+/// What every queue stores: the task's own fields, and (for [`Due::Exact`] tasks that
+/// are delayed) when it is due to the millisecond. The fields sit side by side, so a
+/// task's stored form is its own JSON plus at most `due_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Envelope {
+    #[serde(flatten)]
+    pub args: serde_json::Map<String, serde_json::Value>,
+    /// Unix ms; 0: at once, or a task that may run late.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub due_ms: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
 
 /// Pushes a built task into either backend's storage (they differ only in type).
 macro_rules! push {
@@ -30,53 +49,6 @@ macro_rules! push {
     };
 }
 
-/// "Look at job `job_id` again." `seq` is the job's fencing sequence at scheduling time;
-/// a task whose `seq` no longer matches the row is stale and does nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Advance {
-    pub job_id: String,
-    pub seq: i64,
-    /// When the check is due (Unix ms; 0: at once). The queue keeps whole seconds and
-    /// hands a delayed check out up to a second early; the worker waits out the rest.
-    #[serde(default)]
-    pub due_ms: i64,
-}
-
-impl Advance {
-    /// The check of `job_id` that fencing sequence `seq` owns.
-    pub fn new(job_id: impl Into<String>, seq: i64) -> Advance {
-        Advance {
-            job_id: job_id.into(),
-            seq,
-            due_ms: 0,
-        }
-    }
-}
-
-/// "Make the next attempt of webhook delivery `delivery_id`." `seq` fences it like
-/// [`Advance::seq`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deliver {
-    pub delivery_id: String,
-    pub seq: i64,
-}
-
-/// The two queues, named in keys, wake channels and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueName {
-    Advance,
-    Deliver,
-}
-
-impl QueueName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueName::Advance => "advance",
-            QueueName::Deliver => "deliver",
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("redis: {0}")]
@@ -87,8 +59,12 @@ pub enum QueueError {
     SqliteSetup(#[from] apalis_sqlite::Error),
     #[error("push failed: {0}")]
     Push(String),
+    #[error("task does not serialize to a JSON object: {0}")]
+    Encode(String),
     #[error("cannot create the queue's directory: {0}")]
     Dir(#[from] std::io::Error),
+    #[error("worker monitor: {0}")]
+    Monitor(String),
     #[error("queue maintenance: {0}")]
     Vacuum(String),
     #[error(
@@ -114,25 +90,34 @@ pub struct QueueSettings {
     pub redis_response_timeout: Duration,
 }
 
+/// The store under the queues, for checks that look at it directly.
 #[derive(Clone)]
-pub enum Backend {
-    Embedded {
-        advance: SqliteStorage<Advance>,
-        deliver: SqliteStorage<Deliver>,
-    },
-    Redis {
-        advance: RedisStorage<Advance>,
-        deliver: RedisStorage<Deliver>,
-    },
+pub enum Connection {
+    Embedded(SqlitePool),
+    Redis(ConnectionManager),
+}
+
+/// One queue's storage.
+#[derive(Clone)]
+pub(crate) enum Storage {
+    Embedded(SqliteStorage<Envelope>),
+    Redis(RedisStorage<Envelope>),
+}
+
+/// A named queue: its storage and its workers' wake-up.
+#[derive(Clone)]
+pub(crate) struct Lane {
+    pub storage: Storage,
+    pub wake: Arc<Notify>,
 }
 
 /// The queue handle every process holds; pushes wake this process's own workers at once.
 #[derive(Clone)]
 pub struct Queue {
-    backend: Backend,
+    connection: Connection,
     settings: QueueSettings,
-    wake_advance: Arc<Notify>,
-    wake_deliver: Arc<Notify>,
+    /// The queues used so far, by name.
+    lanes: Arc<Mutex<HashMap<&'static str, Lane>>>,
     /// With Redis, pushes are also announced on a pub/sub channel so that workers in
     /// other processes fetch at once instead of at their next poll.
     redis: Option<redis::Client>,
@@ -140,9 +125,9 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.backend {
-            Backend::Embedded { .. } => "embedded",
-            Backend::Redis { .. } => "redis",
+        let kind = match self.connection {
+            Connection::Embedded(_) => "embedded",
+            Connection::Redis(_) => "redis",
         };
         f.debug_struct("Queue")
             .field("backend", &kind)
@@ -158,9 +143,8 @@ impl Queue {
         sqlite_path: &std::path::Path,
         settings: QueueSettings,
     ) -> Result<Queue, QueueError> {
-        let name = |q: QueueName| format!("{}:{}", settings.prefix, q.as_str());
         let mut redis_client = None;
-        let backend = match redis_url {
+        let connection = match redis_url {
             Some(url) => {
                 let client = redis::Client::open(url)?;
                 redis_client = Some(client.clone());
@@ -169,28 +153,7 @@ impl Queue {
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(settings.redis_response_timeout))
                     .set_connection_timeout(Some(Duration::from_secs(5)));
-                let conn: ConnectionManager =
-                    client.get_connection_manager_with_config(config).await?;
-                let config = |q: QueueName| {
-                    apalis_redis::Config::default()
-                        .queue(name(q))
-                        .heartbeat_interval(settings.heartbeat_interval)
-                        .missed_heartbeats(settings.missed_heartbeats)
-                        // Acknowledged tasks leave their worker's in-flight set; unacknowledged
-                        // ones pile up there and are all re-run if that worker dies.
-                        .persist_results(true)
-                        // Our fencing sequence already makes a second run harmless; apalis'
-                        // own lock costs a scan of the whole active list per task.
-                        .lock_tasks(false)
-                        .emit_events(false)
-                        // A TTL of None deletes the key at once, letting duplicates through.
-                        .idempotency_ttl(Some(Duration::from_secs(3600)))
-                };
-                Backend::Redis {
-                    advance: RedisStorage::new(conn.clone())
-                        .with_config(config(QueueName::Advance)),
-                    deliver: RedisStorage::new(conn).with_config(config(QueueName::Deliver)),
-                }
+                Connection::Redis(client.get_connection_manager_with_config(config).await?)
             }
             None => {
                 if let Some(dir) = sqlite_path.parent() {
@@ -204,151 +167,176 @@ impl Queue {
                     .max_connections(4)
                     .connect_with(options)
                     .await?;
-                SqliteStorage::setup(&pool).await?;
-                let config = |q: QueueName| {
-                    apalis_sqlite::Config::default()
-                        .queue(name(q))
-                        .heartbeat_interval(settings.heartbeat_interval)
-                        .missed_heartbeats(settings.missed_heartbeats)
-                        .persist_results(true)
-                };
-                Backend::Embedded {
-                    advance: SqliteStorage::new(&pool).with_config(config(QueueName::Advance)),
-                    deliver: SqliteStorage::new(&pool).with_config(config(QueueName::Deliver)),
-                }
+                SqliteStorage::<()>::setup(&pool).await?;
+                Connection::Embedded(pool)
             }
         };
         Ok(Queue {
-            backend,
+            connection,
             settings,
-            wake_advance: Arc::new(Notify::new()),
-            wake_deliver: Arc::new(Notify::new()),
+            lanes: Arc::default(),
             redis: redis_client,
         })
     }
 
-    /// Pushes a job step to run after `delay`, to the millisecond: the queue hands it out
-    /// within the second before, and the worker waits out the rest (`Advance::due_ms`).
-    /// Polling an upstream every second would otherwise poll every two.
-    pub async fn enqueue(&self, mut task: Advance, delay: Duration) -> Result<(), QueueError> {
-        let key = format!("{}:{}", task.job_id, task.seq);
-        let run_at = (!delay.is_zero()).then(|| {
-            let due = since_epoch(delay);
-            task.due_ms = due.as_millis() as i64;
-            due.as_secs()
-        });
-        let task = build(task, key, run_at);
-        match &self.backend {
-            Backend::Embedded { advance, .. } => push!(advance, task)?,
-            Backend::Redis { advance, .. } => push!(advance, task)?,
-        }
-        self.announce(QueueName::Advance, delay).await;
-        Ok(())
+    /// The queue named `name`, opened on first use.
+    pub(crate) fn lane(&self, name: &'static str) -> Lane {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes
+            .entry(name)
+            .or_insert_with(|| self.open_lane(name))
+            .clone()
     }
 
-    /// Pushes a webhook attempt to run after `delay`.
-    pub async fn enqueue_delivery(&self, task: Deliver, delay: Duration) -> Result<(), QueueError> {
-        let key = format!("{}:{}", task.delivery_id, task.seq);
-        // Never early: a retry must not come before a receiver's Retry-After. A second
-        // late is nothing next to retry delays.
+    fn open_lane(&self, name: &str) -> Lane {
+        let queue = format!("{}:{name}", self.settings.prefix);
+        let s = &self.settings;
+        let storage = match &self.connection {
+            Connection::Redis(conn) => {
+                let config = apalis_redis::Config::default()
+                    .queue(queue)
+                    .heartbeat_interval(s.heartbeat_interval)
+                    .missed_heartbeats(s.missed_heartbeats)
+                    // Acknowledged tasks leave their worker's in-flight set; unacknowledged
+                    // ones pile up there and are all re-run if that worker dies.
+                    .persist_results(true)
+                    // Tasks are safe to repeat (see `Task`); apalis' own lock costs a scan of
+                    // the whole active list per task.
+                    .lock_tasks(false)
+                    .emit_events(false)
+                    // A TTL of None deletes the key at once, letting duplicates through.
+                    .idempotency_ttl(Some(Duration::from_secs(3600)));
+                Storage::Redis(RedisStorage::new(conn.clone()).with_config(config))
+            }
+            Connection::Embedded(pool) => {
+                let config = apalis_sqlite::Config::default()
+                    .queue(queue)
+                    .heartbeat_interval(s.heartbeat_interval)
+                    .missed_heartbeats(s.missed_heartbeats)
+                    .persist_results(true);
+                Storage::Embedded(SqliteStorage::new(pool).with_config(config))
+            }
+        };
+        Lane {
+            storage,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Makes `T`'s queue known before anything is pushed to it, so that maintenance
+    /// (vacuum, the namespace's claim) covers it from the start.
+    pub fn declare<T: Task>(&self) {
+        self.lane(T::QUEUE);
+    }
+
+    /// Pushes `task` to run after `delay`, rounded as `T::DUE` asks. Pushes with the key
+    /// of a task pushed within the hour are dropped.
+    pub async fn push<T: Task>(&self, task: &T, delay: Duration) -> Result<(), QueueError> {
+        let args = match serde_json::to_value(task) {
+            Ok(serde_json::Value::Object(args)) => args,
+            Ok(other) => return Err(QueueError::Encode(format!("{other}"))),
+            Err(e) => return Err(QueueError::Encode(e.to_string())),
+        };
+        let mut envelope = Envelope { args, due_ms: 0 };
         let run_at = (!delay.is_zero()).then(|| {
             let due = since_epoch(delay);
-            due.as_secs() + u64::from(due.subsec_nanos() > 0)
+            match T::DUE {
+                Due::Exact => {
+                    envelope.due_ms = due.as_millis() as i64;
+                    due.as_secs()
+                }
+                Due::NotBefore => due.as_secs() + u64::from(due.subsec_nanos() > 0),
+            }
         });
-        let task = build(task, key, run_at);
-        match &self.backend {
-            Backend::Embedded { deliver, .. } => push!(deliver, task)?,
-            Backend::Redis { deliver, .. } => push!(deliver, task)?,
+        let built = build(envelope, task.key(), run_at);
+        let lane = self.lane(T::QUEUE);
+        match &lane.storage {
+            Storage::Embedded(storage) => push!(storage, built)?,
+            Storage::Redis(storage) => push!(storage, built)?,
         }
-        self.announce(QueueName::Deliver, delay).await;
+        if delay.is_zero() {
+            self.announce(T::QUEUE, &lane).await;
+        }
         Ok(())
     }
 
     /// Wakes the queue's workers for a task that is due now.
-    async fn announce(&self, queue: QueueName, delay: Duration) {
-        if !delay.is_zero() {
-            return;
-        }
-        self.wake(queue).notify_waiters();
-        if let Some(conn) = self.redis_connection() {
+    async fn announce(&self, name: &str, lane: &Lane) {
+        lane.wake.notify_waiters();
+        if let Connection::Redis(conn) = &self.connection {
             let mut conn = conn.clone();
             // Only a hint: workers still poll, so a lost message costs a poll interval.
             let _: Result<i64, _> = redis::cmd("PUBLISH")
-                .arg(self.wake_channel(queue))
+                .arg(self.wake_channel(name))
                 .arg(1)
                 .query_async(&mut conn)
                 .await;
         }
     }
 
-    fn wake(&self, queue: QueueName) -> &Arc<Notify> {
-        match queue {
-            QueueName::Advance => &self.wake_advance,
-            QueueName::Deliver => &self.wake_deliver,
-        }
-    }
-
-    fn redis_connection(&self) -> Option<ConnectionManager> {
-        match &self.backend {
-            Backend::Redis { advance, .. } => Some(advance.clone().get_connection().clone()),
-            Backend::Embedded { .. } => None,
-        }
+    fn declared(&self) -> Vec<Lane> {
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes.values().cloned().collect()
     }
 
     /// Removes finished tasks, which both backends otherwise keep for ever. Returns how
     /// many went.
     pub async fn vacuum(&self) -> Result<usize, QueueError> {
         let failed = |e: &dyn std::fmt::Display| QueueError::Vacuum(e.to_string());
-        match &self.backend {
-            // One table holds both queues' tasks.
-            Backend::Embedded { advance, .. } => Vacuum::vacuum(&mut advance.clone())
-                .await
-                .map_err(|e| failed(&e)),
-            Backend::Redis { advance, deliver } => {
-                let mut removed = Vacuum::vacuum(&mut advance.clone())
-                    .await
-                    .map_err(|e| failed(&e))?;
-                removed += Vacuum::vacuum(&mut deliver.clone())
-                    .await
-                    .map_err(|e| failed(&e))?;
-                // The set of finished task ids only feeds apalis' statistics, which we do
-                // not use, and grows by one entry per task.
-                let mut conn = advance.clone().get_connection().clone();
-                let _: i64 = redis::cmd("DEL")
-                    .arg(advance.get_config().done_jobs_set())
-                    .arg(deliver.get_config().done_jobs_set())
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(removed)
+        let mut removed = 0;
+        let mut done_sets = Vec::new();
+        for lane in self.declared() {
+            match lane.storage {
+                Storage::Embedded(mut storage) => {
+                    // One table holds every queue's tasks.
+                    return Vacuum::vacuum(&mut storage).await.map_err(|e| failed(&e));
+                }
+                Storage::Redis(mut storage) => {
+                    removed += Vacuum::vacuum(&mut storage).await.map_err(|e| failed(&e))?;
+                    done_sets.push(storage.get_config().done_jobs_set());
+                }
             }
         }
+        if let (Connection::Redis(conn), false) = (&self.connection, done_sets.is_empty()) {
+            // The set of finished task ids only feeds apalis' statistics, which we do
+            // not use, and grows by one entry per task.
+            let _: i64 = redis::cmd("DEL")
+                .arg(done_sets)
+                .query_async(&mut conn.clone())
+                .await?;
+        }
+        Ok(removed)
     }
 
     /// Binds this queue namespace to the deployment whose database is named `owner` (an id
     /// stored in that database), or fails if another deployment's database holds it. With
     /// the embedded queue, the queue file sits in the deployment's own data directory, so
-    /// there is nothing to bind. Called at start and again by every reaper sweep, which also
+    /// there is nothing to bind. To be called at start and again now and then, which also
     /// takes our queues out of apalis' global list of queues (one entry per queue ever
     /// seen on the server, whatever its prefix): a Redis restarted empty is claimed again.
     pub async fn claim_namespace(&self, owner: &str) -> Result<(), QueueError> {
-        let Backend::Redis { advance, deliver } = &self.backend else {
+        let Connection::Redis(conn) = &self.connection else {
             return Ok(());
         };
-        let mut conn = advance.clone().get_connection().clone();
         let key = format!("{}:owner", self.settings.prefix);
-        let (_, holder, _): (Option<String>, String, i64) = redis::pipe()
-            .cmd("SET")
-            .arg(&key)
-            .arg(owner)
-            .arg("NX")
-            .cmd("GET")
-            .arg(&key)
-            .cmd("ZREM")
-            .arg(APALIS_QUEUE_LIST)
-            .arg(advance.get_config().workers_set())
-            .arg(deliver.get_config().workers_set())
-            .query_async(&mut conn)
-            .await?;
+        let workers_sets: Vec<String> = self
+            .declared()
+            .into_iter()
+            .filter_map(|lane| match lane.storage {
+                Storage::Redis(storage) => Some(storage.get_config().workers_set()),
+                Storage::Embedded(_) => None,
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(owner).arg("NX").ignore();
+        pipe.cmd("GET").arg(&key);
+        if !workers_sets.is_empty() {
+            pipe.cmd("ZREM")
+                .arg(APALIS_QUEUE_LIST)
+                .arg(workers_sets)
+                .ignore();
+        }
+        let (holder,): (String,) = pipe.query_async(&mut conn.clone()).await?;
         if holder != owner {
             return Err(QueueError::Foreign {
                 prefix: self.settings.prefix.clone(),
@@ -360,20 +348,19 @@ impl Queue {
 
     /// Whether the queue's store answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
-        match &self.backend {
-            Backend::Embedded { advance, .. } => {
-                sqlx::query("SELECT 1").execute(advance.pool()).await?;
+        match &self.connection {
+            Connection::Embedded(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
             }
-            Backend::Redis { advance, .. } => {
-                let mut conn = advance.clone().get_connection().clone();
-                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Connection::Redis(conn) => {
+                let _: String = redis::cmd("PING").query_async(&mut conn.clone()).await?;
             }
         }
         Ok(())
     }
 
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    pub fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     /// The namespace of this deployment's queue keys and names.
@@ -381,14 +368,14 @@ impl Queue {
         &self.settings.prefix
     }
 
-    fn wake_channel(&self, queue: QueueName) -> String {
-        format!("{}:wake:{}", self.settings.prefix, queue.as_str())
+    fn wake_channel(&self, name: &str) -> String {
+        format!("{}:wake:{name}", self.settings.prefix)
     }
 
-    /// The cue for `queue`'s workers to fetch: every poll interval, at once when this
+    /// The cue for a queue's workers to fetch: every poll interval, at once when this
     /// process pushes a task, and (with Redis) at once when any process announces a push.
-    pub fn wake_stream(&self, queue: QueueName) -> Pin<Box<dyn Stream<Item = ()> + Send>> {
-        let state = (self.wake(queue).clone(), self.settings.poll_interval);
+    pub(crate) fn wake_stream(&self, name: &'static str) -> Pin<Box<dyn Stream<Item = ()> + Send>> {
+        let state = (self.lane(name).wake, self.settings.poll_interval);
         let local = futures::stream::unfold(state, |(wake, every)| async move {
             tokio::select! {
                 _ = wake.notified() => {}
@@ -399,7 +386,7 @@ impl Queue {
         let Some(client) = self.redis.clone() else {
             return Box::pin(local);
         };
-        let channel = self.wake_channel(queue);
+        let channel = self.wake_channel(name);
         let announced = futures::stream::once(async move {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -417,11 +404,10 @@ impl Queue {
 }
 
 /// A task due at `run_at` (Unix seconds; `None`: now), deduplicated by `key`. apalis
-/// keeps run times in whole seconds, so each queue rounds its own way. apalis retries a
-/// failed task at now + attempt seconds; a few tries cover a blip in the database, and
-/// past that the reaper owns recovery.
-fn build<T>(args: T, key: String, run_at: Option<u64>) -> Task<T> {
-    let mut builder = TaskBuilder::new(args);
+/// retries a failed task at now + attempt seconds; a few tries cover a blip in the
+/// database, and past that the task's owner must re-issue it.
+fn build(envelope: Envelope, key: String, run_at: Option<u64>) -> apalis::prelude::Task<Envelope> {
+    let mut builder = TaskBuilder::new(envelope);
     if let Some(secs) = run_at {
         builder = builder.run_at_timestamp(secs);
     }

@@ -1,0 +1,949 @@
+//! The model catalog and validation of job input against it, before anything is queued.
+//!
+//! The catalog is data: `catalog/models.toml` ships in the binary, and an operator's file
+//! replaces entries with the same id and adds new ones. Each entry says what the model's
+//! input may hold, what a unit of output costs, and which providers serve it under which
+//! upstream name, in default routing order.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::fields;
+use crate::jobs::job::JobKind;
+
+/// The catalog shipped with mediagate.
+const BUILTIN: &str = include_str!("../../../catalog/models.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub id: String,
+    pub name: String,
+    pub modality: Modality,
+    pub price: Price,
+    pub providers: Vec<Serving>,
+    /// Exact durations (seconds) the model accepts.
+    #[serde(default)]
+    pub durations: Option<Vec<i64>>,
+    /// Inclusive range of durations (seconds) the model accepts.
+    #[serde(default)]
+    pub duration_range: Option<[i64; 2]>,
+    #[serde(default)]
+    pub default_duration: Option<i64>,
+    #[serde(default)]
+    pub resolutions: Option<Vec<String>>,
+    #[serde(default)]
+    pub aspect_ratios: Option<Vec<String>>,
+    /// Free `WxH` sizes (even sides, 64–2048).
+    #[serde(default)]
+    pub sizes: bool,
+    /// Accepts `input.generate_audio`.
+    #[serde(default)]
+    pub audio: bool,
+    #[serde(default)]
+    pub seed: bool,
+    /// How many reference image URLs `input.image` / `input.reference_images` may give.
+    #[serde(default)]
+    pub reference_images: usize,
+    /// How many images one job may ask for (`input.n`).
+    #[serde(default)]
+    pub max_outputs: Option<i64>,
+    /// Accepts `input.simulate` (the built-in local models).
+    #[serde(default)]
+    pub simulate: bool,
+    /// Durations that only some inputs allow (Veo makes 1080p only at 8 s).
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
+}
+
+/// While input field `when` is given (and, with `equals`, has that value), the duration
+/// must be one of `durations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constraint {
+    pub when: String,
+    #[serde(default)]
+    pub equals: Option<Value>,
+    pub durations: Vec<i64>,
+}
+
+impl Constraint {
+    fn applies(&self, input: &Value) -> bool {
+        let given = &input[self.when.as_str()];
+        let present = match given {
+            Value::Null => false,
+            Value::Array(items) => !items.is_empty(),
+            _ => true,
+        };
+        present && self.equals.as_ref().is_none_or(|v| v == given)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    Image,
+    Video,
+    Audio,
+}
+
+impl Modality {
+    pub fn kind(self) -> JobKind {
+        match self {
+            Modality::Image => JobKind::Image,
+            Modality::Video => JobKind::Video,
+            Modality::Audio => JobKind::Audio,
+        }
+    }
+}
+
+/// A list price: `usd` per `unit` (`image`, `second` of output, or `track`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub unit: PriceUnit,
+    pub usd: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PriceUnit {
+    Image,
+    Second,
+    Track,
+}
+
+/// One provider that serves a model, and its name for it there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Serving {
+    pub provider: String,
+    pub model: String,
+    /// The provider's name for the model when the input starts from an image
+    /// (`input.image`), where that is a sibling endpoint (fal's `…/image-to-video`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_model: Option<String>,
+}
+
+impl Serving {
+    /// The provider's name for the model, for this input.
+    pub fn upstream_model(&self, input: &Value) -> &str {
+        match &self.image_model {
+            Some(image_model) if present(input, "image") => image_model,
+            _ => &self.model,
+        }
+    }
+}
+
+impl Model {
+    pub fn kind(&self) -> JobKind {
+        self.modality.kind()
+    }
+
+    /// The price of a job with this input, in millionths of a dollar.
+    pub fn cost_micros(&self, input: &Value, outputs: usize) -> i64 {
+        let per_unit = parse_usd_micros(&self.price.usd).unwrap_or(0);
+        let units = match self.price.unit {
+            PriceUnit::Image => outputs.max(1) as i64,
+            PriceUnit::Track => 1,
+            PriceUnit::Second => input
+                .get("duration")
+                .and_then(Value::as_i64)
+                .or(self.default_duration)
+                .unwrap_or(1),
+        };
+        per_unit * units
+    }
+
+    /// The catalog entry as `GET /v1/models` shows it; `available` says which providers
+    /// are configured here.
+    pub fn to_public(&self, available: impl Fn(&str) -> bool) -> Value {
+        let mut accepts = serde_json::Map::new();
+        let mut put = |k: &str, v: Value| {
+            accepts.insert(k.to_owned(), v);
+        };
+        if let Some(d) = &self.durations {
+            put("durations", json!(d));
+        }
+        if let Some([min, max]) = self.duration_range {
+            put("duration_range", json!({"min": min, "max": max}));
+        }
+        if let Some(d) = self.default_duration {
+            put("default_duration", json!(d));
+        }
+        if let Some(r) = &self.resolutions {
+            put("resolutions", json!(r));
+        }
+        if let Some(a) = &self.aspect_ratios {
+            put("aspect_ratios", json!(a));
+        }
+        put("sizes", json!(self.sizes));
+        put("audio", json!(self.audio));
+        put("seed", json!(self.seed));
+        put("reference_images", json!(self.reference_images));
+        if let Some(n) = self.max_outputs {
+            put("max_outputs", json!(n));
+        }
+        if !self.constraints.is_empty() {
+            put("constraints", json!(self.constraints));
+        }
+        // Every input field name this model takes; any other is refused by name.
+        let parameters: Vec<&str> = INPUT_FIELDS
+            .iter()
+            .copied()
+            .filter(|f| self.takes(f))
+            .collect();
+        put("parameters", json!(parameters));
+        let providers: Vec<Value> = self
+            .providers
+            .iter()
+            .map(|s| {
+                let mut p = json!({"name": s.provider, "model": s.model, "available": available(&s.provider)});
+                if let Some(image_model) = &s.image_model {
+                    p["image_model"] = json!(image_model);
+                }
+                p
+            })
+            .collect();
+        json!({
+            "id": self.id,
+            "object": "model",
+            "name": self.name,
+            "owned_by": self.id.split('/').next().unwrap_or_default(),
+            "output_modality": self.kind().as_str(),
+            "accepts": accepts,
+            "pricing": {"unit": self.price.unit, "usd": self.price.usd},
+            "providers": providers,
+            "available": self.providers.iter().any(|s| available(&s.provider)),
+        })
+    }
+}
+
+/// `"0.0133"` → 13_300 millionths of a dollar.
+pub fn parse_usd_micros(s: &str) -> Option<i64> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 6 || whole.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let frac_digits: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
+    if whole < 0 || frac_digits < 0 {
+        return None;
+    }
+    Some(whole * 1_000_000 + frac_digits * 10_i64.pow(6 - frac.len() as u32))
+}
+
+/// Millionths of a dollar as `"0.1234"` (four decimals, rounded half up).
+pub fn format_usd(micros: i64) -> String {
+    let hundredths_of_cents = (micros + 50) / 100;
+    format!(
+        "{}.{:04}",
+        hundredths_of_cents / 10_000,
+        hundredths_of_cents % 10_000
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    models: Vec<Model>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {0}: {1}")]
+    Parse(String, String),
+    #[error("catalog {0}: {1}")]
+    Invalid(String, String),
+}
+
+/// Every model, by id.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    models: BTreeMap<String, Model>,
+}
+
+impl Catalog {
+    /// The built-in catalog.
+    pub fn builtin() -> Catalog {
+        Catalog::parse("built in", BUILTIN, BTreeMap::new())
+            .expect("the built-in catalog is valid (checked by its unit test)")
+    }
+
+    /// The built-in catalog with the operator's file laid over it: same id replaces, new
+    /// ids add.
+    pub fn with_overrides(source: &str, text: &str) -> Result<Catalog, CatalogError> {
+        Catalog::parse(source, text, Catalog::builtin().models)
+    }
+
+    fn parse(
+        source: &str,
+        text: &str,
+        mut models: BTreeMap<String, Model>,
+    ) -> Result<Catalog, CatalogError> {
+        let file: CatalogFile =
+            toml::from_str(text).map_err(|e| CatalogError::Parse(source.into(), e.to_string()))?;
+        for m in file.models {
+            check(&m).map_err(|e| CatalogError::Invalid(source.into(), e))?;
+            models.insert(m.id.clone(), m);
+        }
+        Ok(Catalog { models })
+    }
+
+    pub fn find(&self, id: &str) -> Option<&Model> {
+        self.models.get(id)
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Model> {
+        self.models.values()
+    }
+}
+
+/// What a catalog entry must satisfy to be served.
+fn check(m: &Model) -> Result<(), String> {
+    let id = &m.id;
+    let (vendor, name) = id
+        .split_once('/')
+        .ok_or(format!("model id {id:?} is not vendor/model"))?;
+    if vendor.is_empty() || name.is_empty() {
+        return Err(format!("model id {id:?} is not vendor/model"));
+    }
+    if m.providers.is_empty() {
+        return Err(format!("{id}: no providers"));
+    }
+    if parse_usd_micros(&m.price.usd).is_none() {
+        return Err(format!(
+            "{id}: price.usd {:?} is not a decimal",
+            m.price.usd
+        ));
+    }
+    if let Some([min, max]) = m.duration_range
+        && (min < 1 || max < min)
+    {
+        return Err(format!(
+            "{id}: duration_range must be [min, max] with 1 ≤ min ≤ max"
+        ));
+    }
+    Ok(())
+}
+
+/// A bad field in a request, named the way the client wrote it (`input.duration`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidField {
+    pub param: String,
+    pub message: String,
+    /// The error's `code`: `invalid_field` unless a more precise word applies.
+    pub code: &'static str,
+}
+
+impl InvalidField {
+    pub fn new(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: param.to_owned(),
+            message: message.into(),
+            code: "invalid_field",
+        }
+    }
+
+    /// A parameter this request (or this model) does not take: Stripe's
+    /// `parameter_unknown`, so a typo or a field meant for another API is never dropped
+    /// silently.
+    pub fn unknown(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: "parameter_unknown",
+            ..Self::new(param, message)
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+}
+
+/// Short side in pixels of each resolution name.
+pub const VIDEO_RESOLUTIONS: &[(&str, u32)] =
+    &[("360p", 360), ("480p", 480), ("720p", 720), ("1080p", 1080)];
+/// Width and height ratio of each aspect ratio name.
+pub const ASPECT_RATIOS: &[(&str, u32, u32)] = &[
+    ("16:9", 16, 9),
+    ("9:16", 9, 16),
+    ("1:1", 1, 1),
+    ("4:3", 4, 3),
+    ("3:4", 3, 4),
+    ("3:2", 3, 2),
+    ("2:3", 2, 3),
+];
+
+/// Every `input` field some model takes. No adapter passes other fields upstream, so a
+/// field outside this list would be stored and copied into every event and webhook of the
+/// job without ever doing anything.
+pub const INPUT_FIELDS: &[&str] = &[
+    "prompt",
+    "seed",
+    "duration",
+    "resolution",
+    "aspect_ratio",
+    "size",
+    "generate_audio",
+    "image",
+    "reference_images",
+    "n",
+    "simulate",
+];
+
+impl Model {
+    /// Whether this model takes `input.{field}`. `generate_audio: false` and `n: 1` ask
+    /// for what every model does, so every model takes those two names (their values are
+    /// checked below).
+    pub fn takes(&self, field: &str) -> bool {
+        match field {
+            "prompt" | "generate_audio" | "n" => true,
+            "seed" => self.seed,
+            "duration" => self.durations.is_some() || self.duration_range.is_some(),
+            "resolution" => self.resolutions.is_some(),
+            "aspect_ratio" => self.aspect_ratios.is_some(),
+            "size" => self.sizes,
+            "image" | "reference_images" => self.reference_images > 0,
+            "simulate" => self.simulate,
+            _ => false,
+        }
+    }
+}
+
+/// Checks `input` against what `model` accepts: a field it does not take is refused by
+/// name (`parameter_unknown`), so a typo never goes unnoticed. A `null` for a field some
+/// other model takes counts as absent, as it does everywhere in the input.
+pub fn validate_input(model: &Model, input: &Value) -> Result<(), InvalidField> {
+    let Some(obj) = input.as_object() else {
+        return Err(InvalidField::new("input", "input must be an object"));
+    };
+    for (field, value) in obj {
+        let known = INPUT_FIELDS.contains(&field.as_str());
+        if model.takes(field) || known && value.is_null() {
+            continue;
+        }
+        let param = format!("input.{field}");
+        return Err(InvalidField::unknown(
+            &param,
+            if known {
+                format!(
+                    "{} does not take {param}; GET /v1/models shows what each model accepts",
+                    model.id
+                )
+            } else {
+                format!(
+                    "unknown parameter {param}; input fields are {}",
+                    INPUT_FIELDS.join(", ")
+                )
+            },
+        ));
+    }
+    match obj.get("prompt") {
+        Some(Value::String(p)) if !p.trim().is_empty() && p.chars().count() <= 10_000 => {}
+        Some(Value::String(p)) if p.trim().is_empty() => {
+            return Err(InvalidField::new(
+                "input.prompt",
+                "input.prompt must not be empty",
+            ));
+        }
+        Some(Value::String(_)) => {
+            return Err(InvalidField::new(
+                "input.prompt",
+                "input.prompt is longer than 10000 characters",
+            ));
+        }
+        Some(_) => {
+            return Err(InvalidField::new(
+                "input.prompt",
+                "input.prompt must be a string",
+            ));
+        }
+        None => {
+            return Err(InvalidField::new(
+                "input.prompt",
+                "input.prompt is required",
+            ));
+        }
+    }
+    // Past the loop above, every non-null field is one the model takes.
+    if model.seed {
+        int_in(input, "seed", 0, u32::MAX as i64)?;
+    }
+    match (&model.durations, model.duration_range) {
+        (Some(list), _) => one_of_ints(input, "duration", list)?,
+        (None, Some([min, max])) => int_in(input, "duration", min, max)?,
+        (None, None) => {}
+    }
+    if let Some(list) = &model.resolutions {
+        one_of(input, "resolution", list.iter().map(String::as_str))?;
+    }
+    if let Some(list) = &model.aspect_ratios {
+        one_of(input, "aspect_ratio", list.iter().map(String::as_str))?;
+    }
+    if let Some(size) = obj.get("size").filter(|v| !v.is_null())
+        && size.as_str().and_then(parse_size).is_none()
+    {
+        return Err(InvalidField::new(
+            "input.size",
+            "input.size must be WIDTHxHEIGHT with even sides from 64 to 2048, e.g. \"1024x1024\"",
+        ));
+    }
+    match obj.get("generate_audio") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(_)) if model.audio => {}
+        Some(Value::Bool(true)) => {
+            return Err(InvalidField::new(
+                "input.generate_audio",
+                format!(
+                    "{} makes no audio; input.generate_audio must be false",
+                    model.id
+                ),
+            ));
+        }
+        Some(Value::Bool(false)) => {}
+        Some(_) => {
+            return Err(InvalidField::new(
+                "input.generate_audio",
+                "input.generate_audio must be true or false",
+            ));
+        }
+    }
+    reference_images(model, input)?;
+    constraints(model, input)?;
+    match model.max_outputs {
+        Some(max) => int_in(input, "n", 1, max)?,
+        None if obj.get("n").is_some_and(|n| n.as_i64() != Some(1)) => {
+            return Err(InvalidField::new(
+                "input.n",
+                format!("{} makes one output per job", model.id),
+            ));
+        }
+        None => {}
+    }
+    if let Some(sim) = obj.get("simulate").filter(|v| !v.is_null()) {
+        validate_simulate(sim)?;
+    }
+    Ok(())
+}
+
+/// The durations some inputs allow, checked against the duration asked for (or the
+/// model's default).
+fn constraints(model: &Model, input: &Value) -> Result<(), InvalidField> {
+    let duration = input["duration"].as_i64().or(model.default_duration);
+    for c in model.constraints.iter().filter(|c| c.applies(input)) {
+        if duration.is_none_or(|d| !c.durations.contains(&d)) {
+            let given = match &c.equals {
+                Some(v) => format!("input.{} {}", c.when, v.as_str().unwrap_or(&v.to_string())),
+                None => format!("input.{}", c.when),
+            };
+            let allowed: Vec<String> = c.durations.iter().map(i64::to_string).collect();
+            return Err(InvalidField::new(
+                "input.duration",
+                format!(
+                    "{} takes {given} only with input.duration {}",
+                    model.id,
+                    allowed.join(" or ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn present(input: &Value, field: &str) -> bool {
+    input.get(field).is_some_and(|v| !v.is_null())
+}
+
+/// `input.image` (one URL) and `input.reference_images` (a list of URLs), together at
+/// most what the model takes.
+fn reference_images(model: &Model, input: &Value) -> Result<(), InvalidField> {
+    let mut count = 0;
+    if let Some(image) = input.get("image").filter(|v| !v.is_null()) {
+        if !image.as_str().is_some_and(is_http_url) {
+            return Err(InvalidField::new(
+                "input.image",
+                "input.image must be an http(s) URL of at most 4096 bytes",
+            ));
+        }
+        count += 1;
+    }
+    if let Some(list) = input.get("reference_images").filter(|v| !v.is_null()) {
+        let Some(list) = list.as_array() else {
+            return Err(InvalidField::new(
+                "input.reference_images",
+                "input.reference_images must be an array of http(s) URLs",
+            ));
+        };
+        for (i, v) in list.iter().enumerate() {
+            if !v.as_str().is_some_and(is_http_url) {
+                return Err(InvalidField::new(
+                    &format!("input.reference_images[{i}]"),
+                    "every reference image must be an http(s) URL of at most 4096 bytes",
+                ));
+            }
+        }
+        count += list.len();
+    }
+    if count > model.reference_images {
+        let param = if input.get("reference_images").is_some() {
+            "input.reference_images"
+        } else {
+            "input.image"
+        };
+        return Err(InvalidField::new(
+            param,
+            match model.reference_images {
+                0 => format!("{} takes no reference images", model.id),
+                n => format!("{} takes at most {n} reference images", model.id),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// An http(s) URL of at most [`fields::MAX_INPUT_URL_BYTES`].
+fn is_http_url(s: &str) -> bool {
+    s.len() <= fields::MAX_INPUT_URL_BYTES
+        && url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+}
+
+/// `WIDTHxHEIGHT` with even sides in 64..=2048, each side plain digits (`+64x+64` is not
+/// a size).
+pub fn parse_size(s: &str) -> Option<(u32, u32)> {
+    let (w, h) = s.split_once('x')?;
+    let (w, h): (u32, u32) = (fields::parse_digits(w)?, fields::parse_digits(h)?);
+    let ok = |v: u32| (64..=2048).contains(&v) && v.is_multiple_of(2);
+    (ok(w) && ok(h)).then_some((w, h))
+}
+
+fn validate_simulate(sim: &Value) -> Result<(), InvalidField> {
+    let Some(obj) = sim.as_object() else {
+        return Err(InvalidField::new(
+            "input.simulate",
+            "input.simulate must be an object",
+        ));
+    };
+    fields::refuse_unknown(
+        obj,
+        &["latency_ms", "progress_steps", "fail", "fail_times"],
+        "input.simulate",
+    )?;
+    int_in_at(sim, "input.simulate.latency_ms", "latency_ms", 0, 3_600_000)?;
+    int_in_at(
+        sim,
+        "input.simulate.progress_steps",
+        "progress_steps",
+        0,
+        100,
+    )?;
+    int_in_at(sim, "input.simulate.fail_times", "fail_times", 0, 100)?;
+    match sim.get("fail") {
+        None => Ok(()),
+        Some(Value::String(s)) if matches!(s.as_str(), "none" | "transient" | "permanent") => {
+            Ok(())
+        }
+        Some(_) => Err(InvalidField::new(
+            "input.simulate.fail",
+            "input.simulate.fail must be one of \"none\", \"transient\", \"permanent\"",
+        )),
+    }
+}
+
+fn int_in(input: &Value, field: &str, min: i64, max: i64) -> Result<(), InvalidField> {
+    int_in_at(input, &format!("input.{field}"), field, min, max)
+}
+
+fn int_in_at(
+    obj: &Value,
+    param: &str,
+    field: &str,
+    min: i64,
+    max: i64,
+) -> Result<(), InvalidField> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => match v.as_i64() {
+            Some(n) if (min..=max).contains(&n) => Ok(()),
+            Some(_) => Err(InvalidField::new(
+                param,
+                format!("{param} must be between {min} and {max}"),
+            )),
+            None => Err(InvalidField::new(
+                param,
+                format!("{param} must be an integer"),
+            )),
+        },
+    }
+}
+
+fn one_of_ints(input: &Value, field: &str, allowed: &[i64]) -> Result<(), InvalidField> {
+    match input.get(field) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if v.as_i64().is_some_and(|n| allowed.contains(&n)) => Ok(()),
+        Some(_) => {
+            let list: Vec<String> = allowed.iter().map(i64::to_string).collect();
+            Err(InvalidField::new(
+                &format!("input.{field}"),
+                format!("input.{field} must be one of {}", list.join(", ")),
+            ))
+        }
+    }
+}
+
+fn one_of<'a>(
+    input: &Value,
+    field: &str,
+    allowed: impl Iterator<Item = &'a str> + Clone,
+) -> Result<(), InvalidField> {
+    match input.get(field) {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if allowed.clone().any(|a| a == s) => Ok(()),
+        Some(_) => {
+            let list: Vec<&str> = allowed.collect();
+            Err(InvalidField::new(
+                &format!("input.{field}"),
+                format!("input.{field} must be one of {}", list.join(", ")),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_builtin_catalog_loads_and_covers_the_families() {
+        let c = Catalog::builtin();
+        for id in [
+            "google/veo-3.1",
+            "openai/sora-2",
+            "kwaivgi/kling-v2.5-turbo-pro",
+            "bytedance/seedance-1-pro",
+            "wan-video/wan-2.5",
+            "runway/gen4-turbo",
+            "black-forest-labs/flux-2-pro",
+            "openai/gpt-image-1",
+            "google/imagen-4",
+            "google/nano-banana",
+            "ideogram-ai/ideogram-v3",
+            "recraft-ai/recraft-v3",
+            "elevenlabs/music",
+            "elevenlabs/sound-effects",
+            "local/video",
+            "local/image",
+            "local/music",
+        ] {
+            assert!(c.find(id).is_some(), "{id} missing");
+        }
+        for m in c.models() {
+            check(m).unwrap();
+        }
+    }
+
+    #[test]
+    fn operator_files_replace_and_add_entries() {
+        let text = r#"
+            [[models]]
+            id = "local/image"
+            name = "Renamed"
+            modality = "image"
+            price = { unit = "image", usd = "0.5" }
+            providers = [{ provider = "local", model = "image" }]
+
+            [[models]]
+            id = "acme/new"
+            name = "New"
+            modality = "video"
+            price = { unit = "second", usd = "1" }
+            providers = [{ provider = "replicate", model = "acme/new" }]
+        "#;
+        let c = Catalog::with_overrides("test", text).unwrap();
+        assert_eq!(c.find("local/image").unwrap().name, "Renamed");
+        assert!(c.find("acme/new").is_some());
+        assert!(c.find("google/veo-3.1").is_some(), "the rest stays");
+        let bad = text.replace("acme/new", "no-slash");
+        assert!(Catalog::with_overrides("test", &bad).is_err());
+        assert!(Catalog::with_overrides("test", "models = 3").is_err());
+    }
+
+    #[test]
+    fn input_is_checked_against_the_model() {
+        let c = Catalog::builtin();
+        let video = c.find("local/video").unwrap();
+        assert!(
+            validate_input(
+                video,
+                &json!({"prompt": "fox", "duration": 4, "resolution": "720p"})
+            )
+            .is_ok()
+        );
+        let err = validate_input(video, &json!({"prompt": "fox", "resolution": "4k"})).unwrap_err();
+        assert_eq!(err.param, "input.resolution");
+        let err = validate_input(video, &json!({"duration": 4})).unwrap_err();
+        assert_eq!(err.param, "input.prompt");
+        let err = validate_input(video, &json!({"prompt": "fox", "duration": "4"})).unwrap_err();
+        assert_eq!(err.param, "input.duration");
+        let err = validate_input(
+            video,
+            &json!({"prompt": "fox", "simulate": {"fail": "sometimes"}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.param, "input.simulate.fail");
+        let image = c.find("local/image").unwrap();
+        assert_eq!(
+            validate_input(image, &json!({"prompt": "x", "size": "63x64"}))
+                .unwrap_err()
+                .param,
+            "input.size"
+        );
+        assert_eq!(parse_size("512x256"), Some((512, 256)));
+        for lax in [
+            "+64x+64", "+512x256", "512x+256", " 512x256", "512 x256", "-64x64",
+        ] {
+            assert_eq!(parse_size(lax), None, "{lax}");
+        }
+
+        // A field the model does not take is refused by name, even a known name.
+        let unknown = |m: &Model, input: Value| {
+            let e = validate_input(m, &input).unwrap_err();
+            (e.param, e.code)
+        };
+        assert_eq!(
+            unknown(video, json!({"prompt": "x", "negative_prompt": "y"})),
+            ("input.negative_prompt".into(), "parameter_unknown")
+        );
+        assert_eq!(
+            unknown(video, json!({"prompt": "x", "junk": null})),
+            ("input.junk".into(), "parameter_unknown")
+        );
+        assert_eq!(
+            unknown(video, json!({"prompt": "x", "size": "64x64"})),
+            ("input.size".into(), "parameter_unknown")
+        );
+        assert_eq!(
+            unknown(video, json!({"prompt": "x", "simulate": {"latency": 5}})),
+            ("input.simulate.latency".into(), "parameter_unknown")
+        );
+        // null for a field some model takes is absent; n 1 and no audio are every model's.
+        assert!(
+            validate_input(
+                video,
+                &json!({"prompt": "x", "size": null, "n": 1, "generate_audio": false})
+            )
+            .is_ok()
+        );
+
+        // Real models: exact durations, resolutions, seeds, reference images, simulate.
+        let veo = c.find("google/veo-3.1").unwrap();
+        let param = |m: &Model, input: Value| validate_input(m, &input).unwrap_err().param;
+        assert_eq!(
+            param(veo, json!({"prompt": "x", "resolution": "4k"})),
+            "input.resolution"
+        );
+        assert_eq!(
+            param(veo, json!({"prompt": "x", "duration": 5})),
+            "input.duration"
+        );
+        assert!(
+            validate_input(
+                veo,
+                &json!({"prompt": "x", "duration": 6, "generate_audio": true})
+            )
+            .is_ok()
+        );
+        // Veo: 1080p and reference images only at 8 s (its default duration).
+        let err = validate_input(
+            veo,
+            &json!({"prompt": "x", "resolution": "1080p", "duration": 4}),
+        )
+        .unwrap_err();
+        assert_eq!(err.param, "input.duration");
+        assert!(
+            err.message.contains("1080p only with input.duration 8"),
+            "{err}"
+        );
+        for ok in [
+            json!({"prompt": "x", "resolution": "1080p", "duration": 8}),
+            json!({"prompt": "x", "resolution": "1080p"}),
+            json!({"prompt": "x", "resolution": "720p", "duration": 4}),
+            json!({"prompt": "x", "reference_images": [], "duration": 4}),
+        ] {
+            assert!(validate_input(veo, &ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            param(
+                veo,
+                json!({"prompt": "x", "duration": 6, "reference_images": ["https://a/1.png"]})
+            ),
+            "input.duration"
+        );
+        let sora = c.find("openai/sora-2").unwrap();
+        assert_eq!(param(sora, json!({"prompt": "x", "seed": 3})), "input.seed");
+        assert_eq!(
+            param(sora, json!({"prompt": "x", "resolution": "1080p"})),
+            "input.resolution"
+        );
+        assert_eq!(
+            param(
+                sora,
+                json!({"prompt": "x", "reference_images": ["https://a/1.png", "https://a/2.png"]})
+            ),
+            "input.reference_images"
+        );
+        assert_eq!(
+            param(sora, json!({"prompt": "x", "image": "file:///etc/passwd"})),
+            "input.image"
+        );
+        assert_eq!(
+            param(veo, json!({"prompt": "x", "simulate": {}})),
+            "input.simulate"
+        );
+        let flux = c.find("black-forest-labs/flux-1.1-pro").unwrap();
+        assert_eq!(param(flux, json!({"prompt": "x", "n": 2})), "input.n");
+        let gpt = c.find("openai/gpt-image-1").unwrap();
+        assert!(validate_input(gpt, &json!({"prompt": "x", "n": 4})).is_ok());
+        let music = c.find("elevenlabs/sound-effects").unwrap();
+        assert_eq!(
+            param(music, json!({"prompt": "x", "duration": 31})),
+            "input.duration"
+        );
+    }
+
+    #[test]
+    fn prices_are_exact_decimals() {
+        assert_eq!(parse_usd_micros("0.0133"), Some(13_300));
+        assert_eq!(parse_usd_micros("1"), Some(1_000_000));
+        assert_eq!(parse_usd_micros(".5"), Some(500_000));
+        assert_eq!(parse_usd_micros("0.1234567"), None);
+        assert_eq!(parse_usd_micros("-1"), None);
+        assert_eq!(parse_usd_micros("abc"), None);
+        assert_eq!(format_usd(13_300), "0.0133");
+        assert_eq!(format_usd(3_200_000), "3.2000");
+        assert_eq!(format_usd(49), "0.0000");
+        assert_eq!(format_usd(50), "0.0001");
+        let c = Catalog::builtin();
+        let veo = c.find("google/veo-3.1").unwrap();
+        assert_eq!(veo.cost_micros(&json!({"duration": 6}), 1), 2_400_000);
+        assert_eq!(
+            veo.cost_micros(&json!({}), 1),
+            3_200_000,
+            "default duration 8 s"
+        );
+        let gpt = c.find("openai/gpt-image-1").unwrap();
+        assert_eq!(gpt.cost_micros(&json!({"n": 3}), 3), 120_000);
+    }
+}

@@ -1,0 +1,155 @@
+//! Job events: the outbox. An event row is written in the same transaction as the status
+//! change that causes it, so no outcome exists without its event.
+
+use serde_json::Value;
+use sqlx::{AnyConnection, Row};
+
+use super::{Db, LIST_PAGE_BYTES, fit_page};
+use crate::ids::{IdKind, new_id};
+
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub seq: i64,
+    pub id: String,
+    pub job_id: String,
+    pub kind: String,
+    pub created_at: i64,
+    pub data: Value,
+}
+
+impl EventRow {
+    /// The SPEC event envelope.
+    pub fn to_public(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "object": "event",
+            "type": self.kind,
+            "created_at": self.created_at.div_euclid(1000),
+            "timestamp": rfc3339(self.created_at),
+            "data": self.data,
+        })
+    }
+}
+
+/// `2026-11-22T08:00:00Z` from Unix milliseconds (civil-from-days, proleptic Gregorian).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub async fn insert(
+    conn: &mut AnyConnection,
+    job_id: &str,
+    account_id: &str,
+    kind: &str,
+    created_at: i64,
+    data: &Value,
+) -> Result<EventRow, sqlx::Error> {
+    let id = new_id(IdKind::Event);
+    let row = sqlx::query(
+        "INSERT INTO job_events (id, job_id, account_id, type, created_at, data) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+    )
+    .bind(&id)
+    .bind(job_id)
+    .bind(account_id)
+    .bind(kind)
+    .bind(created_at)
+    .bind(data.to_string())
+    .fetch_one(conn)
+    .await?;
+    Ok(EventRow {
+        seq: row.try_get("seq")?,
+        id,
+        job_id: job_id.to_owned(),
+        kind: kind.to_owned(),
+        created_at,
+        data: data.clone(),
+    })
+}
+
+fn event_from_row(r: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
+    let data: String = r.try_get("data")?;
+    Ok(EventRow {
+        seq: r.try_get("seq")?,
+        id: r.try_get("id")?,
+        job_id: r.try_get("job_id")?,
+        kind: r.try_get("type")?,
+        created_at: r.try_get("created_at")?,
+        data: serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    })
+}
+
+impl Db {
+    pub async fn event(&self, id: &str) -> Result<Option<EventRow>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT seq, id, job_id, type, created_at, data FROM job_events WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    /// A job's events after `after_seq`, oldest first: at most `limit`, and fewer once
+    /// they add up to [`LIST_PAGE_BYTES`] (at least one), since each event holds a copy of
+    /// the job, which may be large. The caller asks again after the last one.
+    pub async fn events_after(
+        &self,
+        job_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, sqlx::Error> {
+        let sizes = sqlx::query(
+            "SELECT seq, CAST(octet_length(data) AS BIGINT) AS bytes FROM job_events \
+             WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(job_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>("seq")?, r.try_get::<i64, _>("bytes")?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let (seqs, _) = fit_page(&sizes, sizes.len(), LIST_PAGE_BYTES);
+        let Some(last) = seqs.last() else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT seq, id, job_id, type, created_at, data FROM job_events \
+             WHERE job_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+        )
+        .bind(job_id)
+        .bind(after_seq)
+        .bind(last)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_763_798_400_000), "2025-11-22T08:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,108 @@
+//! API keys and the accounts they belong to. Only the SHA-256 of a key is ever stored.
+
+use sqlx::Row;
+
+use super::Db;
+use crate::ids::{IdKind, new_id, now_ms};
+
+/// A key as listed by `mediagate keys list` (never the secret itself).
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Who is calling, as established from a Bearer key.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: String,
+    pub account_id: String,
+}
+
+impl Db {
+    /// Stores a key hash for `account` (created if missing) and returns the key's id.
+    pub async fn insert_key(
+        &self,
+        account: &str,
+        name: &str,
+        key_hash: &str,
+        key_prefix: &str,
+    ) -> Result<String, sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO accounts (id, name, created_at) VALUES ($1, $1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(account)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let id = new_id(IdKind::Key);
+        sqlx::query(
+            "INSERT INTO api_keys (id, account_id, name, key_hash, key_prefix, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&id)
+        .bind(account)
+        .bind(name)
+        .bind(key_hash)
+        .bind(key_prefix)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, name, key_prefix, created_at, revoked_at FROM api_keys ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyInfo {
+                    id: r.try_get("id")?,
+                    account_id: r.try_get("account_id")?,
+                    name: r.try_get("name")?,
+                    prefix: r.try_get("key_prefix")?,
+                    created_at: r.try_get("created_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a key revoked; false if there is no such active key.
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now_ms())
+                .bind(id)
+                .execute(self.pool())
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The caller behind an active key hash.
+    pub async fn caller_by_key_hash(&self, key_hash: &str) -> Result<Option<Caller>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT id, account_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| {
+            Ok(Caller {
+                key_id: r.try_get("id")?,
+                account_id: r.try_get("account_id")?,
+            })
+        })
+        .transpose()
+    }
+}

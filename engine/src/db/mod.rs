@@ -1,0 +1,165 @@
+//! The database: the one source of truth for jobs, events, webhook deliveries, keys and
+//! idempotency.
+//!
+//! One set of SQL text serves both SQLite (embedded) and Postgres (production) through
+//! sqlx's `Any` driver: the statements stick to the common dialect (`$N` parameters,
+//! `RETURNING`, `ON CONFLICT`), times are integer milliseconds and JSON is text. Each
+//! table has its own query module; nothing outside `db` writes SQL.
+
+pub mod events;
+pub mod idempotency;
+pub mod job_attempts;
+pub mod jobs;
+pub mod keys;
+pub mod settings;
+pub mod webhook_deliveries;
+pub mod webhook_endpoints;
+pub mod webhook_secrets;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+/// Which engine sits behind the pool; only connection setup and migrations differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+impl Db {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`), creating the SQLite file if needed.
+    /// `max_connections` sizes the Postgres pool; SQLite, with its single writer, uses a
+    /// few connections whatever it says.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(sqlx::Error::Configuration(
+                format!("unsupported database URL scheme in {url:?}: use sqlite:// or postgres://")
+                    .into(),
+            ));
+        };
+        let url = match dialect {
+            Dialect::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let options: AnyConnectOptions = url.parse()?;
+        let pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let pool = match dialect {
+            Dialect::Sqlite => {
+                pool_options
+                    // SQLite has one writer; a few connections let reads overlap a write.
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Dialect::Postgres => {
+                pool_options
+                    .max_connections(max_connections)
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        Ok(Db { pool, dialect })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Applies the migrations under `migrations/<dialect>/`.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&self.pool).await,
+            Dialect::Postgres => {
+                sqlx::migrate!("../migrations/postgres")
+                    .run(&self.pool)
+                    .await
+            }
+        }
+    }
+
+    /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`)
+    /// so that two read-then-write transactions cannot deadlock into `SQLITE_BUSY`.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Cheap round trip for readiness checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Most bytes of stored text one page of a list reads (`GET /v1/jobs`, a batch of a job's
+/// events). With today's limits a job holds at most ~200 KB, so a full page of 100 fits
+/// unless its jobs are near the limits; rows written before the limits may be far larger.
+pub const LIST_PAGE_BYTES: i64 = 4 << 20;
+
+/// The keys of `rows` (in list order, with their sizes in bytes; one more than `limit` if
+/// more follow) that make a page of at most `limit` rows and `budget` bytes, and whether
+/// rows remain after it. The first row is always taken, so a client gets past any row.
+pub(crate) fn fit_page<K: Clone>(rows: &[(K, i64)], limit: usize, budget: i64) -> (Vec<K>, bool) {
+    let mut keys = Vec::new();
+    let mut total = 0i64;
+    for (key, bytes) in rows.iter().take(limit) {
+        total = total.saturating_add(*bytes);
+        if !keys.is_empty() && total > budget {
+            return (keys, true);
+        }
+        keys.push(key.clone());
+    }
+    (keys, rows.len() > limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_page;
+
+    #[test]
+    fn pages_stop_at_the_row_limit_or_the_byte_budget() {
+        let rows =
+            |sizes: &[i64]| -> Vec<(usize, i64)> { sizes.iter().copied().enumerate().collect() };
+        let n = |page: (Vec<usize>, bool)| (page.0.len(), page.1);
+        assert_eq!(n(fit_page(&rows(&[1, 1, 1]), 2, 100)), (2, true));
+        assert_eq!(n(fit_page(&rows(&[1, 1]), 2, 100)), (2, false));
+        assert_eq!(n(fit_page(&rows(&[60, 40, 1]), 5, 100)), (2, true));
+        assert_eq!(n(fit_page(&rows(&[60, 41]), 5, 100)), (1, true));
+        // A row larger than the whole budget still comes, alone.
+        assert_eq!(n(fit_page(&rows(&[500, 1]), 5, 100)), (1, true));
+        assert_eq!(n(fit_page(&rows(&[500]), 5, 100)), (1, false));
+        assert_eq!(n(fit_page::<usize>(&[], 5, 100)), (0, false));
+    }
+}

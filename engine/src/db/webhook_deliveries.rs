@@ -1,0 +1,388 @@
+//! Webhook deliveries (one per event and destination) and their attempts: the delivery
+//! log, and the state the delivery tasks move forward with guarded updates.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::Db;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => DeliveryStatus::Pending,
+            "delivered" => DeliveryStatus::Delivered,
+            "failed" => DeliveryStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub account_id: String,
+    pub job_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// `None` for the job's own webhook.
+    pub endpoint_id: Option<String>,
+    pub url: String,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub step: i64,
+    pub seq: i64,
+    pub next_attempt_at: Option<i64>,
+    pub claimed_until: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+/// A delivery about to be written alongside its event.
+#[derive(Debug, Clone)]
+pub struct NewDelivery<'a> {
+    pub id: String,
+    pub account_id: &'a str,
+    pub job_id: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub endpoint_id: Option<&'a str>,
+    pub url: &'a str,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub attempt: i64,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterAttempt {
+    Delivered,
+    /// Try again at this time (Unix ms), at this step of the schedule.
+    Retry {
+        at: i64,
+        step: i64,
+    },
+    Failed,
+}
+
+const COLUMNS: &str = "id, account_id, job_id, event_id, event_type, endpoint_id, url, status, \
+    attempts, step, seq, next_attempt_at, claimed_until, last_error, created_at, delivered_at";
+
+fn delivery_from_row(r: &AnyRow) -> Result<Delivery, sqlx::Error> {
+    let status: String = r.try_get("status")?;
+    Ok(Delivery {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        job_id: r.try_get("job_id")?,
+        event_id: r.try_get("event_id")?,
+        event_type: r.try_get("event_type")?,
+        endpoint_id: r.try_get("endpoint_id")?,
+        url: r.try_get("url")?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("bad delivery status {status:?}").into()))?,
+        attempts: r.try_get("attempts")?,
+        step: r.try_get("step")?,
+        seq: r.try_get("seq")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        claimed_until: r.try_get("claimed_until")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        delivered_at: r.try_get("delivered_at")?,
+    })
+}
+
+/// Writes a pending delivery, due at once (in the event's transaction).
+pub async fn insert(conn: &mut AnyConnection, d: &NewDelivery<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, account_id, job_id, event_id, event_type, \
+         endpoint_id, url, status, next_attempt_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, $8)",
+    )
+    .bind(&d.id)
+    .bind(d.account_id)
+    .bind(d.job_id)
+    .bind(d.event_id)
+    .bind(d.event_type)
+    .bind(d.endpoint_id)
+    .bind(d.url)
+    .bind(d.now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes the delivery for one attempt if it is pending and still at `seq`: bumps the
+/// sequence (retiring duplicate tasks) and holds it until `lease_until`.
+pub async fn claim(
+    conn: &mut AnyConnection,
+    id: &str,
+    seq: i64,
+    lease_until: i64,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE webhook_deliveries SET seq = seq + 1, claimed_until = $1 \
+         WHERE id = $2 AND seq = $3 AND status = 'pending' RETURNING {COLUMNS}"
+    )))
+    .bind(lease_until)
+    .bind(id)
+    .bind(seq)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(delivery_from_row).transpose()
+}
+
+/// Records an attempt, numbered here (`a.attempt` is ignored), and, if the delivery is
+/// still held at `seq`, where it goes next. An attempt that was made is always recorded,
+/// even when a redelivery or the sweeper took the delivery meanwhile (then the newer
+/// holder decides what comes next): the log shows every request that was sent. True if
+/// the delivery's next state was written.
+pub async fn record_attempt(
+    conn: &mut AnyConnection,
+    d: &Delivery,
+    a: &Attempt,
+    next: AfterAttempt,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    // Numbering takes the row's lock (Postgres), so attempts recorded at once by two
+    // holders get distinct numbers.
+    let number: i64 = sqlx::query(
+        "UPDATE webhook_deliveries SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+    )
+    .bind(&d.id)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("attempts")?;
+    sqlx::query(
+        "INSERT INTO webhook_attempts \
+         (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&d.id)
+    .bind(number)
+    .bind(a.started_at)
+    .bind(a.duration_ms)
+    .bind(a.status_code)
+    .bind(a.error.clone())
+    .bind(a.response_body.clone())
+    .execute(&mut *conn)
+    .await?;
+    let (status, next_at, step, delivered_at) = match next {
+        AfterAttempt::Delivered => (DeliveryStatus::Delivered, None, d.step, Some(now)),
+        AfterAttempt::Retry { at, step } => (DeliveryStatus::Pending, Some(at), step, None),
+        AfterAttempt::Failed => (DeliveryStatus::Failed, None, d.step, None),
+    };
+    let updated = sqlx::query(
+        "UPDATE webhook_deliveries SET status = $1, step = $2, \
+         next_attempt_at = $3, claimed_until = 0, last_error = $4, updated_at = $5, \
+         delivered_at = $6 WHERE id = $7 AND seq = $8 AND status = 'pending'",
+    )
+    .bind(status.as_str())
+    .bind(step)
+    .bind(next_at)
+    .bind(a.error.clone())
+    .bind(now)
+    .bind(delivered_at)
+    .bind(&d.id)
+    .bind(d.seq)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Ends a delivery without an attempt (its endpoint was deleted or disabled).
+pub async fn abandon(
+    conn: &mut AnyConnection,
+    d: &Delivery,
+    reason: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL, \
+         claimed_until = 0, last_error = $1, updated_at = $2 \
+         WHERE id = $3 AND seq = $4 AND status = 'pending'",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(&d.id)
+    .bind(d.seq)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts a claimed delivery back without an attempt, due again at `at` (its receiver is
+/// busy). The next task carries the same `seq`. False if the delivery moved on meanwhile.
+pub async fn defer(conn: &mut AnyConnection, d: &Delivery, at: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_deliveries SET next_attempt_at = $1, claimed_until = 0 \
+         WHERE id = $2 AND seq = $3 AND status = 'pending'",
+    )
+    .bind(at)
+    .bind(&d.id)
+    .bind(d.seq)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Extends the hold of a claimed delivery to `until`, if it is still held at `d.seq`.
+pub async fn renew(
+    conn: &mut AnyConnection,
+    d: &Delivery,
+    until: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_deliveries SET claimed_until = $1 \
+         WHERE id = $2 AND seq = $3 AND status = 'pending'",
+    )
+    .bind(until)
+    .bind(&d.id)
+    .bind(d.seq)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Hands a pending delivery to a new task: bumps the sequence if it is still `seq` and
+/// sets when the attempt is due. The new task carries `seq + 1`.
+pub async fn reissue(
+    conn: &mut AnyConnection,
+    id: &str,
+    seq: i64,
+    at: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_deliveries SET seq = seq + 1, next_attempt_at = $1, claimed_until = 0 \
+         WHERE id = $2 AND seq = $3 AND status = 'pending'",
+    )
+    .bind(at)
+    .bind(id)
+    .bind(seq)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+impl Db {
+    pub async fn delivery(&self, id: &str) -> Result<Option<Delivery>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM webhook_deliveries WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(delivery_from_row).transpose()
+    }
+
+    /// A job's deliveries, oldest first, each with its attempts in order. One statement,
+    /// so the deliveries and their attempts come from the same snapshot.
+    pub async fn deliveries_for_job(
+        &self,
+        job_id: &str,
+    ) -> Result<Vec<(Delivery, Vec<Attempt>)>, sqlx::Error> {
+        let columns: String = COLUMNS
+            .split(", ")
+            .map(|c| format!("d.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {columns}, a.attempt, a.started_at, a.duration_ms, a.status_code, \
+             a.error AS attempt_error, a.response_body \
+             FROM webhook_deliveries d \
+             LEFT JOIN webhook_attempts a ON a.delivery_id = d.id \
+             WHERE d.job_id = $1 ORDER BY d.id, a.attempt"
+        )))
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out: Vec<(Delivery, Vec<Attempt>)> = Vec::new();
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            if out.last().is_none_or(|(d, _)| d.id != id) {
+                out.push((delivery_from_row(r)?, Vec::new()));
+            }
+            let Some(attempt) = r.try_get::<Option<i64>, _>("attempt")? else {
+                continue;
+            };
+            let (_, attempts) = out.last_mut().expect("pushed above");
+            attempts.push(Attempt {
+                attempt,
+                started_at: r.try_get("started_at")?,
+                duration_ms: r.try_get("duration_ms")?,
+                status_code: r.try_get("status_code")?,
+                error: r.try_get("attempt_error")?,
+                response_body: r.try_get("response_body")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Arms a delivery for a manual redelivery now, with the schedule started over. The
+    /// new task carries the returned sequence. `None` if the account has no such delivery,
+    /// or if an attempt holds it now (being sent, or waiting for a slot): that attempt is
+    /// the redelivery, so redeliveries asked for at once coalesce into one.
+    pub async fn rearm_delivery(
+        &self,
+        account_id: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<Delivery>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE webhook_deliveries SET status = 'pending', step = 0, seq = seq + 1, \
+             next_attempt_at = $1, claimed_until = 0, updated_at = $1 \
+             WHERE id = $2 AND account_id = $3 \
+             AND NOT (status = 'pending' AND claimed_until > $1) RETURNING {COLUMNS}"
+        )))
+        .bind(now)
+        .bind(id)
+        .bind(account_id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(delivery_from_row).transpose()
+    }
+
+    /// Pending deliveries whose attempt is overdue by more than `grace_ms` and that no
+    /// attempt holds: their task was lost (or never pushed).
+    pub async fn overdue_deliveries(
+        &self,
+        now: i64,
+        grace_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, seq FROM webhook_deliveries WHERE status = 'pending' \
+             AND next_attempt_at < $1 AND claimed_until < $2 ORDER BY next_attempt_at LIMIT $3",
+        )
+        .bind(now - grace_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("seq")?)))
+            .collect()
+    }
+}

@@ -1,0 +1,223 @@
+//! Account-wide webhook endpoints: where every matching event of the account goes, each
+//! with its own signing secret and event filter.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::Db;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: String,
+    pub account_id: String,
+    pub url: String,
+    /// `whsec_…`, kept as given because it signs.
+    pub secret: String,
+    /// Event types delivered here.
+    pub events: Vec<String>,
+    pub description: String,
+    pub created_at: i64,
+    pub failing_since: Option<i64>,
+    pub disabled_at: Option<i64>,
+    pub disabled_reason: Option<String>,
+}
+
+impl Endpoint {
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events.iter().any(|e| e == event_type)
+    }
+}
+
+const COLUMNS: &str = "id, account_id, url, secret, events, description, created_at, \
+    failing_since, disabled_at, disabled_reason";
+
+fn endpoint_from_row(r: &AnyRow) -> Result<Endpoint, sqlx::Error> {
+    let events: String = r.try_get("events")?;
+    Ok(Endpoint {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        url: r.try_get("url")?,
+        secret: r.try_get("secret")?,
+        events: serde_json::from_str(&events).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        description: r.try_get("description")?,
+        created_at: r.try_get("created_at")?,
+        failing_since: r.try_get("failing_since")?,
+        disabled_at: r.try_get("disabled_at")?,
+        disabled_reason: r.try_get("disabled_reason")?,
+    })
+}
+
+/// The account's enabled endpoints, read inside the transaction that writes an event so
+/// that its deliveries match the endpoints as they were at that moment.
+pub async fn enabled_for_account(
+    conn: &mut AnyConnection,
+    account_id: &str,
+) -> Result<Vec<Endpoint>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM webhook_endpoints WHERE account_id = $1 AND disabled_at IS NULL"
+    )))
+    .bind(account_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(endpoint_from_row).collect()
+}
+
+/// After a successful delivery: the endpoint is healthy again.
+pub async fn mark_healthy(conn: &mut AnyConnection, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_endpoints SET failing_since = NULL \
+         WHERE id = $1 AND failing_since IS NOT NULL",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// After a failed attempt: starts the failure clock, and disables the endpoint if it has
+/// been failing since before `disable_before`. True if this call disabled it.
+pub async fn mark_failing(
+    conn: &mut AnyConnection,
+    id: &str,
+    now: i64,
+    disable_before: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2 AND failing_since IS NULL",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    let disabled = sqlx::query(
+        "UPDATE webhook_endpoints SET disabled_at = $1, \
+         disabled_reason = 'no successful delivery for too long' \
+         WHERE id = $2 AND disabled_at IS NULL AND failing_since <= $3",
+    )
+    .bind(now)
+    .bind(id)
+    .bind(disable_before)
+    .execute(conn)
+    .await?;
+    Ok(disabled.rows_affected() == 1)
+}
+
+/// Disables the endpoint at once (it answered 410 Gone). True if it was enabled.
+pub async fn disable(
+    conn: &mut AnyConnection,
+    id: &str,
+    now: i64,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 \
+         WHERE id = $3 AND disabled_at IS NULL",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+impl Db {
+    /// Writes the endpoint unless its account already has `cap` of them; false if it has.
+    /// Count and insert are one transaction, serialized per account (an advisory lock on
+    /// Postgres, the write lock on SQLite), so requests racing each other cannot pass the
+    /// cap together.
+    pub async fn insert_endpoint(&self, e: &Endpoint, cap: usize) -> Result<bool, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('webhook_endpoints:' || $1))")
+                .bind(&e.account_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let count: i64 =
+            sqlx::query("SELECT count(*) AS n FROM webhook_endpoints WHERE account_id = $1")
+                .bind(&e.account_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+        if count >= cap as i64 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO webhook_endpoints \
+             (id, account_id, url, secret, events, description, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&e.id)
+        .bind(&e.account_id)
+        .bind(&e.url)
+        .bind(&e.secret)
+        .bind(serde_json::to_string(&e.events).expect("strings serialize"))
+        .bind(&e.description)
+        .bind(e.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM webhook_endpoints WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(endpoint_from_row).transpose()
+    }
+
+    /// One page of the account's endpoints, oldest first, after the id `after`; and
+    /// whether more follow.
+    pub async fn endpoints_page(
+        &self,
+        account_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<Endpoint>, bool), sqlx::Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM webhook_endpoints WHERE account_id = $1 AND id > $2 \
+             ORDER BY id LIMIT $3"
+        )))
+        .bind(account_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        let mut list = rows
+            .iter()
+            .map(endpoint_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let has_more = list.len() > limit as usize;
+        list.truncate(limit as usize);
+        Ok((list, has_more))
+    }
+
+    /// Deletes the endpoint; its pending deliveries fail at their next attempt. False if the
+    /// account has no such endpoint.
+    pub async fn delete_endpoint(&self, account_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1 AND account_id = $2")
+            .bind(id)
+            .bind(account_id)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Enables a disabled endpoint again, with a clean failure record.
+    pub async fn enable_endpoint(&self, account_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL, \
+             failing_since = NULL WHERE id = $1 AND account_id = $2",
+        )
+        .bind(id)
+        .bind(account_id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

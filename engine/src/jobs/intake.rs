@@ -1,0 +1,497 @@
+//! Taking jobs in: checking a create request, writing the job (with its idempotency key)
+//! and pushing its first task; and cancelling.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{self, Catalog, InvalidField};
+use crate::db::idempotency::{self, Claim, KeyPolicy};
+use crate::db::jobs::{self, NewJob};
+use crate::egress::AllowList;
+use crate::fields;
+use crate::ids::{IdKind, new_id, now_ms};
+use crate::jobs::job::{Job, JobKind, JobStatus};
+use crate::jobs::lifecycle::{cancel_upstream, end_job};
+use crate::jobs::routing::{self, ProviderPrefs, RouteStep};
+use crate::providers::Providers;
+use crate::tasks::Advance;
+use crate::webhooks::endpoints;
+use crate::{Engine, EngineError};
+
+/// A create request that passed every check.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    pub kind: JobKind,
+    /// Where the job may run, first step first; never empty.
+    pub route: Vec<RouteStep>,
+    pub input: Value,
+    pub metadata: Value,
+    pub webhook: Option<Value>,
+}
+
+/// What checking a request needs to know about this deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Deployment<'a> {
+    pub catalog: &'a Catalog,
+    pub providers: &'a Providers,
+    /// The operator's allow list for private webhook targets.
+    pub webhook_allow: &'a AllowList,
+}
+
+impl Engine {
+    pub fn deployment(&self) -> Deployment<'_> {
+        Deployment {
+            catalog: &self.config.catalog,
+            providers: &self.providers,
+            webhook_allow: &self.config.webhook_allow,
+        }
+    }
+}
+
+/// The top-level fields of a `POST /v1/jobs` body.
+const JOB_FIELDS: &[&str] = &[
+    "model", "models", "input", "provider", "webhook", "metadata",
+];
+
+/// Checks a `POST /v1/jobs` body. Every failure names the offending field.
+pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobRequest, InvalidField> {
+    let Some(obj) = body.as_object() else {
+        return Err(InvalidField::new(
+            "",
+            "the request body must be a JSON object",
+        ));
+    };
+    fields::refuse_unknown(obj, JOB_FIELDS, "")?;
+    let candidates: Vec<&str> = match (obj.get("model"), obj.get("models")) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => {
+            return Err(InvalidField::new("model", "model (or models) is required"));
+        }
+        (Some(Value::String(m)), None | Some(Value::Null)) => vec![m.as_str()],
+        (Some(_), None | Some(Value::Null)) => {
+            return Err(InvalidField::new("model", "model must be a string"));
+        }
+        (m, Some(Value::Array(list))) => {
+            if list.is_empty() || list.len() > 10 {
+                return Err(InvalidField::new(
+                    "models",
+                    "models must list 1 to 10 model ids",
+                ));
+            }
+            let mut out = Vec::new();
+            if let Some(Value::String(m)) = m {
+                out.push(m.as_str());
+            } else if m.is_some_and(|m| !m.is_null()) {
+                return Err(InvalidField::new("model", "model must be a string"));
+            }
+            for (i, v) in list.iter().enumerate() {
+                let Some(s) = v.as_str() else {
+                    return Err(InvalidField::new(
+                        &format!("models[{i}]"),
+                        "every entry of models must be a string",
+                    ));
+                };
+                out.push(s);
+            }
+            out
+        }
+        (_, Some(_)) => {
+            return Err(InvalidField::new(
+                "models",
+                "models must be an array of model ids",
+            ));
+        }
+    };
+    let model_param = |i: usize| {
+        if i == 0 && obj.get("model").is_some_and(Value::is_string) {
+            "model"
+        } else {
+            "models"
+        }
+    };
+    let mut models = Vec::with_capacity(candidates.len());
+    for (i, id) in candidates.iter().enumerate() {
+        let Some(model) = here.catalog.find(id) else {
+            return Err(InvalidField::new(
+                model_param(i),
+                format!("unknown model {id:?}; GET /v1/models lists the catalog"),
+            ));
+        };
+        models.push(model);
+    }
+    if models.iter().any(|m| m.kind() != models[0].kind()) {
+        return Err(InvalidField::new(
+            "models",
+            "every model in models must make the same kind of output",
+        ));
+    }
+    let input = match obj.get("input") {
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => return Err(InvalidField::new("input", "input must be an object")),
+        None => {
+            return Err(InvalidField::new(
+                "input.prompt",
+                "input.prompt is required",
+            ));
+        }
+    };
+    // Any model of the list may end up serving the job, so the input must suit each: a
+    // field one of them does not take is refused, never passed to some and not others.
+    for model in &models {
+        catalog::validate_input(model, &input)?;
+    }
+    fields::check_input_size(&input)?;
+    let metadata = fields::check_metadata(obj.get("metadata"))?;
+    let prefs = routing::parse_prefs(obj.get("provider"))?;
+    let route = routing::plan(&models, &prefs, &input, |p| here.providers.available(p));
+    if route.is_empty() {
+        let unfiltered = routing::plan(&models, &ProviderPrefs::default(), &input, |p| {
+            here.providers.available(p)
+        });
+        let (param, message) = if unfiltered.is_empty() {
+            (
+                model_param(0),
+                format!(
+                    "no provider configured here serves {}; GET /v1/models shows which are available",
+                    candidates.join(", ")
+                ),
+            )
+        } else {
+            (
+                "provider",
+                "the provider preferences exclude every provider that serves this model here"
+                    .to_owned(),
+            )
+        };
+        return Err(InvalidField::new(param, message));
+    }
+    let webhook = match obj.get("webhook") {
+        None | Some(Value::Null) => None,
+        Some(w) => Some(parse_webhook(w, here.webhook_allow)?),
+    };
+    Ok(JobRequest {
+        kind: models[0].kind(),
+        route,
+        input,
+        metadata,
+        webhook,
+    })
+}
+
+fn parse_webhook(w: &Value, allow: &AllowList) -> Result<Value, InvalidField> {
+    let Some(obj) = w.as_object() else {
+        return Err(InvalidField::new(
+            "webhook",
+            "webhook must be an object with a url",
+        ));
+    };
+    // A per-job webhook is signed with the account's secret; a `secret` here would be
+    // dropped, and the receiver would then reject every delivery, so it is refused.
+    fields::refuse_unknown(obj, &["url", "events"], "webhook")?;
+    let url = endpoints::parse_url(obj.get("url"), "webhook.url", allow)?;
+    let events = endpoints::parse_event_filter(obj.get("events"), "webhook.events")?;
+    Ok(serde_json::json!({"url": url, "events": events}))
+}
+
+/// The outcome of a create call.
+#[derive(Debug)]
+pub enum Created {
+    /// A new job was accepted.
+    New(Job),
+    /// The idempotency key was used before with the same body: the original job.
+    Replayed(Job),
+    /// The same key is in use by a request still being handled.
+    InFlight,
+    /// The same key was used with another body.
+    KeyMismatch,
+}
+
+/// An idempotency key and the hash of the request body it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+impl IdempotencyKey {
+    pub fn new(key: &str, body: &[u8]) -> Self {
+        Self {
+            key: key.to_owned(),
+            request_hash: hex::encode(Sha256::digest(body)),
+        }
+    }
+}
+
+const KEY_POLICY: KeyPolicy = KeyPolicy {
+    lock_ms: 30_000,
+    ttl_ms: 24 * 3600 * 1000,
+};
+
+/// Creates a job for `account_id`: one transaction for the job row and its key, then the
+/// first task. If that push fails the job still exists and the reaper pushes it.
+pub async fn create_job(
+    engine: &Engine,
+    account_id: &str,
+    req: JobRequest,
+    key: Option<&IdempotencyKey>,
+) -> Result<Created, EngineError> {
+    let now = now_ms();
+    if let Some(k) = key {
+        match engine
+            .db
+            .claim_idempotency_key(account_id, &k.key, &k.request_hash, now, &KEY_POLICY)
+            .await?
+        {
+            Claim::New => {}
+            Claim::Replay(job_id) => {
+                return match engine.db.job(&job_id).await? {
+                    Some(job) => Ok(Created::Replayed(job)),
+                    None => Err(EngineError::Internal(format!(
+                        "idempotency key points at missing job {job_id}"
+                    ))),
+                };
+            }
+            Claim::InFlight => return Ok(Created::InFlight),
+            Claim::Mismatch => return Ok(Created::KeyMismatch),
+        }
+    }
+    let result = insert_job(engine, account_id, req, key, now).await;
+    if let (Err(_), Some(k)) = (&result, key) {
+        let _ = engine.db.release_idempotency_key(account_id, &k.key).await;
+    }
+    let job = result?;
+    let task = Advance::new(&job.id, job.check_seq);
+    if let Err(e) = engine.queue.push(&task, Duration::ZERO).await {
+        tracing::warn!(job_id = %job.id, error = %e, "could not push a new job; the reaper will");
+    }
+    Ok(Created::New(job))
+}
+
+async fn insert_job(
+    engine: &Engine,
+    account_id: &str,
+    req: JobRequest,
+    key: Option<&IdempotencyKey>,
+    now: i64,
+) -> Result<Job, EngineError> {
+    let new = NewJob {
+        id: new_id(IdKind::Job),
+        account_id: account_id.to_owned(),
+        kind: req.kind,
+        model: req.route[0].model.clone(),
+        provider: req.route[0].provider.clone(),
+        input: req.input,
+        metadata: req.metadata,
+        webhook: req.webhook,
+        route: req.route,
+        created_at: now,
+        deadline_at: now + engine.config.job_deadline.as_millis() as i64,
+    };
+    let Some(k) = key else {
+        // One statement needs no explicit transaction: one round trip less per submit.
+        let mut conn = engine.db.pool().acquire().await?;
+        return Ok(jobs::insert(&mut conn, &new).await?);
+    };
+    let mut tx = engine.db.begin().await?;
+    let job = jobs::insert(&mut tx, &new).await?;
+    idempotency::bind(&mut tx, account_id, &k.key, &job.id).await?;
+    tx.commit().await?;
+    Ok(job)
+}
+
+#[derive(Debug)]
+pub enum Cancelled {
+    Cancelled(Job),
+    AlreadyTerminal(Job),
+    NotFound,
+}
+
+/// Cancels a pending job of `account_id` and tells the upstream, best effort.
+pub async fn cancel_job(
+    engine: &Engine,
+    account_id: &str,
+    job_id: &str,
+) -> Result<Cancelled, EngineError> {
+    let Some(job) = engine.db.job_for_account(account_id, job_id).await? else {
+        return Ok(Cancelled::NotFound);
+    };
+    if job.status.is_terminal() {
+        return Ok(Cancelled::AlreadyTerminal(job));
+    }
+    let error = None;
+    match end_job(engine, job_id, JobStatus::Cancelled, error).await? {
+        Some(job) => {
+            cancel_upstream(engine, &job).await;
+            Ok(Cancelled::Cancelled(job))
+        }
+        None => {
+            // It ended on its own between our read and our write.
+            let job = engine
+                .db
+                .job(job_id)
+                .await?
+                .ok_or(EngineError::Internal("job vanished".into()))?;
+            Ok(Cancelled::AlreadyTerminal(job))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn here<'a>(
+        catalog: &'a Catalog,
+        providers: &'a Providers,
+        allow: &'a AllowList,
+    ) -> Deployment<'a> {
+        Deployment {
+            catalog,
+            providers,
+            webhook_allow: allow,
+        }
+    }
+
+    #[test]
+    fn requests_are_checked_and_bad_fields_named() {
+        let (catalog, providers, allow) = (
+            Catalog::builtin(),
+            Providers::default(),
+            AllowList::default(),
+        );
+        let none = here(&catalog, &providers, &allow);
+        let ok = parse_job_request(
+            &json!({"model": "local/video", "input": {"prompt": "fox"}}),
+            none,
+        )
+        .unwrap();
+        assert_eq!(ok.route[0].model, "local/video");
+        assert_eq!(ok.metadata, json!({}));
+        let ok = parse_job_request(
+            &json!({"models": ["local/video", "local/video"], "input": {"prompt": "x"}}),
+            none,
+        )
+        .unwrap();
+        assert_eq!(ok.route.len(), 2);
+        let cases = [
+            (json!([1]), ""),
+            (json!({"input": {"prompt": "x"}}), "model"),
+            (json!({"model": 3, "input": {"prompt": "x"}}), "model"),
+            (
+                json!({"model": "nope/nope", "input": {"prompt": "x"}}),
+                "model",
+            ),
+            (
+                json!({"models": ["local/video", "nope/x"], "input": {"prompt": "x"}}),
+                "models",
+            ),
+            (json!({"model": "local/video"}), "input.prompt"),
+            (json!({"model": "local/video", "input": "fox"}), "input"),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "metadata": [1]}),
+                "metadata",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "webhook": {"url": "ftp://x"}}),
+                "webhook.url",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "webhook": {"url": "https://x", "events": ["job.nope"]}}),
+                "webhook.events",
+            ),
+            (
+                json!({"models": ["local/image", "local/video"], "input": {"prompt": "x"}}),
+                "models",
+            ),
+            // Known, but no provider for it is configured here.
+            (
+                json!({"model": "google/veo-3.1", "input": {"prompt": "x"}}),
+                "model",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "provider": {"ignore": ["local"]}}),
+                "provider",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "provider": {"order": 1}}),
+                "provider.order",
+            ),
+        ];
+        for (body, param) in cases {
+            assert_eq!(
+                parse_job_request(&body, none).unwrap_err().param,
+                param,
+                "{body}"
+            );
+        }
+        // Unknown fields at every level are refused by name, never dropped.
+        let unknown = [
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "webhok": {}}),
+                "webhok",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "webhook": {"url": "https://example.com/h", "secret": "x"}}),
+                "webhook.secret",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x"}, "provider": {"sort": "price"}}),
+                "provider.sort",
+            ),
+            (
+                json!({"model": "local/video", "input": {"prompt": "x", "style": "noir"}}),
+                "input.style",
+            ),
+            // With fallbacks, a field must suit every model of the list.
+            (
+                json!({"models": ["local/image", "black-forest-labs/flux-2-pro"], "input": {"prompt": "x", "size": "512x512", "simulate": {}}}),
+                "input.simulate",
+            ),
+        ];
+        for (body, param) in unknown {
+            let err = parse_job_request(&body, none).unwrap_err();
+            assert_eq!(
+                (err.param.as_str(), err.code),
+                (param, "parameter_unknown"),
+                "{body}"
+            );
+        }
+        let err = parse_job_request(
+            &json!({"model": "local/video", "input": {"prompt": "x"}, "metadata": {"n": 1}}),
+            none,
+        )
+        .unwrap_err();
+        assert_eq!(err.param, "metadata.n");
+    }
+
+    #[test]
+    fn webhook_urls_that_cannot_be_safe_are_refused_at_submission() {
+        let (catalog, providers) = (Catalog::builtin(), Providers::default());
+        let none_list = AllowList::default();
+        let none = here(&catalog, &providers, &none_list);
+        let with = |url: &str| json!({"model": "local/image", "input": {"prompt": "x"}, "webhook": {"url": url}});
+        for url in [
+            "http://127.0.0.1:9000/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/hook",
+            "http://[::ffff:127.0.0.1]/hook",
+            "http://0.0.0.0/hook",
+            "http://100.64.0.1/hook",
+            "http://[fd00::1]/hook",
+            "https://user:pass@example.com/hook",
+            &format!("https://example.com/{}", "a".repeat(2048)),
+        ] {
+            let err = parse_job_request(&with(url), none).unwrap_err();
+            assert_eq!(err.param, "webhook.url", "{url}");
+        }
+        let ok = parse_job_request(&with("https://example.com/hook"), none).unwrap();
+        assert_eq!(ok.webhook.unwrap()["url"], "https://example.com/hook");
+        // The operator's allow list opens a private range, and only that one.
+        let loopback_list = AllowList::parse("127.0.0.0/8").unwrap();
+        let loopback = here(&catalog, &providers, &loopback_list);
+        assert!(parse_job_request(&with("http://127.0.0.1:9000/hook"), loopback).is_ok());
+        assert!(parse_job_request(&with("http://10.0.0.1/hook"), loopback).is_err());
+    }
+}
