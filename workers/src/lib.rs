@@ -49,6 +49,14 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     const DUE: Due;
     /// What `run` needs: shared state, handed to every run.
     type Context: Clone + Send + Sync + 'static;
+    /// Queues of this type, each with its own worker: a task in one lane never waits
+    /// behind a backlog in another. Lane 0 is named `QUEUE`, lane `n` `QUEUE.n`.
+    const LANES: usize = 1;
+
+    /// The lane this task goes to (below `LANES`).
+    fn lane(&self) -> usize {
+        0
+    }
 
     /// Pushes of tasks with equal keys within the queue's deduplication window (an hour)
     /// run once.

@@ -117,7 +117,7 @@ pub struct Queue {
     connection: Connection,
     settings: QueueSettings,
     /// The queues used so far, by name.
-    lanes: Arc<Mutex<HashMap<&'static str, Lane>>>,
+    lanes: Arc<Mutex<HashMap<String, Lane>>>,
     /// With Redis, pushes are also announced on a pub/sub channel so that workers in
     /// other processes fetch at once instead of at their next poll.
     redis: Option<redis::Client>,
@@ -180,12 +180,14 @@ impl Queue {
     }
 
     /// The queue named `name`, opened on first use.
-    pub(crate) fn lane(&self, name: &'static str) -> Lane {
+    pub(crate) fn lane(&self, name: &str) -> Lane {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        lanes
-            .entry(name)
-            .or_insert_with(|| self.open_lane(name))
-            .clone()
+        if let Some(lane) = lanes.get(name) {
+            return lane.clone();
+        }
+        let lane = self.open_lane(name);
+        lanes.insert(name.to_owned(), lane.clone());
+        lane
     }
 
     fn open_lane(&self, name: &str) -> Lane {
@@ -223,10 +225,12 @@ impl Queue {
         }
     }
 
-    /// Makes `T`'s queue known before anything is pushed to it, so that maintenance
-    /// (vacuum, the namespace's claim) covers it from the start.
+    /// Makes `T`'s queues known before anything is pushed to them, so that maintenance
+    /// (vacuum, the namespace's claim) covers them from the start.
     pub fn declare<T: Task>(&self) {
-        self.lane(T::QUEUE);
+        for lane in 0..T::LANES {
+            self.lane(&lane_name::<T>(lane));
+        }
     }
 
     /// Pushes `task` to run after `delay`, rounded as `T::DUE` asks. Pushes with the key
@@ -249,13 +253,14 @@ impl Queue {
             }
         });
         let built = build(envelope, task.key(), run_at);
-        let lane = self.lane(T::QUEUE);
+        let name = lane_name::<T>(task.lane().min(T::LANES.saturating_sub(1)));
+        let lane = self.lane(&name);
         match &lane.storage {
             Storage::Embedded(storage) => push!(storage, built)?,
             Storage::Redis(storage) => push!(storage, built)?,
         }
         if delay.is_zero() {
-            self.announce(T::QUEUE, &lane).await;
+            self.announce(&name, &lane).await;
         }
         Ok(())
     }
@@ -374,7 +379,7 @@ impl Queue {
 
     /// The cue for a queue's workers to fetch: every poll interval, at once when this
     /// process pushes a task, and (with Redis) at once when any process announces a push.
-    pub(crate) fn wake_stream(&self, name: &'static str) -> Pin<Box<dyn Stream<Item = ()> + Send>> {
+    pub(crate) fn wake_stream(&self, name: &str) -> Pin<Box<dyn Stream<Item = ()> + Send>> {
         let state = (self.lane(name).wake, self.settings.poll_interval);
         let local = futures::stream::unfold(state, |(wake, every)| async move {
             tokio::select! {
@@ -400,6 +405,14 @@ impl Queue {
             }
         });
         Box::pin(futures::stream::select(local, announced))
+    }
+}
+
+/// The queue name of `T`'s lane `lane`.
+pub(crate) fn lane_name<T: Task>(lane: usize) -> String {
+    match lane {
+        0 => T::QUEUE.to_owned(),
+        n => format!("{}.{n}", T::QUEUE),
     }
 }
 

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::queue::{Envelope, Storage};
+use crate::queue::{Envelope, Storage, lane_name};
 use crate::{Due, Queue, QueueError, Task, TaskError};
 
 /// The most a task may come early and be held here: the queue's rounding to whole
@@ -52,7 +52,8 @@ impl Runner {
         }
     }
 
-    /// Runs `T` tasks, up to `concurrency` at once, each cut off after `timeout`.
+    /// Runs `T` tasks, up to `concurrency` at once in each of its lanes, each cut off
+    /// after `timeout`.
     pub fn register<T: Task>(
         mut self,
         ctx: T::Context,
@@ -63,34 +64,38 @@ impl Runner {
             let ctx = ctx.clone();
             Box::pin(async move { run_one::<T>(envelope, ctx, inflight).await })
         });
-        let lane = self.queue.lane(T::QUEUE);
-        let (queue, name, inflight) =
-            (self.queue.clone(), self.name.clone(), self.inflight.clone());
-        // The two backends differ only in type, so one macro builds a worker for either.
-        macro_rules! register {
-            ($storage:expr) => {{
-                let storage = $storage;
-                self.monitor.register(move |run| {
-                    WorkerBuilder::new(format!("{name}-{}-{run}", T::QUEUE))
-                        .backend(
-                            storage
-                                .clone()
-                                .poll_with_stream(queue.wake_stream(T::QUEUE)),
-                        )
-                        .data(handler.clone())
-                        .data(inflight.clone())
-                        .concurrency(concurrency)
-                        .parallelize(tokio::spawn)
-                        .catch_panic()
-                        .timeout(timeout)
-                        .build(handle)
-                })
-            }};
+        for lane in 0..T::LANES {
+            let queue_name = lane_name::<T>(lane);
+            let storage = self.queue.lane(&queue_name).storage;
+            let (queue, name, inflight) =
+                (self.queue.clone(), self.name.clone(), self.inflight.clone());
+            let handler = handler.clone();
+            // The two backends differ only in type, so one macro builds a worker for either.
+            macro_rules! register {
+                ($storage:expr) => {{
+                    let storage = $storage;
+                    self.monitor.register(move |run| {
+                        WorkerBuilder::new(format!("{name}-{queue_name}-{run}"))
+                            .backend(
+                                storage
+                                    .clone()
+                                    .poll_with_stream(queue.wake_stream(&queue_name)),
+                            )
+                            .data(handler.clone())
+                            .data(inflight.clone())
+                            .concurrency(concurrency)
+                            .parallelize(tokio::spawn)
+                            .catch_panic()
+                            .timeout(timeout)
+                            .build(handle)
+                    })
+                }};
+            }
+            self.monitor = match storage {
+                Storage::Embedded(storage) => register!(storage),
+                Storage::Redis(storage) => register!(storage),
+            };
         }
-        self.monitor = match lane.storage {
-            Storage::Embedded(storage) => register!(storage),
-            Storage::Redis(storage) => register!(storage),
-        };
         self
     }
 

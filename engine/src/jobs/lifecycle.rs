@@ -17,7 +17,7 @@ use crate::jobs::watchdog;
 use crate::providers::{
     ErrorClass, Polled, Provider, ProviderCall, ProviderError, Submitted, UpstreamOutput,
 };
-use crate::tasks::Advance;
+use crate::tasks::{Advance, Deliver};
 use crate::webhooks::delivery;
 use crate::{Engine, EngineError};
 
@@ -594,7 +594,7 @@ async fn record_event(
     conn: &mut AnyConnection,
     job: &Job,
     kind: &str,
-) -> Result<Vec<String>, EngineError> {
+) -> Result<Vec<Deliver>, EngineError> {
     let data = engine.job_json(job);
     let event = events::insert(&mut *conn, &job.id, &job.account_id, kind, now_ms(), &data).await?;
     Ok(delivery::fan_out(conn, job, &event).await?)

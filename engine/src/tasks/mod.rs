@@ -59,6 +59,12 @@ impl Task for Advance {
 pub struct Deliver {
     pub delivery_id: String,
     pub seq: i64,
+    /// Goes in the bulk lane: retries, redeliveries, sweeps, deliveries to endpoints known
+    /// to be failing, and fan-outs too large for the fast lane. First attempts to
+    /// receivers that answer stay in the fast lane, so however much one account's dead
+    /// receivers pile up, other accounts' webhooks never queue behind them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bulk: bool,
 }
 
 impl Task for Deliver {
@@ -68,6 +74,11 @@ impl Task for Deliver {
     // next to retry delays.
     const DUE: Due = Due::NotBefore;
     type Context = SharedEngine;
+    const LANES: usize = 2;
+
+    fn lane(&self) -> usize {
+        usize::from(self.bulk)
+    }
 
     fn key(&self) -> String {
         format!("{}:{}", self.delivery_id, self.seq)

@@ -95,28 +95,31 @@ impl Default for DeliveryConfig {
 
 /// Writes the deliveries that announce `event` (in its transaction): one to the job's own
 /// webhook if it asked for this event type, one to each enabled endpoint of the account
-/// that did. Returns their ids, to be dispatched once the transaction commits.
+/// that did. Returns their first attempts, to be dispatched once the transaction commits.
 pub(crate) async fn fan_out(
     conn: &mut AnyConnection,
     job: &Job,
     event: &EventRow,
-) -> Result<Vec<String>, sqlx::Error> {
-    let mut targets: Vec<(Option<String>, String)> = Vec::new();
+) -> Result<Vec<Deliver>, sqlx::Error> {
+    // (endpoint, url, known to be failing)
+    let mut targets: Vec<(Option<String>, String, bool)> = Vec::new();
     if let Some(hook) = &job.webhook {
         let wants = hook["events"]
             .as_array()
             .is_some_and(|list| list.iter().any(|e| e.as_str() == Some(&event.kind)));
         if let (true, Some(url)) = (wants, hook["url"].as_str()) {
-            targets.push((None, url.to_owned()));
+            targets.push((None, url.to_owned(), false));
         }
     }
     for endpoint in endpoints::enabled_for_account(&mut *conn, &job.account_id).await? {
         if endpoint.wants(&event.kind) {
-            targets.push((Some(endpoint.id), endpoint.url));
+            let failing = endpoint.failing_since.is_some();
+            targets.push((Some(endpoint.id), endpoint.url, failing));
         }
     }
-    let mut ids = Vec::with_capacity(targets.len());
-    for (endpoint_id, url) in &targets {
+    let large = targets.len() > FAST_LANE_FAN_OUT;
+    let mut tasks = Vec::with_capacity(targets.len());
+    for (endpoint_id, url, failing) in &targets {
         let id = new_id(IdKind::Delivery);
         let new = NewDelivery {
             id: id.clone(),
@@ -129,19 +132,23 @@ pub(crate) async fn fan_out(
             now: event.created_at,
         };
         deliveries::insert(&mut *conn, &new).await?;
-        ids.push(id);
+        tasks.push(Deliver {
+            delivery_id: id,
+            seq: 0,
+            bulk: large || *failing,
+        });
     }
-    Ok(ids)
+    Ok(tasks)
 }
 
-/// Pushes the first attempt of deliveries just committed. A push that fails leaves the
+/// The most deliveries one event may fan out to and still go in the fast lane: more
+/// than any account has under the default endpoint cap (16, plus the job's own webhook).
+const FAST_LANE_FAN_OUT: usize = 20;
+
+/// Pushes the first attempts of deliveries just committed. A push that fails leaves the
 /// delivery due in SQL, where the sweeper finds it.
-pub(crate) async fn dispatch(engine: &Engine, delivery_ids: Vec<String>) {
-    for delivery_id in delivery_ids {
-        let task = Deliver {
-            delivery_id,
-            seq: 0,
-        };
+pub(crate) async fn dispatch(engine: &Engine, tasks: Vec<Deliver>) {
+    for task in tasks {
         if let Err(e) = engine.queue.push(&task, Duration::ZERO).await {
             tracing::warn!(error = %e, "could not push a delivery; the sweeper will");
         }
@@ -382,6 +389,9 @@ async fn push_attempt(engine: &Engine, delivery: &Delivery, at: i64) {
     let task = Deliver {
         delivery_id: delivery.id.clone(),
         seq: delivery.seq,
+        // A retry, or a delivery put back for a busy receiver: not to be in the way of
+        // first attempts to receivers that answer.
+        bulk: true,
     };
     let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
     if let Err(e) = engine.queue.push(&task, delay).await {
@@ -936,6 +946,9 @@ pub async fn redeliver(
     let task = Deliver {
         delivery_id: armed.id.clone(),
         seq: armed.seq,
+        // Redeliveries come in runs (after an outage, a client's loop): they must not
+        // crowd out first attempts.
+        bulk: true,
     };
     if let Err(e) = engine.queue.push(&task, Duration::ZERO).await {
         tracing::warn!(delivery_id = %armed.id, error = %e, "could not push a redelivery; the sweeper will");
@@ -958,6 +971,7 @@ pub async fn sweep_once(engine: &Engine) -> Result<usize, EngineError> {
         let task = Deliver {
             delivery_id,
             seq: seq + 1,
+            bulk: true,
         };
         engine.queue.push(&task, Duration::ZERO).await?;
         handed_out += 1;
