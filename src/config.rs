@@ -1,6 +1,8 @@
-//! Configuration in layers, validated once: built-in defaults, then an optional TOML file
-//! (`--config` or `MEDIAGATE_CONFIG`), then `MEDIAGATE_*` environment variables
-//! (`MEDIAGATE_JOBS__DEADLINE_SECS` reaches `[jobs] deadline_secs`).
+//! Configuration in layers, validated once: the built-in `config.default.toml` (every
+//! setting with its default and its meaning), then an optional TOML file (`--config` or
+//! `MEDIAGATE_CONFIG`), then `MEDIAGATE_*` environment variables
+//! (`MEDIAGATE_JOBS__DEADLINE_SECS` reaches `[jobs] deadline_secs`). The engine's sections
+//! (`[jobs]`, `[webhooks]`, `[routing]`) are read straight into the engine's own types.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,8 +11,10 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
 use mediagate_engine::EngineConfig;
 use mediagate_engine::catalog::Catalog;
+use mediagate_engine::config::{DEFAULTS, JobsConfig, RoutingConfig};
 use mediagate_engine::egress::AllowList;
 use mediagate_engine::providers::{self, ProviderSettings};
 use mediagate_engine::webhooks::delivery::DeliveryConfig;
@@ -18,7 +22,7 @@ use mediagate_workers::QueueSettings;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Listen address; `:PORT` means every interface, port 0 picks a free port.
     pub bind: String,
@@ -59,7 +63,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub queue: QueueConfig,
     pub jobs: JobsConfig,
-    pub webhooks: WebhooksConfig,
+    pub webhooks: DeliveryConfig,
     /// A catalog file laid over the built-in one (same id replaces, new ids add).
     pub catalog: Option<PathBuf>,
     /// `[providers.NAME]`: the upstreams this deployment may use.
@@ -67,8 +71,9 @@ pub struct Config {
     pub routing: RoutingConfig,
 }
 
+/// `[providers.NAME]`; each starts from `[providers."*"]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Defaults to the provider's public API.
     pub base_url: Option<String>,
@@ -95,40 +100,19 @@ const DEFAULT_PROVIDER_CONCURRENCY: usize = 64;
 
 impl Default for ProviderConfig {
     fn default() -> Self {
-        Self {
-            base_url: None,
-            api_key_env: None,
-            enabled: true,
-            timeout_ms: 60_000,
-            max_concurrency: None,
-            poll_interval_ms: 5_000,
-            callback_poll_interval_ms: 30_000,
-            webhook_secret_env: None,
-        }
+        let providers: BTreeMap<String, ProviderConfig> =
+            mediagate_engine::config::default_section("providers");
+        providers[PROVIDER_TEMPLATE].clone()
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoutingConfig {
-    /// Outage-like failures in a row after which a provider is skipped for a while.
-    pub breaker_threshold: u32,
-    pub breaker_cooldown_ms: u64,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        Self {
-            breaker_threshold: 5,
-            breaker_cooldown_ms: 30_000,
-        }
-    }
-}
+/// The `[providers.*]` section every `[providers.NAME]` starts from.
+const PROVIDER_TEMPLATE: &str = "*";
 
 /// Limits on what a client may hold before mediagate does any work for it: time to send a
 /// request's head and body, time a connection may sit idle, connections open at once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Longest a client may take to send a request's line and headers, counted from the
     /// moment the server starts waiting for them (so also the longest a keep-alive
@@ -142,18 +126,8 @@ pub struct HttpConfig {
     pub max_connections: usize,
 }
 
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            header_timeout_secs: 10,
-            body_timeout_secs: 30,
-            max_connections: 4096,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// Namespace of queue keys and names, so deployments can share a Redis.
     pub prefix: String,
@@ -163,184 +137,10 @@ pub struct QueueConfig {
     pub redis_response_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JobsConfig {
-    pub deadline_secs: u64,
-    pub max_retries: u32,
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
-    pub submit_grace_ms: u64,
-    pub reaper_interval_ms: u64,
-    pub reaper_grace_ms: u64,
-    pub task_timeout_secs: u64,
-    pub worker_concurrency: usize,
-    /// Failed steps (an error, or a step longer than `task_timeout_secs`) after which a
-    /// job fails rather than being tried again.
-    pub max_step_failures: u32,
-    pub file_url_ttl_secs: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebhooksConfig {
-    /// Delay before each delivery attempt, comma-separated, each a number with a unit
-    /// (`ms`, `s`, `m`, `h`; a bare number is seconds): `0,5s,5m,30m,2h,…`.
-    pub schedule: String,
-    /// Longest a delivery attempt may take.
-    pub timeout_ms: u64,
-    /// Upper bound on a receiver's `Retry-After`.
-    pub retry_after_max_secs: u64,
-    /// An endpoint with no success for this long after a failure is disabled.
-    pub disable_after_secs: u64,
-    /// Delivery attempts one worker process makes at once.
-    pub concurrency: usize,
-    /// Delivery attempts one worker process makes at once to any one destination (host
-    /// and port) of one account (a slow receiver cannot take every slot).
-    pub per_url_concurrency: usize,
-    /// Delivery attempts one worker process makes at once for any one account (an
-    /// account whose receivers hang holds at most this many; the rest are shared fairly).
-    pub per_account_concurrency: usize,
-    /// Webhook endpoints one account may register.
-    pub max_endpoints_per_account: usize,
-    /// Least time between two `job.progress` events of one job.
-    pub progress_interval_ms: u64,
-}
-
-impl Default for WebhooksConfig {
-    fn default() -> Self {
-        let d = DeliveryConfig::default();
-        Self {
-            schedule: d
-                .schedule
-                .iter()
-                .map(|s| format!("{}s", s.as_secs()))
-                .collect::<Vec<_>>()
-                .join(","),
-            timeout_ms: d.timeout.as_millis() as u64,
-            retry_after_max_secs: d.retry_after_max.as_secs(),
-            disable_after_secs: d.disable_after.as_secs(),
-            concurrency: d.concurrency,
-            per_url_concurrency: d.per_url_concurrency,
-            per_account_concurrency: d.per_account_concurrency,
-            max_endpoints_per_account: d.max_endpoints_per_account,
-            progress_interval_ms: d.progress_interval.as_millis() as u64,
-        }
-    }
-}
-
-impl WebhooksConfig {
-    fn delivery(&self) -> Result<DeliveryConfig, ConfigError> {
-        let schedule = parse_schedule(&self.schedule).map_err(|e| {
-            ConfigError::Invalid(format!("webhooks.schedule {:?}: {e}", self.schedule))
-        })?;
-        if self.timeout_ms == 0
-            || self.concurrency == 0
-            || self.per_url_concurrency == 0
-            || self.per_account_concurrency == 0
-            || self.max_endpoints_per_account == 0
-        {
-            return Err(ConfigError::Invalid(
-                "webhooks.timeout_ms, concurrency, per_url_concurrency, per_account_concurrency \
-                 and max_endpoints_per_account must be at least 1"
-                    .into(),
-            ));
-        }
-        Ok(DeliveryConfig {
-            schedule,
-            timeout: Duration::from_millis(self.timeout_ms),
-            retry_after_max: Duration::from_secs(self.retry_after_max_secs),
-            disable_after: Duration::from_secs(self.disable_after_secs),
-            concurrency: self.concurrency,
-            per_url_concurrency: self.per_url_concurrency,
-            per_account_concurrency: self.per_account_concurrency,
-            max_endpoints_per_account: self.max_endpoints_per_account,
-            progress_interval: Duration::from_millis(self.progress_interval_ms),
-        })
-    }
-}
-
-/// `0,5s,5m,2h,250ms` → durations; at least one entry.
-fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
-    let mut out = Vec::new();
-    for item in text.split(',').map(str::trim) {
-        let split = item
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(item.len());
-        let (number, unit) = item.split_at(split);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("{item:?} is not a number with a unit"))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            _ => return Err(format!("unknown unit in {item:?}; use ms, s, m or h")),
-        };
-        out.push(d);
-    }
-    Ok(out)
-}
-
 impl Default for Config {
+    /// The built-in defaults alone.
     fn default() -> Self {
-        Self {
-            bind: "127.0.0.1:8080".to_owned(),
-            public_url: None,
-            upstream_callbacks: None,
-            data_dir: PathBuf::from("./data"),
-            database_url: None,
-            database_max_connections: 16,
-            redis_url: None,
-            storage_url: None,
-            storage_options: BTreeMap::new(),
-            webhook_allow_cidrs: String::new(),
-            log: "info".to_owned(),
-            log_format: "pretty".to_owned(),
-            max_body_bytes: 1024 * 1024,
-            auth_cache_ms: 2000,
-            max_concurrent_requests: 256,
-            shutdown_drain_secs: 30,
-            http: HttpConfig::default(),
-            queue: QueueConfig::default(),
-            jobs: JobsConfig::default(),
-            webhooks: WebhooksConfig::default(),
-            catalog: None,
-            providers: BTreeMap::new(),
-            routing: RoutingConfig::default(),
-        }
-    }
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        Self {
-            prefix: "mediagate".to_owned(),
-            poll_interval_ms: 20,
-            heartbeat_interval_ms: 5_000,
-            missed_heartbeats: 3,
-            redis_response_timeout_ms: 10_000,
-        }
-    }
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        let e = EngineConfig::default();
-        Self {
-            deadline_secs: e.job_deadline.as_secs(),
-            max_retries: e.max_retries,
-            retry_base_ms: e.retry_base.as_millis() as u64,
-            retry_max_ms: e.retry_max.as_millis() as u64,
-            submit_grace_ms: e.submit_grace.as_millis() as u64,
-            reaper_interval_ms: e.reaper_interval.as_millis() as u64,
-            reaper_grace_ms: e.reaper_grace.as_millis() as u64,
-            task_timeout_secs: e.task_timeout.as_secs(),
-            worker_concurrency: e.worker_concurrency,
-            max_step_failures: e.max_step_failures,
-            file_url_ttl_secs: e.file_url_ttl.as_secs(),
-        }
+        Config::extract(Figment::from(Toml::string(DEFAULTS))).expect("config.default.toml loads")
     }
 }
 
@@ -355,7 +155,7 @@ pub enum ConfigError {
 impl Config {
     /// Defaults → TOML file → environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
         let from_env = std::env::var_os("MEDIAGATE_CONFIG").map(PathBuf::from);
         if let Some(path) = file.map(Path::to_path_buf).or(from_env) {
             if !path.exists() {
@@ -367,16 +167,46 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed("MEDIAGATE_").ignore(&["config"]).split("__"));
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let config = Config::extract(figment)?;
         config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the layers; each `[providers.NAME]` is laid over `[providers."*"]`.
+    fn extract(figment: Figment) -> Result<Config, ConfigError> {
+        let providers: Dict = figment.extract_inner("providers").map_err(Box::new)?;
+        let template = providers
+            .get(PROVIDER_TEMPLATE)
+            .cloned()
+            .unwrap_or(Value::from(Dict::new()));
+        let mut figment = figment;
+        for name in providers.keys().filter(|name| *name != PROVIDER_TEMPLATE) {
+            let key = format!("providers.{name}");
+            figment = figment.join(Serialized::default(&key, template.clone()));
+        }
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.providers.remove(PROVIDER_TEMPLATE);
         Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
         self.webhook_allow()?;
-        self.webhooks.delivery()?;
         self.provider_settings()?;
+        let w = &self.webhooks;
+        if w.schedule.is_empty()
+            || w.timeout.is_zero()
+            || w.concurrency == 0
+            || w.per_url_concurrency == 0
+            || w.per_account_concurrency == 0
+            || w.max_endpoints_per_account == 0
+        {
+            return Err(ConfigError::Invalid(
+                "webhooks.schedule, timeout_ms, concurrency, per_url_concurrency, \
+                 per_account_concurrency and max_endpoints_per_account must be at least 1"
+                    .into(),
+            ));
+        }
         if !matches!(self.log_format.as_str(), "pretty" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "log_format must be pretty or json, not {:?}",
@@ -409,11 +239,14 @@ impl Config {
         let j = &self.jobs;
         for (name, value) in [
             ("jobs.worker_concurrency", j.worker_concurrency as u64),
-            ("jobs.task_timeout_secs", j.task_timeout_secs),
-            ("jobs.deadline_secs", j.deadline_secs),
-            ("jobs.reaper_interval_ms", j.reaper_interval_ms),
+            ("jobs.task_timeout_secs", j.task_timeout.as_secs()),
+            ("jobs.deadline_secs", j.deadline.as_secs()),
+            (
+                "jobs.reaper_interval_ms",
+                j.reaper_interval.as_millis() as u64,
+            ),
             ("jobs.max_step_failures", u64::from(j.max_step_failures)),
-            ("jobs.file_url_ttl_secs", j.file_url_ttl_secs),
+            ("jobs.file_url_ttl_secs", j.file_url_ttl.as_secs()),
             (
                 "queue.heartbeat_interval_ms",
                 self.queue.heartbeat_interval_ms,
@@ -431,7 +264,7 @@ impl Config {
         }
         // A step holds its job for task_timeout. An upstream call allowed to outlast it
         // would see the step abandoned and the job submitted again (and paid twice).
-        let task_ms = self.jobs.task_timeout_secs.saturating_mul(1000);
+        let task_ms = self.jobs.task_timeout.as_millis() as u64;
         if let Some((name, _)) = self.providers.iter().find(|(_, p)| p.timeout_ms >= task_ms) {
             return Err(ConfigError::Invalid(format!(
                 "[providers.{name}] timeout_ms must be shorter than jobs.task_timeout_secs \
@@ -517,7 +350,6 @@ impl Config {
 
     /// Engine settings; `public_url` is known once the listener is bound.
     pub fn engine(&self, public_url: String) -> Result<EngineConfig, ConfigError> {
-        let j = &self.jobs;
         let upstream_callbacks = self.upstream_callbacks.unwrap_or_else(|| {
             self.public_url
                 .as_deref()
@@ -533,23 +365,12 @@ impl Config {
         Ok(EngineConfig {
             public_url,
             upstream_callbacks,
-            file_url_ttl: Duration::from_secs(j.file_url_ttl_secs),
-            job_deadline: Duration::from_secs(j.deadline_secs),
-            max_retries: j.max_retries,
-            retry_base: Duration::from_millis(j.retry_base_ms),
-            retry_max: Duration::from_millis(j.retry_max_ms),
-            submit_grace: Duration::from_millis(j.submit_grace_ms),
-            reaper_interval: Duration::from_millis(j.reaper_interval_ms),
-            reaper_grace: Duration::from_millis(j.reaper_grace_ms),
-            task_timeout: Duration::from_secs(j.task_timeout_secs),
-            worker_concurrency: j.worker_concurrency,
-            max_step_failures: j.max_step_failures,
             webhook_allow: self.webhook_allow()?,
-            delivery: self.webhooks.delivery()?,
+            jobs: self.jobs.clone(),
+            delivery: self.webhooks.clone(),
+            routing: self.routing.clone(),
             catalog: self.catalog()?,
             providers: self.provider_settings()?,
-            breaker_threshold: self.routing.breaker_threshold,
-            breaker_cooldown: Duration::from_millis(self.routing.breaker_cooldown_ms),
         })
     }
 
@@ -636,16 +457,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schedules_read_units_and_refuse_junk() {
-        assert_eq!(
-            parse_schedule("0, 250ms,5s,5m,2h,7").unwrap(),
-            [0, 250, 5_000, 300_000, 7_200_000, 7_000].map(Duration::from_millis)
-        );
-        for bad in ["", "5x", "s", "1,,2"] {
-            assert!(parse_schedule(bad).is_err(), "{bad:?}");
-        }
-        let default = WebhooksConfig::default().delivery().unwrap();
-        assert_eq!(default.schedule, DeliveryConfig::default().schedule);
+    fn the_built_in_defaults_are_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.bind, "127.0.0.1:8080");
+        assert_eq!(c.http.header_timeout_secs, 10);
+        assert_eq!(c.queue.prefix, "mediagate");
+        assert!(c.providers.is_empty(), "{:?}", c.providers.keys());
+        assert!(ProviderConfig::default().enabled);
+    }
+
+    #[test]
+    fn provider_sections_start_from_the_template() {
+        let user = r#"
+            [providers.fal]
+            timeout_ms = 1234
+            [providers."*"]
+            poll_interval_ms = 777
+        "#;
+        let figment = Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(user));
+        let c = Config::extract(figment).unwrap();
+        let fal = &c.providers["fal"];
+        assert_eq!(fal.timeout_ms, 1234);
+        assert_eq!(fal.poll_interval_ms, 777);
+        assert_eq!(fal.callback_poll_interval_ms, 30_000);
+        assert!(fal.enabled);
+        assert_eq!(c.providers.len(), 1);
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let figment =
+            Figment::from(Toml::string(DEFAULTS)).merge(Toml::string("[jobs]\ndeadline = 5\n"));
+        let err = Config::extract(figment).unwrap_err().to_string();
+        assert!(err.contains("deadline"), "{err}");
     }
 
     #[test]
@@ -667,7 +512,7 @@ mod tests {
         let mut c = Config::default();
         c.providers.insert("fal".into(), ProviderConfig::default());
         assert!(c.validate().is_ok());
-        c.providers.get_mut("fal").unwrap().timeout_ms = c.jobs.task_timeout_secs * 1000;
+        c.providers.get_mut("fal").unwrap().timeout_ms = c.jobs.task_timeout.as_millis() as u64;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("[providers.fal] timeout_ms"), "{err}");
     }

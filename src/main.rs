@@ -1,4 +1,4 @@
-//! The `mediagate` command: `serve`, `api`, `worker`, `migrate`, `keys`.
+//! The `mediagate` command: `serve`, `api`, `worker`, `migrate`, `keys`, `config`.
 
 use std::path::PathBuf;
 
@@ -35,6 +35,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Print every setting with its default and meaning (the built-in configuration
+    /// file, a starting point for your own).
+    Config,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +66,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Config = cli.command {
+        print!("{}", mediagate_engine::config::DEFAULTS);
+        return Ok(());
+    }
     let config = Config::load(cli.config.as_deref())?;
     telemetry::init(&config.log, &config.log_format);
     let roles = match cli.command {
@@ -76,6 +83,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Keys(cmd) => return keys(&config, cmd).await,
+        // Printed above, before the configuration is loaded (it needs none).
+        Command::Config => return Ok(()),
     };
     let running = app::start(config, roles).await?;
     running.wait_for(shutdown_signal()).await;

@@ -7,6 +7,7 @@
 //! Dependencies point one way: front door → engine → task runtime.
 
 pub mod catalog;
+pub mod config;
 pub mod db;
 pub mod egress;
 pub mod error;
@@ -18,95 +19,22 @@ pub mod providers;
 pub mod tasks;
 pub mod webhooks;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+pub use config::EngineConfig;
 pub use error::EngineError;
 
-use crate::catalog::Catalog;
 use crate::db::Db;
-use crate::egress::AllowList;
 use crate::jobs::job::{Job, PublicView};
 use crate::jobs::routing::Breakers;
 use crate::media::links::FileSigner;
 use crate::media::storage::Storage;
+use crate::providers::Providers;
 use crate::providers::callbacks::CallbackSigner;
-use crate::providers::{ProviderSettings, Providers};
-use crate::webhooks::delivery::{DeliveryConfig, Destinations};
+use crate::webhooks::delivery::Destinations;
 use mediagate_workers::Queue;
-
-/// Engine tuning, filled in by the front door's configuration.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Base of absolute URLs in job objects and events.
-    pub public_url: String,
-    /// Whether upstreams that can call us back are given a per-job callback URL under
-    /// `public_url` (which they must be able to reach).
-    pub upstream_callbacks: bool,
-    /// How long signed file links stay valid.
-    pub file_url_ttl: Duration,
-    /// A job not finished this long after creation becomes `expired`.
-    pub job_deadline: Duration,
-    /// Retryable upstream failures a job may have before it fails.
-    pub max_retries: u32,
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    /// How long a submission claim is honoured before another worker may resubmit: a
-    /// worker that died mid-submit leaves one behind.
-    pub submit_grace: Duration,
-    /// How often the reaper looks for jobs whose task was lost.
-    pub reaper_interval: Duration,
-    /// How overdue a job's scheduled check must be before the reaper hands it out again. A
-    /// step in progress holds the job for `task_timeout` (a lease), so this only needs to
-    /// cover queue delays.
-    pub reaper_grace: Duration,
-    /// Longest a single task may run before it is abandoned (and later retried).
-    pub task_timeout: Duration,
-    /// Tasks one worker process runs at once (they mostly wait on I/O).
-    pub worker_concurrency: usize,
-    /// Failed steps (an error, or longer than `task_timeout`) after which a job fails
-    /// instead of being tried again.
-    pub max_step_failures: u32,
-    /// Private ranges webhooks may reach despite the SSRF guard.
-    pub webhook_allow: AllowList,
-    pub delivery: DeliveryConfig,
-    /// The models jobs may ask for.
-    pub catalog: Catalog,
-    /// `[providers.NAME]`: how each upstream is reached.
-    pub providers: BTreeMap<String, ProviderSettings>,
-    /// Outage-like failures in a row after which a provider is skipped for a while.
-    pub breaker_threshold: u32,
-    pub breaker_cooldown: Duration,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            public_url: "http://127.0.0.1:8080".to_owned(),
-            upstream_callbacks: false,
-            file_url_ttl: Duration::from_secs(24 * 3600),
-            job_deadline: Duration::from_secs(3600),
-            max_retries: 5,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
-            submit_grace: Duration::from_secs(120),
-            reaper_interval: Duration::from_secs(5),
-            reaper_grace: Duration::from_secs(30),
-            task_timeout: Duration::from_secs(120),
-            worker_concurrency: 256,
-            max_step_failures: 5,
-            webhook_allow: AllowList::default(),
-            delivery: DeliveryConfig::default(),
-            catalog: Catalog::builtin(),
-            providers: BTreeMap::new(),
-            breaker_threshold: 5,
-            breaker_cooldown: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Everything a handler needs, shared by the API and the workers of one process.
 #[derive(Debug)]
@@ -156,7 +84,7 @@ impl Engine {
     ) -> Result<SharedEngine, EngineError> {
         let signer = FileSigner::new(
             shared_key(&db, FILE_URL_KEY).await?,
-            config.file_url_ttl.as_secs() as i64,
+            config.jobs.file_url_ttl.as_secs() as i64,
         );
         let callback_signer = CallbackSigner::new(shared_key(&db, CALLBACK_KEY).await?);
         let deployment_id = db
@@ -172,7 +100,10 @@ impl Engine {
                 .map_err(|e| EngineError::Internal(format!("webhook client: {e}")))?;
         let providers =
             Providers::from_settings(&config.providers).map_err(EngineError::Internal)?;
-        let breakers = Breakers::new(config.breaker_threshold, config.breaker_cooldown);
+        let breakers = Breakers::new(
+            config.routing.breaker_threshold,
+            config.routing.breaker_cooldown,
+        );
         let (changes, _) = broadcast::channel(4096);
         let webhook_destinations = Destinations::new(&config.delivery);
         Ok(Arc::new(Engine {

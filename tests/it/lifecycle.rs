@@ -66,7 +66,7 @@ async fn retries_run_out(backend: Backend) {
 }
 
 async fn past_its_deadline_a_job_expires(backend: Backend) {
-    let app = TestApp::start_with(backend, |c| c.jobs.deadline_secs = 1).await;
+    let app = TestApp::start_with(backend, |c| c.jobs.deadline = Duration::from_secs(1)).await;
     let job = app
         .submit(json!({"model": "local/video", "input": {"prompt": "slow", "simulate": {"latency_ms": 600_000, "progress_steps": 1}}}))
         .await;
@@ -107,7 +107,10 @@ async fn insert_without_task(app: &TestApp, input: Value) -> String {
 }
 
 async fn a_job_whose_task_was_lost_is_picked_up_by_the_reaper(backend: Backend) {
-    let app = TestApp::start_with(backend, |c| c.jobs.reaper_grace_ms = 500).await;
+    let app = TestApp::start_with(backend, |c| {
+        c.jobs.reaper_grace = Duration::from_millis(500)
+    })
+    .await;
     let id = insert_without_task(&app, json!({"prompt": "orphan", "size": "64x64"})).await;
     let job = app.wait_terminal(&id, WAIT).await;
     assert_eq!(job["status"], "completed", "{job}");
@@ -115,7 +118,10 @@ async fn a_job_whose_task_was_lost_is_picked_up_by_the_reaper(backend: Backend) 
 
 async fn duplicate_and_stale_tasks_change_nothing(backend: Backend) {
     // A long grace keeps the reaper out of this: only the tasks below touch the job.
-    let app = TestApp::start_with(backend, |c| c.jobs.reaper_grace_ms = 600_000).await;
+    let app = TestApp::start_with(backend, |c| {
+        c.jobs.reaper_grace = Duration::from_millis(600_000)
+    })
+    .await;
     let id = insert_without_task(&app, json!({"prompt": "twice", "size": "64x64"})).await;
     let engine = app.engine();
 

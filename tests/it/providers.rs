@@ -415,7 +415,10 @@ async fn rate_limits_are_waited_out(backend: Backend, adapter: &Adapter) {
     })
     .await;
     // Our own backoff is 20 ms here; only the Retry-After explains a longer wait.
-    let app = app_for(backend, adapter, &fake, |c| c.jobs.retry_max_ms = 5_000).await;
+    let app = app_for(backend, adapter, &fake, |c| {
+        c.jobs.retry_max = Duration::from_millis(5_000)
+    })
+    .await;
     let job = run_to_end(&app, job_body(adapter)).await;
     assert_eq!(job["status"], "completed", "{job}");
     let submits: Vec<_> = fake
@@ -832,7 +835,7 @@ async fn a_failing_provider_is_skipped_for_a_while(backend: Backend) {
     .await;
     let app = app_for(backend, adapter, &fake, |c| {
         c.routing.breaker_threshold = 2;
-        c.routing.breaker_cooldown_ms = 5_000;
+        c.routing.breaker_cooldown = Duration::from_millis(5_000);
     })
     .await;
     let body = || {

@@ -81,8 +81,8 @@ async fn jobs_complete_after_redis_restarts_empty() {
     let app = TestApp::start_with(Backend::Production, |c| {
         c.redis_url = Some(url.clone());
         c.webhook_allow_cidrs = "127.0.0.0/8".to_owned();
-        c.webhooks.schedule = "0,1s,1s,1s,1s,1s".to_owned();
-        c.jobs.reaper_grace_ms = 1000;
+        c.webhooks.schedule = crate::support::schedule("0,1s,1s,1s,1s,1s");
+        c.jobs.reaper_grace = Duration::from_millis(1000);
         c.queue.redis_response_timeout_ms = 1000;
     })
     .await;

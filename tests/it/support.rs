@@ -79,6 +79,11 @@ pub async fn fresh_schema() -> String {
     format!("{}{sep}options=-c%20search_path%3D{schema}", postgres_url())
 }
 
+/// A webhook delivery schedule as the configuration file writes it (`"0,200ms,5s"`).
+pub fn schedule(text: &str) -> Vec<Duration> {
+    mediagate_engine::config::schedule::parse(text).expect("a valid schedule")
+}
+
 /// A configuration for `backend` in a fresh temporary data directory, tuned for quick tests.
 pub fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config {
     let mut c = Config {
@@ -91,11 +96,11 @@ pub fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config {
     c.queue.poll_interval_ms = 10;
     c.queue.heartbeat_interval_ms = 1000;
     c.queue.missed_heartbeats = 2;
-    c.jobs.retry_base_ms = 20;
-    c.jobs.retry_max_ms = 200;
-    c.jobs.reaper_interval_ms = 200;
-    c.jobs.reaper_grace_ms = 3000;
-    c.jobs.submit_grace_ms = 3000;
+    c.jobs.retry_base = Duration::from_millis(20);
+    c.jobs.retry_max = Duration::from_millis(200);
+    c.jobs.reaper_interval = Duration::from_millis(200);
+    c.jobs.reaper_grace = Duration::from_millis(3000);
+    c.jobs.submit_grace = Duration::from_millis(3000);
     c.shutdown_drain_secs = 5;
     if backend == Backend::Production {
         c.redis_url = Some(redis_url());

@@ -31,7 +31,7 @@ on_both_backends!(
 
 /// Loopback receivers are reachable, and the schedule is short.
 async fn start(backend: Backend, schedule: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let schedule = schedule.to_owned();
+    let schedule = crate::support::schedule(schedule);
     TestApp::start_with(backend, move |c| {
         c.webhook_allow_cidrs = "127.0.0.0/8".to_owned();
         c.webhooks.schedule = schedule;
@@ -224,7 +224,10 @@ async fn redirects_are_failures_and_never_followed(backend: Backend) {
 }
 
 async fn hanging_receiver_times_out_and_is_retried(backend: Backend) {
-    let app = start(backend, "0,100ms", |c| c.webhooks.timeout_ms = 500).await;
+    let app = start(backend, "0,100ms", |c| {
+        c.webhooks.timeout = Duration::from_millis(500)
+    })
+    .await;
     let rx = Receiver::start(|n, _| {
         if n == 0 {
             Reply::ok().after(Duration::from_secs(10))
@@ -249,7 +252,10 @@ async fn hanging_receiver_times_out_and_is_retried(backend: Backend) {
 
 async fn blocked_addresses_fail_at_submission_or_attempt(backend: Backend) {
     // No allow list: loopback and every private range are off limits.
-    let app = TestApp::start_with(backend, |c| c.webhooks.schedule = "0".to_owned()).await;
+    let app = TestApp::start_with(backend, |c| {
+        c.webhooks.schedule = crate::support::schedule("0")
+    })
+    .await;
     for url in [
         "http://127.0.0.1/h",
         "http://169.254.169.254/latest/meta-data",
@@ -393,7 +399,7 @@ async fn create_endpoint(app: &TestApp, url: &str) -> String {
 
 async fn gone_and_long_failing_endpoints_are_disabled(backend: Backend) {
     let app = start(backend, "0,1500ms,1500ms", |c| {
-        c.webhooks.disable_after_secs = 1;
+        c.webhooks.disable_after = Duration::from_secs(1);
     })
     .await;
     let gone = Receiver::start(|_, _| Reply::status(410)).await;

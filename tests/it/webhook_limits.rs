@@ -27,7 +27,7 @@ on_both_backends!(
 async fn start(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
     TestApp::start_with(backend, move |c| {
         c.webhook_allow_cidrs = "127.0.0.0/8".to_owned();
-        c.webhooks.schedule = "0".to_owned();
+        c.webhooks.schedule = crate::support::schedule("0");
         tweak(c);
     })
     .await
@@ -71,7 +71,7 @@ async fn a_stuck_account_does_not_delay_another_accounts_webhooks(backend: Backe
         c.webhooks.concurrency = 8;
         c.webhooks.per_account_concurrency = 4;
         c.webhooks.per_url_concurrency = 2;
-        c.webhooks.timeout_ms = 30_000;
+        c.webhooks.timeout = Duration::from_millis(30_000);
         c.webhooks.max_endpoints_per_account = 100;
     })
     .await;
@@ -132,7 +132,7 @@ async fn a_stuck_account_does_not_delay_another_accounts_webhooks(backend: Backe
 async fn urls_on_one_host_share_its_limit(backend: Backend) {
     let app = start(backend, |c| {
         c.webhooks.per_url_concurrency = 2;
-        c.webhooks.timeout_ms = 30_000;
+        c.webhooks.timeout = Duration::from_millis(30_000);
     })
     .await;
     let hanging = Receiver::start(|_, _| Reply::ok().after(Duration::from_secs(120))).await;
@@ -324,7 +324,7 @@ async fn a_redelivery_storm_records_every_attempt_sent(backend: Backend) {
 async fn a_blocked_destination_fails_at_once_with_the_reason(backend: Backend) {
     // No allow list, and a schedule with retries to spare.
     let app = TestApp::start_with(backend, |c| {
-        c.webhooks.schedule = "0,200ms,200ms,200ms".to_owned();
+        c.webhooks.schedule = crate::support::schedule("0,200ms,200ms,200ms");
     })
     .await;
     let rx = Receiver::start(|_, _| Reply::ok()).await;

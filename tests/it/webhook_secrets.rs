@@ -73,7 +73,7 @@ async fn default_secret_is_stable_and_rotation_signs_with_both(backend: Backend)
 async fn rotations_in_a_row_keep_every_secret_signing_for_its_24_hours(backend: Backend) {
     let app = TestApp::start_with(backend, |c| {
         c.webhook_allow_cidrs = "127.0.0.0/8".to_owned();
-        c.webhooks.schedule = "0".to_owned();
+        c.webhooks.schedule = crate::support::schedule("0");
     })
     .await;
     let mut secrets = vec![

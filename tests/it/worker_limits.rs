@@ -49,8 +49,8 @@ async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
                 ..ProviderConfig::default()
             },
         );
-        c.jobs.task_timeout_secs = 5;
-        c.jobs.reaper_grace_ms = 2000;
+        c.jobs.task_timeout = Duration::from_secs(5);
+        c.jobs.reaper_grace = Duration::from_millis(2000);
     })
     .await;
     let jobs = 60;
@@ -257,8 +257,12 @@ fn nonsense_settings_are_refused() {
     type Tweak = fn(&mut Config);
     let cases: [(&str, Tweak); 5] = [
         ("jobs.worker_concurrency", |c| c.jobs.worker_concurrency = 0),
-        ("jobs.task_timeout_secs", |c| c.jobs.task_timeout_secs = 0),
-        ("jobs.deadline_secs", |c| c.jobs.deadline_secs = 0),
+        ("jobs.task_timeout_secs", |c| {
+            c.jobs.task_timeout = Duration::from_secs(0)
+        }),
+        ("jobs.deadline_secs", |c| {
+            c.jobs.deadline = Duration::from_secs(0)
+        }),
         ("jobs.max_step_failures", |c| c.jobs.max_step_failures = 0),
         ("providers.local", |c| {
             c.providers.insert(

@@ -286,7 +286,7 @@ async fn insert_job(
         webhook: req.webhook,
         route: req.route,
         created_at: now,
-        deadline_at: now + engine.config.job_deadline.as_millis() as i64,
+        deadline_at: now + engine.config.jobs.deadline.as_millis() as i64,
     };
     let Some(k) = key else {
         // One statement needs no explicit transaction: one round trip less per submit.

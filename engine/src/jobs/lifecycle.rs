@@ -65,7 +65,7 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
             step.submit_or_skip(&job).await
         }
         (JobStatus::InProgress, None) => {
-            let grace = engine.config.submit_grace.as_millis() as i64;
+            let grace = engine.config.jobs.submit_grace.as_millis() as i64;
             if job.claimed_at == 0 || job.claimed_at + grace <= now {
                 let mut tx = engine.db.begin().await?;
                 let lease = lease_until(engine, now);
@@ -97,7 +97,7 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
 /// that fails or is cut off counts against the job ([`step_failed`]). Returns an error
 /// only when even that could not be recorded (the database is out of reach).
 pub async fn run_step(engine: &Engine, task: &Advance) -> Result<(), EngineError> {
-    let limit = engine.config.task_timeout;
+    let limit = engine.config.jobs.task_timeout;
     let renew = || async {
         let until = lease_until(engine, now_ms());
         if let Ok(mut conn) = engine.db.pool().acquire().await {
@@ -123,7 +123,7 @@ pub async fn step_failed(engine: &Engine, task: &Advance, reason: &str) -> Resul
     let Some(failures) = jobs::count_step_failure(&mut conn, job_id).await? else {
         return Ok(());
     };
-    let cfg = &engine.config;
+    let cfg = &engine.config.jobs;
     if failures < i64::from(cfg.max_step_failures) {
         tracing::warn!(job_id, failures, reason, "job step failed; trying again");
         let delay = backoff(cfg.retry_base, cfg.retry_max, failures as u32);
@@ -164,7 +164,7 @@ pub async fn step_failed(engine: &Engine, task: &Advance, reason: &str) -> Resul
 
 /// Until when a step that starts `now` may hold the job: as long as a task may run.
 fn lease_until(engine: &Engine, now: i64) -> i64 {
-    now + engine.config.task_timeout.as_millis() as i64
+    now + engine.config.jobs.task_timeout.as_millis() as i64
 }
 
 /// The provider serving the job's current route step, and its name for the model.
@@ -433,7 +433,7 @@ impl<'e> Step<'e> {
         e: ProviderError,
         release_claim: bool,
     ) -> Result<(), EngineError> {
-        let cfg = &self.engine.config;
+        let cfg = &self.engine.config.jobs;
         // An outage, a rate limit, or an upstream account that cannot pay: another
         // provider (or model) may well serve the job. A refusal of the input would be
         // refused there too, so it ends the job.

@@ -101,17 +101,17 @@ pub async fn run(
     // Job steps are bounded by their watchdog in `lifecycle::run_step` (a render may run
     // longer than `task_timeout` while it shows progress); the runtime's limit is only a
     // backstop there, at the job deadline that no step can usefully outlive.
-    let step_backstop = engine.config.job_deadline;
+    let step_backstop = engine.config.jobs.deadline;
     let runner = Runner::new(&engine.queue, drain)
         .register::<Advance>(
             engine.clone(),
-            engine.config.worker_concurrency,
+            engine.config.jobs.worker_concurrency,
             step_backstop,
         )
         .register::<Deliver>(
             engine.clone(),
             engine.config.delivery.concurrency,
-            engine.config.task_timeout,
+            engine.config.jobs.task_timeout,
         );
     runner
         .run(shutdown.clone(), reaper::run(&engine, shutdown))

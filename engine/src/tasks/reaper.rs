@@ -16,7 +16,7 @@ use crate::{Engine, EngineError};
 /// One sweep; returns how many jobs got a new task.
 pub async fn reap_once(engine: &Engine) -> Result<usize, EngineError> {
     let now = now_ms();
-    let grace = engine.config.reaper_grace.as_millis() as i64;
+    let grace = engine.config.jobs.reaper_grace.as_millis() as i64;
     let overdue = engine.db.overdue_checks(now, grace, 500).await?;
     let mut handed_out = 0;
     for (job_id, seq) in overdue {
@@ -47,7 +47,7 @@ pub async fn run(engine: &Engine, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(engine.config.reaper_interval) => {}
+            _ = tokio::time::sleep(engine.config.jobs.reaper_interval) => {}
         }
         if let Err(e) = engine.queue.claim_namespace(&engine.deployment_id).await {
             tracing::error!(error = %e, "queue namespace check failed");

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 
+use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use super::signature::{Secret, signature_header};
@@ -34,16 +35,21 @@ pub const RESPONSE_BODY_LIMIT: usize = 4096;
 /// outcome) before the sweeper may hand the delivery to another worker.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
-/// Delivery tuning.
-#[derive(Debug, Clone)]
+/// Delivery tuning: the `[webhooks]` section of the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Delay before each attempt, the first included; its length is the number of attempts.
+    #[serde(with = "crate::config::schedule")]
     pub schedule: Vec<Duration>,
     /// Longest an attempt may take, connection and response body included.
+    #[serde(rename = "timeout_ms", with = "crate::config::millis")]
     pub timeout: Duration,
     /// Upper bound on a receiver's `Retry-After` (429/503); the lower bound is one second.
+    #[serde(rename = "retry_after_max_secs", with = "crate::config::secs")]
     pub retry_after_max: Duration,
     /// An endpoint with no successful delivery for this long after a failure is disabled.
+    #[serde(rename = "disable_after_secs", with = "crate::config::secs")]
     pub disable_after: Duration,
     /// Attempts one worker process makes at once, shared fairly among the accounts that
     /// have attempts to make (see [`Slots`]).
@@ -59,37 +65,13 @@ pub struct DeliveryConfig {
     /// Endpoints one account may register (each event fans out to every one).
     pub max_endpoints_per_account: usize,
     /// Least time between two `job.progress` events of one job.
+    #[serde(rename = "progress_interval_ms", with = "crate::config::millis")]
     pub progress_interval: Duration,
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
-        let (s, m, h) = (1, 60, 3600);
-        Self {
-            schedule: [
-                0,
-                5 * s,
-                5 * m,
-                30 * m,
-                2 * h,
-                5 * h,
-                10 * h,
-                14 * h,
-                20 * h,
-                24 * h,
-            ]
-            .into_iter()
-            .map(Duration::from_secs)
-            .collect(),
-            timeout: Duration::from_secs(15),
-            retry_after_max: Duration::from_secs(h),
-            disable_after: Duration::from_secs(5 * 24 * h),
-            concurrency: 256,
-            per_url_concurrency: 32,
-            per_account_concurrency: 64,
-            max_endpoints_per_account: 16,
-            progress_interval: Duration::from_secs(1),
-        }
+        crate::config::default_section("webhooks")
     }
 }
 
@@ -959,7 +941,7 @@ pub async fn redeliver(
 /// One sweep for deliveries whose task was lost; returns how many got a new task.
 pub async fn sweep_once(engine: &Engine) -> Result<usize, EngineError> {
     let now = now_ms();
-    let grace = engine.config.reaper_grace.as_millis() as i64;
+    let grace = engine.config.jobs.reaper_grace.as_millis() as i64;
     let overdue = engine.db.overdue_deliveries(now, grace, 500).await?;
     let mut handed_out = 0;
     for (delivery_id, seq) in overdue {
