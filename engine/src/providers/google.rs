@@ -28,12 +28,10 @@ use serde_json::{Map, Value, json};
 use super::http::Upstream;
 use super::http::{inline_locator, inline_media};
 use super::{
-    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
-    UpstreamOutput,
+    ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
+    Submitted, UpstreamOutput,
 };
 use crate::egress::{self, AllowList};
-
-pub const NAME: &str = "google";
 
 const KEY_HEADER: &str = "x-goog-api-key";
 
@@ -75,16 +73,24 @@ struct Blob {
     base64: String,
 }
 
-impl Google {
-    pub fn new(settings: &ProviderSettings) -> Result<Google, String> {
+impl MediaProvider for Google {
+    const NAME: &'static str = "google";
+    const DEFAULT_BASE_URL: &'static str = "https://generativelanguage.googleapis.com";
+    const API_KEY_ENV: &'static str = "GEMINI_API_KEY";
+
+    fn from_settings(settings: &ProviderSettings) -> Result<Google, String> {
         Ok(Google {
-            upstream: Upstream::new(NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(Google::NAME, settings)?.reading_errors(read_error),
             image_client: egress::delivery_client(AllowList::default(), settings.timeout)
                 .map_err(|e| format!("HTTP client for input images: {e}"))?,
         })
     }
 
-    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+    fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.upstream)
+    }
+
+    async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         if kind(call.upstream_model) != Kind::Veo {
             let (upstream_id, outputs) = self.generate_images(call).await?;
             return Ok(Submitted::Done {
@@ -116,7 +122,7 @@ impl Google {
         })
     }
 
-    pub async fn poll(
+    async fn poll(
         &self,
         call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -126,7 +132,7 @@ impl Google {
             // in hand once but never stored them (the process stopped before the copy, or
             // the copy failed): the only way to a result is to ask again, and pay again.
             tracing::warn!(
-                provider = NAME,
+                provider = Google::NAME,
                 job_id = call.job_id,
                 "images were never stored; generating them again"
             );
@@ -145,19 +151,21 @@ impl Google {
         })
     }
 
-    pub async fn fetch(
+    async fn fetch(
         &self,
         call: &ProviderCall<'_>,
         output: &UpstreamOutput,
     ) -> Result<Media, ProviderError> {
         if kind(call.upstream_model) != Kind::Veo {
-            return inline_media(NAME, &output.locator);
+            return inline_media(Google::NAME, &output.locator);
         }
         let url = self.download_url(&output.locator)?;
         let request = self.upstream.request(Method::GET, url.as_str());
         self.upstream.download(request, "video/mp4").await
     }
+}
 
+impl Google {
     fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
         self.upstream
             .request(method, &self.upstream.url(path))
@@ -661,7 +669,7 @@ mod tests {
         let outputs = imagen_outputs(&answer).unwrap();
         assert_eq!(outputs.len(), 1);
         assert_eq!(
-            inline_media(NAME, &outputs[0].locator)
+            inline_media(Google::NAME, &outputs[0].locator)
                 .unwrap()
                 .content_type,
             "image/png"
@@ -700,7 +708,7 @@ mod tests {
         let outputs = gemini_outputs(&answer).unwrap();
         assert_eq!(outputs.len(), 1);
         assert_eq!(
-            inline_media(NAME, &outputs[0].locator)
+            inline_media(Google::NAME, &outputs[0].locator)
                 .unwrap()
                 .content_type,
             "image/jpeg"
@@ -750,7 +758,7 @@ mod tests {
             callback_poll_interval: Duration::from_secs(30),
             webhook_secret: None,
         };
-        let google = Google::new(&settings).unwrap();
+        let google = Google::from_settings(&settings).unwrap();
         let e = google
             .input_image("http://127.0.0.1:1/a.png")
             .await
