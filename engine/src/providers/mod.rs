@@ -9,6 +9,7 @@ pub mod fal;
 pub mod google;
 pub mod http;
 pub mod local;
+pub mod luma;
 pub mod openai;
 pub mod openrouter;
 pub mod replicate;
@@ -352,6 +353,7 @@ providers! {
     Google(google::Google),
     Runway(runway::Runway),
     ElevenLabs(elevenlabs::ElevenLabs),
+    Luma(luma::Luma),
 }
 
 /// How one provider is reached, from `[providers.NAME]`. The key is read from the
