@@ -7,6 +7,7 @@ pub mod bfl;
 pub mod elevenlabs;
 pub mod fal;
 pub mod google;
+pub mod luma;
 pub mod openai;
 pub mod openrouter;
 pub mod replicate;

@@ -277,6 +277,24 @@ conformance!(google_veo, GOOGLE_VEO);
 conformance!(google_imagen, GOOGLE_IMAGEN, synchronous);
 conformance!(google_nano_banana, GOOGLE_NANO_BANANA, synchronous);
 
+pub const LUMA: Adapter = Adapter {
+    provider: "luma",
+    model: "luma/ray-2",
+    local_model: "local/video",
+    input: || {
+        json!({"prompt": "a paper lantern drifting down a river at night", "duration": 5,
+            "resolution": "720p", "aspect_ratio": "16:9"})
+    },
+    start: |b| Box::pin(fakes::luma::start(b)),
+    content_type: fakes::luma::CONTENT_TYPE,
+    // Moderation fails the generation with "Advanced prompt moderation failed".
+    refusal_code: "upstream_moderated",
+    authenticated: |r| r.header("authorization") == format!("Bearer {}", fakes::key()),
+    is_submit: |r| r.method == "POST" && r.path == "/dream-machine/v1/generations",
+};
+
+conformance!(luma, LUMA);
+
 /// The app with `adapter.provider` pointed at `fake`.
 async fn app_for(
     backend: Backend,
@@ -551,7 +569,15 @@ const WRONG_KEY_VAR: &str = "TEST_WRONG_PROVIDER_KEY";
 /// An upstream job that ends in the provider's internal failure is submitted afresh, not
 /// polled again until the retries run out.
 async fn failed_upstream_jobs_are_submitted_again(backend: Backend) {
-    let adapter = &BFL;
+    failed_jobs_are_submitted_again(backend, &BFL).await
+}
+
+/// The same for a failed Luma generation (`state: failed`, "Job failed").
+async fn failed_luma_generations_are_submitted_again(backend: Backend) {
+    failed_jobs_are_submitted_again(backend, &LUMA).await
+}
+
+async fn failed_jobs_are_submitted_again(backend: Backend, adapter: &Adapter) {
     let fake = (adapter.start)(Behaviour {
         fail_jobs: 1,
         ..Behaviour::default()
@@ -568,7 +594,10 @@ async fn failed_upstream_jobs_are_submitted_again(backend: Backend) {
     assert_eq!(submits, 2);
 }
 
-crate::on_both_backends!(failed_upstream_jobs_are_submitted_again);
+crate::on_both_backends!(
+    failed_upstream_jobs_are_submitted_again,
+    failed_luma_generations_are_submitted_again
+);
 
 /// Trials for adapters whose provider calls us back when a job ends:
 /// `callbacks!(name, ADAPTER)`, and `callbacks!(name, ADAPTER, signed)` where the provider
@@ -600,6 +629,7 @@ callbacks!(replicate_callbacks, REPLICATE, signed);
 callbacks!(openrouter_callbacks, OPENROUTER, signed);
 callbacks!(fal_callbacks, FAL);
 callbacks!(bfl_callbacks, BFL);
+callbacks!(luma_callbacks, LUMA);
 
 /// The app with upstream callbacks on, polling `adapter.provider` as a safety net every
 /// `safety_poll_ms`.

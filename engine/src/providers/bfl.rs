@@ -14,26 +14,36 @@ use serde_json::{Map, Value, json};
 
 use super::http::{Upstream, still_running};
 use super::{
-    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
+    ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
 use crate::catalog::{ASPECT_RATIOS, parse_size};
-
-pub const NAME: &str = "bfl";
 
 #[derive(Debug, Clone)]
 pub struct Bfl {
     upstream: Upstream,
 }
 
-impl Bfl {
-    pub fn new(settings: &ProviderSettings) -> Result<Bfl, String> {
+impl MediaProvider for Bfl {
+    const NAME: &'static str = "bfl";
+    const DEFAULT_BASE_URL: &'static str = "https://api.bfl.ai";
+    const API_KEY_ENV: &'static str = "BFL_API_KEY";
+    /// The sample link is signed: the default fetch downloads it without the key.
+    const LINK_MEDIA_TYPE: Option<&'static str> = Some("image/jpeg");
+    /// The task a callback is about.
+    const CALLBACK_ID: Option<&'static str> = Some("/id");
+
+    fn from_settings(settings: &ProviderSettings) -> Result<Bfl, String> {
         Ok(Bfl {
-            upstream: Upstream::new(NAME, settings)?,
+            upstream: Upstream::new(Self::NAME, settings)?,
         })
     }
 
-    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+    fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.upstream)
+    }
+
+    async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let url = self.upstream.url(&format!("/v1/{}", call.upstream_model));
         let request = self
             .upstream
@@ -54,7 +64,7 @@ impl Bfl {
         })
     }
 
-    pub async fn poll(
+    async fn poll(
         &self,
         call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -102,7 +112,7 @@ impl Bfl {
                 format!("bfl: task {upstream_id} not found"),
             )),
             other => {
-                still_running(NAME, other, &["Pending"]);
+                still_running(Self::NAME, other, &["Pending"]);
                 let progress = answer["progress"]
                     .as_f64()
                     .map(|p| if p <= 1.0 { p * 100.0 } else { p })
@@ -114,7 +124,9 @@ impl Bfl {
             }
         }
     }
+}
 
+impl Bfl {
     /// BFL's images take seconds: look again within a second, unless BFL will call us back.
     fn poll_after(&self, call: &ProviderCall<'_>) -> Duration {
         let after = self.upstream.poll_after(call);
@@ -122,16 +134,6 @@ impl Bfl {
             Some(_) => after,
             None => after.min(Duration::from_secs(1)),
         }
-    }
-
-    /// The sample link is signed; it needs no key (and must not be given one).
-    pub async fn fetch(
-        &self,
-        _call: &ProviderCall<'_>,
-        output: &UpstreamOutput,
-    ) -> Result<Media, ProviderError> {
-        let request = self.upstream.request(Method::GET, &output.locator);
-        self.upstream.download(request, "image/jpeg").await
     }
 }
 
@@ -178,12 +180,6 @@ fn details(answer: &Value) -> String {
         Some(d) => format!(": {d}"),
         None => String::new(),
     }
-}
-
-/// The task a callback is about.
-pub fn callback_task_id(body: &[u8]) -> Option<String> {
-    let event: Value = serde_json::from_slice(body).ok()?;
-    event["id"].as_str().map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ pub async fn receive(
     let upstream_id = upstream
         .verify_callback(headers, body)
         .await
-        .map_err(CallbackError::Signature)?;
+        .map_err(|refused| CallbackError::Signature(refused.0))?;
     let mut conn = engine
         .db
         .pool()

@@ -13,25 +13,31 @@ use serde_json::{Map, Value, json};
 use super::http::Upstream;
 use super::http::{inline_locator, inline_media};
 use super::{
-    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
-    UpstreamOutput,
+    ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
+    Submitted, UpstreamOutput,
 };
-
-pub const NAME: &str = "elevenlabs";
 
 #[derive(Debug, Clone)]
 pub struct ElevenLabs {
     upstream: Upstream,
 }
 
-impl ElevenLabs {
-    pub fn new(settings: &ProviderSettings) -> Result<ElevenLabs, String> {
+impl MediaProvider for ElevenLabs {
+    const NAME: &'static str = "elevenlabs";
+    const DEFAULT_BASE_URL: &'static str = "https://api.elevenlabs.io";
+    const API_KEY_ENV: &'static str = "ELEVENLABS_API_KEY";
+
+    fn from_settings(settings: &ProviderSettings) -> Result<ElevenLabs, String> {
         Ok(ElevenLabs {
-            upstream: Upstream::new(NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(ElevenLabs::NAME, settings)?.reading_errors(read_error),
         })
     }
 
-    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+    fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.upstream)
+    }
+
+    async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let (upstream_id, output) = self.generate(call).await?;
         Ok(Submitted::Done {
             upstream_id,
@@ -42,13 +48,13 @@ impl ElevenLabs {
     /// Nothing upstream keeps the audio. A job polled here had it in hand once but never
     /// stored it (the process stopped before the copy, or the copy failed): the only way
     /// to a result is to ask again, and pay again.
-    pub async fn poll(
+    async fn poll(
         &self,
         call: &ProviderCall<'_>,
         _upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
         tracing::warn!(
-            provider = NAME,
+            provider = ElevenLabs::NAME,
             job_id = call.job_id,
             "audio was never stored; generating it again"
         );
@@ -58,14 +64,16 @@ impl ElevenLabs {
         })
     }
 
-    pub async fn fetch(
+    async fn fetch(
         &self,
         _call: &ProviderCall<'_>,
         output: &UpstreamOutput,
     ) -> Result<Media, ProviderError> {
-        inline_media(NAME, &output.locator)
+        inline_media(ElevenLabs::NAME, &output.locator)
     }
+}
 
+impl ElevenLabs {
     /// One call: the upstream's request id (our record of it) and the audio, inline.
     async fn generate(
         &self,

@@ -20,36 +20,34 @@ use serde_json::{Map, Value, json};
 
 use super::http::{Upstream, still_running};
 use super::{
-    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
+    ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
 use crate::catalog::parse_size;
-
-pub const NAME: &str = "fal";
 
 #[derive(Debug, Clone)]
 pub struct Fal {
     upstream: Upstream,
 }
 
-impl Fal {
-    pub fn new(settings: &ProviderSettings) -> Result<Fal, String> {
+impl MediaProvider for Fal {
+    const NAME: &'static str = "fal";
+    const DEFAULT_BASE_URL: &'static str = "https://queue.fal.run";
+    const API_KEY_ENV: &'static str = "FAL_KEY";
+    /// The request a callback is about.
+    const CALLBACK_ID: Option<&'static str> = Some("/request_id");
+
+    fn from_settings(settings: &ProviderSettings) -> Result<Fal, String> {
         Ok(Fal {
-            upstream: Upstream::new(NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(Fal::NAME, settings)?.reading_errors(read_error),
         })
     }
 
-    fn authorization(&self) -> String {
-        format!("Key {}", self.upstream.key())
+    fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.upstream)
     }
 
-    /// `{base}/{app id}/requests/{request id}{rest}`.
-    fn request_url(&self, model: &str, request_id: &str, rest: &str) -> String {
-        self.upstream
-            .url(&format!("/{}/requests/{request_id}{rest}", app_id(model)))
-    }
-
-    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+    async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let url = self.upstream.url(&format!("/{}", call.upstream_model));
         let mut request = self.upstream.request(Method::POST, &url);
         if let Some(callback) = call.callback_url {
@@ -72,7 +70,7 @@ impl Fal {
         })
     }
 
-    pub async fn poll(
+    async fn poll(
         &self,
         call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -97,7 +95,7 @@ impl Fal {
                 })
             }
             other => {
-                still_running(NAME, other, &["IN_QUEUE", "IN_PROGRESS"]);
+                still_running(Fal::NAME, other, &["IN_QUEUE", "IN_PROGRESS"]);
                 // fal gives a queue position but no progress figure.
                 Ok(Polled::Pending {
                     progress: None,
@@ -107,16 +105,7 @@ impl Fal {
         }
     }
 
-    /// Result files live on fal's CDN; they need no key (and get none).
-    pub async fn fetch(
-        &self,
-        _call: &ProviderCall<'_>,
-        output: &UpstreamOutput,
-    ) -> Result<Media, ProviderError> {
-        self.upstream.download_link(&output.locator).await
-    }
-
-    pub async fn cancel(
+    async fn cancel(
         &self,
         call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -127,6 +116,18 @@ impl Fal {
             .request(Method::PUT, &url)
             .header("authorization", self.authorization());
         self.upstream.send(request).await.map(drop)
+    }
+}
+
+impl Fal {
+    fn authorization(&self) -> String {
+        format!("Key {}", self.upstream.key())
+    }
+
+    /// `{base}/{app id}/requests/{request id}{rest}`.
+    fn request_url(&self, model: &str, request_id: &str, rest: &str) -> String {
+        self.upstream
+            .url(&format!("/{}/requests/{request_id}{rest}", app_id(model)))
     }
 }
 
@@ -281,12 +282,6 @@ fn request_body(model: &str, input: &Value) -> Value {
         body.insert("image_urls".into(), json!(images));
     }
     Value::Object(body)
-}
-
-/// The request a callback is about.
-pub fn callback_request_id(body: &[u8]) -> Option<String> {
-    let event: Value = serde_json::from_slice(body).ok()?;
-    event["request_id"].as_str().map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -179,10 +179,15 @@ impl Upstream {
     }
 
     /// Downloads a result link that needs no key (a signed or public URL), typed by its
-    /// answer or, failing that, by its file name.
-    pub async fn download_link(&self, url: &str) -> Result<Media, ProviderError> {
+    /// answer or, failing that, by `fallback_type` or else by its file name.
+    pub async fn download_link(
+        &self,
+        url: &str,
+        fallback_type: Option<&str>,
+    ) -> Result<Media, ProviderError> {
         let request = self.request(reqwest::Method::GET, url);
-        self.download(request, content_type_for_url(url)).await
+        let fallback_type = fallback_type.unwrap_or_else(|| content_type_for_url(url));
+        self.download(request, fallback_type).await
     }
 
     /// Downloads result media. An answer that is not media (an error page, a JSON error,

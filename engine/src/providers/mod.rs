@@ -1,7 +1,7 @@
-//! The provider seam: one trait shape (submit / poll / fetch / cancel), one file per
-//! upstream, enum dispatch. Upstreams that finish at submit (synchronous APIs) return
+//! The provider seam: the `MediaProvider` trait (submit / poll / fetch / cancel /
+//! callbacks), one file per upstream implementing it, and enum dispatch over them written
+//! from one list (`providers!`). Upstreams that finish at submit (synchronous APIs) return
 //! `Submitted::Done`; asynchronous ones return an upstream id to poll.
-
 pub mod bfl;
 pub mod callbacks;
 pub mod elevenlabs;
@@ -9,6 +9,7 @@ pub mod fal;
 pub mod google;
 pub mod http;
 pub mod local;
+pub mod luma;
 pub mod openai;
 pub mod openrouter;
 pub mod replicate;
@@ -120,127 +121,239 @@ impl ProviderError {
     }
 }
 
-/// All providers, dispatched by name.
-#[derive(Debug, Clone)]
-pub enum Provider {
-    Local(local::Local),
-    Bfl(bfl::Bfl),
-    OpenAi(openai::OpenAi),
-    Runway(runway::Runway),
-    ElevenLabs(elevenlabs::ElevenLabs),
-    Google(google::Google),
-    Replicate(replicate::Replicate),
-    Fal(fal::Fal),
-    OpenRouter(openrouter::OpenRouter),
+/// A callback refused: the upstream's signature is missing or wrong, or the provider
+/// makes no callbacks at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CallbackRefused(pub String);
+
+impl From<&str> for CallbackRefused {
+    fn from(why: &str) -> Self {
+        CallbackRefused(why.to_owned())
+    }
 }
 
-impl Provider {
-    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
-        match self {
-            Provider::Local(p) => p.submit(call),
-            Provider::Bfl(p) => p.submit(call).await,
-            Provider::OpenAi(p) => p.submit(call).await,
-            Provider::Runway(p) => p.submit(call).await,
-            Provider::ElevenLabs(p) => p.submit(call).await,
-            Provider::Google(p) => p.submit(call).await,
-            Provider::Replicate(p) => p.submit(call).await,
-            Provider::Fal(p) => p.submit(call).await,
-            Provider::OpenRouter(p) => p.submit(call).await,
-        }
+impl From<String> for CallbackRefused {
+    fn from(why: String) -> Self {
+        CallbackRefused(why)
     }
+}
 
-    pub async fn poll(
+/// One upstream, as the engine drives it. Each adapter file implements it once; the
+/// defaults cover what most upstreams share (result links that need no key, no cancel,
+/// no callbacks), so an adapter writes only what its upstream does differently.
+///
+/// The methods return `Send` futures (spelled out, since `async fn` in a public trait
+/// would leave that open): jobs advance on a multi-threaded runtime.
+pub trait MediaProvider: Sized + Send + Sync {
+    /// The provider's name in configuration (`[providers.NAME]`), catalog and routes.
+    const NAME: &'static str;
+    /// Where its public API lives, unless `base_url` says otherwise.
+    const DEFAULT_BASE_URL: &'static str;
+    /// The environment variable that usually holds its key; empty for a provider that
+    /// needs none.
+    const API_KEY_ENV: &'static str;
+    /// What a result link holds when its answer does not say: `None` reads it from the
+    /// link's file name.
+    const LINK_MEDIA_TYPE: Option<&'static str> = None;
+    /// Whether the upstream calls a per-job URL when its work ends, and where the
+    /// upstream job's id is in that call's JSON body (a JSON pointer). `None`: it makes
+    /// no callbacks, and polling alone finds out.
+    const CALLBACK_ID: Option<&'static str> = None;
+
+    /// The adapter for `[providers.NAME]`.
+    fn from_settings(settings: &ProviderSettings) -> Result<Self, String>;
+
+    /// The connection its requests go through, and result links are downloaded with;
+    /// `None` for a provider that makes its media without one.
+    fn upstream(&self) -> Option<&http::Upstream>;
+
+    /// Starts the work: done at once (synchronous upstreams), or an upstream id to poll.
+    fn submit(
+        &self,
+        call: &ProviderCall<'_>,
+    ) -> impl Future<Output = Result<Submitted, ProviderError>> + Send;
+
+    /// How the work at `upstream_id` stands.
+    fn poll(
         &self,
         call: &ProviderCall<'_>,
         upstream_id: &str,
-    ) -> Result<Polled, ProviderError> {
-        match self {
-            Provider::Local(p) => p.poll(call, upstream_id),
-            Provider::Bfl(p) => p.poll(call, upstream_id).await,
-            Provider::OpenAi(p) => p.poll(call, upstream_id).await,
-            Provider::Runway(p) => p.poll(call, upstream_id).await,
-            Provider::ElevenLabs(p) => p.poll(call, upstream_id).await,
-            Provider::Google(p) => p.poll(call, upstream_id).await,
-            Provider::Replicate(p) => p.poll(call, upstream_id).await,
-            Provider::Fal(p) => p.poll(call, upstream_id).await,
-            Provider::OpenRouter(p) => p.poll(call, upstream_id).await,
-        }
-    }
+    ) -> impl Future<Output = Result<Polled, ProviderError>> + Send;
 
-    pub async fn fetch(
+    /// The bytes of a finished output. By default the locator is a link that needs no
+    /// key (signed or public), downloaded without one.
+    fn fetch(
         &self,
-        call: &ProviderCall<'_>,
+        _call: &ProviderCall<'_>,
         output: &UpstreamOutput,
-    ) -> Result<Media, ProviderError> {
-        match self {
-            Provider::Local(p) => p.fetch(call, output).await,
-            Provider::Bfl(p) => p.fetch(call, output).await,
-            Provider::OpenAi(p) => p.fetch(call, output).await,
-            Provider::Runway(p) => p.fetch(call, output).await,
-            Provider::ElevenLabs(p) => p.fetch(call, output).await,
-            Provider::Google(p) => p.fetch(call, output).await,
-            Provider::Replicate(p) => p.fetch(call, output).await,
-            Provider::Fal(p) => p.fetch(call, output).await,
-            Provider::OpenRouter(p) => p.fetch(call, output).await,
+    ) -> impl Future<Output = Result<Media, ProviderError>> + Send {
+        async move {
+            let Some(upstream) = self.upstream() else {
+                return Err(ProviderError::new(
+                    ErrorClass::Permanent,
+                    "upstream_error",
+                    format!("{}: outputs are not links", Self::NAME),
+                ));
+            };
+            upstream
+                .download_link(&output.locator, Self::LINK_MEDIA_TYPE)
+                .await
         }
     }
 
-    /// Best effort: tells the upstream to stop working on a job we no longer want.
-    pub async fn cancel(
+    /// Best effort: tells the upstream to stop working on a job we no longer want. By
+    /// default there is nothing to tell (no cancel documented, or nothing runs upstream).
+    fn cancel(
         &self,
-        call: &ProviderCall<'_>,
-        upstream_id: &str,
-    ) -> Result<(), ProviderError> {
-        match self {
-            // Nothing runs upstream for `local`: polling simply stops.
-            Provider::Local(_) => Ok(()),
-            // BFL documents no cancel.
-            Provider::Bfl(_) => Ok(()),
-            // OpenAI documents no cancel for videos; images finish at submit.
-            Provider::OpenAi(_) => Ok(()),
-            Provider::Runway(p) => p.cancel(call, upstream_id).await,
-            // ElevenLabs answers at submit: nothing runs upstream afterwards.
-            Provider::ElevenLabs(_) => Ok(()),
-            // The Gemini API documents no cancel for Veo operations; images finish at submit.
-            Provider::Google(_) => Ok(()),
-            Provider::Replicate(p) => p.cancel(call, upstream_id).await,
-            Provider::Fal(p) => p.cancel(call, upstream_id).await,
-            // OpenRouter documents no cancel for videos.
-            Provider::OpenRouter(_) => Ok(()),
-        }
-    }
-}
-
-impl Provider {
-    /// Whether this provider can call a per-job URL when its work ends.
-    pub fn accepts_callbacks(&self) -> bool {
-        matches!(
-            self,
-            Provider::Replicate(_) | Provider::OpenRouter(_) | Provider::Fal(_) | Provider::Bfl(_)
-        )
+        _call: &ProviderCall<'_>,
+        _upstream_id: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        async { Ok(()) }
     }
 
     /// Checks the upstream's own signature on a callback, where the provider documents
     /// one, and returns the upstream job id the callback is about (if it says). Callbacks
-    /// only make a job's next check due now, so a provider without a documented signature
-    /// is trusted on the strength of the per-job token in the URL alone.
-    pub async fn verify_callback(
+    /// only make a job's next check due now, so by default a provider without a
+    /// documented signature is trusted on the strength of the per-job token in the URL
+    /// alone, and the id is read at `CALLBACK_ID`.
+    fn verify_callback(
         &self,
-        headers: &HeaderMap,
+        _headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<Option<String>, String> {
-        match self {
-            Provider::Replicate(p) => p.verify_callback(headers, body).await,
-            Provider::OpenRouter(p) => p.verify_callback(headers, body),
-            Provider::Fal(_) => Ok(fal::callback_request_id(body)),
-            Provider::Bfl(_) => Ok(bfl::callback_task_id(body)),
-            Provider::Local(_)
-            | Provider::OpenAi(_)
-            | Provider::Runway(_)
-            | Provider::ElevenLabs(_)
-            | Provider::Google(_) => Err("this provider makes no callbacks".to_owned()),
+    ) -> impl Future<Output = Result<Option<String>, CallbackRefused>> + Send {
+        async move {
+            let pointer = Self::CALLBACK_ID.ok_or("this provider makes no callbacks")?;
+            let event: Option<Value> = serde_json::from_slice(body).ok();
+            Ok(event
+                .as_ref()
+                .and_then(|e| e.pointer(pointer))
+                .and_then(Value::as_str)
+                .map(str::to_owned))
         }
     }
+}
+
+/// Where a provider lives and which variable usually holds its key.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub base_url: &'static str,
+    pub api_key_env: &'static str,
+}
+
+/// The one list of providers: `Provider` and every dispatch over it are written from it,
+/// so adding a provider is one line here.
+macro_rules! providers {
+    ($($variant:ident($adapter:ty),)+) => {
+        /// All providers, dispatched by name.
+        #[derive(Debug, Clone)]
+        pub enum Provider {
+            $($variant($adapter),)+
+        }
+
+        /// Every provider name mediagate knows, built in or configurable.
+        pub const KNOWN: &[&str] = &[$(<$adapter as MediaProvider>::NAME,)+];
+
+        /// The public API and key variable of each known provider.
+        pub fn defaults(name: &str) -> Option<Defaults> {
+            $(if name == <$adapter as MediaProvider>::NAME {
+                return Some(Defaults {
+                    base_url: <$adapter as MediaProvider>::DEFAULT_BASE_URL,
+                    api_key_env: <$adapter as MediaProvider>::API_KEY_ENV,
+                });
+            })+
+            None
+        }
+
+        impl Provider {
+            /// The adapter for `[providers.name]`; `None` for a name no adapter has.
+            fn from_settings(
+                name: &str,
+                settings: &ProviderSettings,
+            ) -> Option<Result<Provider, String>> {
+                $(if name == <$adapter as MediaProvider>::NAME {
+                    return Some(
+                        <$adapter as MediaProvider>::from_settings(settings)
+                            .map(Provider::$variant),
+                    );
+                })+
+                None
+            }
+
+            pub async fn submit(
+                &self,
+                call: &ProviderCall<'_>,
+            ) -> Result<Submitted, ProviderError> {
+                match self {
+                    $(Provider::$variant(p) => p.submit(call).await,)+
+                }
+            }
+
+            pub async fn poll(
+                &self,
+                call: &ProviderCall<'_>,
+                upstream_id: &str,
+            ) -> Result<Polled, ProviderError> {
+                match self {
+                    $(Provider::$variant(p) => p.poll(call, upstream_id).await,)+
+                }
+            }
+
+            pub async fn fetch(
+                &self,
+                call: &ProviderCall<'_>,
+                output: &UpstreamOutput,
+            ) -> Result<Media, ProviderError> {
+                match self {
+                    $(Provider::$variant(p) => p.fetch(call, output).await,)+
+                }
+            }
+
+            /// Best effort: tells the upstream to stop working on a job we no longer want.
+            pub async fn cancel(
+                &self,
+                call: &ProviderCall<'_>,
+                upstream_id: &str,
+            ) -> Result<(), ProviderError> {
+                match self {
+                    $(Provider::$variant(p) => p.cancel(call, upstream_id).await,)+
+                }
+            }
+
+            /// Whether this provider can call a per-job URL when its work ends.
+            pub fn accepts_callbacks(&self) -> bool {
+                match self {
+                    $(Provider::$variant(_) => {
+                        <$adapter as MediaProvider>::CALLBACK_ID.is_some()
+                    })+
+                }
+            }
+
+            /// See [`MediaProvider::verify_callback`].
+            pub async fn verify_callback(
+                &self,
+                headers: &HeaderMap,
+                body: &[u8],
+            ) -> Result<Option<String>, CallbackRefused> {
+                match self {
+                    $(Provider::$variant(p) => p.verify_callback(headers, body).await,)+
+                }
+            }
+        }
+    };
+}
+
+providers! {
+    Local(local::Local),
+    OpenAi(openai::OpenAi),
+    OpenRouter(openrouter::OpenRouter),
+    Replicate(replicate::Replicate),
+    Fal(fal::Fal),
+    Bfl(bfl::Bfl),
+    Google(google::Google),
+    Runway(runway::Runway),
+    ElevenLabs(elevenlabs::ElevenLabs),
+    Luma(luma::Luma),
 }
 
 /// How one provider is reached, from `[providers.NAME]`. The key is read from the
@@ -292,54 +405,11 @@ impl Default for Providers {
     fn default() -> Self {
         let mut by_name = BTreeMap::new();
         by_name.insert(
-            local::PROVIDER_TYPE.to_owned(),
+            local::Local::NAME.to_owned(),
             Provider::Local(local::Local::default()),
         );
         Self { by_name }
     }
-}
-
-/// Every provider name mediagate knows, built in or configurable.
-pub const KNOWN: &[&str] = &[
-    local::PROVIDER_TYPE,
-    "openai",
-    "openrouter",
-    "replicate",
-    "fal",
-    "bfl",
-    "google",
-    "runway",
-    "elevenlabs",
-];
-
-/// Where a provider lives and which variable usually holds its key.
-#[derive(Debug, Clone, Copy)]
-pub struct Defaults {
-    pub base_url: &'static str,
-    pub api_key_env: &'static str,
-}
-
-/// The public API and key variable of each known provider.
-pub fn defaults(name: &str) -> Option<Defaults> {
-    let (base_url, api_key_env) = match name {
-        "local" => ("", ""),
-        "openai" => ("https://api.openai.com", "OPENAI_API_KEY"),
-        "openrouter" => ("https://openrouter.ai", "OPENROUTER_API_KEY"),
-        "replicate" => ("https://api.replicate.com", "REPLICATE_API_TOKEN"),
-        "fal" => ("https://queue.fal.run", "FAL_KEY"),
-        "bfl" => ("https://api.bfl.ai", "BFL_API_KEY"),
-        "google" => (
-            "https://generativelanguage.googleapis.com",
-            "GEMINI_API_KEY",
-        ),
-        "runway" => ("https://api.dev.runwayml.com", "RUNWAYML_API_SECRET"),
-        "elevenlabs" => ("https://api.elevenlabs.io", "ELEVENLABS_API_KEY"),
-        _ => return None,
-    };
-    Some(Defaults {
-        base_url,
-        api_key_env,
-    })
 }
 
 impl Providers {
@@ -356,26 +426,15 @@ impl Providers {
                     KNOWN.join(", ")
                 ));
             }
-            if !s.enabled || (name != local::PROVIDER_TYPE && s.api_key.is_none()) {
+            let needs_key = defaults(name).is_some_and(|d| !d.api_key_env.is_empty());
+            if !s.enabled || (needs_key && s.api_key.is_none()) {
                 tracing::info!(provider = %name, "provider not used: disabled or no key");
                 // `local` is there by default; disabling it takes it away.
                 providers.by_name.remove(name);
                 continue;
             }
-            let provider = match name.as_str() {
-                local::PROVIDER_TYPE => Provider::Local(local::Local::new(s.max_concurrency)),
-                bfl::NAME => Provider::Bfl(bfl::Bfl::new(s)?),
-                openai::NAME => Provider::OpenAi(openai::OpenAi::new(s)?),
-                runway::NAME => Provider::Runway(runway::Runway::new(s)?),
-                elevenlabs::NAME => Provider::ElevenLabs(elevenlabs::ElevenLabs::new(s)?),
-                google::NAME => Provider::Google(google::Google::new(s)?),
-                replicate::NAME => Provider::Replicate(replicate::Replicate::new(s)?),
-                fal::NAME => Provider::Fal(fal::Fal::new(s)?),
-                openrouter::NAME => Provider::OpenRouter(openrouter::OpenRouter::new(s)?),
-                other => {
-                    return Err(format!("provider {other:?} has no adapter in this build"));
-                }
-            };
+            let provider = Provider::from_settings(name, s)
+                .ok_or_else(|| format!("provider {name:?} has no adapter in this build"))??;
             providers.by_name.insert(name.clone(), provider);
         }
         Ok(providers)

@@ -18,11 +18,9 @@ use serde_json::{Map, Value, json};
 
 use super::http::{Upstream, inline_locator, inline_media, still_running};
 use super::{
-    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
-    UpstreamOutput,
+    ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
+    Submitted, UpstreamOutput,
 };
-
-pub const NAME: &str = "openai";
 
 /// The longest pause between polls an `openai-poll-after-ms` hint may ask for.
 const MAX_POLL_HINT: Duration = Duration::from_secs(60);
@@ -37,14 +35,22 @@ fn makes_video(upstream_model: &str) -> bool {
     upstream_model.starts_with("sora")
 }
 
-impl OpenAi {
-    pub fn new(settings: &ProviderSettings) -> Result<OpenAi, String> {
+impl MediaProvider for OpenAi {
+    const NAME: &'static str = "openai";
+    const DEFAULT_BASE_URL: &'static str = "https://api.openai.com";
+    const API_KEY_ENV: &'static str = "OPENAI_API_KEY";
+
+    fn from_settings(settings: &ProviderSettings) -> Result<OpenAi, String> {
         Ok(OpenAi {
-            upstream: Upstream::new(NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(OpenAi::NAME, settings)?.reading_errors(read_error),
         })
     }
 
-    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+    fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.upstream)
+    }
+
+    async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         if !makes_video(call.upstream_model) {
             let (upstream_id, outputs) = self.generate_images(call).await?;
             return Ok(Submitted::Done {
@@ -76,7 +82,7 @@ impl OpenAi {
         })
     }
 
-    pub async fn poll(
+    async fn poll(
         &self,
         call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -86,7 +92,7 @@ impl OpenAi {
             // in hand once but never stored them (the process stopped before the copy, or
             // the copy failed): the only way to a result is to ask again, and pay again.
             tracing::warn!(
-                provider = NAME,
+                provider = OpenAi::NAME,
                 job_id = call.job_id,
                 "images were never stored; generating them again"
             );
@@ -102,13 +108,13 @@ impl OpenAi {
 
     /// Videos come from the content endpoint, with the key (a redirect to a CDN drops it);
     /// images are already in the locator.
-    pub async fn fetch(
+    async fn fetch(
         &self,
         call: &ProviderCall<'_>,
         output: &UpstreamOutput,
     ) -> Result<Media, ProviderError> {
         if !makes_video(call.upstream_model) {
-            return inline_media(NAME, &output.locator);
+            return inline_media(OpenAi::NAME, &output.locator);
         }
         let request = self.authorized(
             Method::GET,
@@ -116,7 +122,9 @@ impl OpenAi {
         );
         self.upstream.download(request, "video/mp4").await
     }
+}
 
+impl OpenAi {
     fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
         self.upstream
             .request(method, &self.upstream.url(path))
@@ -216,7 +224,7 @@ fn video_state(video: &Value, id: &str, poll_after: Duration) -> Result<Polled, 
             }
         }
         other => {
-            still_running(NAME, other, &["queued", "in_progress"]);
+            still_running(OpenAi::NAME, other, &["queued", "in_progress"]);
             Ok(Polled::Pending {
                 progress: video["progress"].as_u64().map(|p| p.min(99) as u8),
                 poll_after,
@@ -512,12 +520,12 @@ mod tests {
     fn inline_media_round_trips() {
         let answer = json!({"data": [{"b64_json": "iVBORw0KGgo="}], "output_format": "png"});
         let outputs = image_outputs(&answer);
-        let media = inline_media(NAME, &outputs[0].locator).unwrap();
+        let media = inline_media(OpenAi::NAME, &outputs[0].locator).unwrap();
         assert_eq!(media.content_type, "image/png");
         assert_eq!(media.extension, "png");
         assert_eq!(media.bytes.as_ref(), b"\x89PNG\r\n\x1a\n");
         assert_eq!(
-            inline_media(NAME, "https://example.com/x.png")
+            inline_media(OpenAi::NAME, "https://example.com/x.png")
                 .unwrap_err()
                 .code,
             "upstream_bad_media"

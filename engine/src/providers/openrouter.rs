@@ -21,11 +21,9 @@ use sha2::Sha256;
 
 use super::http::{Upstream, still_running};
 use super::{
-    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
-    UpstreamOutput,
+    CallbackRefused, ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError,
+    ProviderSettings, Submitted, UpstreamOutput,
 };
-
-pub const NAME: &str = "openrouter";
 
 /// Where every job's videos stream from, under the base URL.
 const VIDEOS_PATH: &str = "/api/v1/videos";
@@ -48,21 +46,31 @@ impl std::fmt::Debug for OpenRouter {
     }
 }
 
-impl OpenRouter {
-    pub fn new(settings: &ProviderSettings) -> Result<OpenRouter, String> {
+impl MediaProvider for OpenRouter {
+    const NAME: &'static str = "openrouter";
+    const DEFAULT_BASE_URL: &'static str = "https://openrouter.ai";
+    const API_KEY_ENV: &'static str = "OPENROUTER_API_KEY";
+    /// The video job a callback is about (read once its signature is checked).
+    const CALLBACK_ID: Option<&'static str> = Some("/data/id");
+
+    fn from_settings(settings: &ProviderSettings) -> Result<OpenRouter, String> {
         Ok(OpenRouter {
-            upstream: Upstream::new(NAME, settings)?,
+            upstream: Upstream::new(OpenRouter::NAME, settings)?,
             webhook_secret: settings.webhook_secret.clone(),
         })
     }
 
+    fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.upstream)
+    }
+
     /// Checks a callback's signature (when a secret is configured) and returns the video
     /// job's id.
-    pub fn verify_callback(
+    async fn verify_callback(
         &self,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, CallbackRefused> {
         if let Some(secret) = &self.webhook_secret {
             let header = headers
                 .get("x-openrouter-signature")
@@ -78,7 +86,7 @@ impl OpenRouter {
             .map(str::to_owned))
     }
 
-    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+    async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let url = self.upstream.url(VIDEOS_PATH);
         let request = self
             .upstream
@@ -107,7 +115,7 @@ impl OpenRouter {
         })
     }
 
-    pub async fn poll(
+    async fn poll(
         &self,
         call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -126,7 +134,7 @@ impl OpenRouter {
             // Our price comes from the catalog; OpenRouter's own figure is kept in the log
             // so the two can be compared.
             tracing::info!(
-                provider = NAME,
+                provider = OpenRouter::NAME,
                 upstream_id,
                 upstream_cost_usd = cost,
                 "upstream reported cost"
@@ -143,7 +151,7 @@ impl OpenRouter {
     }
 
     /// Streams one video through OpenRouter's authenticated content endpoint.
-    pub async fn fetch(
+    async fn fetch(
         &self,
         _call: &ProviderCall<'_>,
         output: &UpstreamOutput,
@@ -214,7 +222,7 @@ fn outcome(id: &str, answer: &Value) -> Result<Option<Vec<UpstreamOutput>>, Prov
             format!("openrouter: video {id} expired: {}", error()),
         )),
         other => {
-            still_running(NAME, other, &["pending", "in_progress"]);
+            still_running(OpenRouter::NAME, other, &["pending", "in_progress"]);
             Ok(None)
         }
     }

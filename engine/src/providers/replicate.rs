@@ -20,14 +20,12 @@ use tokio::sync::Mutex;
 
 use super::http::{Upstream, still_running};
 use super::{
-    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
-    UpstreamOutput,
+    CallbackRefused, ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError,
+    ProviderSettings, Submitted, UpstreamOutput,
 };
 use crate::catalog::parse_size;
 use crate::ids::now_ms;
 use crate::webhooks::signature::{self, DEFAULT_TOLERANCE_SECS, Secret};
-
-pub const NAME: &str = "replicate";
 
 /// The longest `Prefer: wait`: long enough for an image model to finish at submit (saving
 /// a poll interval), short enough that a video submission holds its worker only briefly.
@@ -47,18 +45,28 @@ pub struct Replicate {
     webhook_secret: Arc<Mutex<Option<(Secret, Instant)>>>,
 }
 
-impl Replicate {
-    pub fn new(settings: &ProviderSettings) -> Result<Replicate, String> {
+impl MediaProvider for Replicate {
+    const NAME: &'static str = "replicate";
+    const DEFAULT_BASE_URL: &'static str = "https://api.replicate.com";
+    const API_KEY_ENV: &'static str = "REPLICATE_API_TOKEN";
+    /// The prediction a callback is about (read once its signature is checked).
+    const CALLBACK_ID: Option<&'static str> = Some("/id");
+
+    fn from_settings(settings: &ProviderSettings) -> Result<Replicate, String> {
         // At most half the request timeout, so Replicate answers before we give up on it.
         let wait_secs = LONGEST_WAIT.min(settings.timeout / 2).as_secs();
         Ok(Replicate {
-            upstream: Upstream::new(NAME, settings)?,
+            upstream: Upstream::new(Replicate::NAME, settings)?,
             wait_secs: (wait_secs > 0).then_some(wait_secs),
             webhook_secret: Arc::default(),
         })
     }
 
-    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+    fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.upstream)
+    }
+
+    async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let (path, version) = prediction_target(call.upstream_model);
         let mut body = json!({"input": request_input(call.upstream_model, call.input)});
         if let Some(version) = version {
@@ -98,7 +106,7 @@ impl Replicate {
         }
     }
 
-    pub async fn poll(
+    async fn poll(
         &self,
         call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -119,16 +127,7 @@ impl Replicate {
         }
     }
 
-    /// Output files live on Replicate's delivery host; they need no key (and get none).
-    pub async fn fetch(
-        &self,
-        _call: &ProviderCall<'_>,
-        output: &UpstreamOutput,
-    ) -> Result<Media, ProviderError> {
-        self.upstream.download_link(&output.locator).await
-    }
-
-    pub async fn cancel(
+    async fn cancel(
         &self,
         _call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -144,11 +143,11 @@ impl Replicate {
     }
 
     /// Checks a callback's Standard Webhooks signature and returns the prediction's id.
-    pub async fn verify_callback(
+    async fn verify_callback(
         &self,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, CallbackRefused> {
         let header = |name: &str| {
             headers
                 .get(name)
@@ -175,7 +174,9 @@ impl Replicate {
             .map_err(|e| format!("replicate: the callback is not a prediction: {e}"))?;
         Ok(prediction["id"].as_str().map(str::to_owned))
     }
+}
 
+impl Replicate {
     /// The account's signing secret, fetched once and then kept; `refresh` fetches it
     /// again unless that was done moments ago.
     async fn signing_secret(&self, refresh: bool) -> Result<Secret, String> {
@@ -261,7 +262,7 @@ fn outcome(prediction: &Value) -> Result<Option<Vec<UpstreamOutput>>, ProviderEr
             format!("replicate: prediction {id} was aborted before it ran"),
         )),
         other => {
-            still_running(NAME, other, &["starting", "processing"]);
+            still_running(Replicate::NAME, other, &["starting", "processing"]);
             Ok(None)
         }
     }

@@ -11,11 +11,9 @@ use serde_json::{Map, Value, json};
 
 use super::http::{Upstream, still_running};
 use super::{
-    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
+    ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
-
-pub const NAME: &str = "runway";
 
 /// The API version these requests and answers follow.
 const API_VERSION: &str = "2024-11-06";
@@ -25,14 +23,24 @@ pub struct Runway {
     upstream: Upstream,
 }
 
-impl Runway {
-    pub fn new(settings: &ProviderSettings) -> Result<Runway, String> {
+impl MediaProvider for Runway {
+    const NAME: &'static str = "runway";
+    const DEFAULT_BASE_URL: &'static str = "https://api.dev.runwayml.com";
+    const API_KEY_ENV: &'static str = "RUNWAYML_API_SECRET";
+    /// The output links are signed: the default fetch downloads them without the key.
+    const LINK_MEDIA_TYPE: Option<&'static str> = Some("video/mp4");
+
+    fn from_settings(settings: &ProviderSettings) -> Result<Runway, String> {
         Ok(Runway {
-            upstream: Upstream::new(NAME, settings)?,
+            upstream: Upstream::new(Self::NAME, settings)?,
         })
     }
 
-    pub async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+    fn upstream(&self) -> Option<&Upstream> {
+        Some(&self.upstream)
+    }
+
+    async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let (path, body) = task_request(call.upstream_model, call.input);
         let answer = self
             .upstream
@@ -51,7 +59,7 @@ impl Runway {
         })
     }
 
-    pub async fn poll(
+    async fn poll(
         &self,
         call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -67,17 +75,7 @@ impl Runway {
         })
     }
 
-    /// The output links are signed; they need no key (and must not be given one).
-    pub async fn fetch(
-        &self,
-        _call: &ProviderCall<'_>,
-        output: &UpstreamOutput,
-    ) -> Result<Media, ProviderError> {
-        let request = self.upstream.request(Method::GET, &output.locator);
-        self.upstream.download(request, "video/mp4").await
-    }
-
-    pub async fn cancel(
+    async fn cancel(
         &self,
         _call: &ProviderCall<'_>,
         upstream_id: &str,
@@ -85,7 +83,9 @@ impl Runway {
         let request = self.authorized(Method::DELETE, &format!("/v1/tasks/{upstream_id}"));
         self.upstream.send(request).await.map(drop)
     }
+}
 
+impl Runway {
     fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
         self.upstream
             .request(method, &self.upstream.url(path))
@@ -148,7 +148,7 @@ fn task_state(task: &Value, id: &str) -> Result<TaskState, ProviderError> {
             format!("runway: task {id} was cancelled upstream"),
         )),
         other => {
-            still_running(NAME, other, &["PENDING", "THROTTLED", "RUNNING"]);
+            still_running(Runway::NAME, other, &["PENDING", "THROTTLED", "RUNNING"]);
             let progress = task["progress"]
                 .as_f64()
                 .map(|p| (p * 100.0).clamp(0.0, 99.0) as u8);

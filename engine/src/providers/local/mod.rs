@@ -17,12 +17,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub mod render;
 
-use super::{ErrorClass, Media, Polled, ProviderCall, ProviderError, Submitted, UpstreamOutput};
+use super::http::Upstream;
+use super::{
+    ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
+    Submitted, UpstreamOutput,
+};
 use crate::catalog::{ASPECT_RATIOS, VIDEO_RESOLUTIONS, parse_size};
 use crate::ids::now_ms;
 use crate::jobs::watchdog;
-
-pub const PROVIDER_TYPE: &str = "local";
 
 const VIDEO_FPS: u32 = 24;
 
@@ -235,7 +237,8 @@ impl Local {
         &self.pool
     }
 
-    pub fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+    /// Submits at once: there is no upstream to wait for.
+    fn start(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let sim = Simulate::from_call(call);
         sim.check(call)?;
         if sim.fail == Fail::Permanent {
@@ -264,11 +267,8 @@ impl Local {
         })
     }
 
-    pub fn poll(
-        &self,
-        call: &ProviderCall<'_>,
-        _upstream_id: &str,
-    ) -> Result<Polled, ProviderError> {
+    /// Where a job stands: the simulated latency, then a render slot.
+    fn status(&self, call: &ProviderCall<'_>) -> Result<Polled, ProviderError> {
         let sim = Simulate::from_call(call);
         sim.check(call)?;
         let elapsed = (now_ms() - call.submitted_at).max(0) as u64;
@@ -296,8 +296,36 @@ impl Local {
             poll_after: next_poll(&sim, elapsed),
         })
     }
+}
 
-    pub async fn fetch(
+impl MediaProvider for Local {
+    const NAME: &'static str = "local";
+    /// Built in: no address, no key.
+    const DEFAULT_BASE_URL: &'static str = "";
+    const API_KEY_ENV: &'static str = "";
+
+    fn from_settings(settings: &ProviderSettings) -> Result<Local, String> {
+        Ok(Local::new(settings.max_concurrency))
+    }
+
+    fn upstream(&self) -> Option<&Upstream> {
+        None
+    }
+
+    async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
+        self.start(call)
+    }
+
+    async fn poll(
+        &self,
+        call: &ProviderCall<'_>,
+        _upstream_id: &str,
+    ) -> Result<Polled, ProviderError> {
+        self.status(call)
+    }
+
+    /// Renders the media (nothing runs upstream to cancel: polling simply stops).
+    async fn fetch(
         &self,
         call: &ProviderCall<'_>,
         _output: &UpstreamOutput,
@@ -450,17 +478,17 @@ mod tests {
         let input = json!({"prompt": "p", "simulate": {"fail": "transient", "fail_times": 2, "latency_ms": 0}});
         for retries in 0..2 {
             let err = Local::default()
-                .submit(&call("image", &input, retries, 0))
+                .start(&call("image", &input, retries, 0))
                 .unwrap_err();
             assert_eq!(err.class, ErrorClass::Retryable);
         }
         assert!(matches!(
-            Local::default().submit(&call("image", &input, 2, 0)),
+            Local::default().start(&call("image", &input, 2, 0)),
             Ok(Submitted::Done { .. })
         ));
         let input = json!({"prompt": "p", "simulate": {"fail": "permanent"}});
         let err = Local::default()
-            .submit(&call("image", &input, 0, 0))
+            .start(&call("image", &input, 0, 0))
             .unwrap_err();
         assert_eq!(
             (err.class, err.code.as_str()),
@@ -473,11 +501,11 @@ mod tests {
         let input = json!({"prompt": "p", "simulate": {"latency_ms": 60_000, "progress_steps": 4}});
         let now = now_ms();
         assert!(matches!(
-            Local::default().submit(&call("video", &input, 0, now)),
+            Local::default().start(&call("video", &input, 0, now)),
             Ok(Submitted::Pending { .. })
         ));
         match Local::default()
-            .poll(&call("video", &input, 0, now - 31_000), "x")
+            .status(&call("video", &input, 0, now - 31_000))
             .unwrap()
         {
             Polled::Pending {
@@ -493,7 +521,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            Local::default().poll(&call("video", &input, 0, now - 61_000), "x"),
+            Local::default().status(&call("video", &input, 0, now - 61_000)),
             Ok(Polled::Done { .. })
         ));
     }
