@@ -107,6 +107,19 @@ impl Default for JobsConfig {
     }
 }
 
+impl JobsConfig {
+    /// Exponential backoff with jitter before try `attempt` + 1: a random delay between
+    /// half and all of `retry_base · 2^attempt`, capped at `retry_max`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .retry_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.retry_max);
+        let ms = ceiling.as_millis() as u64;
+        Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
+    }
+}
+
 /// `[routing]`: when a provider is skipped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,7 +173,12 @@ pub mod schedule {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn parse(text: &str) -> Result<Vec<Duration>, String> {
+    /// A schedule that does not read.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    pub struct BadSchedule(String);
+
+    pub fn parse(text: &str) -> Result<Vec<Duration>, BadSchedule> {
         let mut out = Vec::new();
         for item in text.split(',').map(str::trim) {
             let split = item
@@ -169,13 +187,17 @@ pub mod schedule {
             let (number, unit) = item.split_at(split);
             let n: u64 = number
                 .parse()
-                .map_err(|_| format!("{item:?} is not a number with a unit"))?;
+                .map_err(|_| BadSchedule(format!("{item:?} is not a number with a unit")))?;
             let d = match unit {
                 "ms" => Duration::from_millis(n),
                 "" | "s" => Duration::from_secs(n),
                 "m" => Duration::from_secs(n * 60),
                 "h" => Duration::from_secs(n * 3600),
-                _ => return Err(format!("unknown unit in {item:?}; use ms, s, m or h")),
+                _ => {
+                    return Err(BadSchedule(format!(
+                        "unknown unit in {item:?}; use ms, s, m or h"
+                    )));
+                }
             };
             out.push(d);
         }
@@ -209,6 +231,23 @@ mod tests {
         assert_eq!(delivery.schedule.len(), 10);
         assert_eq!(delivery.timeout, Duration::from_secs(15));
         assert_eq!(RoutingConfig::default().breaker_threshold, 5);
+    }
+
+    #[test]
+    fn backoff_grows_with_attempts_and_stays_capped() {
+        let jobs = JobsConfig {
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            ..JobsConfig::default()
+        };
+        for attempt in 0..20 {
+            let d = jobs.backoff(attempt);
+            let ceiling = jobs
+                .retry_base
+                .saturating_mul(1 << attempt.min(16))
+                .min(jobs.retry_max);
+            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
+        }
     }
 
     #[test]

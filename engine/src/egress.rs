@@ -814,12 +814,12 @@ mod tests {
         ));
     }
 
-    async fn resolve(resolver: &GuardedResolver, host: &str) -> Result<Vec<SocketAddr>, String> {
+    async fn resolve(
+        resolver: &GuardedResolver,
+        host: &str,
+    ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
         let name: Name = host.parse().expect("valid name");
-        match resolver.resolve(name).await {
-            Ok(addrs) => Ok(addrs.collect()),
-            Err(err) => Err(err.to_string()),
-        }
+        Ok(resolver.resolve(name).await?.collect())
     }
 
     #[tokio::test]
@@ -828,7 +828,7 @@ mod tests {
             .await
             .expect_err("localhost must not resolve without an allow list");
         assert!(
-            err.contains("localhost") && err.contains("loopback"),
+            err.to_string().contains("localhost") && err.to_string().contains("loopback"),
             "{err}"
         );
 

@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::ErrorCode;
 use crate::catalog::InvalidField;
 
 /// Largest serialized `input` of a job, in bytes. Every field is bounded on its own too
@@ -79,7 +80,7 @@ pub fn nul_in(param: &str) -> InvalidField {
         param,
         format!("{name} contains a NUL character (U+0000), which is not allowed"),
     )
-    .with_code("invalid_character")
+    .with_code(ErrorCode::InvalidCharacter)
 }
 
 fn nul_in_key(param: &str) -> InvalidField {
@@ -92,7 +93,7 @@ fn nul_in_key(param: &str) -> InvalidField {
         param,
         format!("a key of {name} contains a NUL character (U+0000), which is not allowed"),
     )
-    .with_code("invalid_character")
+    .with_code(ErrorCode::InvalidCharacter)
 }
 
 /// Refuses the first key of `obj` (an object at `prefix`) that is not in `known`.
@@ -199,17 +200,23 @@ mod tests {
         assert_eq!(find(json!({"a": {"b": ["x", "ok"]}, "c": 1})), None);
         assert_eq!(
             find(json!({"webhook": {"url": "https://a\u{0}b"}})),
-            Some(("webhook.url".into(), "invalid_character"))
+            Some(("webhook.url".into(), ErrorCode::InvalidCharacter))
         );
         assert_eq!(
             find(json!({"input": {"reference_images": ["ok", "\u{0}"]}})),
-            Some(("input.reference_images[1]".into(), "invalid_character"))
+            Some((
+                "input.reference_images[1]".into(),
+                ErrorCode::InvalidCharacter
+            ))
         );
         assert_eq!(
             find(json!({"metadata": {"k\u{0}": "v"}})),
-            Some(("metadata".into(), "invalid_character"))
+            Some(("metadata".into(), ErrorCode::InvalidCharacter))
         );
-        assert_eq!(find(json!("\u{0}")), Some(("".into(), "invalid_character")));
+        assert_eq!(
+            find(json!("\u{0}")),
+            Some(("".into(), ErrorCode::InvalidCharacter))
+        );
     }
 
     #[test]
@@ -232,7 +239,7 @@ mod tests {
             refuse_unknown(obj.as_object().unwrap(), &["url", "events"], "webhook").unwrap_err();
         assert_eq!(
             (err.param.as_str(), err.code),
-            ("webhook.secret", "parameter_unknown")
+            ("webhook.secret", ErrorCode::ParameterUnknown)
         );
         let err = refuse_unknown(obj.as_object().unwrap(), &["url"], "").unwrap_err();
         assert_eq!(err.param, "secret");

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 pub use config::EngineConfig;
-pub use error::EngineError;
+pub use error::{EngineError, ErrorCode};
 
 use crate::db::Db;
 use crate::jobs::job::{Job, PublicView};
@@ -98,8 +98,8 @@ impl Engine {
         let webhook_client =
             crate::egress::delivery_client(config.webhook_allow.clone(), config.delivery.timeout)
                 .map_err(|e| EngineError::Internal(format!("webhook client: {e}")))?;
-        let providers =
-            Providers::from_settings(&config.providers).map_err(EngineError::Internal)?;
+        let providers = Providers::from_settings(&config.providers)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         let breakers = Breakers::new(
             config.routing.breaker_threshold,
             config.routing.breaker_cooldown,

@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use mediagate_engine::ErrorCode;
 use mediagate_engine::providers::callbacks::{self, CallbackError, Received};
 use serde_json::{Value, json};
 
@@ -29,7 +30,7 @@ pub async fn receive(
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
-                "invalid_signature",
+                ErrorCode::InvalidSignature,
                 "the callback's signature could not be verified",
             ))
         }

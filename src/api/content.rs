@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mediagate_engine::ErrorCode;
 use mediagate_engine::ids::now_ms;
 use mediagate_engine::jobs::job::{Job, JobStatus};
 
@@ -56,7 +57,7 @@ async fn serve(
 ) -> ApiResult<Response> {
     if job.status != JobStatus::Completed {
         return Err(ApiError::conflict(
-            "job_not_completed",
+            ErrorCode::JobNotCompleted,
             format!(
                 "job {} is {}; content exists once it is completed",
                 job.id,
@@ -94,7 +95,7 @@ async fn serve(
                 let mut res = ApiError::new(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     "invalid_request_error",
-                    "range_not_satisfiable",
+                    ErrorCode::RangeNotSatisfiable,
                     format!("the range does not fit a {len}-byte file"),
                 )
                 .into_response();

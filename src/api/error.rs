@@ -6,15 +6,15 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mediagate_engine::EngineError;
 use mediagate_engine::catalog::InvalidField;
+use mediagate_engine::{EngineError, ErrorCode};
 use serde_json::json;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub param: Option<String>,
 }
@@ -23,7 +23,7 @@ impl ApiError {
     pub fn new(
         status: StatusCode,
         kind: &'static str,
-        code: &'static str,
+        code: ErrorCode,
         message: impl Into<String>,
     ) -> Self {
         Self {
@@ -35,7 +35,7 @@ impl ApiError {
         }
     }
 
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -53,7 +53,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
-            "invalid_api_key",
+            ErrorCode::InvalidApiKey,
             message,
         )
     }
@@ -62,12 +62,12 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found_error",
-            "not_found",
+            ErrorCode::NotFound,
             format!("{what} not found"),
         )
     }
 
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict_error", code, message)
     }
 
@@ -76,7 +76,7 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "api_error",
-            "overloaded",
+            ErrorCode::Overloaded,
             "mediagate is at capacity; retry in a moment",
         )
     }
@@ -85,7 +85,7 @@ impl ApiError {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "api_error",
-            "internal_error",
+            ErrorCode::InternalError,
             "something went wrong on our side; the request id helps us find it",
         )
     }
@@ -94,12 +94,12 @@ impl ApiError {
 impl From<InvalidField> for ApiError {
     fn from(e: InvalidField) -> Self {
         let param = e.param.clone();
-        let code = if e.code != "invalid_field" {
+        let code = if e.code != ErrorCode::InvalidField {
             e.code
         } else if param == "model" || param == "models" {
-            "unknown_model"
+            ErrorCode::UnknownModel
         } else {
-            "invalid_field"
+            ErrorCode::InvalidField
         };
         let err = ApiError::invalid(code, e.message);
         if param.is_empty() {
@@ -136,7 +136,7 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.code == "overloaded" {
+        if self.code == ErrorCode::Overloaded {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

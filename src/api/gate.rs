@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::auth::Authed;
 use super::error::ApiError;
 use super::{AppState, Path};
+use mediagate_engine::ErrorCode;
 use mediagate_engine::fields;
 
 /// Longest request target (path and query) answered with a SPEC `414`.
@@ -90,7 +91,7 @@ pub async fn check_head(req: Request, next: Next) -> Response {
         return closing(ApiError::new(
             StatusCode::URI_TOO_LONG,
             "invalid_request_error",
-            "uri_too_long",
+            ErrorCode::UriTooLong,
             format!("the request target is longer than {MAX_URI_BYTES} bytes"),
         ));
     }
@@ -103,7 +104,7 @@ pub async fn check_head(req: Request, next: Next) -> Response {
         return closing(ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "invalid_request_error",
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge,
             format!("the request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes"),
         ));
     }
@@ -170,7 +171,7 @@ async fn admit(state: &AppState, req: Request, limit: usize, next: Next) -> Resp
         }
         Ok(Err(e)) => {
             return closing(ApiError::invalid(
-                "unreadable_body",
+                ErrorCode::UnreadableBody,
                 format!("could not read the request body: {e}"),
             ));
         }
@@ -178,7 +179,7 @@ async fn admit(state: &AppState, req: Request, limit: usize, next: Next) -> Resp
             return closing(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "invalid_request_error",
-                "body_timeout",
+                ErrorCode::BodyTimeout,
                 format!(
                     "the request body did not arrive within {} s",
                     timeout.as_secs()
@@ -206,7 +207,7 @@ fn too_large() -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "invalid_request_error",
-        "body_too_large",
+        ErrorCode::BodyTooLarge,
         "the request body is too large",
     )
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mediagate_engine::ErrorCode;
 use mediagate_engine::db::jobs::JobFilter;
 use mediagate_engine::ids::{IdKind, looks_like};
 use mediagate_engine::jobs::intake::{self, Cancelled, Created, IdempotencyKey};
@@ -35,13 +36,13 @@ pub async fn create(
         Created::New(job) => Ok(accepted(engine.job_json(&job), &job, false)),
         Created::Replayed(job) => Ok(accepted(engine.job_json(&job), &job, true)),
         Created::InFlight => Err(ApiError::conflict(
-            "idempotency_key_in_use",
+            ErrorCode::IdempotencyKeyInUse,
             "a request with this Idempotency-Key is still being handled; retry shortly",
         )),
         Created::KeyMismatch => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_error",
-            "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was already used with a different request body",
         )),
     }
@@ -68,7 +69,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     };
     let bad = || {
         ApiError::invalid(
-            "invalid_idempotency_key",
+            ErrorCode::InvalidIdempotencyKey,
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
         )
         .with_param("Idempotency-Key")
@@ -137,7 +138,7 @@ pub async fn list(
     if let Some(s) = params.get("status") {
         filter.status = Some(JobStatus::parse(s).ok_or_else(|| {
             ApiError::invalid(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "status must be one of queued, in_progress, completed, failed, cancelled, expired",
             )
             .with_param("status")
@@ -147,14 +148,15 @@ pub async fn list(
     const BAD_LIMIT: &str = "limit must be an integer from 1 to 100";
     if let Some(l) = params.digits::<u32>("limit", BAD_LIMIT)? {
         if !(1..=100).contains(&l) {
-            return Err(ApiError::invalid("invalid_field", BAD_LIMIT).with_param("limit"));
+            return Err(ApiError::invalid(ErrorCode::InvalidField, BAD_LIMIT).with_param("limit"));
         }
         filter.limit = l;
     }
     if let Some(a) = params.get("after") {
         if !looks_like(IdKind::Job, a) {
             return Err(
-                ApiError::invalid("invalid_field", "after must be a job id").with_param("after")
+                ApiError::invalid(ErrorCode::InvalidField, "after must be a job id")
+                    .with_param("after"),
             );
         }
         filter.after = Some(a.to_owned());
@@ -186,7 +188,7 @@ pub async fn cancel(
     match intake::cancel_job(&state.engine, &caller.account_id, &id).await? {
         Cancelled::Cancelled(job) => Ok(Json(state.engine.job_json(&job))),
         Cancelled::AlreadyTerminal(job) => Err(ApiError::conflict(
-            "job_already_finished",
+            ErrorCode::JobAlreadyFinished,
             format!("job {} is already {}", job.id, job.status.as_str()),
         )),
         Cancelled::NotFound => Err(ApiError::not_found("job")),

@@ -27,6 +27,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use mediagate_engine::ErrorCode;
 use mediagate_engine::SharedEngine;
 use mediagate_engine::fields;
 use serde::de::DeserializeOwned;
@@ -118,7 +119,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request_error",
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "method not allowed on this route",
             )
         })
@@ -155,7 +156,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
             .map(|axum::extract::Path(value)| Path(value))
             .map_err(|e| {
                 ApiError::invalid(
-                    "invalid_path",
+                    ErrorCode::InvalidPath,
                     format!("the request path could not be read: {}", e.body_text()),
                 )
             })
@@ -175,12 +176,12 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "invalid_request_error",
-                    "body_too_large",
+                    ErrorCode::BodyTooLarge,
                     "the request body is too large",
                 )
             } else {
                 ApiError::invalid(
-                    "unreadable_body",
+                    ErrorCode::UnreadableBody,
                     format!("could not read the request body: {rejection}"),
                 )
             }
@@ -202,7 +203,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         let RawBody(raw) = RawBody::from_request(req, state).await?;
         let value = serde_json::from_slice(&raw).map_err(|e| {
             ApiError::invalid(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!("the request body is not valid JSON: {e}"),
             )
         })?;
@@ -234,7 +235,7 @@ impl Params {
             None => Ok(None),
             Some(text) => fields::parse_digits(text)
                 .map(Some)
-                .ok_or_else(|| ApiError::invalid("invalid_field", what).with_param(name)),
+                .ok_or_else(|| ApiError::invalid(ErrorCode::InvalidField, what).with_param(name)),
         }
     }
 }
@@ -247,14 +248,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
             .await
             .map_err(|e| {
                 ApiError::invalid(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!("could not read the query string: {e}"),
                 )
             })?;
         for (name, value) in &pairs {
             if name.contains('\0') {
                 return Err(ApiError::invalid(
-                    "invalid_character",
+                    ErrorCode::InvalidCharacter,
                     "a query parameter name contains a NUL character (U+0000), which is not allowed",
                 ));
             }

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use mediagate_engine::ErrorCode;
 use mediagate_engine::jobs::job::JobKind;
 use serde_json::{Value, json};
 
@@ -19,7 +20,7 @@ pub async fn list(State(state): State<AppState>, params: Params) -> ApiResult<Js
                 "text" => return Ok(Json(json!({"object": "list", "data": []}))),
                 _ => {
                     return Err(ApiError::invalid(
-                        "invalid_field",
+                        ErrorCode::InvalidField,
                         "output_modality must be image, video, audio or text",
                     )
                     .with_param("output_modality"));

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use mediagate_engine::ErrorCode;
 use mediagate_engine::db::events::rfc3339;
 use mediagate_engine::db::webhook_deliveries::{Attempt, Delivery};
 use mediagate_engine::ids::{IdKind, looks_like};
@@ -52,7 +53,7 @@ pub async fn create_endpoint(
     else {
         let cap = state.engine.config.delivery.max_endpoints_per_account;
         return Err(ApiError::conflict(
-            "endpoint_limit_reached",
+            ErrorCode::EndpointLimitReached,
             format!(
                 "this account already has {cap} webhook endpoints, the most allowed; \
                  delete one first (or send several event types to one endpoint)"
@@ -76,16 +77,20 @@ pub async fn list_endpoints(
             .ok()
             .filter(|n| (1..=100).contains(n))
             .ok_or_else(|| {
-                ApiError::invalid("invalid_field", "limit must be an integer from 1 to 100")
-                    .with_param("limit")
+                ApiError::invalid(
+                    ErrorCode::InvalidField,
+                    "limit must be an integer from 1 to 100",
+                )
+                .with_param("limit")
             })?,
     };
     let after = params.get("after");
     if after.is_some_and(|a| !looks_like(IdKind::Endpoint, a)) {
-        return Err(
-            ApiError::invalid("invalid_field", "after must be a webhook endpoint id")
-                .with_param("after"),
-        );
+        return Err(ApiError::invalid(
+            ErrorCode::InvalidField,
+            "after must be a webhook endpoint id",
+        )
+        .with_param("after"));
     }
     let (list, has_more) = state
         .engine
@@ -193,7 +198,7 @@ pub async fn redeliver(
         }
         Redelivery::NotFound => Err(ApiError::not_found("delivery")),
         Redelivery::EndpointUnavailable(reason) => Err(ApiError::conflict(
-            "endpoint_unavailable",
+            ErrorCode::EndpointUnavailable,
             format!("cannot redeliver: {reason}"),
         )),
     }

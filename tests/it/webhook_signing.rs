@@ -16,7 +16,11 @@ use crate::support::{Backend, TestApp};
 on_both_backends!(reference_libraries_accept_our_signed_events);
 
 /// Runs `verify_webhook.py`; returns what the libraries parsed, or their complaint.
-pub fn verify_in_python(secret: &str, headers: &Value, body: &str) -> Result<Value, String> {
+/// What the reference libraries said when they refused a delivery (their stderr).
+#[derive(Debug)]
+pub struct Refused(#[allow(dead_code)] pub String);
+
+pub fn verify_in_python(secret: &str, headers: &Value, body: &str) -> Result<Value, Refused> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/verify_webhook.py");
     let mut child = Command::new("python3")
         .arg(script)
@@ -42,7 +46,7 @@ pub fn verify_in_python(secret: &str, headers: &Value, body: &str) -> Result<Val
     if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout).unwrap())
     } else {
-        Err(stderr.into_owned())
+        Err(Refused(stderr.into_owned()))
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::ErrorCode;
 use crate::fields;
 use crate::jobs::job::JobKind;
 
@@ -294,7 +295,7 @@ impl Catalog {
         let file: CatalogFile =
             toml::from_str(text).map_err(|e| CatalogError::Parse(source.into(), e.to_string()))?;
         for m in file.models {
-            check(&m).map_err(|e| CatalogError::Invalid(source.into(), e))?;
+            check(source, &m)?;
             models.insert(m.id.clone(), m);
         }
         Ok(Catalog { models })
@@ -310,29 +311,30 @@ impl Catalog {
 }
 
 /// What a catalog entry must satisfy to be served.
-fn check(m: &Model) -> Result<(), String> {
+fn check(source: &str, m: &Model) -> Result<(), CatalogError> {
+    let invalid = |why: String| CatalogError::Invalid(source.into(), why);
     let id = &m.id;
     let (vendor, name) = id
         .split_once('/')
-        .ok_or(format!("model id {id:?} is not vendor/model"))?;
+        .ok_or_else(|| invalid(format!("model id {id:?} is not vendor/model")))?;
     if vendor.is_empty() || name.is_empty() {
-        return Err(format!("model id {id:?} is not vendor/model"));
+        return Err(invalid(format!("model id {id:?} is not vendor/model")));
     }
     if m.providers.is_empty() {
-        return Err(format!("{id}: no providers"));
+        return Err(invalid(format!("{id}: no providers")));
     }
     if parse_usd_micros(&m.price.usd).is_none() {
-        return Err(format!(
+        return Err(invalid(format!(
             "{id}: price.usd {:?} is not a decimal",
             m.price.usd
-        ));
+        )));
     }
     if let Some([min, max]) = m.duration_range
         && (min < 1 || max < min)
     {
-        return Err(format!(
+        return Err(invalid(format!(
             "{id}: duration_range must be [min, max] with 1 ≤ min ≤ max"
-        ));
+        )));
     }
     Ok(())
 }
@@ -344,7 +346,7 @@ pub struct InvalidField {
     pub param: String,
     pub message: String,
     /// The error's `code`: `invalid_field` unless a more precise word applies.
-    pub code: &'static str,
+    pub code: ErrorCode,
 }
 
 impl InvalidField {
@@ -352,7 +354,7 @@ impl InvalidField {
         Self {
             param: param.to_owned(),
             message: message.into(),
-            code: "invalid_field",
+            code: ErrorCode::InvalidField,
         }
     }
 
@@ -361,12 +363,12 @@ impl InvalidField {
     /// silently.
     pub fn unknown(param: &str, message: impl Into<String>) -> Self {
         Self {
-            code: "parameter_unknown",
+            code: ErrorCode::ParameterUnknown,
             ..Self::new(param, message)
         }
     }
 
-    pub fn with_code(mut self, code: &'static str) -> Self {
+    pub fn with_code(mut self, code: ErrorCode) -> Self {
         self.code = code;
         self
     }
@@ -750,7 +752,7 @@ mod tests {
             assert!(c.find(id).is_some(), "{id} missing");
         }
         for m in c.models() {
-            check(m).unwrap();
+            check("built-in", m).unwrap();
         }
     }
 
@@ -824,19 +826,19 @@ mod tests {
         };
         assert_eq!(
             unknown(video, json!({"prompt": "x", "negative_prompt": "y"})),
-            ("input.negative_prompt".into(), "parameter_unknown")
+            ("input.negative_prompt".into(), ErrorCode::ParameterUnknown)
         );
         assert_eq!(
             unknown(video, json!({"prompt": "x", "junk": null})),
-            ("input.junk".into(), "parameter_unknown")
+            ("input.junk".into(), ErrorCode::ParameterUnknown)
         );
         assert_eq!(
             unknown(video, json!({"prompt": "x", "size": "64x64"})),
-            ("input.size".into(), "parameter_unknown")
+            ("input.size".into(), ErrorCode::ParameterUnknown)
         );
         assert_eq!(
             unknown(video, json!({"prompt": "x", "simulate": {"latency": 5}})),
-            ("input.simulate.latency".into(), "parameter_unknown")
+            ("input.simulate.latency".into(), ErrorCode::ParameterUnknown)
         );
         // null for a field some model takes is absent; n 1 and no audio are every model's.
         assert!(

@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 use super::Db;
+use crate::ErrorCode;
 use crate::jobs::job::JobError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,7 +77,7 @@ pub async fn finish(
          AND n = (SELECT attempt_count FROM jobs WHERE id = $5)",
     )
     .bind(status)
-    .bind(error.map(|e| e.code.clone()))
+    .bind(error.map(|e| e.code.as_str()))
     .bind(error.map(|e| e.message.clone()))
     .bind(now)
     .bind(job_id)
@@ -104,10 +105,19 @@ impl Db {
                     model: r.try_get("model")?,
                     upstream_id: r.try_get("upstream_id")?,
                     status: r.try_get("status")?,
-                    error: code.map(|code| JobError {
-                        code,
-                        message: message.unwrap_or_default(),
-                    }),
+                    error: code
+                        .map(|code| {
+                            Ok::<_, sqlx::Error>(JobError {
+                                code: ErrorCode::parse(&code).ok_or_else(|| {
+                                    sqlx::Error::Decode(
+                                        format!("bad error_code in job_attempts row: {code:?}")
+                                            .into(),
+                                    )
+                                })?,
+                                message: message.unwrap_or_default(),
+                            })
+                        })
+                        .transpose()?,
                     started_at: r.try_get("started_at")?,
                     ended_at: r.try_get("ended_at")?,
                 })

@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::{Db, LIST_PAGE_BYTES, fit_page};
+use crate::ErrorCode;
 use crate::jobs::job::{Job, JobError, JobKind, JobStatus, StoredOutput};
 use crate::jobs::routing::RouteStep;
 
@@ -77,10 +78,13 @@ fn job_from_row(r: &AnyRow) -> Result<Job, sqlx::Error> {
         upstream_id: r.try_get("upstream_id")?,
         outputs: serde_json::from_str::<Vec<StoredOutput>>(&outputs)
             .map_err(|_| decode_err("outputs", &outputs))?,
-        error: error_code.map(|code| JobError {
-            code,
-            message: error_message.unwrap_or_default(),
-        }),
+        error: match error_code {
+            Some(code) => Some(JobError {
+                code: ErrorCode::parse(&code).ok_or_else(|| decode_err("error_code", &code))?,
+                message: error_message.unwrap_or_default(),
+            }),
+            None => None,
+        },
         cost_usd: r.try_get("cost_usd")?,
         retries: r.try_get("retries")?,
         check_seq: r.try_get("check_seq")?,
@@ -395,7 +399,7 @@ pub async fn end(
     );
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(to.as_str())
-        .bind(error.map(|e| e.code.clone()))
+        .bind(error.map(|e| e.code.as_str()))
         .bind(error.map(|e| e.message.clone()))
         .bind(now)
         .bind(id)
@@ -468,7 +472,7 @@ pub async fn force_fail(
         "UPDATE jobs SET status = 'failed', error_code = $1, error_message = $2, \
          completed_at = $3, updated_at = $3 WHERE id = $4 AND status IN {PENDING}"
     )))
-    .bind(&error.code)
+    .bind(error.code.as_str())
     .bind(&error.message)
     .bind(now)
     .bind(id)

@@ -454,7 +454,7 @@ mod tests {
             let err = parse_job_request(&body, none).unwrap_err();
             assert_eq!(
                 (err.param.as_str(), err.code),
-                (param, "parameter_unknown"),
+                (param, crate::ErrorCode::ParameterUnknown),
                 "{body}"
             );
         }

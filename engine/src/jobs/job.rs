@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ErrorCode;
 use crate::jobs::routing::RouteStep;
 use serde_json::{Value, json};
 
@@ -104,7 +105,7 @@ pub struct StoredOutput {
 /// Why a job failed, kept with the upstream's own words where there were any.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobError {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 

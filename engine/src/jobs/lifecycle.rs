@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sqlx::AnyConnection;
 
+use crate::ErrorCode;
 use crate::catalog::format_usd;
 use crate::db::{events, job_attempts, jobs};
 use crate::ids::now_ms;
@@ -36,7 +37,7 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
     let now = now_ms();
     if now >= job.deadline_at {
         let error = JobError {
-            code: "deadline_exceeded".to_owned(),
+            code: ErrorCode::DeadlineExceeded,
             message: "the job did not finish before its deadline".to_owned(),
         };
         if let Some(job) = end_job(engine, &job.id, JobStatus::Expired, Some(&error)).await? {
@@ -126,7 +127,7 @@ pub async fn step_failed(engine: &Engine, task: &Advance, reason: &str) -> Resul
     let cfg = &engine.config.jobs;
     if failures < i64::from(cfg.max_step_failures) {
         tracing::warn!(job_id, failures, reason, "job step failed; trying again");
-        let delay = backoff(cfg.retry_base, cfg.retry_max, failures as u32);
+        let delay = cfg.backoff(failures as u32);
         let at = now_ms() + delay.as_millis() as i64;
         if jobs::schedule_check(&mut conn, job_id, task.seq, at).await? {
             drop(conn);
@@ -142,7 +143,7 @@ pub async fn step_failed(engine: &Engine, task: &Advance, reason: &str) -> Resul
         "job failed: its steps keep failing"
     );
     let error = JobError {
-        code: "internal_error".to_owned(),
+        code: ErrorCode::InternalError,
         message: format!(
             "mediagate could not move this job forward ({failures} failed steps; last: {reason})"
         ),
@@ -179,7 +180,7 @@ fn route<'e>(engine: &'e Engine, job: &Job) -> Option<(&'e Provider, String)> {
 /// Fails a job whose route step names a provider this process does not have.
 async fn no_provider(engine: &Engine, job: &Job) -> Result<(), EngineError> {
     let error = JobError {
-        code: "provider_unavailable".to_owned(),
+        code: ErrorCode::ProviderUnavailable,
         message: format!(
             "no configured provider serves {} through {}",
             job.model, job.provider
@@ -227,7 +228,7 @@ impl<'e> Step<'e> {
         if self.engine.breakers.is_open(&job.provider) && job.next_step().is_some() {
             let e = ProviderError::new(
                 ErrorClass::Retryable,
-                "provider_unavailable",
+                ErrorCode::ProviderUnavailable,
                 format!("{} skipped: it failed repeatedly just now", job.provider),
             );
             return self.fall_back(job, &e).await;
@@ -240,12 +241,7 @@ impl<'e> Step<'e> {
         let breakers = &self.engine.breakers;
         match result {
             Ok(_) => breakers.succeeded(&job.provider),
-            Err(e)
-                if matches!(
-                    e.class,
-                    ErrorClass::Retryable | ErrorClass::RateLimited { .. }
-                ) =>
-            {
+            Err(e) if e.class.trips_breaker() => {
                 if breakers.failed(&job.provider) {
                     tracing::warn!(provider = %job.provider, "provider failing repeatedly; skipping it for a while");
                 }
@@ -434,45 +430,23 @@ impl<'e> Step<'e> {
         release_claim: bool,
     ) -> Result<(), EngineError> {
         let cfg = &self.engine.config.jobs;
-        // An outage, a rate limit, or an upstream account that cannot pay: another
-        // provider (or model) may well serve the job. A refusal of the input would be
-        // refused there too, so it ends the job.
-        let worth_another = matches!(
-            e.class,
-            ErrorClass::Retryable
-                | ErrorClass::Rerun
-                | ErrorClass::RateLimited { .. }
-                | ErrorClass::OutOfCredit
-                | ErrorClass::Unauthorized
-        );
-        if worth_another && job.next_step().is_some() {
+        if e.class.falls_back() && job.next_step().is_some() {
             tracing::info!(job_id = %job.id, provider = %job.provider, error = %e, "falling back to the next provider");
             return self.fall_back(job, &e).await;
         }
-        let retry_after = match &e.class {
-            ErrorClass::Retryable | ErrorClass::Rerun => {
-                Some(backoff(cfg.retry_base, cfg.retry_max, job.retries as u32))
-            }
-            ErrorClass::RateLimited { retry_after } => {
-                Some((*retry_after).clamp(cfg.retry_base, cfg.retry_max))
-            }
-            ErrorClass::InvalidInput
-            | ErrorClass::OutOfCredit
-            | ErrorClass::Unauthorized
-            | ErrorClass::Permanent => None,
-        };
+        let retry_after = e.class.retry_delay(cfg, job.retries as u32);
         match retry_after {
             Some(delay) if (job.retries as u32) < cfg.max_retries => {
                 tracing::info!(job_id = %job.id, error = %e, retry_in_ms = delay.as_millis() as u64, "upstream call failed; will retry");
                 // A failed submission, or an upstream job that ended without a result:
                 // the next check submits afresh. Otherwise it polls the same job again.
-                let resubmit = release_claim || e.class == ErrorClass::Rerun;
+                let resubmit = release_claim || e.class.resubmits();
                 let mut tx = self.engine.db.begin().await?;
                 if jobs::record_retry(&mut tx, &job.id, resubmit, now_ms()).await? {
                     if resubmit {
                         // The submission failed: the next one is a new attempt.
                         let error = JobError {
-                            code: e.code.clone(),
+                            code: e.code,
                             message: e.message.clone(),
                         };
                         job_attempts::finish(&mut tx, &job.id, "failed", Some(&error), now_ms())
@@ -508,7 +482,7 @@ impl Step<'_> {
         let engine = self.engine;
         let now = now_ms();
         let error = JobError {
-            code: e.code.clone(),
+            code: e.code,
             message: e.message.clone(),
         };
         let mut tx = engine.db.begin().await?;
@@ -537,13 +511,6 @@ impl Step<'_> {
         }
         submitted
     }
-}
-
-/// Exponential backoff with full jitter: a random delay up to `base · 2^attempt`, capped.
-fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
 }
 
 /// Ends a pending job (failed, cancelled or expired) with its event. `None` if the job
@@ -625,21 +592,6 @@ async fn remove_outputs(engine: &Engine, stored: &[StoredOutput]) {
     for s in stored {
         if let Err(e) = engine.storage.delete(&s.key).await {
             tracing::warn!(key = %s.key, error = %e, "could not remove an unused output");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_attempts_and_stays_capped() {
-        let (base, max) = (Duration::from_secs(1), Duration::from_secs(60));
-        for attempt in 0..20 {
-            let d = backoff(base, max, attempt);
-            let ceiling = base.saturating_mul(1 << attempt.min(16)).min(max);
-            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
         }
     }
 }

@@ -274,7 +274,7 @@ mod tests {
         let err = parse_prefs(Some(&json!({"order": ["fal"], "sort": "price"}))).unwrap_err();
         assert_eq!(
             (err.param.as_str(), err.code),
-            ("provider.sort", "parameter_unknown")
+            ("provider.sort", crate::ErrorCode::ParameterUnknown)
         );
         assert_eq!(
             parse_prefs(Some(&json!({"ignore": ["fal", "replciate"]})))

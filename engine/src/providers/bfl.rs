@@ -17,7 +17,9 @@ use super::{
     ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
+use crate::ErrorCode;
 use crate::catalog::{ASPECT_RATIOS, parse_size};
+use crate::providers::SetupError;
 
 #[derive(Debug, Clone)]
 pub struct Bfl {
@@ -33,7 +35,7 @@ impl MediaProvider for Bfl {
     /// The task a callback is about.
     const CALLBACK_ID: Option<&'static str> = Some("/id");
 
-    fn from_settings(settings: &ProviderSettings) -> Result<Bfl, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<Bfl, SetupError> {
         Ok(Bfl {
             upstream: Upstream::new(Self::NAME, settings)?,
         })
@@ -54,7 +56,7 @@ impl MediaProvider for Bfl {
         let id = answer["id"].as_str().ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "bfl: the answer has no id",
             )
         })?;
@@ -85,7 +87,7 @@ impl MediaProvider for Bfl {
                     .ok_or_else(|| {
                         ProviderError::new(
                             ErrorClass::Retryable,
-                            "upstream_error",
+                            ErrorCode::UpstreamError,
                             "bfl: Ready without result.sample",
                         )
                     })?;
@@ -98,17 +100,17 @@ impl MediaProvider for Bfl {
             }
             "Request Moderated" | "Content Moderated" => Err(ProviderError::new(
                 ErrorClass::Permanent,
-                "upstream_moderated",
+                ErrorCode::UpstreamModerated,
                 format!("bfl: {status}{}", details(&answer)),
             )),
             "Error" => Err(ProviderError::new(
                 ErrorClass::Rerun,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 format!("bfl: generation failed{}", details(&answer)),
             )),
             "Task not found" => Err(ProviderError::new(
                 ErrorClass::Rerun,
-                "upstream_task_lost",
+                ErrorCode::UpstreamTaskLost,
                 format!("bfl: task {upstream_id} not found"),
             )),
             other => {

@@ -16,6 +16,8 @@ use super::{
     ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
     Submitted, UpstreamOutput,
 };
+use crate::ErrorCode;
+use crate::providers::SetupError;
 
 #[derive(Debug, Clone)]
 pub struct ElevenLabs {
@@ -27,7 +29,7 @@ impl MediaProvider for ElevenLabs {
     const DEFAULT_BASE_URL: &'static str = "https://api.elevenlabs.io";
     const API_KEY_ENV: &'static str = "ELEVENLABS_API_KEY";
 
-    fn from_settings(settings: &ProviderSettings) -> Result<ElevenLabs, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<ElevenLabs, SetupError> {
         Ok(ElevenLabs {
             upstream: Upstream::new(ElevenLabs::NAME, settings)?.reading_errors(read_error),
         })
@@ -99,7 +101,7 @@ impl ElevenLabs {
         if audio.is_empty() {
             return Err(ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_bad_media",
+                ErrorCode::UpstreamBadMedia,
                 "elevenlabs: the audio is empty",
             ));
         }
@@ -126,7 +128,7 @@ fn audio_type(headers: &HeaderMap) -> Result<String, ProviderError> {
     if !content_type.starts_with("audio/") {
         return Err(ProviderError::new(
             ErrorClass::Retryable,
-            "upstream_bad_media",
+            ErrorCode::UpstreamBadMedia,
             format!("elevenlabs: the answer is {content_type}, not audio"),
         ));
     }
@@ -155,11 +157,11 @@ fn audio_request(model: &str, input: &Value) -> (&'static str, Value) {
 
 /// A prompt ElevenLabs will not set to music (one naming an artist, say) is a 400 with
 /// `detail.status` `bad_prompt`: a refusal, where other 400s are input it could not use.
-fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
+fn read_error(body: &Value) -> Option<(ErrorClass, ErrorCode)> {
     let status = body.pointer("/detail/status")?.as_str()?;
     status
         .starts_with("bad_prompt")
-        .then_some((ErrorClass::Permanent, "upstream_moderated"))
+        .then_some((ErrorClass::Permanent, ErrorCode::UpstreamModerated))
 }
 
 #[cfg(test)]
@@ -173,7 +175,10 @@ mod tests {
         headers.insert(CONTENT_TYPE, "audio/wav; codecs=1".parse().unwrap());
         assert_eq!(audio_type(&headers).unwrap(), "audio/wav");
         headers.insert(CONTENT_TYPE, "application/json".parse().unwrap());
-        assert_eq!(audio_type(&headers).unwrap_err().code, "upstream_bad_media");
+        assert_eq!(
+            audio_type(&headers).unwrap_err().code,
+            ErrorCode::UpstreamBadMedia
+        );
     }
 
     #[test]

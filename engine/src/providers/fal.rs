@@ -23,7 +23,9 @@ use super::{
     ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
+use crate::ErrorCode;
 use crate::catalog::parse_size;
+use crate::providers::SetupError;
 
 #[derive(Debug, Clone)]
 pub struct Fal {
@@ -37,7 +39,7 @@ impl MediaProvider for Fal {
     /// The request a callback is about.
     const CALLBACK_ID: Option<&'static str> = Some("/request_id");
 
-    fn from_settings(settings: &ProviderSettings) -> Result<Fal, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<Fal, SetupError> {
         Ok(Fal {
             upstream: Upstream::new(Fal::NAME, settings)?.reading_errors(read_error),
         })
@@ -60,7 +62,7 @@ impl MediaProvider for Fal {
         let id = answer["request_id"].as_str().ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "fal: the answer has no request_id",
             )
         })?;
@@ -146,12 +148,12 @@ fn app_id(model: &str) -> String {
 
 /// fal answers a content-policy violation with 422 and `detail[].type`
 /// `content_policy_violation`: a refusal, where other 422s are input it could not use.
-fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
+fn read_error(body: &Value) -> Option<(ErrorClass, ErrorCode)> {
     let details = body["detail"].as_array()?;
     details
         .iter()
         .any(|d| d["type"] == "content_policy_violation")
-        .then_some((ErrorClass::Permanent, "upstream_moderated"))
+        .then_some((ErrorClass::Permanent, ErrorCode::UpstreamModerated))
 }
 
 /// The media URLs in a model's output: `images[]`, `image`, `video`, `audio` (or
@@ -172,7 +174,7 @@ fn result_outputs(result: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
     if !images.is_empty() && kept_images.is_empty() {
         return Err(ProviderError::new(
             ErrorClass::Permanent,
-            "upstream_moderated",
+            ErrorCode::UpstreamModerated,
             "fal: the safety checker flagged every image",
         ));
     }
@@ -193,7 +195,7 @@ fn result_outputs(result: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
     if outputs.is_empty() {
         return Err(ProviderError::new(
             ErrorClass::Retryable,
-            "upstream_error",
+            ErrorCode::UpstreamError,
             "fal: the result has no media URL",
         ));
     }
@@ -353,7 +355,7 @@ mod tests {
         let refused = result_outputs(&json!({"images": [{"url": "https://fal.media/a.jpg"}],
             "has_nsfw_concepts": [true]}))
         .unwrap_err();
-        assert_eq!(refused.code, "upstream_moderated");
+        assert_eq!(refused.code, ErrorCode::UpstreamModerated);
         assert_eq!(
             result_outputs(&json!({"seed": 1})).unwrap_err().class,
             ErrorClass::Retryable
@@ -367,7 +369,7 @@ mod tests {
             "msg": "The content could not be processed because it contained material flagged by a content checker."}]});
         assert_eq!(
             read(flagged),
-            Some((ErrorClass::Permanent, "upstream_moderated"))
+            Some((ErrorClass::Permanent, ErrorCode::UpstreamModerated))
         );
         let invalid = json!({"detail": [{"loc": ["body", "prompt"], "type": "missing",
             "msg": "field required"}]});

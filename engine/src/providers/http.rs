@@ -12,6 +12,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::{ErrorClass, Media, ProviderCall, ProviderError, ProviderSettings};
+use crate::ErrorCode;
+use crate::providers::SetupError;
 
 /// How long to wait after a 429 that gives no `Retry-After`.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
@@ -20,21 +22,21 @@ const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
 const ERROR_TEXT_LIMIT: usize = 500;
 
 /// The HTTP client for one provider.
-pub fn client(settings: &ProviderSettings) -> Result<reqwest::Client, String> {
+pub fn client(settings: &ProviderSettings) -> Result<reqwest::Client, SetupError> {
     reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(Duration::from_secs(10).min(settings.timeout))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::limited(5))
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))
+        .map_err(SetupError::HttpClient)
 }
 
 /// An adapter's reading of its provider's error bodies (the JSON, `Value::Null` if the
 /// body was not JSON): the class and code that replace the HTTP status's, when the body
 /// says more (a moderation code, a machine-readable reason, a retry hint). `None` leaves
 /// the status to decide.
-pub type ErrorReader = fn(&Value) -> Option<(ErrorClass, &'static str)>;
+pub type ErrorReader = fn(&Value) -> Option<(ErrorClass, ErrorCode)>;
 
 /// One provider's connection: base URL, key, client and a cap on calls in flight.
 #[derive(Clone)]
@@ -59,14 +61,11 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(name: &'static str, settings: &ProviderSettings) -> Result<Upstream, String> {
+    pub fn new(name: &'static str, settings: &ProviderSettings) -> Result<Upstream, SetupError> {
         Ok(Upstream {
             name,
             base_url: settings.base_url.trim_end_matches('/').to_owned(),
-            api_key: settings
-                .api_key
-                .clone()
-                .ok_or_else(|| format!("provider {name} has no key"))?,
+            api_key: settings.api_key.clone().ok_or(SetupError::NoKey(name))?,
             client: client(settings)?,
             in_flight: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
             poll_interval: settings.poll_interval,
@@ -108,10 +107,9 @@ impl Upstream {
     /// Sends a request, holding one of the provider's slots; a non-2xx answer becomes a
     /// classified error carrying the upstream's own words (never the key).
     pub async fn send(&self, request: RequestBuilder) -> Result<Response, ProviderError> {
-        let _slot =
-            self.in_flight.acquire().await.map_err(|_| {
-                ProviderError::new(ErrorClass::Retryable, "upstream_error", "closed")
-            })?;
+        let _slot = self.in_flight.acquire().await.map_err(|_| {
+            ProviderError::new(ErrorClass::Retryable, ErrorCode::UpstreamError, "closed")
+        })?;
         let response = request.send().await.map_err(|e| self.transport_error(&e))?;
         if response.status().is_success() {
             return Ok(response);
@@ -125,7 +123,7 @@ impl Upstream {
         response.json::<Value>().await.map_err(|e| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 format!(
                     "{}: unreadable answer: {}",
                     self.name,
@@ -147,7 +145,7 @@ impl Upstream {
         };
         ProviderError::new(
             ErrorClass::Retryable,
-            "upstream_unreachable",
+            ErrorCode::UpstreamUnreachable,
             format!("{}: {what}: {}", self.name, self.redact(&error_chain(e))),
         )
     }
@@ -199,7 +197,7 @@ impl Upstream {
     ) -> Result<Media, ProviderError> {
         let response = {
             let _slot = self.in_flight.acquire().await.map_err(|_| {
-                ProviderError::new(ErrorClass::Retryable, "upstream_error", "closed")
+                ProviderError::new(ErrorClass::Retryable, ErrorCode::UpstreamError, "closed")
             })?;
             request.send().await.map_err(|e| self.transport_error(&e))?
         };
@@ -208,7 +206,7 @@ impl Upstream {
             // A result link that no longer works has expired (upstream links live minutes).
             return Err(ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_result_expired",
+                ErrorCode::UpstreamResultExpired,
                 format!("{}: the result link answered {status}", self.name),
             ));
         }
@@ -225,7 +223,7 @@ impl Upstream {
         if content_type.starts_with("text/") || content_type.contains("json") {
             return Err(ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_bad_media",
+                ErrorCode::UpstreamBadMedia,
                 format!("{}: result is {content_type}, not media", self.name),
             ));
         }
@@ -236,7 +234,7 @@ impl Upstream {
         if bytes.is_empty() {
             return Err(ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_bad_media",
+                ErrorCode::UpstreamBadMedia,
                 format!("{}: result is empty", self.name),
             ));
         }
@@ -255,13 +253,13 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, message: String) -> Pro
             ErrorClass::RateLimited {
                 retry_after: retry_after(headers).unwrap_or(DEFAULT_RATE_LIMIT_WAIT),
             },
-            "upstream_rate_limited",
+            ErrorCode::UpstreamRateLimited,
         ),
-        402 => (ErrorClass::OutOfCredit, "upstream_out_of_credit"),
-        401 | 403 => (ErrorClass::Unauthorized, "upstream_unauthorized"),
-        408 | 425 | 500..=599 => (ErrorClass::Retryable, "upstream_error"),
-        400..=499 => (ErrorClass::InvalidInput, "upstream_rejected"),
-        _ => (ErrorClass::Retryable, "upstream_error"),
+        402 => (ErrorClass::OutOfCredit, ErrorCode::UpstreamOutOfCredit),
+        401 | 403 => (ErrorClass::Unauthorized, ErrorCode::UpstreamUnauthorized),
+        408 | 425 | 500..=599 => (ErrorClass::Retryable, ErrorCode::UpstreamError),
+        400..=499 => (ErrorClass::InvalidInput, ErrorCode::UpstreamRejected),
+        _ => (ErrorClass::Retryable, ErrorCode::UpstreamError),
     };
     ProviderError::new(class, code, message)
 }
@@ -357,7 +355,7 @@ pub fn inline_media(provider: &str, locator: &str) -> Result<Media, ProviderErro
     let bad = |why: &str| {
         ProviderError::new(
             ErrorClass::Retryable,
-            "upstream_bad_media",
+            ErrorCode::UpstreamBadMedia,
             format!("{provider}: {why}"),
         )
     };

@@ -19,6 +19,8 @@ use super::{
     ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
+use crate::ErrorCode;
+use crate::providers::SetupError;
 
 /// Where generations live, under the base URL.
 const GENERATIONS_PATH: &str = "/dream-machine/v1/generations";
@@ -37,7 +39,7 @@ impl MediaProvider for Luma {
     /// A callback carries the whole generation.
     const CALLBACK_ID: Option<&'static str> = Some("/id");
 
-    fn from_settings(settings: &ProviderSettings) -> Result<Luma, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<Luma, SetupError> {
         Ok(Luma {
             upstream: Upstream::new(Self::NAME, settings)?,
         })
@@ -56,7 +58,7 @@ impl MediaProvider for Luma {
         let id = generation["id"].as_str().ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "luma: the answer has no id",
             )
         })?;
@@ -118,7 +120,7 @@ fn outcome(id: &str, generation: &Value) -> Result<Option<Vec<UpstreamOutput>>, 
                 .ok_or_else(|| {
                     ProviderError::new(
                         ErrorClass::Retryable,
-                        "upstream_error",
+                        ErrorCode::UpstreamError,
                         format!("luma: generation {id} completed without assets.video"),
                     )
                 })?;
@@ -148,11 +150,11 @@ fn failure(reason: &str) -> ProviderError {
     let words = format!("luma: generation failed: {reason}");
     let lower = reason.to_ascii_lowercase();
     if lower.contains("moderation") || lower.contains("blacklisted") {
-        ProviderError::new(ErrorClass::Permanent, "upstream_moderated", words)
+        ProviderError::new(ErrorClass::Permanent, ErrorCode::UpstreamModerated, words)
     } else if lower.contains("input frames") {
-        ProviderError::new(ErrorClass::InvalidInput, "upstream_rejected", words)
+        ProviderError::new(ErrorClass::InvalidInput, ErrorCode::UpstreamRejected, words)
     } else {
-        ProviderError::new(ErrorClass::Rerun, "upstream_error", words)
+        ProviderError::new(ErrorClass::Rerun, ErrorCode::UpstreamError, words)
     }
 }
 
@@ -211,7 +213,7 @@ mod tests {
         );
     }
 
-    fn failed(reason: &str) -> (ErrorClass, String) {
+    fn failed(reason: &str) -> (ErrorClass, ErrorCode) {
         let e = outcome("g", &json!({"state": "failed", "failure_reason": reason})).unwrap_err();
         (e.class, e.code)
     }
@@ -233,23 +235,23 @@ mod tests {
             outcome("g", &json!({"state": "completed", "assets": {}}))
                 .unwrap_err()
                 .code,
-            "upstream_error"
+            ErrorCode::UpstreamError
         );
         assert_eq!(
             failed("Advanced prompt moderation failed"),
-            (ErrorClass::Permanent, "upstream_moderated".into())
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         assert_eq!(
             failed("Contains blacklisted words"),
-            (ErrorClass::Permanent, "upstream_moderated".into())
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         assert_eq!(
             failed("Failed to read user input frames"),
-            (ErrorClass::InvalidInput, "upstream_rejected".into())
+            (ErrorClass::InvalidInput, ErrorCode::UpstreamRejected)
         );
         assert_eq!(
             failed("Job failed"),
-            (ErrorClass::Rerun, "upstream_error".into())
+            (ErrorClass::Rerun, ErrorCode::UpstreamError)
         );
     }
 }

@@ -22,6 +22,9 @@ use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use crate::ErrorCode;
+use crate::config::JobsConfig;
+
 /// Everything an adapter may know about the job it works for. Credentials stay inside
 /// the adapter; nothing here is secret.
 #[derive(Debug, Clone)]
@@ -101,24 +104,81 @@ pub enum ErrorClass {
     Permanent,
 }
 
+impl ErrorClass {
+    /// Whether another provider (or model) may well serve the job: an outage, a rate
+    /// limit, an upstream account that cannot pay or refuses our key, a job lost on the
+    /// upstream's side. A refusal of the input would be refused there too.
+    pub fn falls_back(&self) -> bool {
+        match self {
+            ErrorClass::Retryable
+            | ErrorClass::Rerun
+            | ErrorClass::RateLimited { .. }
+            | ErrorClass::OutOfCredit
+            | ErrorClass::Unauthorized => true,
+            ErrorClass::InvalidInput | ErrorClass::Permanent => false,
+        }
+    }
+
+    /// How long to wait before the next try on the same provider, the job having been
+    /// retried `retries` times: a jittered backoff, or the upstream's hint kept within
+    /// the backoff's bounds; `None` when trying again there cannot help.
+    pub fn retry_delay(&self, jobs: &JobsConfig, retries: u32) -> Option<Duration> {
+        match self {
+            ErrorClass::Retryable | ErrorClass::Rerun => Some(jobs.backoff(retries)),
+            ErrorClass::RateLimited { retry_after } => {
+                Some((*retry_after).clamp(jobs.retry_base, jobs.retry_max))
+            }
+            ErrorClass::InvalidInput
+            | ErrorClass::OutOfCredit
+            | ErrorClass::Unauthorized
+            | ErrorClass::Permanent => None,
+        }
+    }
+
+    /// Whether the failure counts towards the provider's circuit breaker: signs of an
+    /// outage, not answers about one job or one key.
+    pub fn trips_breaker(&self) -> bool {
+        matches!(self, ErrorClass::Retryable | ErrorClass::RateLimited { .. })
+    }
+
+    /// Whether the next try submits afresh: the upstream job ended without a result, so
+    /// polling it again cannot help.
+    pub fn resubmits(&self) -> bool {
+        matches!(self, ErrorClass::Rerun)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ProviderError {
     pub class: ErrorClass,
     /// Our error code for the job (`upstream_rejected`, `upstream_error`, …).
-    pub code: String,
+    pub code: ErrorCode,
     /// The upstream's own words, without credentials.
     pub message: String,
 }
 
 impl ProviderError {
-    pub fn new(class: ErrorClass, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(class: ErrorClass, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             class,
-            code: code.to_owned(),
+            code,
             message: message.into(),
         }
     }
+}
+
+/// Why a configured provider cannot be set up (at start, so the process refuses to run).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("unknown provider {name:?} (known: {known})")]
+    Unknown { name: String, known: String },
+    #[error("provider {0:?} has no adapter in this build")]
+    NoAdapter(String),
+    #[error("provider {0} has no key")]
+    NoKey(&'static str),
+    #[error("HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
 }
 
 /// A callback refused: the upstream's signature is missing or wrong, or the provider
@@ -162,7 +222,7 @@ pub trait MediaProvider: Sized + Send + Sync {
     const CALLBACK_ID: Option<&'static str> = None;
 
     /// The adapter for `[providers.NAME]`.
-    fn from_settings(settings: &ProviderSettings) -> Result<Self, String>;
+    fn from_settings(settings: &ProviderSettings) -> Result<Self, SetupError>;
 
     /// The connection its requests go through, and result links are downloaded with;
     /// `None` for a provider that makes its media without one.
@@ -192,7 +252,7 @@ pub trait MediaProvider: Sized + Send + Sync {
             let Some(upstream) = self.upstream() else {
                 return Err(ProviderError::new(
                     ErrorClass::Permanent,
-                    "upstream_error",
+                    ErrorCode::UpstreamError,
                     format!("{}: outputs are not links", Self::NAME),
                 ));
             };
@@ -270,7 +330,7 @@ macro_rules! providers {
             fn from_settings(
                 name: &str,
                 settings: &ProviderSettings,
-            ) -> Option<Result<Provider, String>> {
+            ) -> Option<Result<Provider, SetupError>> {
                 $(if name == <$adapter as MediaProvider>::NAME {
                     return Some(
                         <$adapter as MediaProvider>::from_settings(settings)
@@ -417,14 +477,14 @@ impl Providers {
     /// key.
     pub fn from_settings(
         settings: &BTreeMap<String, ProviderSettings>,
-    ) -> Result<Providers, String> {
+    ) -> Result<Providers, SetupError> {
         let mut providers = Providers::default();
         for (name, s) in settings {
             if !KNOWN.contains(&name.as_str()) {
-                return Err(format!(
-                    "unknown provider {name:?} (known: {})",
-                    KNOWN.join(", ")
-                ));
+                return Err(SetupError::Unknown {
+                    name: name.clone(),
+                    known: KNOWN.join(", "),
+                });
             }
             let needs_key = defaults(name).is_some_and(|d| !d.api_key_env.is_empty());
             if !s.enabled || (needs_key && s.api_key.is_none()) {
@@ -434,7 +494,7 @@ impl Providers {
                 continue;
             }
             let provider = Provider::from_settings(name, s)
-                .ok_or_else(|| format!("provider {name:?} has no adapter in this build"))??;
+                .ok_or_else(|| SetupError::NoAdapter(name.clone()))??;
             providers.by_name.insert(name.clone(), provider);
         }
         Ok(providers)
@@ -447,5 +507,36 @@ impl Providers {
     /// Whether jobs can be routed to `name` here.
     pub fn available(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_class_owns_its_policy() {
+        let jobs = JobsConfig::default();
+        let limited = ErrorClass::RateLimited {
+            retry_after: Duration::from_secs(3600),
+        };
+        // (class, falls back, retried here, trips the breaker, resubmits)
+        let table = [
+            (ErrorClass::Retryable, true, true, true, false),
+            (limited.clone(), true, true, true, false),
+            (ErrorClass::Rerun, true, true, false, true),
+            (ErrorClass::OutOfCredit, true, false, false, false),
+            (ErrorClass::Unauthorized, true, false, false, false),
+            (ErrorClass::InvalidInput, false, false, false, false),
+            (ErrorClass::Permanent, false, false, false, false),
+        ];
+        for (class, falls_back, retried, trips, resubmits) in table {
+            assert_eq!(class.falls_back(), falls_back, "{class:?}");
+            assert_eq!(class.retry_delay(&jobs, 0).is_some(), retried, "{class:?}");
+            assert_eq!(class.trips_breaker(), trips, "{class:?}");
+            assert_eq!(class.resubmits(), resubmits, "{class:?}");
+        }
+        // An upstream's hint is kept within the backoff's bounds.
+        assert_eq!(limited.retry_delay(&jobs, 0), Some(jobs.retry_max));
     }
 }

@@ -21,6 +21,8 @@ use super::{
     ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
     Submitted, UpstreamOutput,
 };
+use crate::ErrorCode;
+use crate::providers::SetupError;
 
 /// The longest pause between polls an `openai-poll-after-ms` hint may ask for.
 const MAX_POLL_HINT: Duration = Duration::from_secs(60);
@@ -40,7 +42,7 @@ impl MediaProvider for OpenAi {
     const DEFAULT_BASE_URL: &'static str = "https://api.openai.com";
     const API_KEY_ENV: &'static str = "OPENAI_API_KEY";
 
-    fn from_settings(settings: &ProviderSettings) -> Result<OpenAi, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<OpenAi, SetupError> {
         Ok(OpenAi {
             upstream: Upstream::new(OpenAi::NAME, settings)?.reading_errors(read_error),
         })
@@ -72,7 +74,7 @@ impl MediaProvider for OpenAi {
         let id = video["id"].as_str().ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "openai: the video object has no id",
             )
         })?;
@@ -152,7 +154,7 @@ impl OpenAi {
         if outputs.is_empty() {
             return Err(ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "openai: the answer holds no image",
             ));
         }
@@ -168,7 +170,7 @@ impl OpenAi {
         response.json::<Value>().await.map_err(|e| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 format!(
                     "openai: unreadable answer: {}",
                     self.upstream.redact(&e.to_string())
@@ -212,13 +214,13 @@ fn video_state(video: &Value, id: &str, poll_after: Duration) -> Result<Polled, 
             if code.is_some_and(is_moderation_code) {
                 Err(ProviderError::new(
                     ErrorClass::Permanent,
-                    "upstream_moderated",
+                    ErrorCode::UpstreamModerated,
                     words,
                 ))
             } else {
                 Err(ProviderError::new(
                     ErrorClass::Rerun,
-                    "upstream_error",
+                    ErrorCode::UpstreamError,
                     words,
                 ))
             }
@@ -363,9 +365,9 @@ fn image_outputs(answer: &Value) -> Vec<UpstreamOutput> {
 /// The safety system refuses an image prompt with a 400 whose `error.code` is
 /// `moderation_blocked` (`content_policy_violation` on older models): a refusal, where
 /// other 400s are input it could not use.
-fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
+fn read_error(body: &Value) -> Option<(ErrorClass, ErrorCode)> {
     let code = body.pointer("/error/code")?.as_str()?;
-    is_moderation_code(code).then_some((ErrorClass::Permanent, "upstream_moderated"))
+    is_moderation_code(code).then_some((ErrorClass::Permanent, ErrorCode::UpstreamModerated))
 }
 
 fn is_moderation_code(code: &str) -> bool {
@@ -494,15 +496,15 @@ mod tests {
             "error": {"code": "moderation_blocked", "message": "blocked"}}))
         .unwrap_err();
         assert_eq!(
-            (refused.class, refused.code.as_str()),
-            (ErrorClass::Permanent, "upstream_moderated")
+            (refused.class, refused.code),
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         let broken = state(json!({"status": "failed",
             "error": {"code": "internal_error", "message": "oops"}}))
         .unwrap_err();
         assert_eq!(
-            (broken.class, broken.code.as_str()),
-            (ErrorClass::Rerun, "upstream_error")
+            (broken.class, broken.code),
+            (ErrorClass::Rerun, ErrorCode::UpstreamError)
         );
     }
 
@@ -528,7 +530,7 @@ mod tests {
             inline_media(OpenAi::NAME, "https://example.com/x.png")
                 .unwrap_err()
                 .code,
-            "upstream_bad_media"
+            ErrorCode::UpstreamBadMedia
         );
     }
 }

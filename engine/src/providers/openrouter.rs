@@ -24,6 +24,8 @@ use super::{
     CallbackRefused, ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError,
     ProviderSettings, Submitted, UpstreamOutput,
 };
+use crate::ErrorCode;
+use crate::providers::SetupError;
 
 /// Where every job's videos stream from, under the base URL.
 const VIDEOS_PATH: &str = "/api/v1/videos";
@@ -53,7 +55,7 @@ impl MediaProvider for OpenRouter {
     /// The video job a callback is about (read once its signature is checked).
     const CALLBACK_ID: Option<&'static str> = Some("/data/id");
 
-    fn from_settings(settings: &ProviderSettings) -> Result<OpenRouter, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<OpenRouter, SetupError> {
         Ok(OpenRouter {
             upstream: Upstream::new(OpenRouter::NAME, settings)?,
             webhook_secret: settings.webhook_secret.clone(),
@@ -105,7 +107,7 @@ impl MediaProvider for OpenRouter {
         let id = answer["id"].as_str().ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "openrouter: the answer has no id",
             )
         })?;
@@ -160,7 +162,7 @@ impl MediaProvider for OpenRouter {
         if !output.locator.starts_with(&format!("{VIDEOS_PATH}/")) {
             return Err(ProviderError::new(
                 ErrorClass::Permanent,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 format!(
                     "openrouter: not a content path of this API: {}",
                     output.locator
@@ -204,21 +206,21 @@ fn outcome(id: &str, answer: &Value) -> Result<Option<Vec<UpstreamOutput>>, Prov
             let error = error();
             let message = format!("openrouter: video {id} failed: {error}");
             Err(if is_refusal(&error) {
-                ProviderError::new(ErrorClass::Permanent, "upstream_moderated", message)
+                ProviderError::new(ErrorClass::Permanent, ErrorCode::UpstreamModerated, message)
             } else {
-                ProviderError::new(ErrorClass::Rerun, "upstream_error", message)
+                ProviderError::new(ErrorClass::Rerun, ErrorCode::UpstreamError, message)
             })
         }
         // Not by us (we never cancel here): someone else with this key did.
         "cancelled" => Err(ProviderError::new(
             ErrorClass::Permanent,
-            "upstream_cancelled",
+            ErrorCode::UpstreamCancelled,
             format!("openrouter: video {id} was cancelled"),
         )),
         // OpenRouter gave up on the job or no longer keeps it; another provider may serve it.
         "expired" => Err(ProviderError::new(
             ErrorClass::Rerun,
-            "upstream_expired",
+            ErrorCode::UpstreamExpired,
             format!("openrouter: video {id} expired: {}", error()),
         )),
         other => {
@@ -230,7 +232,12 @@ fn outcome(id: &str, answer: &Value) -> Result<Option<Vec<UpstreamOutput>>, Prov
 
 /// `t=<unix>,v1=<hex>`: the HMAC-SHA256 of `"{t},{body}"` under the workspace secret,
 /// made within the replay window of `now`.
-fn verify_signature(secret: &str, header: &str, body: &[u8], now: i64) -> Result<(), String> {
+fn verify_signature(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), CallbackRefused> {
     let field = |name: &str| {
         header
             .split(',')
@@ -241,7 +248,7 @@ fn verify_signature(secret: &str, header: &str, body: &[u8], now: i64) -> Result
         .parse::<i64>()
         .map_err(|_| "openrouter: the signature's timestamp is not a number")?;
     if (now - at).abs() > SIGNATURE_TOLERANCE_SECS {
-        return Err("openrouter: the signature is outside the replay window".to_owned());
+        return Err("openrouter: the signature is outside the replay window".into());
     }
     let tag = field("v1")
         .and_then(|v| hex::decode(v).ok())
@@ -251,7 +258,7 @@ fn verify_signature(secret: &str, header: &str, body: &[u8], now: i64) -> Result
     mac.update(b",");
     mac.update(body);
     mac.verify_slice(&tag)
-        .map_err(|_| "openrouter: the signature does not match".to_owned())
+        .map_err(|_| "openrouter: the signature does not match".into())
 }
 
 fn is_refusal(error: &str) -> bool {
@@ -271,7 +278,11 @@ fn is_refusal(error: &str) -> bool {
 /// ("… your input was flagged"); only the first is about our key.
 fn refusal_from_forbidden(e: ProviderError) -> ProviderError {
     if e.class == ErrorClass::Unauthorized && is_refusal(&e.message) {
-        return ProviderError::new(ErrorClass::Permanent, "upstream_moderated", e.message);
+        return ProviderError::new(
+            ErrorClass::Permanent,
+            ErrorCode::UpstreamModerated,
+            e.message,
+        );
     }
     e
 }
@@ -394,15 +405,15 @@ mod tests {
             "error": "Request blocked by the provider's content policy"}))
         .unwrap_err();
         assert_eq!(
-            (refused.class, refused.code.as_str()),
-            (ErrorClass::Permanent, "upstream_moderated")
+            (refused.class, refused.code),
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         let failed = at(json!({"status": "failed", "error": "provider timeout"})).unwrap_err();
         assert_eq!(failed.class, ErrorClass::Rerun);
         assert!(failed.message.contains("provider timeout"));
         assert_eq!(
             at(json!({"status": "cancelled"})).unwrap_err().code,
-            "upstream_cancelled"
+            ErrorCode::UpstreamCancelled
         );
         assert_eq!(
             at(json!({"status": "expired"})).unwrap_err().class,
@@ -414,13 +425,13 @@ mod tests {
     fn a_flagged_input_is_a_refusal_not_a_bad_key() {
         let flagged = refusal_from_forbidden(ProviderError::new(
             ErrorClass::Unauthorized,
-            "upstream_unauthorized",
+            ErrorCode::UpstreamUnauthorized,
             "openrouter answered 403 Forbidden: Your chosen model requires moderation and your input was flagged",
         ));
-        assert_eq!(flagged.code, "upstream_moderated");
+        assert_eq!(flagged.code, ErrorCode::UpstreamModerated);
         let bad_key = refusal_from_forbidden(ProviderError::new(
             ErrorClass::Unauthorized,
-            "upstream_unauthorized",
+            ErrorCode::UpstreamUnauthorized,
             "openrouter answered 401 Unauthorized: No auth credentials found",
         ));
         assert_eq!(bad_key.class, ErrorClass::Unauthorized);

@@ -23,8 +23,10 @@ use super::{
     CallbackRefused, ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError,
     ProviderSettings, Submitted, UpstreamOutput,
 };
+use crate::ErrorCode;
 use crate::catalog::parse_size;
 use crate::ids::now_ms;
+use crate::providers::SetupError;
 use crate::webhooks::signature::{self, DEFAULT_TOLERANCE_SECS, Secret};
 
 /// The longest `Prefer: wait`: long enough for an image model to finish at submit (saving
@@ -52,7 +54,7 @@ impl MediaProvider for Replicate {
     /// The prediction a callback is about (read once its signature is checked).
     const CALLBACK_ID: Option<&'static str> = Some("/id");
 
-    fn from_settings(settings: &ProviderSettings) -> Result<Replicate, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<Replicate, SetupError> {
         // At most half the request timeout, so Replicate answers before we give up on it.
         let wait_secs = LONGEST_WAIT.min(settings.timeout / 2).as_secs();
         Ok(Replicate {
@@ -90,7 +92,7 @@ impl MediaProvider for Replicate {
         let id = prediction["id"].as_str().ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "replicate: the answer has no id",
             )
         })?;
@@ -179,7 +181,7 @@ impl MediaProvider for Replicate {
 impl Replicate {
     /// The account's signing secret, fetched once and then kept; `refresh` fetches it
     /// again unless that was done moments ago.
-    async fn signing_secret(&self, refresh: bool) -> Result<Secret, String> {
+    async fn signing_secret(&self, refresh: bool) -> Result<Secret, CallbackRefused> {
         let mut cached = self.webhook_secret.lock().await;
         if let Some((secret, fetched)) = cached.as_ref()
             && (!refresh || fetched.elapsed() < SECRET_REFETCH_AFTER)
@@ -191,11 +193,10 @@ impl Replicate {
             .upstream
             .request(Method::GET, &url)
             .bearer_auth(self.upstream.key());
-        let answer = self
-            .upstream
-            .json(request)
-            .await
-            .map_err(|e| format!("replicate: fetching the webhook secret: {e}"))?;
+        let answer =
+            self.upstream.json(request).await.map_err(|e| {
+                CallbackRefused(format!("replicate: fetching the webhook secret: {e}"))
+            })?;
         let secret = answer["key"]
             .as_str()
             .ok_or("replicate: the webhook secret answer has no key")
@@ -230,7 +231,7 @@ fn outcome(prediction: &Value) -> Result<Option<Vec<UpstreamOutput>>, ProviderEr
             if outputs.is_empty() {
                 return Err(ProviderError::new(
                     ErrorClass::Retryable,
-                    "upstream_error",
+                    ErrorCode::UpstreamError,
                     format!("replicate: prediction {id} succeeded without media URLs"),
                 ));
             }
@@ -244,21 +245,21 @@ fn outcome(prediction: &Value) -> Result<Option<Vec<UpstreamOutput>>, ProviderEr
             };
             let message = format!("replicate: prediction {id} failed: {error}");
             Err(if is_refusal(&error) {
-                ProviderError::new(ErrorClass::Permanent, "upstream_moderated", message)
+                ProviderError::new(ErrorClass::Permanent, ErrorCode::UpstreamModerated, message)
             } else {
-                ProviderError::new(ErrorClass::Rerun, "upstream_error", message)
+                ProviderError::new(ErrorClass::Rerun, ErrorCode::UpstreamError, message)
             })
         }
         // Someone with this account's token stopped it; it is not coming back.
         "canceled" => Err(ProviderError::new(
             ErrorClass::Permanent,
-            "upstream_cancelled",
+            ErrorCode::UpstreamCancelled,
             format!("replicate: prediction {id} was canceled"),
         )),
         // Replicate ended it before it ran (a deadline on its side): worth another try.
         "aborted" => Err(ProviderError::new(
             ErrorClass::Rerun,
-            "upstream_error",
+            ErrorCode::UpstreamError,
             format!("replicate: prediction {id} was aborted before it ran"),
         )),
         other => {
@@ -452,8 +453,8 @@ mod tests {
             "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"}))
         .unwrap_err();
         assert_eq!(
-            (refused.class, refused.code.as_str()),
-            (ErrorClass::Permanent, "upstream_moderated")
+            (refused.class, refused.code),
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         let crashed = outcome(&json!({"id": "p1", "status": "failed",
             "error": "CUDA out of memory"}))

@@ -14,6 +14,8 @@ use super::{
     ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
+use crate::ErrorCode;
+use crate::providers::SetupError;
 
 /// The API version these requests and answers follow.
 const API_VERSION: &str = "2024-11-06";
@@ -30,7 +32,7 @@ impl MediaProvider for Runway {
     /// The output links are signed: the default fetch downloads them without the key.
     const LINK_MEDIA_TYPE: Option<&'static str> = Some("video/mp4");
 
-    fn from_settings(settings: &ProviderSettings) -> Result<Runway, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<Runway, SetupError> {
         Ok(Runway {
             upstream: Upstream::new(Self::NAME, settings)?,
         })
@@ -49,7 +51,7 @@ impl MediaProvider for Runway {
         let id = answer["id"].as_str().ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "runway: the answer has no id",
             )
         })?;
@@ -118,7 +120,7 @@ fn task_state(task: &Value, id: &str) -> Result<TaskState, ProviderError> {
             if outputs.is_empty() {
                 return Err(ProviderError::new(
                     ErrorClass::Retryable,
-                    "upstream_error",
+                    ErrorCode::UpstreamError,
                     format!("runway: task {id} succeeded without output"),
                 ));
             }
@@ -134,17 +136,17 @@ fn task_state(task: &Value, id: &str) -> Result<TaskState, ProviderError> {
             // `INPUT_PREPROCESSING.`) and unusable inputs (`ASSET.…`) fail the same way
             // again; internal failures may not.
             let (class, our_code) = if code.contains("SAFETY") {
-                (ErrorClass::Permanent, "upstream_moderated")
+                (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
             } else if code.starts_with("ASSET.") {
-                (ErrorClass::InvalidInput, "upstream_rejected")
+                (ErrorClass::InvalidInput, ErrorCode::UpstreamRejected)
             } else {
-                (ErrorClass::Rerun, "upstream_error")
+                (ErrorClass::Rerun, ErrorCode::UpstreamError)
             };
             Err(ProviderError::new(class, our_code, words))
         }
         "CANCELLED" => Err(ProviderError::new(
             ErrorClass::Permanent,
-            "upstream_cancelled",
+            ErrorCode::UpstreamCancelled,
             format!("runway: task {id} was cancelled upstream"),
         )),
         other => {
@@ -231,7 +233,7 @@ mod tests {
         }
     }
 
-    fn failure(task: Value) -> (ErrorClass, String) {
+    fn failure(task: Value) -> (ErrorClass, ErrorCode) {
         let Err(e) = task_state(&task, "t") else {
             panic!("expected a failure");
         };
@@ -259,27 +261,27 @@ mod tests {
         assert_eq!(outputs[0].locator, "https://cdn/a.mp4");
         assert_eq!(
             failure(json!({"status": "SUCCEEDED", "output": []})).1,
-            "upstream_error"
+            ErrorCode::UpstreamError
         );
         assert_eq!(
             failure(json!({"status": "FAILED", "failureCode": "SAFETY.INPUT.TEXT"})),
-            (ErrorClass::Permanent, "upstream_moderated".into())
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         assert_eq!(
             failure(json!({"status": "FAILED", "failureCode": "INPUT_PREPROCESSING.SAFETY.TEXT"})),
-            (ErrorClass::Permanent, "upstream_moderated".into())
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         assert_eq!(
             failure(json!({"status": "FAILED", "failureCode": "ASSET.INVALID"})),
-            (ErrorClass::InvalidInput, "upstream_rejected".into())
+            (ErrorClass::InvalidInput, ErrorCode::UpstreamRejected)
         );
         assert_eq!(
             failure(json!({"status": "FAILED", "failureCode": "INTERNAL.BAD_OUTPUT.CODE01"})),
-            (ErrorClass::Rerun, "upstream_error".into())
+            (ErrorClass::Rerun, ErrorCode::UpstreamError)
         );
         assert_eq!(
             failure(json!({"status": "CANCELLED"})),
-            (ErrorClass::Permanent, "upstream_cancelled".into())
+            (ErrorClass::Permanent, ErrorCode::UpstreamCancelled)
         );
     }
 }

@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::{Blob, Google, reference_urls};
+use crate::ErrorCode;
 use crate::providers::http::inline_locator;
 use crate::providers::{ErrorClass, ProviderCall, ProviderError, UpstreamOutput};
 
@@ -96,7 +97,7 @@ fn gemini_outputs(answer: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
     if let Some(reason) = blocked.or(Some(finish).filter(|f| moderated(f))) {
         return Err(ProviderError::new(
             ErrorClass::Permanent,
-            "upstream_moderated",
+            ErrorCode::UpstreamModerated,
             format!("google: the request was blocked: {reason}"),
         ));
     }
@@ -108,7 +109,7 @@ fn gemini_outputs(answer: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
         .join(" ");
     Err(ProviderError::new(
         ErrorClass::Retryable,
-        "upstream_error",
+        ErrorCode::UpstreamError,
         format!("google: no image in the answer (finishReason {finish:?}): {said}"),
     ))
 }
@@ -153,18 +154,18 @@ mod tests {
         };
         assert_eq!(
             code(json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}})),
-            (ErrorClass::Permanent, "upstream_moderated".into())
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         assert_eq!(
             code(json!({"candidates": [{"finishReason": "IMAGE_SAFETY"}]})),
-            (ErrorClass::Permanent, "upstream_moderated".into())
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         assert_eq!(
             code(
                 json!({"candidates": [{"content": {"parts": [{"text": "no"}]},
                 "finishReason": "STOP"}]})
             ),
-            (ErrorClass::Retryable, "upstream_error".into())
+            (ErrorClass::Retryable, ErrorCode::UpstreamError)
         );
     }
 }

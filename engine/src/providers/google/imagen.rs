@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::Google;
+use crate::ErrorCode;
 use crate::providers::http::inline_locator;
 use crate::providers::{ErrorClass, ProviderCall, ProviderError, UpstreamOutput};
 
@@ -70,7 +71,7 @@ fn imagen_outputs(answer: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
         .collect::<Vec<_>>();
     Err(ProviderError::new(
         ErrorClass::Permanent,
-        "upstream_moderated",
+        ErrorCode::UpstreamModerated,
         format!(
             "google: safety filters removed every image{}",
             if reasons.is_empty() {
@@ -112,13 +113,13 @@ mod tests {
         );
         let e = imagen_outputs(&json!({"predictions": [{"raiFilteredReason": "r1"}]})).unwrap_err();
         assert_eq!(
-            (e.class, e.code.as_str()),
-            (ErrorClass::Permanent, "upstream_moderated")
+            (e.class, e.code),
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         assert!(e.message.ends_with(": r1"));
         assert_eq!(
             imagen_outputs(&json!({})).unwrap_err().code,
-            "upstream_moderated"
+            ErrorCode::UpstreamModerated
         );
     }
 }

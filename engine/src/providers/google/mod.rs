@@ -20,7 +20,9 @@ use super::{
     ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
     Submitted, UpstreamOutput,
 };
+use crate::ErrorCode;
 use crate::egress::{self, AllowList};
+use crate::providers::SetupError;
 
 const KEY_HEADER: &str = "x-goog-api-key";
 
@@ -67,11 +69,10 @@ impl MediaProvider for Google {
     const DEFAULT_BASE_URL: &'static str = "https://generativelanguage.googleapis.com";
     const API_KEY_ENV: &'static str = "GEMINI_API_KEY";
 
-    fn from_settings(settings: &ProviderSettings) -> Result<Google, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<Google, SetupError> {
         Ok(Google {
             upstream: Upstream::new(Google::NAME, settings)?.reading_errors(read_error),
-            image_client: egress::delivery_client(AllowList::default(), settings.timeout)
-                .map_err(|e| format!("HTTP client for input images: {e}"))?,
+            image_client: egress::delivery_client(AllowList::default(), settings.timeout)?,
         })
     }
 
@@ -157,7 +158,7 @@ impl Google {
         let unusable = |why: String| {
             ProviderError::new(
                 ErrorClass::InvalidInput,
-                "input_image_unavailable",
+                ErrorCode::InputImageUnavailable,
                 format!("the input image {url} could not be used: {why}"),
             )
         };
@@ -212,7 +213,7 @@ fn reference_urls(input: &Value) -> impl Iterator<Item = &str> {
 /// Errors are google.rpc.Status with typed `details`. A key Google refuses is a 400 with
 /// an ErrorInfo reason `API_KEY_INVALID` (or another `API_KEY_*`): about our key, not the
 /// input. A 429 gives its wait as RetryInfo's `retryDelay` ("17s"), not as `Retry-After`.
-fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
+fn read_error(body: &Value) -> Option<(ErrorClass, ErrorCode)> {
     let details = body.pointer("/error/details")?.as_array()?;
     details.iter().find_map(|detail| {
         let kind = detail["@type"].as_str()?;
@@ -220,7 +221,7 @@ fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
             let reason = detail["reason"].as_str()?;
             return reason
                 .starts_with("API_KEY_")
-                .then_some((ErrorClass::Unauthorized, "upstream_unauthorized"));
+                .then_some((ErrorClass::Unauthorized, ErrorCode::UpstreamUnauthorized));
         }
         if kind.ends_with("google.rpc.RetryInfo") {
             let delay = detail["retryDelay"].as_str()?.strip_suffix('s')?;
@@ -231,7 +232,7 @@ fn read_error(body: &Value) -> Option<(ErrorClass, &'static str)> {
             let retry_after = std::time::Duration::from_secs_f64(secs);
             return Some((
                 ErrorClass::RateLimited { retry_after },
-                "upstream_rate_limited",
+                ErrorCode::UpstreamRateLimited,
             ));
         }
         None
@@ -279,8 +280,8 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(
-            (e.class, e.code.as_str()),
-            (ErrorClass::InvalidInput, "input_image_unavailable")
+            (e.class, e.code),
+            (ErrorClass::InvalidInput, ErrorCode::InputImageUnavailable)
         );
     }
 
@@ -292,7 +293,7 @@ mod tests {
             "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}});
         assert_eq!(
             read(bad_key),
-            Some((ErrorClass::Unauthorized, "upstream_unauthorized"))
+            Some((ErrorClass::Unauthorized, ErrorCode::UpstreamUnauthorized))
         );
         let quota = json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
             {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
@@ -303,7 +304,7 @@ mod tests {
                 ErrorClass::RateLimited {
                     retry_after: Duration::from_secs(17)
                 },
-                "upstream_rate_limited"
+                ErrorCode::UpstreamRateLimited
             ))
         );
         let invalid = json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",

@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::{Blob, Google, reference_urls};
+use crate::ErrorCode;
 use crate::providers::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, Submitted, UpstreamOutput,
 };
@@ -36,7 +37,7 @@ impl Google {
         let name = operation["name"].as_str().ok_or_else(|| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "google: the operation has no name",
             )
         })?;
@@ -75,7 +76,7 @@ impl Google {
         let mut url = url::Url::parse(uri).map_err(|e| {
             ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 format!("google: the video link is not a URL: {e}"),
             )
         })?;
@@ -146,9 +147,9 @@ fn operation_state(operation: &Value) -> Result<Option<Vec<UpstreamOutput>>, Pro
         // request was wrong; the rest (INTERNAL, UNAVAILABLE, …) may pass.
         return Err(match error["code"].as_i64() {
             Some(3 | 9 | 11) => {
-                ProviderError::new(ErrorClass::InvalidInput, "upstream_rejected", words)
+                ProviderError::new(ErrorClass::InvalidInput, ErrorCode::UpstreamRejected, words)
             }
-            _ => ProviderError::new(ErrorClass::Rerun, "upstream_error", words),
+            _ => ProviderError::new(ErrorClass::Rerun, ErrorCode::UpstreamError, words),
         });
     }
     let result = &operation["response"]["generateVideoResponse"];
@@ -175,7 +176,7 @@ fn operation_state(operation: &Value) -> Result<Option<Vec<UpstreamOutput>>, Pro
     if !filtered.is_empty() || result["raiMediaFilteredCount"].as_u64() > Some(0) {
         return Err(ProviderError::new(
             ErrorClass::Permanent,
-            "upstream_moderated",
+            ErrorCode::UpstreamModerated,
             format!(
                 "google: safety filters removed the video: {}",
                 filtered.join("; ")
@@ -184,7 +185,7 @@ fn operation_state(operation: &Value) -> Result<Option<Vec<UpstreamOutput>>, Pro
     }
     Err(ProviderError::new(
         ErrorClass::Retryable,
-        "upstream_error",
+        ErrorCode::UpstreamError,
         "google: the operation finished without a video",
     ))
 }
@@ -252,15 +253,15 @@ mod tests {
             "raiMediaFilteredCount": 1, "raiMediaFilteredReasons": ["celebrity"]}}});
         let e = operation_state(&filtered).unwrap_err();
         assert_eq!(
-            (e.class, e.code.as_str()),
-            (ErrorClass::Permanent, "upstream_moderated")
+            (e.class, e.code),
+            (ErrorClass::Permanent, ErrorCode::UpstreamModerated)
         );
         assert!(e.message.contains("celebrity"));
         let invalid = json!({"done": true, "error": {"code": 3, "message": "bad"}});
         let e = operation_state(&invalid).unwrap_err();
         assert_eq!(
-            (e.class, e.code.as_str()),
-            (ErrorClass::InvalidInput, "upstream_rejected")
+            (e.class, e.code),
+            (ErrorClass::InvalidInput, ErrorCode::UpstreamRejected)
         );
         assert!(e.message.contains("INVALID_ARGUMENT: bad"));
         let internal = json!({"done": true, "error": {"code": 13, "message": "oops"}});
@@ -269,7 +270,10 @@ mod tests {
             ErrorClass::Rerun
         );
         let empty = json!({"done": true, "response": {"generateVideoResponse": {}}});
-        assert_eq!(operation_state(&empty).unwrap_err().code, "upstream_error");
+        assert_eq!(
+            operation_state(&empty).unwrap_err().code,
+            ErrorCode::UpstreamError
+        );
     }
 
     #[test]

@@ -22,9 +22,11 @@ use super::{
     ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
     Submitted, UpstreamOutput,
 };
+use crate::ErrorCode;
 use crate::catalog::{ASPECT_RATIOS, VIDEO_RESOLUTIONS, parse_size};
 use crate::ids::now_ms;
 use crate::jobs::watchdog;
+use crate::providers::SetupError;
 
 const VIDEO_FPS: u32 = 24;
 
@@ -213,7 +215,7 @@ impl Simulate {
         if self.fail == Fail::Transient && call.retries < self.fail_times {
             return Err(ProviderError::new(
                 ErrorClass::Retryable,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 format!(
                     "simulated transient failure {} of {}",
                     call.retries + 1,
@@ -244,7 +246,7 @@ impl Local {
         if sim.fail == Fail::Permanent {
             return Err(ProviderError::new(
                 ErrorClass::Permanent,
-                "upstream_rejected",
+                ErrorCode::UpstreamRejected,
                 "the local provider rejected this job (simulate.fail = permanent)",
             ));
         }
@@ -304,7 +306,7 @@ impl MediaProvider for Local {
     const DEFAULT_BASE_URL: &'static str = "";
     const API_KEY_ENV: &'static str = "";
 
-    fn from_settings(settings: &ProviderSettings) -> Result<Local, String> {
+    fn from_settings(settings: &ProviderSettings) -> Result<Local, SetupError> {
         Ok(Local::new(settings.max_concurrency))
     }
 
@@ -338,12 +340,16 @@ impl MediaProvider for Local {
             .map_err(|e| {
                 ProviderError::new(
                     ErrorClass::Retryable,
-                    "upstream_error",
+                    ErrorCode::UpstreamError,
                     format!("render task failed: {e}"),
                 )
             })?
             .map_err(|e| {
-                ProviderError::new(ErrorClass::InvalidInput, "invalid_input", e.to_string())
+                ProviderError::new(
+                    ErrorClass::InvalidInput,
+                    ErrorCode::InvalidInput,
+                    e.to_string(),
+                )
             })?;
         Ok(Media {
             content_type: rendered.content_type.to_owned(),
@@ -491,8 +497,8 @@ mod tests {
             .start(&call("image", &input, 0, 0))
             .unwrap_err();
         assert_eq!(
-            (err.class, err.code.as_str()),
-            (ErrorClass::Permanent, "upstream_rejected")
+            (err.class, err.code),
+            (ErrorClass::Permanent, ErrorCode::UpstreamRejected)
         );
     }
 
