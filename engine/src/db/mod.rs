@@ -5,6 +5,12 @@
 //! sqlx's `Any` driver: the statements stick to the common dialect (`$N` parameters,
 //! `RETURNING`, `ON CONFLICT`), times are integer milliseconds and JSON is text. Each
 //! table has its own query module; nothing outside `db` writes SQL.
+//!
+//! Every statement is static text (a column list shared by several statements is a
+//! `macro_rules!` spliced in with `concat!`), and every row is read by a
+//! `#[derive(sqlx::FromRow)]` struct. The `Any` driver decodes only integers, floats,
+//! text and bytes, so a column holding JSON or an enum's name is read as text into a raw
+//! row and converted by its `TryFrom`.
 
 pub mod events;
 pub mod idempotency;
@@ -18,8 +24,11 @@ pub mod webhook_secrets;
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
+
+use crate::jobs::job::JobError;
 
 /// Which engine sits behind the pool; only connection setup and migrations differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +130,34 @@ impl Db {
             .await
             .map(|_| ())
     }
+}
+
+/// An error kept in two columns, `error_code` and `error_message` (jobs and attempts):
+/// read with `#[sqlx(flatten, try_from = "ErrorColumns")]`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ErrorColumns {
+    error_code: Option<String>,
+    error_message: Option<String>,
+}
+
+impl From<ErrorColumns> for Option<JobError> {
+    fn from(c: ErrorColumns) -> Self {
+        c.error_code.map(|code| JobError {
+            code,
+            message: c.error_message.unwrap_or_default(),
+        })
+    }
+}
+
+/// The value of a JSON text column, or a decode error naming the table and column.
+pub(crate) fn json_column<T: DeserializeOwned>(
+    table: &str,
+    column: &str,
+    text: &str,
+) -> Result<T, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| {
+        sqlx::Error::Decode(format!("bad {column} in {table} row ({e}): {text:?}").into())
+    })
 }
 
 /// Most bytes of stored text one page of a list reads (`GET /v1/jobs`, a batch of a job's
