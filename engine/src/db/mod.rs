@@ -184,6 +184,144 @@ pub(crate) fn fit_page<K: Clone>(rows: &[(K, i64)], limit: usize, budget: i64) -
 #[cfg(test)]
 mod tests {
     use super::fit_page;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// A migration's statements with the two dialects' type names made one: comments
+    /// dropped, whitespace and case folded, `INTEGER` read as `BIGINT` and SQLite's
+    /// `INTEGER PRIMARY KEY AUTOINCREMENT` as Postgres's `BIGSERIAL PRIMARY KEY`.
+    fn normalised(sql: &str) -> Vec<String> {
+        let text: String = sql
+            .lines()
+            .map(|line| line.split("--").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ");
+        text.split(';')
+            .map(|statement| {
+                let spaced = statement
+                    .replace('(', " ( ")
+                    .replace(')', " ) ")
+                    .replace(',', " , ");
+                let words: Vec<String> = spaced
+                    .split_whitespace()
+                    .map(|w| match w.to_lowercase().as_str() {
+                        "integer" => "bigint".to_owned(),
+                        other => other.to_owned(),
+                    })
+                    .collect();
+                words
+                    .join(" ")
+                    .replace("bigint primary key autoincrement", "bigserial primary key")
+            })
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// Every migration of one dialect by file name, normalised.
+    fn migrations(dialect: &str) -> BTreeMap<String, Vec<String>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../migrations")
+            .join(dialect);
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| {
+                let path = entry.expect("readable directory").path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let sql = std::fs::read_to_string(&path).expect("readable migration");
+                (name, normalised(&sql))
+            })
+            .collect()
+    }
+
+    /// The tables the statements leave behind, each with its columns in order.
+    fn tables(statements: &[String]) -> BTreeMap<String, Vec<String>> {
+        let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in statements {
+            let words: Vec<&str> = s.split(' ').collect();
+            match words.as_slice() {
+                ["create", "table", name, "(", rest @ ..] => {
+                    // Columns are the first word of each top-level item that is not a
+                    // table constraint.
+                    let (mut depth, mut start) = (0, true);
+                    let columns = tables.entry((*name).to_owned()).or_default();
+                    for w in rest {
+                        match *w {
+                            "(" => depth += 1,
+                            ")" => depth -= 1,
+                            "," if depth == 0 => start = true,
+                            w if start && depth == 0 => {
+                                start = false;
+                                let constraint =
+                                    ["primary", "unique", "foreign", "check", "constraint"];
+                                if !constraint.contains(&w) {
+                                    columns.push(w.to_owned());
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                ["alter", "table", name, "add", "column", column, ..] => tables
+                    .entry((*name).to_owned())
+                    .or_default()
+                    .push((*column).to_owned()),
+                _ => {}
+            }
+        }
+        tables
+    }
+
+    #[test]
+    fn the_normaliser_folds_only_type_names() {
+        let sqlite = normalised(
+            "-- a\nCREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT,\n a INTEGER NOT NULL);",
+        );
+        let postgres =
+            normalised("CREATE TABLE t (\n  seq BIGSERIAL PRIMARY KEY, a BIGINT NOT NULL\n);");
+        assert_eq!(sqlite, postgres);
+        assert_ne!(
+            normalised("CREATE TABLE t (a BIGINT)"),
+            normalised("CREATE TABLE t (a TEXT)")
+        );
+        let cols = tables(&normalised(
+            "CREATE TABLE t (a TEXT, b BIGINT DEFAULT (1), PRIMARY KEY (a, b)); \
+             ALTER TABLE t ADD COLUMN c TEXT;",
+        ));
+        assert_eq!(cols["t"], ["a", "b", "c"]);
+    }
+
+    /// Both dialects' migrations make the same schema: the same files, and in each the
+    /// same statements (tables, columns in order, defaults, indexes) once type names are
+    /// folded.
+    #[test]
+    fn sqlite_and_postgres_migrations_agree() {
+        let (sqlite, postgres) = (migrations("sqlite"), migrations("postgres"));
+        assert_eq!(
+            sqlite.keys().collect::<Vec<_>>(),
+            postgres.keys().collect::<Vec<_>>(),
+            "the same migration files"
+        );
+        assert!(sqlite.len() >= 7, "migrations found: {}", sqlite.len());
+        let all =
+            |m: &BTreeMap<String, Vec<String>>| m.values().flatten().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            tables(&all(&sqlite)),
+            tables(&all(&postgres)),
+            "the same tables and columns"
+        );
+        for (file, statements) in &sqlite {
+            let other = &postgres[file];
+            assert_eq!(statements.len(), other.len(), "{file}: statement count");
+            for (a, b) in statements.iter().zip(other) {
+                assert_eq!(a, b, "{file}: the dialects differ");
+            }
+        }
+        let indexes = all(&sqlite)
+            .into_iter()
+            .filter(|s| s.starts_with("create index") || s.starts_with("create unique index"))
+            .count();
+        assert!(indexes > 0, "indexes are compared too");
+    }
 
     #[test]
     fn pages_stop_at_the_row_limit_or_the_byte_budget() {
