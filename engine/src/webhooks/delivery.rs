@@ -24,7 +24,7 @@ use crate::db::webhook_endpoints as endpoints;
 use crate::egress;
 use crate::ids::{IdKind, new_id, now_ms};
 use crate::jobs::job::Job;
-use crate::tasks::Deliver;
+use crate::tasks::{self, Deliver};
 use crate::{Engine, EngineError, SharedEngine};
 
 /// How much of a receiver's answer is kept in the delivery log.
@@ -145,13 +145,11 @@ pub(crate) async fn fan_out(
 /// than any account has under the default endpoint cap (16, plus the job's own webhook).
 const FAST_LANE_FAN_OUT: usize = 20;
 
-/// Pushes the first attempts of deliveries just committed. A push that fails leaves the
-/// delivery due in SQL, where the sweeper finds it.
-pub(crate) async fn dispatch(engine: &Engine, tasks: Vec<Deliver>) {
-    for task in tasks {
-        if let Err(e) = engine.queue.push(&task, Duration::ZERO).await {
-            tracing::warn!(error = %e, "could not push a delivery; the sweeper will");
-        }
+/// Pushes the first attempts of deliveries just committed, best effort
+/// ([`tasks::hand_off`]): a push that fails leaves the delivery due in SQL.
+pub(crate) async fn dispatch(engine: &Engine, outbox: Vec<Deliver>) {
+    for task in outbox {
+        tasks::hand_off(engine, &task, Duration::ZERO).await;
     }
 }
 
@@ -383,8 +381,8 @@ async fn record(
     Ok(())
 }
 
-/// Pushes the delivery's next attempt, due at Unix ms `at`. If the push fails, the row
-/// still says when the attempt is due, and the sweeper pushes it later.
+/// Pushes the delivery's next attempt, due at Unix ms `at`, best effort
+/// ([`tasks::hand_off`]): the row says when it is due.
 async fn push_attempt(engine: &Engine, delivery: &Delivery, at: i64) {
     let task = Deliver {
         delivery_id: delivery.id.clone(),
@@ -394,9 +392,7 @@ async fn push_attempt(engine: &Engine, delivery: &Delivery, at: i64) {
         bulk: true,
     };
     let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
-    if let Err(e) = engine.queue.push(&task, delay).await {
-        tracing::warn!(delivery_id = %delivery.id, error = %e, "could not push the next attempt; the sweeper will");
-    }
+    tasks::hand_off(engine, &task, delay).await;
 }
 
 /// How long a delivery waiting for a slot is held against the sweeper. No more wait in
@@ -950,9 +946,7 @@ pub async fn redeliver(
         // crowd out first attempts.
         bulk: true,
     };
-    if let Err(e) = engine.queue.push(&task, Duration::ZERO).await {
-        tracing::warn!(delivery_id = %armed.id, error = %e, "could not push a redelivery; the sweeper will");
-    }
+    tasks::hand_off(engine, &task, Duration::ZERO).await;
     Ok(Redelivery::Armed(Box::new(armed)))
 }
 
