@@ -2,9 +2,9 @@
 //! change that causes it, so no outcome exists without its event.
 
 use serde_json::Value;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
-use super::{Db, LIST_PAGE_BYTES, fit_page};
+use super::{Db, LIST_PAGE_BYTES, fit_page, json_column};
 use crate::ids::{IdKind, new_id};
 
 #[derive(Debug, Clone)]
@@ -61,7 +61,7 @@ pub async fn insert(
     data: &Value,
 ) -> Result<EventRow, sqlx::Error> {
     let id = new_id(IdKind::Event);
-    let row = sqlx::query(
+    let seq = sqlx::query_scalar(
         "INSERT INTO job_events (id, job_id, account_id, type, created_at, data) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
     )
@@ -74,7 +74,7 @@ pub async fn insert(
     .fetch_one(conn)
     .await?;
     Ok(EventRow {
-        seq: row.try_get("seq")?,
+        seq,
         id,
         job_id: job_id.to_owned(),
         kind: kind.to_owned(),
@@ -83,27 +83,51 @@ pub async fn insert(
     })
 }
 
-fn event_from_row(r: &sqlx::any::AnyRow) -> Result<EventRow, sqlx::Error> {
-    let data: String = r.try_get("data")?;
-    Ok(EventRow {
-        seq: r.try_get("seq")?,
-        id: r.try_get("id")?,
-        job_id: r.try_get("job_id")?,
-        kind: r.try_get("type")?,
-        created_at: r.try_get("created_at")?,
-        data: serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-    })
+/// The columns of an [`EventRecord`], for `concat!` into statements.
+macro_rules! event_columns {
+    () => {
+        "seq, id, job_id, type, created_at, data"
+    };
+}
+
+/// A job_events row as stored, its data as text.
+#[derive(Debug, sqlx::FromRow)]
+struct EventRecord {
+    seq: i64,
+    id: String,
+    job_id: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    created_at: i64,
+    data: String,
+}
+
+impl TryFrom<EventRecord> for EventRow {
+    type Error = sqlx::Error;
+
+    fn try_from(r: EventRecord) -> Result<EventRow, sqlx::Error> {
+        Ok(EventRow {
+            data: json_column("job_events", "data", &r.data)?,
+            seq: r.seq,
+            id: r.id,
+            job_id: r.job_id,
+            kind: r.kind,
+            created_at: r.created_at,
+        })
+    }
 }
 
 impl Db {
     pub async fn event(&self, id: &str) -> Result<Option<EventRow>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT seq, id, job_id, type, created_at, data FROM job_events WHERE id = $1",
-        )
+        let row: Option<EventRecord> = sqlx::query_as(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM job_events WHERE id = $1"
+        ))
         .bind(id)
         .fetch_optional(self.pool())
         .await?;
-        row.as_ref().map(event_from_row).transpose()
+        row.map(EventRow::try_from).transpose()
     }
 
     /// A job's events after `after_seq`, oldest first: at most `limit`, and fewer once
@@ -115,7 +139,7 @@ impl Db {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<EventRow>, sqlx::Error> {
-        let sizes = sqlx::query(
+        let sizes: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT seq, CAST(octet_length(data) AS BIGINT) AS bytes FROM job_events \
              WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
@@ -123,24 +147,22 @@ impl Db {
         .bind(after_seq)
         .bind(limit)
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get::<i64, _>("seq")?, r.try_get::<i64, _>("bytes")?)))
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .await?;
         let (seqs, _) = fit_page(&sizes, sizes.len(), LIST_PAGE_BYTES);
         let Some(last) = seqs.last() else {
             return Ok(Vec::new());
         };
-        let rows = sqlx::query(
-            "SELECT seq, id, job_id, type, created_at, data FROM job_events \
-             WHERE job_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
-        )
+        let rows: Vec<EventRecord> = sqlx::query_as(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM job_events WHERE job_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq"
+        ))
         .bind(job_id)
         .bind(after_seq)
         .bind(last)
         .fetch_all(self.pool())
         .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.into_iter().map(EventRow::try_from).collect()
     }
 }
 

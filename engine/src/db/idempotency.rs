@@ -5,7 +5,7 @@
 //! bound to the job in the job's transaction. A claim whose request died is taken over
 //! after `lock_ms`; a key older than `ttl_ms` is free again.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use super::Db;
 
@@ -19,6 +19,15 @@ pub enum Claim {
     InFlight,
     /// Seen before with a different body.
     Mismatch,
+}
+
+/// A stored key, as `claim_idempotency_key` weighs it.
+#[derive(Debug, sqlx::FromRow)]
+struct KeyRow {
+    request_hash: String,
+    job_id: Option<String>,
+    locked_at: i64,
+    created_at: i64,
 }
 
 pub struct KeyPolicy {
@@ -48,7 +57,12 @@ impl Db {
         if inserted.rows_affected() == 1 {
             return Ok(Claim::New);
         }
-        let Some(row) = sqlx::query(
+        let Some(KeyRow {
+            request_hash: hash,
+            job_id,
+            locked_at,
+            created_at,
+        }) = sqlx::query_as(
             "SELECT request_hash, job_id, locked_at, created_at FROM idempotency_keys \
              WHERE account_id = $1 AND key = $2",
         )
@@ -60,11 +74,6 @@ impl Db {
             // Released between our insert and read; the client may simply retry.
             return Ok(Claim::InFlight);
         };
-        let hash: String = row.try_get("request_hash")?;
-        let job_id: Option<String> = row.try_get("job_id")?;
-        let locked_at: i64 = row.try_get("locked_at")?;
-        let created_at: i64 = row.try_get("created_at")?;
-
         if created_at + policy.ttl_ms < now {
             // Expired: the key starts a new life with this request.
             let taken = sqlx::query(

@@ -4,19 +4,19 @@
 //! that claims a submission) in SQL, so writers never overwrite each other's changes.
 
 use serde::Serialize;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
-use super::Db;
-use crate::ErrorCode;
+use super::{Db, ErrorColumns};
 use crate::jobs::job::JobError;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct JobAttempt {
     pub provider: String,
     pub model: String,
     pub upstream_id: Option<String>,
     /// `running`, `succeeded`, `failed`, `cancelled` or `expired`.
     pub status: String,
+    #[sqlx(flatten, try_from = "ErrorColumns")]
     pub error: Option<JobError>,
     pub started_at: i64,
     pub ended_at: Option<i64>,
@@ -89,39 +89,12 @@ pub async fn finish(
 impl Db {
     /// The job's attempts, first to last.
     pub async fn job_attempts(&self, job_id: &str) -> Result<Vec<JobAttempt>, sqlx::Error> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT provider, model, upstream_id, status, error_code, error_message, \
              started_at, ended_at FROM job_attempts WHERE job_id = $1 ORDER BY n",
         )
         .bind(job_id)
         .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let code: Option<String> = r.try_get("error_code")?;
-                let message: Option<String> = r.try_get("error_message")?;
-                Ok(JobAttempt {
-                    provider: r.try_get("provider")?,
-                    model: r.try_get("model")?,
-                    upstream_id: r.try_get("upstream_id")?,
-                    status: r.try_get("status")?,
-                    error: code
-                        .map(|code| {
-                            Ok::<_, sqlx::Error>(JobError {
-                                code: ErrorCode::parse(&code).ok_or_else(|| {
-                                    sqlx::Error::Decode(
-                                        format!("bad error_code in job_attempts row: {code:?}")
-                                            .into(),
-                                    )
-                                })?,
-                                message: message.unwrap_or_default(),
-                            })
-                        })
-                        .transpose()?,
-                    started_at: r.try_get("started_at")?,
-                    ended_at: r.try_get("ended_at")?,
-                })
-            })
-            .collect()
+        .await
     }
 }

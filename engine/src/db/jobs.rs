@@ -2,25 +2,114 @@
 //! a duplicate or late task can never move a job backwards or write a second result.
 
 use serde_json::Value;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use sqlx::AnyConnection;
 
-use super::{Db, LIST_PAGE_BYTES, fit_page};
-use crate::ErrorCode;
+use super::{Db, ErrorColumns, LIST_PAGE_BYTES, fit_page, json_column};
 use crate::jobs::job::{Job, JobError, JobKind, JobStatus, StoredOutput};
 use crate::jobs::routing::RouteStep;
 
-const COLUMNS: &str = "id, account_id, status, kind, model, provider, input, metadata, webhook, \
-    progress, upstream_id, outputs, error_code, error_message, cost_usd, retries, check_seq, \
-    next_check_at, claimed_at, created_at, started_at, completed_at, deadline_at, route, \
-    route_index, attempt_count";
+/// The columns of a [`JobRow`], for `concat!` into statements.
+macro_rules! job_columns {
+    () => {
+        "id, account_id, status, kind, model, provider, input, metadata, webhook, \
+         progress, upstream_id, outputs, error_code, error_message, cost_usd, retries, \
+         check_seq, next_check_at, claimed_at, created_at, started_at, completed_at, \
+         deadline_at, route, route_index, attempt_count"
+    };
+}
 
-const PENDING: &str = "('queued', 'in_progress')";
+/// The statuses a job can still leave, as SQL.
+macro_rules! pending {
+    () => {
+        "('queued', 'in_progress')"
+    };
+}
 
 /// What [`LIST_PAGE_BYTES`] counts, as SQL both databases run.
-const ROW_BYTES: &str = "CAST(octet_length(input) + octet_length(metadata) \
-    + COALESCE(octet_length(webhook), 0) + octet_length(outputs) + octet_length(route) \
-    + COALESCE(octet_length(error_message), 0) AS BIGINT)";
+macro_rules! row_bytes {
+    () => {
+        "CAST(octet_length(input) + octet_length(metadata) \
+         + COALESCE(octet_length(webhook), 0) + octet_length(outputs) + octet_length(route) \
+         + COALESCE(octet_length(error_message), 0) AS BIGINT)"
+    };
+}
+
+/// A jobs row as stored: JSON and enum names as text, turned into a [`Job`] by `TryFrom`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct JobRow {
+    id: String,
+    account_id: String,
+    status: String,
+    kind: String,
+    model: String,
+    provider: String,
+    input: String,
+    metadata: String,
+    webhook: Option<String>,
+    progress: i64,
+    upstream_id: Option<String>,
+    outputs: String,
+    #[sqlx(flatten, try_from = "ErrorColumns")]
+    error: Option<JobError>,
+    cost_usd: String,
+    retries: i64,
+    check_seq: i64,
+    next_check_at: i64,
+    claimed_at: i64,
+    created_at: i64,
+    started_at: Option<i64>,
+    completed_at: Option<i64>,
+    deadline_at: i64,
+    route: String,
+    route_index: i64,
+    attempt_count: i64,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = sqlx::Error;
+
+    fn try_from(r: JobRow) -> Result<Job, sqlx::Error> {
+        let json = |column: &str, text: &str| json_column::<Value>("jobs", column, text);
+        let bad = |column: &str, text: &str| {
+            sqlx::Error::Decode(format!("bad {column} in jobs row: {text:?}").into())
+        };
+        Ok(Job {
+            status: JobStatus::parse(&r.status).ok_or_else(|| bad("status", &r.status))?,
+            kind: JobKind::parse(&r.kind).ok_or_else(|| bad("kind", &r.kind))?,
+            input: json("input", &r.input)?,
+            metadata: json("metadata", &r.metadata)?,
+            webhook: r
+                .webhook
+                .as_deref()
+                .map(|w| json("webhook", w))
+                .transpose()?,
+            outputs: json_column("jobs", "outputs", &r.outputs)?,
+            route: json_column("jobs", "route", &r.route)?,
+            id: r.id,
+            account_id: r.account_id,
+            model: r.model,
+            provider: r.provider,
+            progress: r.progress,
+            upstream_id: r.upstream_id,
+            error: r.error,
+            cost_usd: r.cost_usd,
+            retries: r.retries,
+            check_seq: r.check_seq,
+            next_check_at: r.next_check_at,
+            claimed_at: r.claimed_at,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            completed_at: r.completed_at,
+            deadline_at: r.deadline_at,
+            route_index: r.route_index,
+            attempt_count: r.attempt_count,
+        })
+    }
+}
+
+fn job(row: Option<JobRow>) -> Result<Option<Job>, sqlx::Error> {
+    row.map(Job::try_from).transpose()
+}
 
 /// A job about to be inserted.
 #[derive(Debug, Clone)]
@@ -47,96 +136,14 @@ pub struct JobFilter {
     pub limit: u32,
 }
 
-fn decode_err(what: &str, value: &str) -> sqlx::Error {
-    sqlx::Error::Decode(format!("bad {what} in jobs row: {value:?}").into())
-}
-
-fn job_from_row(r: &AnyRow) -> Result<Job, sqlx::Error> {
-    let status: String = r.try_get("status")?;
-    let kind: String = r.try_get("kind")?;
-    let json = |col: &str| -> Result<Value, sqlx::Error> {
-        let text: String = r.try_get(col)?;
-        serde_json::from_str(&text).map_err(|_| decode_err(col, &text))
-    };
-    let webhook: Option<String> = r.try_get("webhook")?;
-    let outputs: String = r.try_get("outputs")?;
-    let error_code: Option<String> = r.try_get("error_code")?;
-    let error_message: Option<String> = r.try_get("error_message")?;
-    Ok(Job {
-        id: r.try_get("id")?,
-        account_id: r.try_get("account_id")?,
-        status: JobStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?,
-        kind: JobKind::parse(&kind).ok_or_else(|| decode_err("kind", &kind))?,
-        model: r.try_get("model")?,
-        provider: r.try_get("provider")?,
-        input: json("input")?,
-        metadata: json("metadata")?,
-        webhook: webhook
-            .map(|w| serde_json::from_str(&w).map_err(|_| decode_err("webhook", &w)))
-            .transpose()?,
-        progress: r.try_get("progress")?,
-        upstream_id: r.try_get("upstream_id")?,
-        outputs: serde_json::from_str::<Vec<StoredOutput>>(&outputs)
-            .map_err(|_| decode_err("outputs", &outputs))?,
-        error: match error_code {
-            Some(code) => Some(JobError {
-                code: ErrorCode::parse(&code).ok_or_else(|| decode_err("error_code", &code))?,
-                message: error_message.unwrap_or_default(),
-            }),
-            None => None,
-        },
-        cost_usd: r.try_get("cost_usd")?,
-        retries: r.try_get("retries")?,
-        check_seq: r.try_get("check_seq")?,
-        next_check_at: r.try_get("next_check_at")?,
-        claimed_at: r.try_get("claimed_at")?,
-        created_at: r.try_get("created_at")?,
-        started_at: r.try_get("started_at")?,
-        completed_at: r.try_get("completed_at")?,
-        deadline_at: r.try_get("deadline_at")?,
-        route: {
-            let text: String = r.try_get("route")?;
-            serde_json::from_str(&text).map_err(|_| decode_err("route", &text))?
-        },
-        route_index: r.try_get("route_index")?,
-        attempt_count: r.try_get("attempt_count")?,
-    })
-}
-
-async fn one(
-    conn: &mut AnyConnection,
-    sql: String,
-    binds: Binds<'_>,
-) -> Result<Option<Job>, sqlx::Error> {
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for b in binds {
-        q = match b {
-            Bind::I(v) => q.bind(*v),
-            Bind::S(v) => q.bind(*v),
-        };
-    }
-    q.fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(job_from_row)
-        .transpose()
-}
-
-/// A bind value for the small set of guarded updates below.
-enum Bind<'a> {
-    I(&'a i64),
-    S(&'a str),
-}
-type Binds<'a> = &'a [Bind<'a>];
-
 /// Inserts a queued job.
 pub async fn insert(conn: &mut AnyConnection, j: &NewJob) -> Result<Job, sqlx::Error> {
-    let sql = format!(
+    let row: JobRow = sqlx::query_as(concat!(
         "INSERT INTO jobs (id, account_id, status, kind, model, provider, input, metadata, webhook, \
          next_check_at, created_at, deadline_at, updated_at, route) \
-         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $9, $11) RETURNING {COLUMNS}"
-    );
-    let row = sqlx::query(AssertSqlSafe(sql))
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $9, $10, $9, $11) RETURNING ",
+        job_columns!()
+    ))
         .bind(&j.id)
         .bind(&j.account_id)
         .bind(j.kind.as_str())
@@ -150,7 +157,7 @@ pub async fn insert(conn: &mut AnyConnection, j: &NewJob) -> Result<Job, sqlx::E
         .bind(serde_json::to_string(&j.route).expect("route serializes"))
         .fetch_one(conn)
         .await?;
-    job_from_row(&row)
+    row.try_into()
 }
 
 /// queued → in_progress, claiming the first submission (the returned job's
@@ -162,17 +169,18 @@ pub async fn claim_queued(
     now: i64,
     lease_until: i64,
 ) -> Result<Option<Job>, sqlx::Error> {
-    let sql = format!(
+    let row = sqlx::query_as(concat!(
         "UPDATE jobs SET status = 'in_progress', started_at = $1, claimed_at = $1, updated_at = $1, \
          next_check_at = $2, attempt_count = attempt_count + 1 \
-         WHERE id = $3 AND status = 'queued' RETURNING {COLUMNS}"
-    );
-    one(
-        conn,
-        sql,
-        &[Bind::I(&now), Bind::I(&lease_until), Bind::S(id)],
-    )
-    .await
+         WHERE id = $3 AND status = 'queued' RETURNING ",
+        job_columns!()
+    ))
+    .bind(now)
+    .bind(lease_until)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    job(row)
 }
 
 /// Re-claims the submission of an in-progress job that has no upstream id yet, when the
@@ -185,7 +193,7 @@ pub async fn reclaim_submission(
     now: i64,
     lease_until: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
-    let row = sqlx::query(
+    sqlx::query_scalar(
         "UPDATE jobs SET claimed_at = $1, updated_at = $1, next_check_at = $2, \
          attempt_count = attempt_count + 1 \
          WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL AND claimed_at = $4 \
@@ -196,8 +204,7 @@ pub async fn reclaim_submission(
     .bind(id)
     .bind(old_claim)
     .fetch_optional(conn)
-    .await?;
-    row.map(|r| r.try_get("attempt_count")).transpose()
+    .await
 }
 
 /// Marks the job as being worked on by the task holding `seq` until `until` (before long
@@ -231,9 +238,9 @@ pub async fn set_upstream_id(
     now: i64,
     then_check: Option<(i64, i64)>,
 ) -> Result<Option<i64>, sqlx::Error> {
-    let row = match then_check {
+    match then_check {
         None => {
-            sqlx::query(
+            sqlx::query_scalar(
                 "UPDATE jobs SET upstream_id = $1, updated_at = $2 \
                  WHERE id = $3 AND status = 'in_progress' AND upstream_id IS NULL \
                  RETURNING next_check_at",
@@ -242,10 +249,10 @@ pub async fn set_upstream_id(
             .bind(now)
             .bind(id)
             .fetch_optional(conn)
-            .await?
+            .await
         }
         Some((seq, at)) => {
-            sqlx::query(
+            sqlx::query_scalar(
                 "UPDATE jobs SET upstream_id = $1, updated_at = $2, check_seq = check_seq + 1, \
                  next_check_at = CASE WHEN woken_at > 0 AND woken_at >= claimed_at THEN $2 ELSE $3 END \
                  WHERE id = $4 AND status = 'in_progress' AND upstream_id IS NULL AND check_seq = $5 \
@@ -257,10 +264,9 @@ pub async fn set_upstream_id(
             .bind(id)
             .bind(seq)
             .fetch_optional(conn)
-            .await?
+            .await
         }
-    };
-    row.map(|r| r.try_get("next_check_at")).transpose()
+    }
 }
 
 /// What `wake` did to a job.
@@ -282,7 +288,7 @@ pub async fn wake(
     upstream_id: &str,
     now: i64,
 ) -> Result<Option<Woken>, sqlx::Error> {
-    let row = sqlx::query(
+    let row: Option<(i64, Option<String>)> = sqlx::query_as(
         "UPDATE jobs SET woken_at = $1, \
          check_seq = CASE WHEN upstream_id IS NULL THEN check_seq ELSE check_seq + 1 END, \
          next_check_at = CASE WHEN upstream_id IS NULL THEN next_check_at ELSE $1 END \
@@ -295,12 +301,8 @@ pub async fn wake(
     .bind(upstream_id)
     .fetch_optional(conn)
     .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let stored: Option<String> = row.try_get("upstream_id")?;
-    Ok(Some(match stored {
-        Some(_) => Woken::Check(row.try_get("check_seq")?),
+    Ok(row.map(|(check_seq, stored)| match stored {
+        Some(_) => Woken::Check(check_seq),
         None => Woken::Marked,
     }))
 }
@@ -334,24 +336,31 @@ pub async fn set_progress(
     now: i64,
     quiet_ms: i64,
 ) -> Result<Option<(Job, bool)>, sqlx::Error> {
-    let sql = format!(
+    let row: Option<ProgressRow> = sqlx::query_as(concat!(
         "UPDATE jobs SET progress = $1, updated_at = $2, \
          progress_at = CASE WHEN progress_at <= $3 THEN $2 ELSE progress_at END \
          WHERE id = $4 AND status = 'in_progress' AND progress < $1 \
-         RETURNING {COLUMNS}, progress_at"
-    );
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .bind(progress)
-        .bind(now)
-        .bind(now - quiet_ms)
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+         RETURNING progress_at, ",
+        job_columns!()
+    ))
+    .bind(progress)
+    .bind(now)
+    .bind(now - quiet_ms)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
     let Some(row) = row else {
         return Ok(None);
     };
-    let announced_at: i64 = row.try_get("progress_at")?;
-    Ok(Some((job_from_row(&row)?, announced_at == now)))
+    Ok(Some((row.job.try_into()?, row.progress_at == now)))
+}
+
+/// A job row with when its progress was last announced.
+#[derive(Debug, sqlx::FromRow)]
+struct ProgressRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    progress_at: i64,
 }
 
 /// in_progress → completed with its outputs.
@@ -363,22 +372,19 @@ pub async fn complete(
     now: i64,
 ) -> Result<Option<Job>, sqlx::Error> {
     let outputs = serde_json::to_string(outputs).expect("outputs serialize");
-    let sql = format!(
+    let row = sqlx::query_as(concat!(
         "UPDATE jobs SET status = 'completed', progress = 100, outputs = $1, cost_usd = $2, \
          completed_at = $3, updated_at = $3 \
-         WHERE id = $4 AND status = 'in_progress' RETURNING {COLUMNS}"
-    );
-    one(
-        conn,
-        sql,
-        &[
-            Bind::S(&outputs),
-            Bind::S(cost_usd),
-            Bind::I(&now),
-            Bind::S(id),
-        ],
-    )
-    .await
+         WHERE id = $4 AND status = 'in_progress' RETURNING ",
+        job_columns!()
+    ))
+    .bind(outputs)
+    .bind(cost_usd)
+    .bind(now)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    job(row)
 }
 
 /// Any pending status → failed, cancelled or expired.
@@ -393,19 +399,21 @@ pub async fn end(
         to,
         JobStatus::Failed | JobStatus::Cancelled | JobStatus::Expired
     ));
-    let sql = format!(
-        "UPDATE jobs SET status = $1, error_code = $2, error_message = $3, completed_at = $4, updated_at = $4 \
-         WHERE id = $5 AND status IN {PENDING} RETURNING {COLUMNS}"
-    );
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .bind(to.as_str())
-        .bind(error.map(|e| e.code.as_str()))
-        .bind(error.map(|e| e.message.clone()))
-        .bind(now)
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(job_from_row).transpose()
+    let row = sqlx::query_as(concat!(
+        "UPDATE jobs SET status = $1, error_code = $2, error_message = $3, completed_at = $4, \
+         updated_at = $4 WHERE id = $5 AND status IN ",
+        pending!(),
+        " RETURNING ",
+        job_columns!()
+    ))
+    .bind(to.as_str())
+    .bind(error.map(|e| e.code.as_str()))
+    .bind(error.map(|e| e.message.clone()))
+    .bind(now)
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    job(row)
 }
 
 /// Moves an in-progress job to route step `index` (another provider or model) and claims
@@ -421,26 +429,23 @@ pub async fn switch_route(
     now: i64,
     lease_until: i64,
 ) -> Result<Option<Job>, sqlx::Error> {
-    let sql = format!(
+    let row = sqlx::query_as(concat!(
         "UPDATE jobs SET route_index = $1, model = $2, provider = $3, upstream_id = NULL, \
          claimed_at = $4, retries = 0, check_seq = check_seq + 1, \
          next_check_at = $5, updated_at = $4, attempt_count = attempt_count + 1 \
-         WHERE id = $6 AND check_seq = $7 AND status = 'in_progress' RETURNING {COLUMNS}"
-    );
-    one(
-        conn,
-        sql,
-        &[
-            Bind::I(&index),
-            Bind::S(&step.model),
-            Bind::S(&step.provider),
-            Bind::I(&now),
-            Bind::I(&lease_until),
-            Bind::S(id),
-            Bind::I(&seq),
-        ],
-    )
-    .await
+         WHERE id = $6 AND check_seq = $7 AND status = 'in_progress' RETURNING ",
+        job_columns!()
+    ))
+    .bind(index)
+    .bind(&step.model)
+    .bind(&step.provider)
+    .bind(now)
+    .bind(lease_until)
+    .bind(id)
+    .bind(seq)
+    .fetch_optional(conn)
+    .await?;
+    job(row)
 }
 
 /// Counts a failed step of a pending job; returns the job's failed steps so far, or
@@ -450,14 +455,14 @@ pub async fn count_step_failure(
     conn: &mut AnyConnection,
     id: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE jobs SET step_failures = step_failures + 1 \
-         WHERE id = $1 AND status IN {PENDING} RETURNING step_failures"
-    )))
+    sqlx::query_scalar(concat!(
+        "UPDATE jobs SET step_failures = step_failures + 1 WHERE id = $1 AND status IN ",
+        pending!(),
+        " RETURNING step_failures"
+    ))
     .bind(id)
     .fetch_optional(conn)
-    .await?;
-    row.map(|r| r.try_get("step_failures")).transpose()
+    .await
 }
 
 /// Fails a pending job with nothing but its status and error: the last resort for a job
@@ -468,10 +473,11 @@ pub async fn force_fail(
     error: &JobError,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(AssertSqlSafe(format!(
+    let done = sqlx::query(concat!(
         "UPDATE jobs SET status = 'failed', error_code = $1, error_message = $2, \
-         completed_at = $3, updated_at = $3 WHERE id = $4 AND status IN {PENDING}"
-    )))
+         completed_at = $3, updated_at = $3 WHERE id = $4 AND status IN ",
+        pending!()
+    ))
     .bind(error.code.as_str())
     .bind(&error.message)
     .bind(now)
@@ -503,12 +509,15 @@ pub async fn schedule_check(
 
 impl Db {
     pub async fn job(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
-        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref().map(job_from_row).transpose()
+        let row = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        job(row)
     }
 
     /// A job as seen by `account`: another account's job does not exist.
@@ -517,13 +526,16 @@ impl Db {
         account_id: &str,
         id: &str,
     ) -> Result<Option<Job>, sqlx::Error> {
-        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1 AND account_id = $2");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .bind(account_id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref().map(job_from_row).transpose()
+        let row = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1 AND account_id = $2"
+        ))
+        .bind(id)
+        .bind(account_id)
+        .fetch_optional(self.pool())
+        .await?;
+        job(row)
     }
 
     /// Newest first; `has_more` says whether another page follows. A page also ends
@@ -536,64 +548,48 @@ impl Db {
         f: &JobFilter,
     ) -> Result<(Vec<Job>, bool), sqlx::Error> {
         // First the ids and sizes only (the database measures the text without sending
-        // it), then the rows that fit.
-        let mut sql =
-            format!("SELECT id, {ROW_BYTES} AS row_bytes FROM jobs WHERE account_id = $1");
-        let mut n = 1;
-        let mut next = || {
-            n += 1;
-            n
-        };
-        if f.status.is_some() {
-            sql += &format!(" AND status = ${}", next());
-        }
-        if f.model.is_some() {
-            sql += &format!(" AND model = ${}", next());
-        }
-        if f.after.is_some() {
-            sql += &format!(" AND id < ${}", next());
-        }
-        sql += &format!(" ORDER BY id DESC LIMIT ${}", next());
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(account_id);
-        if let Some(s) = f.status {
-            q = q.bind(s.as_str());
-        }
-        if let Some(m) = &f.model {
-            q = q.bind(m.as_str());
-        }
-        if let Some(a) = &f.after {
-            q = q.bind(a.as_str());
-        }
-        let sizes = q
-            .bind(i64::from(f.limit) + 1)
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<String, _>("id")?,
-                    r.try_get::<i64, _>("row_bytes")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // it), then the rows that fit. A filter left out is a NULL parameter.
+        let status = f.status.map(JobStatus::as_str);
+        let sizes: Vec<(String, i64)> = sqlx::query_as(concat!(
+            "SELECT id, ",
+            row_bytes!(),
+            " AS row_bytes FROM jobs WHERE account_id = $1 \
+             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
+             AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(account_id)
+        .bind(status)
+        .bind(f.model.as_deref())
+        .bind(f.after.as_deref())
+        .bind(i64::from(f.limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
         let (ids, has_more) = fit_page(&sizes, f.limit as usize, LIST_PAGE_BYTES);
-        if ids.is_empty() {
+        let (Some(newest), Some(oldest)) = (ids.first(), ids.last()) else {
             return Ok((Vec::new(), has_more));
-        }
-        let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "SELECT {COLUMNS} FROM jobs WHERE account_id = $1 AND id IN ({}) ORDER BY id DESC",
-            marks.join(", ")
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(account_id);
-        for id in &ids {
-            q = q.bind(id.as_str());
-        }
-        let jobs = q
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(job_from_row)
+        };
+        // The page is a run of the list, so its rows are those between its first and
+        // last ids that pass the same filters; any that came meanwhile are left out, so
+        // the page holds only rows that were measured.
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE account_id = $1 \
+             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
+             AND id <= $4 AND id >= $5 ORDER BY id DESC"
+        ))
+        .bind(account_id)
+        .bind(status)
+        .bind(f.model.as_deref())
+        .bind(newest)
+        .bind(oldest)
+        .fetch_all(self.pool())
+        .await?;
+        let measured: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let jobs = rows
+            .into_iter()
+            .filter(|r| measured.contains(r.id.as_str()))
+            .map(Job::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok((jobs, has_more))
     }
@@ -606,17 +602,15 @@ impl Db {
         grace_ms: i64,
         limit: i64,
     ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, check_seq FROM jobs WHERE status IN {PENDING} \
-             AND (next_check_at < $1 OR deadline_at < $2) ORDER BY next_check_at LIMIT $3"
-        )))
+        sqlx::query_as(concat!(
+            "SELECT id, check_seq FROM jobs WHERE status IN ",
+            pending!(),
+            " AND (next_check_at < $1 OR deadline_at < $2) ORDER BY next_check_at LIMIT $3"
+        ))
         .bind(now - grace_ms)
         .bind(now)
         .bind(limit)
         .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("check_seq")?)))
-            .collect()
+        .await
     }
 }

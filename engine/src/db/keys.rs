@@ -1,24 +1,24 @@
 //! API keys and the accounts they belong to. Only the SHA-256 of a key is ever stored.
 
-use sqlx::Row;
-
 use super::Db;
 use crate::ids::{IdKind, new_id, now_ms};
 
 /// A key as listed by `mediagate keys list` (never the secret itself).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyInfo {
     pub id: String,
     pub account_id: String,
     pub name: String,
+    #[sqlx(rename = "key_prefix")]
     pub prefix: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
 }
 
 /// Who is calling, as established from a Bearer key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Caller {
+    #[sqlx(rename = "id")]
     pub key_id: String,
     pub account_id: String,
 }
@@ -59,23 +59,11 @@ impl Db {
     }
 
     pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, sqlx::Error> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT id, account_id, name, key_prefix, created_at, revoked_at FROM api_keys ORDER BY id",
         )
         .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KeyInfo {
-                    id: r.try_get("id")?,
-                    account_id: r.try_get("account_id")?,
-                    name: r.try_get("name")?,
-                    prefix: r.try_get("key_prefix")?,
-                    created_at: r.try_get("created_at")?,
-                    revoked_at: r.try_get("revoked_at")?,
-                })
-            })
-            .collect()
+        .await
     }
 
     /// Marks a key revoked; false if there is no such active key.
@@ -91,18 +79,11 @@ impl Db {
 
     /// The caller behind an active key hash.
     pub async fn caller_by_key_hash(&self, key_hash: &str) -> Result<Option<Caller>, sqlx::Error> {
-        let row = sqlx::query(
+        sqlx::query_as(
             "SELECT id, account_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
         .bind(key_hash)
         .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| {
-            Ok(Caller {
-                key_id: r.try_get("id")?,
-                account_id: r.try_get("account_id")?,
-            })
-        })
-        .transpose()
+        .await
     }
 }

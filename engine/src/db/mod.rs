@@ -5,6 +5,12 @@
 //! sqlx's `Any` driver: the statements stick to the common dialect (`$N` parameters,
 //! `RETURNING`, `ON CONFLICT`), times are integer milliseconds and JSON is text. Each
 //! table has its own query module; nothing outside `db` writes SQL.
+//!
+//! Every statement is static text (a column list shared by several statements is a
+//! `macro_rules!` spliced in with `concat!`), and every row is read by a
+//! `#[derive(sqlx::FromRow)]` struct. The `Any` driver decodes only integers, floats,
+//! text and bytes, so a column holding JSON or an enum's name is read as text into a raw
+//! row and converted by its `TryFrom`.
 
 pub mod events;
 pub mod idempotency;
@@ -18,8 +24,12 @@ pub mod webhook_secrets;
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
+
+use crate::ErrorCode;
+use crate::jobs::job::JobError;
 
 /// Which engine sits behind the pool; only connection setup and migrations differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +133,42 @@ impl Db {
     }
 }
 
+/// An error kept in two columns, `error_code` and `error_message` (jobs and attempts):
+/// read with `#[sqlx(flatten, try_from = "ErrorColumns")]`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ErrorColumns {
+    error_code: Option<String>,
+    error_message: Option<String>,
+}
+
+impl TryFrom<ErrorColumns> for Option<JobError> {
+    type Error = sqlx::Error;
+
+    fn try_from(c: ErrorColumns) -> Result<Self, sqlx::Error> {
+        let Some(code) = c.error_code else {
+            return Ok(None);
+        };
+        let code = ErrorCode::parse(&code).ok_or_else(|| {
+            sqlx::Error::Decode(format!("bad error_code in row: {code:?}").into())
+        })?;
+        Ok(Some(JobError {
+            code,
+            message: c.error_message.unwrap_or_default(),
+        }))
+    }
+}
+
+/// The value of a JSON text column, or a decode error naming the table and column.
+pub(crate) fn json_column<T: DeserializeOwned>(
+    table: &str,
+    column: &str,
+    text: &str,
+) -> Result<T, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| {
+        sqlx::Error::Decode(format!("bad {column} in {table} row ({e}): {text:?}").into())
+    })
+}
+
 /// Most bytes of stored text one page of a list reads (`GET /v1/jobs`, a batch of a job's
 /// events). With today's limits a job holds at most ~200 KB, so a full page of 100 fits
 /// unless its jobs are near the limits; rows written before the limits may be far larger.
@@ -147,6 +193,144 @@ pub(crate) fn fit_page<K: Clone>(rows: &[(K, i64)], limit: usize, budget: i64) -
 #[cfg(test)]
 mod tests {
     use super::fit_page;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// A migration's statements with the two dialects' type names made one: comments
+    /// dropped, whitespace and case folded, `INTEGER` read as `BIGINT` and SQLite's
+    /// `INTEGER PRIMARY KEY AUTOINCREMENT` as Postgres's `BIGSERIAL PRIMARY KEY`.
+    fn normalised(sql: &str) -> Vec<String> {
+        let text: String = sql
+            .lines()
+            .map(|line| line.split("--").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ");
+        text.split(';')
+            .map(|statement| {
+                let spaced = statement
+                    .replace('(', " ( ")
+                    .replace(')', " ) ")
+                    .replace(',', " , ");
+                let words: Vec<String> = spaced
+                    .split_whitespace()
+                    .map(|w| match w.to_lowercase().as_str() {
+                        "integer" => "bigint".to_owned(),
+                        other => other.to_owned(),
+                    })
+                    .collect();
+                words
+                    .join(" ")
+                    .replace("bigint primary key autoincrement", "bigserial primary key")
+            })
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// Every migration of one dialect by file name, normalised.
+    fn migrations(dialect: &str) -> BTreeMap<String, Vec<String>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../migrations")
+            .join(dialect);
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| {
+                let path = entry.expect("readable directory").path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let sql = std::fs::read_to_string(&path).expect("readable migration");
+                (name, normalised(&sql))
+            })
+            .collect()
+    }
+
+    /// The tables the statements leave behind, each with its columns in order.
+    fn tables(statements: &[String]) -> BTreeMap<String, Vec<String>> {
+        let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in statements {
+            let words: Vec<&str> = s.split(' ').collect();
+            match words.as_slice() {
+                ["create", "table", name, "(", rest @ ..] => {
+                    // Columns are the first word of each top-level item that is not a
+                    // table constraint.
+                    let (mut depth, mut start) = (0, true);
+                    let columns = tables.entry((*name).to_owned()).or_default();
+                    for w in rest {
+                        match *w {
+                            "(" => depth += 1,
+                            ")" => depth -= 1,
+                            "," if depth == 0 => start = true,
+                            w if start && depth == 0 => {
+                                start = false;
+                                let constraint =
+                                    ["primary", "unique", "foreign", "check", "constraint"];
+                                if !constraint.contains(&w) {
+                                    columns.push(w.to_owned());
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                ["alter", "table", name, "add", "column", column, ..] => tables
+                    .entry((*name).to_owned())
+                    .or_default()
+                    .push((*column).to_owned()),
+                _ => {}
+            }
+        }
+        tables
+    }
+
+    #[test]
+    fn the_normaliser_folds_only_type_names() {
+        let sqlite = normalised(
+            "-- a\nCREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT,\n a INTEGER NOT NULL);",
+        );
+        let postgres =
+            normalised("CREATE TABLE t (\n  seq BIGSERIAL PRIMARY KEY, a BIGINT NOT NULL\n);");
+        assert_eq!(sqlite, postgres);
+        assert_ne!(
+            normalised("CREATE TABLE t (a BIGINT)"),
+            normalised("CREATE TABLE t (a TEXT)")
+        );
+        let cols = tables(&normalised(
+            "CREATE TABLE t (a TEXT, b BIGINT DEFAULT (1), PRIMARY KEY (a, b)); \
+             ALTER TABLE t ADD COLUMN c TEXT;",
+        ));
+        assert_eq!(cols["t"], ["a", "b", "c"]);
+    }
+
+    /// Both dialects' migrations make the same schema: the same files, and in each the
+    /// same statements (tables, columns in order, defaults, indexes) once type names are
+    /// folded.
+    #[test]
+    fn sqlite_and_postgres_migrations_agree() {
+        let (sqlite, postgres) = (migrations("sqlite"), migrations("postgres"));
+        assert_eq!(
+            sqlite.keys().collect::<Vec<_>>(),
+            postgres.keys().collect::<Vec<_>>(),
+            "the same migration files"
+        );
+        assert!(sqlite.len() >= 7, "migrations found: {}", sqlite.len());
+        let all =
+            |m: &BTreeMap<String, Vec<String>>| m.values().flatten().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            tables(&all(&sqlite)),
+            tables(&all(&postgres)),
+            "the same tables and columns"
+        );
+        for (file, statements) in &sqlite {
+            let other = &postgres[file];
+            assert_eq!(statements.len(), other.len(), "{file}: statement count");
+            for (a, b) in statements.iter().zip(other) {
+                assert_eq!(a, b, "{file}: the dialects differ");
+            }
+        }
+        let indexes = all(&sqlite)
+            .into_iter()
+            .filter(|s| s.starts_with("create index") || s.starts_with("create unique index"))
+            .count();
+        assert!(indexes > 0, "indexes are compared too");
+    }
 
     #[test]
     fn pages_stop_at_the_row_limit_or_the_byte_budget() {

@@ -1,7 +1,5 @@
 //! Server-wide settings shared by every process, such as the file-link signing key.
 
-use sqlx::Row;
-
 use super::Db;
 
 impl Db {
@@ -19,10 +17,9 @@ impl Db {
         .bind(make())
         .execute(self.pool())
         .await?;
-        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
             .bind(name)
             .fetch_one(self.pool())
-            .await?;
-        row.try_get("value")
+            .await
     }
 }

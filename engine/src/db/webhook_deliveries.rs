@@ -1,8 +1,7 @@
 //! Webhook deliveries (one per event and destination) and their attempts: the delivery
 //! log, and the state the delivery tasks move forward with guarded updates.
 
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use super::Db;
 
@@ -21,18 +20,26 @@ impl DeliveryStatus {
             DeliveryStatus::Failed => "failed",
         }
     }
+}
 
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
+impl TryFrom<String> for DeliveryStatus {
+    type Error = sqlx::Error;
+
+    fn try_from(s: String) -> Result<Self, sqlx::Error> {
+        Ok(match s.as_str() {
             "pending" => DeliveryStatus::Pending,
             "delivered" => DeliveryStatus::Delivered,
             "failed" => DeliveryStatus::Failed,
-            _ => return None,
+            _ => {
+                return Err(sqlx::Error::Decode(
+                    format!("bad delivery status {s:?}").into(),
+                ));
+            }
         })
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Delivery {
     pub id: String,
     pub account_id: String,
@@ -42,6 +49,7 @@ pub struct Delivery {
     /// `None` for the job's own webhook.
     pub endpoint_id: Option<String>,
     pub url: String,
+    #[sqlx(try_from = "String")]
     pub status: DeliveryStatus,
     pub attempts: i64,
     pub step: i64,
@@ -88,30 +96,42 @@ pub enum AfterAttempt {
     Failed,
 }
 
-const COLUMNS: &str = "id, account_id, job_id, event_id, event_type, endpoint_id, url, status, \
-    attempts, step, seq, next_attempt_at, claimed_until, last_error, created_at, delivered_at";
+/// The columns of a [`Delivery`], for `concat!` into statements; with a table alias,
+/// `delivery_columns!(d.)`.
+macro_rules! delivery_columns {
+    ($($t:ident.)?) => {
+        concat!(
+            $(stringify!($t), ".",)? "id, ",
+            $(stringify!($t), ".",)? "account_id, ",
+            $(stringify!($t), ".",)? "job_id, ",
+            $(stringify!($t), ".",)? "event_id, ",
+            $(stringify!($t), ".",)? "event_type, ",
+            $(stringify!($t), ".",)? "endpoint_id, ",
+            $(stringify!($t), ".",)? "url, ",
+            $(stringify!($t), ".",)? "status, ",
+            $(stringify!($t), ".",)? "attempts, ",
+            $(stringify!($t), ".",)? "step, ",
+            $(stringify!($t), ".",)? "seq, ",
+            $(stringify!($t), ".",)? "next_attempt_at, ",
+            $(stringify!($t), ".",)? "claimed_until, ",
+            $(stringify!($t), ".",)? "last_error, ",
+            $(stringify!($t), ".",)? "created_at, ",
+            $(stringify!($t), ".",)? "delivered_at"
+        )
+    };
+}
 
-fn delivery_from_row(r: &AnyRow) -> Result<Delivery, sqlx::Error> {
-    let status: String = r.try_get("status")?;
-    Ok(Delivery {
-        id: r.try_get("id")?,
-        account_id: r.try_get("account_id")?,
-        job_id: r.try_get("job_id")?,
-        event_id: r.try_get("event_id")?,
-        event_type: r.try_get("event_type")?,
-        endpoint_id: r.try_get("endpoint_id")?,
-        url: r.try_get("url")?,
-        status: DeliveryStatus::parse(&status)
-            .ok_or_else(|| sqlx::Error::Decode(format!("bad delivery status {status:?}").into()))?,
-        attempts: r.try_get("attempts")?,
-        step: r.try_get("step")?,
-        seq: r.try_get("seq")?,
-        next_attempt_at: r.try_get("next_attempt_at")?,
-        claimed_until: r.try_get("claimed_until")?,
-        last_error: r.try_get("last_error")?,
-        created_at: r.try_get("created_at")?,
-        delivered_at: r.try_get("delivered_at")?,
-    })
+/// A delivery joined with one of its attempts (none: the attempt columns are NULL).
+#[derive(Debug, sqlx::FromRow)]
+struct DeliveryAttemptRow {
+    #[sqlx(flatten)]
+    delivery: Delivery,
+    attempt: Option<i64>,
+    started_at: Option<i64>,
+    duration_ms: Option<i64>,
+    status_code: Option<i64>,
+    attempt_error: Option<String>,
+    response_body: Option<String>,
 }
 
 /// Writes a pending delivery, due at once (in the event's transaction).
@@ -142,16 +162,16 @@ pub async fn claim(
     seq: i64,
     lease_until: i64,
 ) -> Result<Option<Delivery>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    sqlx::query_as(concat!(
         "UPDATE webhook_deliveries SET seq = seq + 1, claimed_until = $1 \
-         WHERE id = $2 AND seq = $3 AND status = 'pending' RETURNING {COLUMNS}"
-    )))
+         WHERE id = $2 AND seq = $3 AND status = 'pending' RETURNING ",
+        delivery_columns!()
+    ))
     .bind(lease_until)
     .bind(id)
     .bind(seq)
     .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(delivery_from_row).transpose()
+    .await
 }
 
 /// Records an attempt, numbered here (`a.attempt` is ignored), and, if the delivery is
@@ -168,13 +188,12 @@ pub async fn record_attempt(
 ) -> Result<bool, sqlx::Error> {
     // Numbering takes the row's lock (Postgres), so attempts recorded at once by two
     // holders get distinct numbers.
-    let number: i64 = sqlx::query(
+    let number: i64 = sqlx::query_scalar(
         "UPDATE webhook_deliveries SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
     )
     .bind(&d.id)
     .fetch_one(&mut *conn)
-    .await?
-    .try_get("attempts")?;
+    .await?;
     sqlx::query(
         "INSERT INTO webhook_attempts \
          (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body) \
@@ -288,13 +307,14 @@ pub async fn reissue(
 
 impl Db {
     pub async fn delivery(&self, id: &str) -> Result<Option<Delivery>, sqlx::Error> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM webhook_deliveries WHERE id = $1"
-        )))
+        sqlx::query_as(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM webhook_deliveries WHERE id = $1"
+        ))
         .bind(id)
         .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(delivery_from_row).transpose()
+        .await
     }
 
     /// A job's deliveries, oldest first, each with its attempts in order. One statement,
@@ -303,39 +323,36 @@ impl Db {
         &self,
         job_id: &str,
     ) -> Result<Vec<(Delivery, Vec<Attempt>)>, sqlx::Error> {
-        let columns: String = COLUMNS
-            .split(", ")
-            .map(|c| format!("d.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {columns}, a.attempt, a.started_at, a.duration_ms, a.status_code, \
+        let rows: Vec<DeliveryAttemptRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            delivery_columns!(d.),
+            ", a.attempt, a.started_at, a.duration_ms, a.status_code, \
              a.error AS attempt_error, a.response_body \
              FROM webhook_deliveries d \
              LEFT JOIN webhook_attempts a ON a.delivery_id = d.id \
              WHERE d.job_id = $1 ORDER BY d.id, a.attempt"
-        )))
+        ))
         .bind(job_id)
         .fetch_all(self.pool())
         .await?;
         let mut out: Vec<(Delivery, Vec<Attempt>)> = Vec::new();
-        for r in &rows {
-            let id: String = r.try_get("id")?;
-            if out.last().is_none_or(|(d, _)| d.id != id) {
-                out.push((delivery_from_row(r)?, Vec::new()));
-            }
-            let Some(attempt) = r.try_get::<Option<i64>, _>("attempt")? else {
-                continue;
+        for r in rows {
+            let attempt = match (r.attempt, r.started_at, r.duration_ms) {
+                (Some(attempt), Some(started_at), Some(duration_ms)) => Some(Attempt {
+                    attempt,
+                    started_at,
+                    duration_ms,
+                    status_code: r.status_code,
+                    error: r.attempt_error,
+                    response_body: r.response_body,
+                }),
+                _ => None,
             };
+            if out.last().is_none_or(|(d, _)| d.id != r.delivery.id) {
+                out.push((r.delivery, Vec::new()));
+            }
             let (_, attempts) = out.last_mut().expect("pushed above");
-            attempts.push(Attempt {
-                attempt,
-                started_at: r.try_get("started_at")?,
-                duration_ms: r.try_get("duration_ms")?,
-                status_code: r.try_get("status_code")?,
-                error: r.try_get("attempt_error")?,
-                response_body: r.try_get("response_body")?,
-            });
+            attempts.extend(attempt);
         }
         Ok(out)
     }
@@ -350,18 +367,18 @@ impl Db {
         id: &str,
         now: i64,
     ) -> Result<Option<Delivery>, sqlx::Error> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        sqlx::query_as(concat!(
             "UPDATE webhook_deliveries SET status = 'pending', step = 0, seq = seq + 1, \
              next_attempt_at = $1, claimed_until = 0, updated_at = $1 \
              WHERE id = $2 AND account_id = $3 \
-             AND NOT (status = 'pending' AND claimed_until > $1) RETURNING {COLUMNS}"
-        )))
+             AND NOT (status = 'pending' AND claimed_until > $1) RETURNING ",
+            delivery_columns!()
+        ))
         .bind(now)
         .bind(id)
         .bind(account_id)
         .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(delivery_from_row).transpose()
+        .await
     }
 
     /// Pending deliveries whose attempt is overdue by more than `grace_ms` and that no
@@ -372,7 +389,7 @@ impl Db {
         grace_ms: i64,
         limit: i64,
     ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT id, seq FROM webhook_deliveries WHERE status = 'pending' \
              AND next_attempt_at < $1 AND claimed_until < $2 ORDER BY next_attempt_at LIMIT $3",
         )
@@ -380,9 +397,6 @@ impl Db {
         .bind(now)
         .bind(limit)
         .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("seq")?)))
-            .collect()
+        .await
     }
 }

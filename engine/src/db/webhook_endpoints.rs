@@ -1,10 +1,9 @@
 //! Account-wide webhook endpoints: where every matching event of the account goes, each
 //! with its own signing secret and event filter.
 
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
-use super::Db;
+use super::{Db, json_column};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -28,23 +27,46 @@ impl Endpoint {
     }
 }
 
-const COLUMNS: &str = "id, account_id, url, secret, events, description, created_at, \
-    failing_since, disabled_at, disabled_reason";
+/// The columns of an [`EndpointRow`], for `concat!` into statements.
+macro_rules! endpoint_columns {
+    () => {
+        "id, account_id, url, secret, events, description, created_at, \
+         failing_since, disabled_at, disabled_reason"
+    };
+}
 
-fn endpoint_from_row(r: &AnyRow) -> Result<Endpoint, sqlx::Error> {
-    let events: String = r.try_get("events")?;
-    Ok(Endpoint {
-        id: r.try_get("id")?,
-        account_id: r.try_get("account_id")?,
-        url: r.try_get("url")?,
-        secret: r.try_get("secret")?,
-        events: serde_json::from_str(&events).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-        description: r.try_get("description")?,
-        created_at: r.try_get("created_at")?,
-        failing_since: r.try_get("failing_since")?,
-        disabled_at: r.try_get("disabled_at")?,
-        disabled_reason: r.try_get("disabled_reason")?,
-    })
+/// A webhook_endpoints row as stored, its event filter as JSON text.
+#[derive(Debug, sqlx::FromRow)]
+struct EndpointRow {
+    id: String,
+    account_id: String,
+    url: String,
+    secret: String,
+    events: String,
+    description: String,
+    created_at: i64,
+    failing_since: Option<i64>,
+    disabled_at: Option<i64>,
+    disabled_reason: Option<String>,
+}
+
+impl TryFrom<EndpointRow> for Endpoint {
+    type Error = sqlx::Error;
+
+    fn try_from(r: EndpointRow) -> Result<Endpoint, sqlx::Error> {
+        Ok(Endpoint {
+            events: json_column("webhook_endpoints", "events", &r.events)?,
+            id: r.id,
+            account_id: r.account_id,
+            url: r.url,
+            secret: r.secret,
+            description: r.description,
+            created_at: r.created_at,
+            failing_since: r.failing_since,
+            disabled_at: r.disabled_at,
+            disabled_reason: r.disabled_reason,
+        })
+    }
 }
 
 /// The account's enabled endpoints, read inside the transaction that writes an event so
@@ -53,13 +75,15 @@ pub async fn enabled_for_account(
     conn: &mut AnyConnection,
     account_id: &str,
 ) -> Result<Vec<Endpoint>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM webhook_endpoints WHERE account_id = $1 AND disabled_at IS NULL"
-    )))
+    let rows: Vec<EndpointRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        endpoint_columns!(),
+        " FROM webhook_endpoints WHERE account_id = $1 AND disabled_at IS NULL"
+    ))
     .bind(account_id)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(endpoint_from_row).collect()
+    rows.into_iter().map(Endpoint::try_from).collect()
 }
 
 /// After a successful delivery: the endpoint is healthy again.
@@ -135,11 +159,10 @@ impl Db {
                 .await?;
         }
         let count: i64 =
-            sqlx::query("SELECT count(*) AS n FROM webhook_endpoints WHERE account_id = $1")
+            sqlx::query_scalar("SELECT count(*) AS n FROM webhook_endpoints WHERE account_id = $1")
                 .bind(&e.account_id)
                 .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
+                .await?;
         if count >= cap as i64 {
             return Ok(false);
         }
@@ -162,13 +185,15 @@ impl Db {
     }
 
     pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM webhook_endpoints WHERE id = $1"
-        )))
+        let row: Option<EndpointRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            endpoint_columns!(),
+            " FROM webhook_endpoints WHERE id = $1"
+        ))
         .bind(id)
         .fetch_optional(self.pool())
         .await?;
-        row.as_ref().map(endpoint_from_row).transpose()
+        row.map(Endpoint::try_from).transpose()
     }
 
     /// One page of the account's endpoints, oldest first, after the id `after`; and
@@ -179,18 +204,19 @@ impl Db {
         after: Option<&str>,
         limit: u32,
     ) -> Result<(Vec<Endpoint>, bool), sqlx::Error> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM webhook_endpoints WHERE account_id = $1 AND id > $2 \
-             ORDER BY id LIMIT $3"
-        )))
+        let rows: Vec<EndpointRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            endpoint_columns!(),
+            " FROM webhook_endpoints WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
         .bind(account_id)
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit) + 1)
         .fetch_all(self.pool())
         .await?;
         let mut list = rows
-            .iter()
-            .map(endpoint_from_row)
+            .into_iter()
+            .map(Endpoint::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         let has_more = list.len() > limit as usize;
         list.truncate(limit as usize);

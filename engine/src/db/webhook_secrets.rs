@@ -2,8 +2,6 @@
 //! still sign alongside (each for its own overlap window, however many rotations there
 //! were).
 
-use sqlx::Row;
-
 use super::Db;
 
 /// At most this many rotated-out secrets sign alongside the current one: every receiver
@@ -62,7 +60,7 @@ impl Db {
         account_id: &str,
         now: i64,
     ) -> Result<Option<SigningSecrets>, sqlx::Error> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(
             "SELECT s.secret, p.secret AS previous, p.expires_at FROM webhook_secrets s \
              LEFT JOIN webhook_previous_secrets p \
                ON p.account_id = s.account_id AND p.expires_at > $2 \
@@ -72,21 +70,14 @@ impl Db {
         .bind(now)
         .fetch_all(self.pool())
         .await?;
-        let Some(first) = rows.first() else {
+        let Some((current, _, _)) = rows.first().cloned() else {
             return Ok(None);
         };
-        let mut previous = Vec::new();
-        for r in &rows {
-            let secret: Option<String> = r.try_get("previous")?;
-            let expires: Option<i64> = r.try_get("expires_at")?;
-            if let Some(pair) = secret.zip(expires) {
-                previous.push(pair);
-            }
-        }
-        Ok(Some(SigningSecrets {
-            current: first.try_get("secret")?,
-            previous,
-        }))
+        let previous = rows
+            .into_iter()
+            .filter_map(|(_, secret, expires)| secret.zip(expires))
+            .collect();
+        Ok(Some(SigningSecrets { current, previous }))
     }
 
     /// Replaces the account's secret with `new`; the one it replaces signs alongside until
@@ -110,11 +101,10 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             let old: String =
-                sqlx::query("SELECT secret FROM webhook_secrets WHERE account_id = $1")
+                sqlx::query_scalar("SELECT secret FROM webhook_secrets WHERE account_id = $1")
                     .bind(account_id)
                     .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("secret")?;
+                    .await?;
             sqlx::query(
                 "INSERT INTO webhook_previous_secrets (account_id, secret, expires_at) \
                  VALUES ($1, $2, $3) ON CONFLICT (account_id, secret) DO NOTHING",

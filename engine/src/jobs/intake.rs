@@ -16,7 +16,7 @@ use crate::jobs::job::{Job, JobKind, JobStatus};
 use crate::jobs::lifecycle::{cancel_upstream, end_job};
 use crate::jobs::routing::{self, ProviderPrefs, RouteStep};
 use crate::providers::Providers;
-use crate::tasks::Advance;
+use crate::tasks::{self, Advance};
 use crate::webhooks::endpoints;
 use crate::{Engine, EngineError};
 
@@ -261,10 +261,12 @@ pub async fn create_job(
         let _ = engine.db.release_idempotency_key(account_id, &k.key).await;
     }
     let job = result?;
-    let task = Advance::new(&job.id, job.check_seq);
-    if let Err(e) = engine.queue.push(&task, Duration::ZERO).await {
-        tracing::warn!(job_id = %job.id, error = %e, "could not push a new job; the reaper will");
-    }
+    tasks::hand_off(
+        engine,
+        &Advance::new(&job.id, job.check_seq),
+        Duration::ZERO,
+    )
+    .await;
     Ok(Created::New(job))
 }
 

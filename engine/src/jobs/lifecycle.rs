@@ -1,8 +1,9 @@
 //! `advance`: the job's state machine, one step per task.
 //!
 //! Each step reads the row, does at most one upstream call, writes the outcome with a
-//! guarded update (plus its event, in the same transaction) and hands the next check to a
-//! new delayed task. Waiting on an upstream never occupies a worker slot: the task ends
+//! guarded update (a change that users see goes through [`transition`], with its event
+//! and webhook deliveries in the same transaction) and hands the next check to a new
+//! delayed task. Waiting on an upstream never occupies a worker slot: the task ends
 //! and a later one picks up. Tests drive `advance` directly, without any queue.
 
 use std::time::Duration;
@@ -18,7 +19,7 @@ use crate::jobs::watchdog;
 use crate::providers::{
     ErrorClass, Polled, Provider, ProviderCall, ProviderError, Submitted, UpstreamOutput,
 };
-use crate::tasks::{Advance, Deliver};
+use crate::tasks::{self, Advance, Deliver};
 use crate::webhooks::delivery;
 use crate::{Engine, EngineError};
 
@@ -50,19 +51,11 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
     };
     match (job.status, job.upstream_id.clone()) {
         (JobStatus::Queued, _) => {
-            let mut tx = engine.db.begin().await?;
-            let Some(job) =
-                jobs::claim_queued(&mut tx, &job.id, now, lease_until(engine, now)).await?
-            else {
+            let lease_until = lease_until(engine, now);
+            let start = Change::Start { now, lease_until };
+            let Some(job) = transition(engine, &job.id, start).await? else {
                 return Ok(());
             };
-            let n = job.attempt_count;
-            job_attempts::open(&mut tx, &job.id, n, &job.provider, &job.model, now).await?;
-            let outbox =
-                record_event(engine, &mut tx, &job, JobStatus::InProgress.event_type()).await?;
-            tx.commit().await?;
-            engine.announce(&job.id);
-            delivery::dispatch(engine, outbox).await;
             step.submit_or_skip(&job).await
         }
         (JobStatus::InProgress, None) => {
@@ -316,18 +309,12 @@ impl<'e> Step<'e> {
                 poll_after,
             }) => {
                 if let Some(p) = progress.map(i64::from).filter(|p| *p > job.progress) {
-                    let quiet = self.engine.config.delivery.progress_interval.as_millis() as i64;
-                    let mut tx = self.engine.db.begin().await?;
-                    let mut outbox = Vec::new();
-                    if let Some((job, announce)) =
-                        jobs::set_progress(&mut tx, &job.id, p.min(99), now_ms(), quiet).await?
-                        && announce
-                    {
-                        outbox = record_event(self.engine, &mut tx, &job, "job.progress").await?;
-                    }
-                    tx.commit().await?;
-                    self.engine.announce(&job.id);
-                    delivery::dispatch(self.engine, outbox).await;
+                    let quiet_ms = self.engine.config.delivery.progress_interval.as_millis() as i64;
+                    let change = Change::Progress {
+                        progress: p.min(99),
+                        quiet_ms,
+                    };
+                    transition(self.engine, &job.id, change).await?;
                 }
                 let after = poll_after.as_millis() as i64;
                 // A check handed out long after it was due (by the reaper, say) counts
@@ -391,31 +378,17 @@ impl<'e> Step<'e> {
             .catalog
             .find(&job.model)
             .map_or(0, |m| m.cost_micros(&job.input, stored.len()));
-        let mut tx = self.engine.db.begin().await?;
-        let now = now_ms();
-        let completed = jobs::complete(&mut tx, &job.id, &stored, &format_usd(cost), now).await?;
-        match completed {
-            Some(done) => {
-                job_attempts::finish(&mut tx, &job.id, "succeeded", None, now).await?;
-                let outbox = record_event(
-                    self.engine,
-                    &mut tx,
-                    &done,
-                    JobStatus::Completed.event_type(),
-                )
-                .await?;
-                tx.commit().await?;
-                self.engine.announce(&job.id);
-                delivery::dispatch(self.engine, outbox).await;
-            }
-            None => {
-                drop(tx);
-                // Only remove what is not the job's own result (a duplicate task may have
-                // completed it with identical keys).
-                let current = self.engine.db.job(&job.id).await?;
-                if current.is_none_or(|j| j.status != JobStatus::Completed) {
-                    remove_outputs(self.engine, &stored).await;
-                }
+        let cost_usd = format_usd(cost);
+        let change = Change::Complete {
+            outputs: &stored,
+            cost_usd: &cost_usd,
+        };
+        if transition(self.engine, &job.id, change).await?.is_none() {
+            // Only remove what is not the job's own result (a duplicate task may have
+            // completed it with identical keys).
+            let current = self.engine.db.job(&job.id).await?;
+            if current.is_none_or(|j| j.status != JobStatus::Completed) {
+                remove_outputs(self.engine, &stored).await;
             }
         }
         Ok(())
@@ -521,17 +494,7 @@ pub async fn end_job(
     to: JobStatus,
     error: Option<&JobError>,
 ) -> Result<Option<Job>, EngineError> {
-    let mut tx = engine.db.begin().await?;
-    let now = now_ms();
-    let Some(job) = jobs::end(&mut tx, job_id, to, error, now).await? else {
-        return Ok(None);
-    };
-    job_attempts::finish(&mut tx, job_id, to.as_str(), error, now).await?;
-    let outbox = record_event(engine, &mut tx, &job, to.event_type()).await?;
-    tx.commit().await?;
-    engine.announce(job_id);
-    delivery::dispatch(engine, outbox).await;
-    Ok(Some(job))
+    transition(engine, job_id, Change::End { to, error }).await
 }
 
 /// Tells the upstream to stop, if it has the job. Best effort: failures are logged.
@@ -552,6 +515,82 @@ pub async fn cancel_upstream(engine: &Engine, job: &Job) {
     if let Err(e) = provider.cancel(&call, upstream_id).await {
         tracing::warn!(job_id = %job.id, error = %e, "upstream cancel failed");
     }
+}
+
+/// A change of a job's state that users see: written by [`transition`] with its event.
+#[derive(Debug, Clone, Copy)]
+enum Change<'a> {
+    /// queued → in_progress, claiming the first submission (and opening its attempt),
+    /// with the job leased until `lease_until`.
+    Start { now: i64, lease_until: i64 },
+    /// Progress raised (never lowered) while in progress; announced with a
+    /// `job.progress` event at most once per `quiet_ms`.
+    Progress { progress: i64, quiet_ms: i64 },
+    /// in_progress → completed with its outputs; the current attempt succeeded.
+    Complete {
+        outputs: &'a [StoredOutput],
+        cost_usd: &'a str,
+    },
+    /// Any pending status → failed, cancelled or expired; so ends the current attempt.
+    End {
+        to: JobStatus,
+        error: Option<&'a JobError>,
+    },
+}
+
+/// The one path of a job's visible changes: writes the change (a guarded update), its
+/// event and the event's webhook deliveries (the outbox) in one transaction, commits,
+/// then tells this process's live streams and pushes the deliveries' first attempts.
+/// `None`, with nothing written, if the job was not in a state the change applies to.
+async fn transition(
+    engine: &Engine,
+    job_id: &str,
+    change: Change<'_>,
+) -> Result<Option<Job>, EngineError> {
+    let mut tx = engine.db.begin().await?;
+    let (job, event) = match change {
+        Change::Start { now, lease_until } => {
+            let Some(job) = jobs::claim_queued(&mut tx, job_id, now, lease_until).await? else {
+                return Ok(None);
+            };
+            let n = job.attempt_count;
+            job_attempts::open(&mut tx, job_id, n, &job.provider, &job.model, now).await?;
+            (job, Some(JobStatus::InProgress.event_type()))
+        }
+        Change::Progress { progress, quiet_ms } => {
+            let now = now_ms();
+            let Some((job, announce)) =
+                jobs::set_progress(&mut tx, job_id, progress, now, quiet_ms).await?
+            else {
+                return Ok(None);
+            };
+            (job, announce.then_some("job.progress"))
+        }
+        Change::Complete { outputs, cost_usd } => {
+            let now = now_ms();
+            let Some(job) = jobs::complete(&mut tx, job_id, outputs, cost_usd, now).await? else {
+                return Ok(None);
+            };
+            job_attempts::finish(&mut tx, job_id, "succeeded", None, now).await?;
+            (job, Some(JobStatus::Completed.event_type()))
+        }
+        Change::End { to, error } => {
+            let now = now_ms();
+            let Some(job) = jobs::end(&mut tx, job_id, to, error, now).await? else {
+                return Ok(None);
+            };
+            job_attempts::finish(&mut tx, job_id, to.as_str(), error, now).await?;
+            (job, Some(to.event_type()))
+        }
+    };
+    let outbox = match event {
+        Some(kind) => record_event(engine, &mut tx, &job, kind).await?,
+        None => Vec::new(),
+    };
+    tx.commit().await?;
+    engine.announce(job_id);
+    delivery::dispatch(engine, outbox).await;
+    Ok(Some(job))
 }
 
 /// Writes the event for `job`'s current state, and the webhook deliveries announcing it,
@@ -578,14 +617,10 @@ pub async fn schedule(engine: &Engine, job: &Job, at: i64) -> Result<(), EngineE
     Ok(())
 }
 
-/// Pushes the task for check `seq` due at `at`. If the push fails, the row still says
-/// when the check is due, and the reaper pushes it later.
+/// Pushes the task for check `seq` due at `at`, best effort ([`tasks::hand_off`]).
 async fn push_next(engine: &Engine, job_id: &str, seq: i64, at: i64) {
     let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
-    let task = Advance::new(job_id, seq);
-    if let Err(e) = engine.queue.push(&task, delay).await {
-        tracing::warn!(job_id = %job_id, error = %e, "could not push the next check; the reaper will");
-    }
+    tasks::hand_off(engine, &Advance::new(job_id, seq), delay).await;
 }
 
 async fn remove_outputs(engine: &Engine, stored: &[StoredOutput]) {

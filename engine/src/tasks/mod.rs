@@ -15,7 +15,36 @@ use tokio_util::task::TaskTracker;
 
 use crate::jobs::lifecycle;
 use crate::webhooks::delivery;
-use crate::{EngineError, SharedEngine};
+use crate::{Engine, EngineError, SharedEngine};
+
+/// A task whose row already says when it is due, so that a lost push only delays it: the
+/// reaper (jobs) or the sweeper (deliveries) finds the row overdue and pushes it again.
+pub(crate) trait Recovered: Task {
+    /// Who pushes the task if its push is lost.
+    const RECOVERED_BY: &'static str;
+}
+
+impl Recovered for Advance {
+    const RECOVERED_BY: &'static str = "the reaper";
+}
+
+impl Recovered for Deliver {
+    const RECOVERED_BY: &'static str = "the sweeper";
+}
+
+/// Pushes `task` to run after `delay`, best effort: its row, already committed, says when
+/// it is due, so a push that fails is logged and left to [`Recovered::RECOVERED_BY`].
+pub(crate) async fn hand_off<T: Recovered>(engine: &Engine, task: &T, delay: Duration) {
+    if let Err(e) = engine.queue.push(task, delay).await {
+        tracing::warn!(
+            task = T::NAME,
+            key = %task.key(),
+            error = %e,
+            "could not push a task; {} will",
+            T::RECOVERED_BY
+        );
+    }
+}
 
 /// "Look at job `job_id` again." `seq` is the job's fencing sequence at scheduling time;
 /// a task whose `seq` no longer matches the row is stale and does nothing.

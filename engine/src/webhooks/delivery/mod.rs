@@ -1,0 +1,217 @@
+//! Webhook delivery: events become delivery rows in the transaction that writes them, and
+//! each delivery is then worked off by `deliver` tasks, one attempt per task: sign with a
+//! fresh timestamp, POST through the guarded client, record the outcome, and schedule the
+//! next attempt as a new delayed task. No attempt ever waits in a worker slot for its
+//! retry time, and a slow receiver only holds the slot of its own attempt.
+//!
+//! The stages, each in its own module: [`outbox`] writes an event's deliveries and
+//! dispatches their first attempts; [`gates`] keeps each account's attempts to one
+//! destination, and its share of the process's slots, within bounds; [`attempt`] signs,
+//! sends and records one attempt; [`schedule`] decides what follows it; [`sweep`] hands
+//! out deliveries whose task was lost. This module holds the tuning and the entry points.
+
+mod attempt;
+mod gates;
+mod outbox;
+mod schedule;
+mod sweep;
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+
+use crate::db::webhook_deliveries::{self as deliveries, Delivery};
+use crate::ids::now_ms;
+use crate::tasks::{self, Deliver};
+use crate::{Engine, EngineError, SharedEngine};
+use attempt::{attempt_after_waiting, make_attempt, signing_keys};
+use gates::WAITING_HOLD;
+use schedule::{jitter, push_attempt};
+
+pub use attempt::RESPONSE_BODY_LIMIT;
+pub use gates::{Destinations, Gate, Slot, Slots, Waiting, destination};
+pub(crate) use outbox::{dispatch, fan_out};
+pub use sweep::sweep_once;
+
+/// Beyond the request timeout, how long an attempt holds its delivery (time to record the
+/// outcome) before the sweeper may hand the delivery to another worker.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Delivery tuning: the `[webhooks]` section of the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Delay before each attempt, the first included; its length is the number of attempts.
+    #[serde(with = "crate::config::schedule")]
+    pub schedule: Vec<Duration>,
+    /// Longest an attempt may take, connection and response body included.
+    #[serde(rename = "timeout_ms", with = "crate::config::millis")]
+    pub timeout: Duration,
+    /// Upper bound on a receiver's `Retry-After` (429/503); the lower bound is one second.
+    #[serde(rename = "retry_after_max_secs", with = "crate::config::secs")]
+    pub retry_after_max: Duration,
+    /// An endpoint with no successful delivery for this long after a failure is disabled.
+    #[serde(rename = "disable_after_secs", with = "crate::config::secs")]
+    pub disable_after: Duration,
+    /// Attempts one worker process makes at once, shared fairly among the accounts that
+    /// have attempts to make (see [`Slots`]).
+    pub concurrency: usize,
+    /// Attempts one worker process makes at once to any one destination (host and port)
+    /// of one account. Past it, further deliveries there wait for a slot outside the
+    /// worker (without using up an attempt), so that a slow or dead receiver cannot
+    /// occupy every slot of its account.
+    pub per_url_concurrency: usize,
+    /// Attempts one worker process makes at once for any one account, so that an
+    /// account whose receivers all hang holds at most this many of `concurrency`.
+    pub per_account_concurrency: usize,
+    /// Endpoints one account may register (each event fans out to every one).
+    pub max_endpoints_per_account: usize,
+    /// Least time between two `job.progress` events of one job.
+    #[serde(rename = "progress_interval_ms", with = "crate::config::millis")]
+    pub progress_interval: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        crate::config::default_section("webhooks")
+    }
+}
+
+/// Makes one attempt of the delivery named by `task`. Stale and duplicate tasks end
+/// quietly. The worker slot is only used for the claim: the attempt itself runs
+/// detached (tracked by `inflight`, so shutdown lets it finish) once its destination has
+/// a free slot and its account a fair share of the process's slots; until then it waits
+/// off the worker, so a delivery that cannot start yet costs the worker nothing.
+pub async fn attempt(
+    engine: &SharedEngine,
+    task: &Deliver,
+    inflight: &TaskTracker,
+) -> Result<(), EngineError> {
+    let cfg = &engine.config.delivery;
+    let lease_until = now_ms() + (cfg.timeout + LEASE_MARGIN).as_millis() as i64;
+    let mut conn = engine.db.pool().acquire().await?;
+    let Some(delivery) =
+        deliveries::claim(&mut conn, &task.delivery_id, task.seq, lease_until).await?
+    else {
+        return Ok(());
+    };
+    drop(conn);
+    let places = &engine.webhook_destinations;
+    let gate = places.gate(
+        &delivery.account_id,
+        &destination(&delivery.url),
+        cfg.per_url_concurrency,
+    );
+    // The destination's slot first: one held while waiting for the account's turn
+    // blocks only this account's other deliveries there.
+    let mut permit = gate.slots.clone().try_acquire_owned().ok();
+    let slot = match permit {
+        Some(_) => places.slots.try_take(&delivery.account_id),
+        None => None,
+    };
+    if let (Some(slot), Some(permit)) = (slot, permit.take()) {
+        let engine = Arc::clone(engine);
+        inflight.spawn(async move {
+            if let Err(e) = make_attempt(&engine, &delivery, (permit, slot)).await {
+                // The delivery stays due in SQL; the sweeper hands it out again.
+                tracing::warn!(delivery_id = %delivery.id, error = %e, "delivery attempt failed");
+            }
+        });
+        return Ok(());
+    }
+    // The destination is busy with this account's earlier attempts, or the account has
+    // its share of slots in use. Wait off the worker, unless so many already wait that
+    // this one could not start before its hold lapses: then it goes back to SQL, due
+    // when the backlog ahead of it should be gone.
+    let Some(waiting) = places.start_waiting(&delivery.account_id, &gate, cfg) else {
+        let at = now_ms()
+            + jitter(places.backlog_delay(&delivery.account_id, &gate, cfg)).as_millis() as i64;
+        let mut conn = engine.db.pool().acquire().await?;
+        if deliveries::defer(&mut conn, &delivery, at).await? {
+            drop(conn);
+            push_attempt(engine, &delivery, at).await;
+        }
+        return Ok(());
+    };
+    // Hold the delivery while it waits, so the sweeper does not hand it out again and
+    // again; if this process dies meanwhile, the hold lapses and the sweeper takes over.
+    let hold = now_ms() + WAITING_HOLD.as_millis() as i64;
+    let mut conn = engine.db.pool().acquire().await?;
+    if !deliveries::renew(&mut conn, &delivery, hold).await? {
+        return Ok(());
+    }
+    drop(conn);
+    let engine = Arc::clone(engine);
+    let inflight = inflight.clone();
+    tokio::spawn(async move {
+        let permit = match permit {
+            Some(p) => p,
+            None => match gate.slots.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let slot = engine
+            .webhook_destinations
+            .slots
+            .take(&delivery.account_id)
+            .await;
+        drop(waiting);
+        let made = attempt_after_waiting(&engine, &delivery, (permit, slot));
+        if let Err(e) = inflight.track_future(made).await {
+            // The delivery stays due in SQL; the sweeper hands it out again.
+            tracing::warn!(delivery_id = %delivery.id, error = %e, "delivery attempt failed");
+        }
+    });
+    Ok(())
+}
+
+/// Outcome of a manual redelivery.
+#[derive(Debug)]
+pub enum Redelivery {
+    /// Armed: an attempt is on its way.
+    Armed(Box<Delivery>),
+    NotFound,
+    /// Its endpoint was deleted or is disabled.
+    EndpointUnavailable(&'static str),
+}
+
+/// Sends a delivery again now, with the retry schedule started over.
+pub async fn redeliver(
+    engine: &Engine,
+    account_id: &str,
+    delivery_id: &str,
+) -> Result<Redelivery, EngineError> {
+    let Some(existing) = engine.db.delivery(delivery_id).await? else {
+        return Ok(Redelivery::NotFound);
+    };
+    if existing.account_id != account_id {
+        return Ok(Redelivery::NotFound);
+    }
+    if let Err(reason) = signing_keys(engine, &existing).await? {
+        return Ok(Redelivery::EndpointUnavailable(reason));
+    }
+    let Some(armed) = engine
+        .db
+        .rearm_delivery(account_id, delivery_id, now_ms())
+        .await?
+    else {
+        // An attempt holds the delivery right now: it is the redelivery (a second one at
+        // once would only race it).
+        return Ok(match engine.db.delivery(delivery_id).await? {
+            Some(d) if d.account_id == account_id => Redelivery::Armed(Box::new(d)),
+            _ => Redelivery::NotFound,
+        });
+    };
+    let task = Deliver {
+        delivery_id: armed.id.clone(),
+        seq: armed.seq,
+        // Redeliveries come in runs (after an outage, a client's loop): they must not
+        // crowd out first attempts.
+        bulk: true,
+    };
+    tasks::hand_off(engine, &task, Duration::ZERO).await;
+    Ok(Redelivery::Armed(Box::new(armed)))
+}

@@ -1,0 +1,74 @@
+//! The outbox: the deliveries that announce an event, written in the event's
+//! transaction, and the push of their first attempts once it commits.
+
+use std::time::Duration;
+
+use sqlx::AnyConnection;
+
+use crate::Engine;
+use crate::db::events::EventRow;
+use crate::db::webhook_deliveries::{self as deliveries, NewDelivery};
+use crate::db::webhook_endpoints as endpoints;
+use crate::ids::{IdKind, new_id};
+use crate::jobs::job::Job;
+use crate::tasks::{self, Deliver};
+
+/// Writes the deliveries that announce `event` (in its transaction): one to the job's own
+/// webhook if it asked for this event type, one to each enabled endpoint of the account
+/// that did. Returns their first attempts, to be dispatched once the transaction commits.
+pub(crate) async fn fan_out(
+    conn: &mut AnyConnection,
+    job: &Job,
+    event: &EventRow,
+) -> Result<Vec<Deliver>, sqlx::Error> {
+    // (endpoint, url, known to be failing)
+    let mut targets: Vec<(Option<String>, String, bool)> = Vec::new();
+    if let Some(hook) = &job.webhook {
+        let wants = hook["events"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|e| e.as_str() == Some(&event.kind)));
+        if let (true, Some(url)) = (wants, hook["url"].as_str()) {
+            targets.push((None, url.to_owned(), false));
+        }
+    }
+    for endpoint in endpoints::enabled_for_account(&mut *conn, &job.account_id).await? {
+        if endpoint.wants(&event.kind) {
+            let failing = endpoint.failing_since.is_some();
+            targets.push((Some(endpoint.id), endpoint.url, failing));
+        }
+    }
+    let large = targets.len() > FAST_LANE_FAN_OUT;
+    let mut tasks = Vec::with_capacity(targets.len());
+    for (endpoint_id, url, failing) in &targets {
+        let id = new_id(IdKind::Delivery);
+        let new = NewDelivery {
+            id: id.clone(),
+            account_id: &job.account_id,
+            job_id: &job.id,
+            event_id: &event.id,
+            event_type: &event.kind,
+            endpoint_id: endpoint_id.as_deref(),
+            url,
+            now: event.created_at,
+        };
+        deliveries::insert(&mut *conn, &new).await?;
+        tasks.push(Deliver {
+            delivery_id: id,
+            seq: 0,
+            bulk: large || *failing,
+        });
+    }
+    Ok(tasks)
+}
+
+/// The most deliveries one event may fan out to and still go in the fast lane: more
+/// than any account has under the default endpoint cap (16, plus the job's own webhook).
+const FAST_LANE_FAN_OUT: usize = 20;
+
+/// Pushes the first attempts of deliveries just committed, best effort
+/// ([`tasks::hand_off`]): a push that fails leaves the delivery due in SQL.
+pub(crate) async fn dispatch(engine: &Engine, outbox: Vec<Deliver>) {
+    for task in outbox {
+        tasks::hand_off(engine, &task, Duration::ZERO).await;
+    }
+}
