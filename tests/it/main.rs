@@ -1,4 +1,6 @@
-//! Integration tests: one binary (linked once), every suite on both backends.
+//! Integration tests: one binary (linked once), run by scripts/test once per backend
+//! (`MEDIAGATE_TEST_BACKEND`); which tests run in which pass is said in support.rs, by
+//! the macros `on_both_backends!`, `on_embedded!` and `on_production!`.
 
 mod support;
 
@@ -6,6 +8,7 @@ mod support;
 mod fakes;
 
 mod api_errors;
+mod harness;
 mod http_details;
 mod idempotency;
 mod input_limits;
