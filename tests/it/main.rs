@@ -4,8 +4,7 @@
 
 mod support;
 
-#[path = "../fakes/mod.rs"]
-mod fakes;
+use mediagate_fakes as fakes;
 
 mod api_errors;
 mod harness;
