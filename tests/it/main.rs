@@ -1,5 +1,5 @@
 //! Integration tests: one binary (linked once), run by scripts/test once per backend
-//! (`MEDIAGATE_TEST_BACKEND`); which tests run in which pass is said in support.rs, by
+//! (`TEST_BACKEND`); which tests run in which pass is said in support.rs, by
 //! the macros `on_both_backends!`, `on_embedded!` and `on_production!`.
 
 mod support;

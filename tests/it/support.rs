@@ -103,7 +103,8 @@ pub fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config {
     c
 }
 
-/// The backend this run of the integration binary tests: `MEDIAGATE_TEST_BACKEND`
+/// The backend this run of the integration binary tests: `TEST_BACKEND` (not
+/// `MEDIAGATE_…`: the processes the tests start would take that for a setting)
 /// (`embedded`, the default, or `production`). scripts/test runs the binary once per
 /// backend; plain `cargo test` runs the embedded suite and says, once, that the
 /// production one was not run.
@@ -129,7 +130,7 @@ pub fn backend() -> Backend {
     }
 }
 
-pub const BACKEND_VAR: &str = "MEDIAGATE_TEST_BACKEND";
+pub const BACKEND_VAR: &str = "TEST_BACKEND";
 
 /// How long [`TestApp::finish`] lets work that is due settle before it calls it left over.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -515,7 +516,7 @@ pub async fn new_key(running: &Running, account: &str) -> String {
 }
 
 // The backend matrix lives in scripts/test, which runs this binary once per backend
-// (`MEDIAGATE_TEST_BACKEND`). Which tests run in which pass is said by the macro that
+// (`TEST_BACKEND`). Which tests run in which pass is said by the macro that
 // makes them, and shows in the test's name, which the script filters on:
 // - `on_both_backends!`: `name::per_backend`, run in both passes. For everything the
 //   backend can change: SQL, fencing, queues, sweepers, processes, limits that bite on
@@ -560,7 +561,7 @@ macro_rules! on_production {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            #[ignore = "production backend: MEDIAGATE_TEST_BACKEND=production, run by scripts/test"]
+            #[ignore = "production backend: TEST_BACKEND=production, run by scripts/test"]
             async fn production() {
                 super::$name().await
             }
