@@ -419,7 +419,9 @@ async fn due_tasks(queue: &mediagate_workers::Queue) -> Vec<(String, u64)> {
                 .arg(format!("{ours}*"))
                 .query_async(&mut conn)
                 .await
-                .expect("list queue keys");
+                .expect(
+                    "list queue keys (a test that takes Redis away calls `app.finish()` first)",
+                );
             let mut due = Vec::new();
             for key in keys {
                 let n: u64 = if key.ends_with(":active") {
