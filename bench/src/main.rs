@@ -20,12 +20,6 @@ mod providers;
 mod slow;
 mod webhooks;
 
-// The tests' fake upstreams, reused rather than copied. The bench drives two of them and
-// few of their helpers; the rest is used by the tests, so it is not dead code.
-#[allow(dead_code)]
-#[path = "../../tests/fakes/mod.rs"]
-mod fakes;
-
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]

@@ -20,8 +20,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::fakes::{self, Behaviour, Fake, Recorded};
 use crate::{histogram, report};
+use mediagate_fakes::{self as fakes, Behaviour, Fake, Recorded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {

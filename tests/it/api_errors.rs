@@ -3,14 +3,14 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::on_both_backends;
 use crate::support::{Backend, TestApp};
+use crate::{on_both_backends, on_embedded};
 
-on_both_backends!(
+on_embedded!(
     bad_requests_get_clear_errors_and_write_nothing,
-    keys_are_required_and_checked,
     at_capacity_new_requests_get_503_at_once,
 );
+on_both_backends!(keys_are_required_and_checked);
 
 /// Asserts the SPEC error shape and returns (status, body).
 async fn error_of(res: reqwest::Response) -> (StatusCode, Value) {

@@ -11,10 +11,10 @@ use std::time::Duration;
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::on_both_backends;
+use crate::on_embedded;
 use crate::support::{Backend, Proc, TestApp, process_env};
 
-on_both_backends!(
+on_embedded!(
     the_bearer_scheme_is_case_insensitive,
     weak_etags_match_and_numbers_are_digits_only,
     event_streams_resume_by_event_id_and_end_past_the_terminal_event,

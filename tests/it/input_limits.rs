@@ -11,14 +11,16 @@ use mediagate_engine::jobs::routing::RouteStep;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::on_both_backends;
 use crate::support::{Backend, TestApp};
+use crate::{on_both_backends, on_embedded};
 
-on_both_backends!(
+on_embedded!(
     unknown_parameters_are_refused_by_name_at_every_level,
+    integers_are_plain_digits,
+);
+on_both_backends!(
     input_and_metadata_have_limits,
     nul_is_refused_in_every_place_a_client_can_put_it,
-    integers_are_plain_digits,
     list_pages_stay_bounded_over_huge_rows,
     event_batches_stay_bounded_over_huge_rows,
 );

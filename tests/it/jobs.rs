@@ -282,21 +282,9 @@ async fn cancel_stops_a_pending_job_once(backend: Backend) {
     let app = TestApp::start(backend).await;
     let job = app.submit(small_video("slow", 60_000)).await;
     let id = job["id"].as_str().unwrap();
-    let res = app
-        .post(&format!("/v1/jobs/{id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let cancelled: Value = res.json().await.unwrap();
+    let cancelled = app.post_expect(&format!("/v1/jobs/{id}/cancel"), 200).await;
     assert_eq!(cancelled["status"], "cancelled");
-    let res = app
-        .post(&format!("/v1/jobs/{id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CONFLICT);
-    let err: Value = res.json().await.unwrap();
+    let err = app.post_expect(&format!("/v1/jobs/{id}/cancel"), 409).await;
     assert_eq!(err["error"]["type"], "conflict_error");
     // Whatever the worker was doing, the job stays cancelled.
     tokio::time::sleep(Duration::from_millis(500)).await;

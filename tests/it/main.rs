@@ -1,11 +1,13 @@
-//! Integration tests: one binary (linked once), every suite on both backends.
+//! Integration tests: one binary (linked once), run by scripts/test once per backend
+//! (`TEST_BACKEND`); which tests run in which pass is said in support.rs, by
+//! the macros `on_both_backends!`, `on_embedded!` and `on_production!`.
 
 mod support;
 
-#[path = "../fakes/mod.rs"]
-mod fakes;
+use mediagate_fakes as fakes;
 
 mod api_errors;
+mod harness;
 mod http_details;
 mod idempotency;
 mod input_limits;

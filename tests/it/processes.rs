@@ -353,11 +353,12 @@ async fn sigterm_waits_for_steps_one_drain_time(backend: Backend) {
     );
 }
 
+crate::on_embedded!(keys_create_names_its_database);
+
 /// `keys create` says which database it wrote the key to, and warns when that database
 /// is new (run from another folder than the server's, it would be).
-#[tokio::test]
-async fn keys_create_names_its_database() {
-    let cluster = Cluster::new(Backend::Embedded).await;
+async fn keys_create_names_its_database(backend: Backend) {
+    let cluster = Cluster::new(backend).await;
     let out = cluster
         .command(&["keys", "create", "--name", "x"])
         .output()

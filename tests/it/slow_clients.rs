@@ -12,10 +12,10 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 
-use crate::on_both_backends;
+use crate::on_embedded;
 use crate::support::{Backend, TestApp};
 
-on_both_backends!(
+on_embedded!(
     trickled_uploads_hold_no_request_slot_and_are_cut_off,
     slow_and_idle_heads_are_cut_off,
     unauthenticated_uploads_are_answered_before_their_body,

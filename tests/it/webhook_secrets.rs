@@ -2,7 +2,6 @@
 //! new and the old secret sign, for 24 hours.
 
 use mediagate_engine::webhooks::{self, signature};
-use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::on_both_backends;
@@ -41,9 +40,7 @@ async fn default_secret_is_stable_and_rotation_signs_with_both(backend: Backend)
         .unwrap();
     assert_ne!(theirs["secret"], first.as_str());
 
-    let res = app.post("/v1/webhook-secret/rotate").send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let rotated: Value = res.json().await.unwrap();
+    let rotated = app.post_expect("/v1/webhook-secret/rotate", 200).await;
     let second = rotated["secret"].as_str().unwrap().to_owned();
     assert_ne!(second, first);
     let expires = rotated["previous_secret_expires_at"].as_i64().unwrap();
@@ -83,9 +80,7 @@ async fn rotations_in_a_row_keep_every_secret_signing_for_its_24_hours(backend: 
             .to_owned(),
     ];
     for _ in 0..2 {
-        let res = app.post("/v1/webhook-secret/rotate").send().await.unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        let rotated: Value = res.json().await.unwrap();
+        let rotated = app.post_expect("/v1/webhook-secret/rotate", 200).await;
         secrets.push(rotated["secret"].as_str().unwrap().to_owned());
     }
     // A real delivery after two rotations: a receiver holding any of the three accepts it.

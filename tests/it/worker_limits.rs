@@ -197,9 +197,10 @@ async fn refuse_events_of(app: &TestApp, backend: Backend, job_id: &str) {
     }
 }
 
+crate::on_production!(a_queue_namespace_belongs_to_one_database);
+
 /// Two deployments with their own databases cannot share a Redis queue namespace: the
 /// second is refused at start, with a message saying what to change.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_queue_namespace_belongs_to_one_database() {
     let dir = tempfile::tempdir().unwrap();
     let config = || {
@@ -251,9 +252,10 @@ async fn a_queue_namespace_belongs_to_one_database() {
     running.stop().await;
 }
 
+crate::on_embedded!(nonsense_settings_are_refused);
+
 /// Settings that would stop work, or end it at once, are refused at start.
-#[test]
-fn nonsense_settings_are_refused() {
+async fn nonsense_settings_are_refused(backend: Backend) {
     type Tweak = fn(&mut Config);
     let cases: [(&str, Tweak); 5] = [
         ("jobs.worker_concurrency", |c| c.jobs.worker_concurrency = 0),
@@ -276,7 +278,7 @@ fn nonsense_settings_are_refused() {
     ];
     for (name, tweak) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = test_config(Backend::Embedded, dir.path());
+        let mut c = test_config(backend, dir.path());
         tweak(&mut c);
         let err = c.validate().expect_err(name).to_string();
         assert!(err.contains(name), "{name}: {err}");

@@ -2,6 +2,8 @@
 //! API (requests, answers, status progressions and errors), driven by a `Behaviour` so
 //! one conformance suite can put every adapter through the same trials. These are the
 //! only fakes in the project: the providers are third parties we cannot reach in tests.
+//! The crate `mediagate-fakes`: a dev-dependency of the integration tests, and a
+//! dependency of the bench, which measures against the same fakes.
 
 pub mod bfl;
 pub mod elevenlabs;
