@@ -7,7 +7,7 @@ use mediagate_engine::db::events;
 use mediagate_engine::db::jobs::{self, NewJob};
 use mediagate_engine::ids::{IdKind, new_id, now_ms};
 use mediagate_engine::jobs::job::{JobKind, JobStatus};
-use mediagate_engine::jobs::routing::RouteStep;
+use mediagate_engine::jobs::routing::RouteEntry;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -409,7 +409,7 @@ async fn insert_huge_job(app: &TestApp, account: &str, i: usize) -> String {
         input: json!({"prompt": "p", "junk": format!("{i}{}", "j".repeat(1 << 20))}),
         metadata: json!({"junk": "m".repeat(64 * 1024)}),
         webhook: None,
-        route: vec![RouteStep {
+        route: vec![RouteEntry {
             model: "local/image".to_owned(),
             provider: "local".to_owned(),
             upstream_model: "image".to_owned(),

@@ -6,7 +6,7 @@ use mediagate_engine::db::jobs::{self, NewJob};
 use mediagate_engine::ids::{IdKind, new_id, now_ms};
 use mediagate_engine::jobs::job::JobKind;
 use mediagate_engine::jobs::lifecycle::advance;
-use mediagate_engine::jobs::routing::RouteStep;
+use mediagate_engine::jobs::routing::RouteEntry;
 use mediagate_engine::tasks::Advance;
 use mediagate_workers::Connection;
 use serde_json::{Value, json};
@@ -92,7 +92,7 @@ async fn insert_without_task(app: &TestApp, input: Value) -> String {
         input,
         metadata: json!({}),
         webhook: None,
-        route: vec![RouteStep {
+        route: vec![RouteEntry {
             model: "local/image".to_owned(),
             provider: "local".to_owned(),
             upstream_model: "image".to_owned(),

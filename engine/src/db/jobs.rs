@@ -6,7 +6,7 @@ use sqlx::AnyConnection;
 
 use super::{Db, ErrorColumns, LIST_PAGE_BYTES, fit_page, json_column};
 use crate::jobs::job::{Job, JobError, JobKind, JobStatus, StoredOutput};
-use crate::jobs::routing::RouteStep;
+use crate::jobs::routing::RouteEntry;
 
 /// The columns of a [`JobRow`], for `concat!` into statements.
 macro_rules! job_columns {
@@ -122,7 +122,7 @@ pub struct NewJob {
     pub input: Value,
     pub metadata: Value,
     pub webhook: Option<Value>,
-    pub route: Vec<RouteStep>,
+    pub route: Vec<RouteEntry>,
     pub created_at: i64,
     pub deadline_at: i64,
 }
@@ -416,7 +416,7 @@ pub async fn end(
     job(row)
 }
 
-/// Moves an in-progress job to route step `index` (another provider or model) and claims
+/// Moves an in-progress job to route entry `index` (another provider or model) and claims
 /// its first submission for the caller (numbered by the returned `attempt_count`): the
 /// upstream id is cleared, the fencing sequence bumped like `schedule_check`, and the job
 /// leased until `lease_until`. `None` if the job moved on.
@@ -425,7 +425,7 @@ pub async fn switch_route(
     id: &str,
     seq: i64,
     index: i64,
-    step: &RouteStep,
+    entry: &RouteEntry,
     now: i64,
     lease_until: i64,
 ) -> Result<Option<Job>, sqlx::Error> {
@@ -437,8 +437,8 @@ pub async fn switch_route(
         job_columns!()
     ))
     .bind(index)
-    .bind(&step.model)
-    .bind(&step.provider)
+    .bind(&entry.model)
+    .bind(&entry.provider)
     .bind(now)
     .bind(lease_until)
     .bind(id)

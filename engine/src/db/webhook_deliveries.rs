@@ -52,7 +52,9 @@ pub struct Delivery {
     #[sqlx(try_from = "String")]
     pub status: DeliveryStatus,
     pub attempts: i64,
-    pub step: i64,
+    /// Where the delivery is in the retry schedule (0: the first attempt).
+    #[sqlx(rename = "step")]
+    pub schedule_index: i64,
     pub seq: i64,
     pub next_attempt_at: Option<i64>,
     pub claimed_until: i64,
@@ -88,10 +90,10 @@ pub struct Attempt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterAttempt {
     Delivered,
-    /// Try again at this time (Unix ms), at this step of the schedule.
+    /// Try again at this time (Unix ms), at this entry of the schedule.
     Retry {
         at: i64,
-        step: i64,
+        schedule_index: i64,
     },
     Failed,
 }
@@ -208,10 +210,12 @@ pub async fn record_attempt(
     .bind(a.response_body.clone())
     .execute(&mut *conn)
     .await?;
-    let (status, next_at, step, delivered_at) = match next {
-        AfterAttempt::Delivered => (DeliveryStatus::Delivered, None, d.step, Some(now)),
-        AfterAttempt::Retry { at, step } => (DeliveryStatus::Pending, Some(at), step, None),
-        AfterAttempt::Failed => (DeliveryStatus::Failed, None, d.step, None),
+    let (status, next_at, schedule_index, delivered_at) = match next {
+        AfterAttempt::Delivered => (DeliveryStatus::Delivered, None, d.schedule_index, Some(now)),
+        AfterAttempt::Retry { at, schedule_index } => {
+            (DeliveryStatus::Pending, Some(at), schedule_index, None)
+        }
+        AfterAttempt::Failed => (DeliveryStatus::Failed, None, d.schedule_index, None),
     };
     let updated = sqlx::query(
         "UPDATE webhook_deliveries SET status = $1, step = $2, \
@@ -219,7 +223,7 @@ pub async fn record_attempt(
          delivered_at = $6 WHERE id = $7 AND seq = $8 AND status = 'pending'",
     )
     .bind(status.as_str())
-    .bind(step)
+    .bind(schedule_index)
     .bind(next_at)
     .bind(a.error.clone())
     .bind(now)

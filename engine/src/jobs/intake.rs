@@ -14,7 +14,7 @@ use crate::fields;
 use crate::ids::{IdKind, new_id, now_ms};
 use crate::jobs::job::{Job, JobKind, JobStatus};
 use crate::jobs::lifecycle::{cancel_upstream, end_job};
-use crate::jobs::routing::{self, ProviderPrefs, RouteStep};
+use crate::jobs::routing::{self, ProviderPrefs, RouteEntry};
 use crate::providers::Providers;
 use crate::tasks::{self, Advance};
 use crate::webhooks::endpoints;
@@ -25,7 +25,7 @@ use crate::{Engine, EngineError};
 pub struct JobRequest {
     pub kind: JobKind,
     /// Where the job may run, first step first; never empty.
-    pub route: Vec<RouteStep>,
+    pub route: Vec<RouteEntry>,
     pub input: Value,
     pub metadata: Value,
     pub webhook: Option<Value>,

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ErrorCode;
-use crate::jobs::routing::RouteStep;
+use crate::jobs::routing::RouteEntry;
 use serde_json::{Value, json};
 
 use crate::media::links::FileSigner;
@@ -135,7 +135,7 @@ pub struct Job {
     pub completed_at: Option<i64>,
     pub deadline_at: i64,
     /// Every (model, provider) step the job may take, in order.
-    pub route: Vec<RouteStep>,
+    pub route: Vec<RouteEntry>,
     /// The step the job is on.
     pub route_index: i64,
     /// Submissions so far; the current one is attempt number `attempt_count`.
@@ -144,7 +144,7 @@ pub struct Job {
 
 impl Job {
     /// The step after the current one, if the job may still fall back.
-    pub fn next_step(&self) -> Option<&RouteStep> {
+    pub fn next_in_route(&self) -> Option<&RouteEntry> {
         self.route.get(self.route_index as usize + 1)
     }
 }

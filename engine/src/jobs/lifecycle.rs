@@ -161,16 +161,16 @@ fn lease_until(engine: &Engine, now: i64) -> i64 {
     now + engine.config.jobs.task_timeout.as_millis() as i64
 }
 
-/// The provider serving the job's current route step, and its name for the model.
+/// The provider serving the job's current route entry, and its name for the model.
 fn route<'e>(engine: &'e Engine, job: &Job) -> Option<(&'e Provider, String)> {
-    let step = job.route.get(job.route_index as usize)?;
+    let entry = job.route.get(job.route_index as usize)?;
     Some((
-        engine.providers.get(&step.provider)?,
-        step.upstream_model.clone(),
+        engine.providers.get(&entry.provider)?,
+        entry.upstream_model.clone(),
     ))
 }
 
-/// Fails a job whose route step names a provider this process does not have.
+/// Fails a job whose route entry names a provider this process does not have.
 async fn no_provider(engine: &Engine, job: &Job) -> Result<(), EngineError> {
     let error = JobError {
         code: ErrorCode::ProviderUnavailable,
@@ -192,7 +192,7 @@ struct Step<'e> {
 }
 
 impl<'e> Step<'e> {
-    /// The step the job's current route step calls for; `None` if its provider is not
+    /// The step the job's current route entry calls for; `None` if its provider is not
     /// configured here.
     fn for_job(engine: &'e Engine, job: &Job) -> Option<Step<'e>> {
         let (provider, upstream_model) = route(engine, job)?;
@@ -218,7 +218,7 @@ impl<'e> Step<'e> {
     /// Submits, unless the provider is being skipped after repeated failures and the job
     /// has somewhere else to go.
     async fn submit_or_skip(&self, job: &Job) -> Result<(), EngineError> {
-        if self.engine.breakers.is_open(&job.provider) && job.next_step().is_some() {
+        if self.engine.breakers.is_open(&job.provider) && job.next_in_route().is_some() {
             let e = ProviderError::new(
                 ErrorClass::Retryable,
                 ErrorCode::ProviderUnavailable,
@@ -394,7 +394,7 @@ impl<'e> Step<'e> {
         Ok(())
     }
 
-    /// Sorts an upstream failure: the next route step, a retry later, or the end of the
+    /// Sorts an upstream failure: the next route entry, a retry later, or the end of the
     /// job with the upstream's words.
     async fn failed(
         &self,
@@ -403,7 +403,7 @@ impl<'e> Step<'e> {
         release_claim: bool,
     ) -> Result<(), EngineError> {
         let cfg = &self.engine.config.jobs;
-        if e.class.falls_back() && job.next_step().is_some() {
+        if e.class.falls_back() && job.next_in_route().is_some() {
             tracing::info!(job_id = %job.id, provider = %job.provider, error = %e, "falling back to the next provider");
             return self.fall_back(job, &e).await;
         }
@@ -444,12 +444,12 @@ impl<'e> Step<'e> {
 }
 
 impl Step<'_> {
-    /// Ends the current attempt and moves the job to its next route step, whose first
+    /// Ends the current attempt and moves the job to its next route entry, whose first
     /// submission this task then makes itself (the claim is taken in the same write), so
     /// a fallback costs no hand-off through the queue. Whatever the upstream still runs
     /// for us is cancelled afterwards.
     async fn fall_back(&self, job: &Job, e: &ProviderError) -> Result<(), EngineError> {
-        let Some(next) = job.next_step() else {
+        let Some(next) = job.next_in_route() else {
             return Ok(());
         };
         let engine = self.engine;

@@ -15,7 +15,7 @@ use crate::providers::KNOWN;
 
 /// One place a job can run: a catalog model at one provider, under that provider's name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteStep {
+pub struct RouteEntry {
     pub model: String,
     pub provider: String,
     pub upstream_model: String,
@@ -111,7 +111,7 @@ pub fn plan(
     prefs: &ProviderPrefs,
     input: &Value,
     available: impl Fn(&str) -> bool,
-) -> Vec<RouteStep> {
+) -> Vec<RouteEntry> {
     let mut steps = Vec::new();
     for model in models {
         let mut servings: Vec<_> = model
@@ -137,7 +137,7 @@ pub fn plan(
         if !prefs.allow_fallbacks {
             servings.truncate(1);
         }
-        steps.extend(servings.into_iter().map(|s| RouteStep {
+        steps.extend(servings.into_iter().map(|s| RouteEntry {
             model: model.id.clone(),
             provider: s.provider.clone(),
             upstream_model: s.upstream_model(input).to_owned(),
@@ -147,7 +147,7 @@ pub fn plan(
 }
 
 /// Per provider, in this process: after `threshold` outage-like failures in a row the
-/// provider is skipped (jobs go to their next route step) for `cooldown`; then one call
+/// provider is skipped (jobs go to their next route entry) for `cooldown`; then one call
 /// is let through, and a success closes the breaker again.
 #[derive(Debug)]
 pub struct Breakers {
@@ -206,7 +206,7 @@ mod tests {
     use crate::catalog::Catalog;
     use serde_json::json;
 
-    fn steps(plan: &[RouteStep]) -> Vec<(String, String)> {
+    fn steps(plan: &[RouteEntry]) -> Vec<(String, String)> {
         plan.iter()
             .map(|s| (s.model.clone(), s.provider.clone()))
             .collect()

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::LEASE_MARGIN;
 use super::gates::Held;
-use super::schedule::{next_step, parse_retry_after, push_attempt};
+use super::schedule::{after_attempt, parse_retry_after, push_attempt};
 use crate::db::webhook_deliveries::{self as deliveries, AfterAttempt, Attempt, Delivery};
 use crate::db::webhook_endpoints as endpoints;
 use crate::egress;
@@ -122,7 +122,7 @@ async fn record(
 ) -> Result<(), EngineError> {
     let cfg = &engine.config.delivery;
     let now = now_ms();
-    let mut next = next_step(cfg, delivery.step, response, now);
+    let mut next = after_attempt(cfg, delivery.schedule_index, response, now);
     let mut tx = engine.db.begin().await?;
     if let Some(endpoint_id) = &delivery.endpoint_id {
         let disabled = match (next, response.status) {

@@ -12,11 +12,11 @@ use crate::ids::now_ms;
 use crate::tasks::{self, Deliver};
 
 /// 2xx delivers; 410 and a destination the guard refuses end the delivery; anything else
-/// tries again at the next step of the schedule (or when a 429/503 says, within bounds)
+/// tries again at the schedule's next entry (or when a 429/503 says, within bounds)
 /// until the schedule runs out.
-pub(super) fn next_step(
+pub(super) fn after_attempt(
     cfg: &DeliveryConfig,
-    step: i64,
+    schedule_index: i64,
     response: &Response,
     now: i64,
 ) -> AfterAttempt {
@@ -28,8 +28,8 @@ pub(super) fn next_step(
         Some(410) => return AfterAttempt::Failed,
         _ => {}
     }
-    let step = step + 1;
-    let Some(&planned) = cfg.schedule.get(step as usize) else {
+    let schedule_index = schedule_index + 1;
+    let Some(&planned) = cfg.schedule.get(schedule_index as usize) else {
         return AfterAttempt::Failed;
     };
     let delay = match response.retry_after {
@@ -38,7 +38,7 @@ pub(super) fn next_step(
     };
     AfterAttempt::Retry {
         at: now + delay.as_millis() as i64,
-        step,
+        schedule_index,
     }
 }
 
@@ -91,11 +91,11 @@ mod tests {
     fn success_delivers_and_gone_ends() {
         let cfg = DeliveryConfig::default();
         assert_eq!(
-            next_step(&cfg, 0, &answered(204, None), 0),
+            after_attempt(&cfg, 0, &answered(204, None), 0),
             AfterAttempt::Delivered
         );
         assert_eq!(
-            next_step(&cfg, 0, &answered(410, None), 0),
+            after_attempt(&cfg, 0, &answered(410, None), 0),
             AfterAttempt::Failed
         );
     }
@@ -106,8 +106,11 @@ mod tests {
         let now = 1_000_000;
         for step in 0..cfg.schedule.len() as i64 - 1 {
             let planned = cfg.schedule[step as usize + 1].as_millis() as i64;
-            match next_step(&cfg, step, &answered(500, None), now) {
-                AfterAttempt::Retry { at, step: next } => {
+            match after_attempt(&cfg, step, &answered(500, None), now) {
+                AfterAttempt::Retry {
+                    at,
+                    schedule_index: next,
+                } => {
                     assert_eq!(next, step + 1);
                     let delay = at - now;
                     assert!(
@@ -120,24 +123,30 @@ mod tests {
         }
         let last = cfg.schedule.len() as i64 - 1;
         assert_eq!(
-            next_step(&cfg, last, &answered(500, None), now),
+            after_attempt(&cfg, last, &answered(500, None), now),
             AfterAttempt::Failed
         );
         // A transport failure (no status) and a redirect count as failures too.
         assert!(matches!(
-            next_step(&cfg, 0, &Response::failed("refused".into()), now),
-            AfterAttempt::Retry { step: 1, .. }
+            after_attempt(&cfg, 0, &Response::failed("refused".into()), now),
+            AfterAttempt::Retry {
+                schedule_index: 1,
+                ..
+            }
         ));
         assert!(matches!(
-            next_step(&cfg, 0, &answered(302, None), now),
-            AfterAttempt::Retry { step: 1, .. }
+            after_attempt(&cfg, 0, &answered(302, None), now),
+            AfterAttempt::Retry {
+                schedule_index: 1,
+                ..
+            }
         ));
     }
 
     #[test]
     fn retry_after_is_honoured_within_bounds() {
         let cfg = DeliveryConfig::default();
-        let at = |r| match next_step(&cfg, 0, &r, 0) {
+        let at = |r| match after_attempt(&cfg, 0, &r, 0) {
             AfterAttempt::Retry { at, .. } => at,
             other => panic!("{other:?}"),
         };
