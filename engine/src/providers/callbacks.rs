@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::db::jobs::{self, Woken};
 use crate::ids::now_ms;
-use crate::tasks::Advance;
+use crate::tasks::{self, Advance};
 use crate::{Engine, EngineError};
 
 /// Where callbacks arrive, under the public URL: `{CALLBACK_PATH}/{provider}/{token}`.
@@ -137,11 +137,8 @@ pub async fn receive(
         Some(Woken::Marked) => return Ok(Received::Noted),
         Some(Woken::Check(seq)) => seq,
     };
-    let task = Advance::new(&job_id, seq);
-    if let Err(e) = engine.queue.push(&task, Duration::ZERO).await {
-        // The row says the check is due now; the reaper pushes it after its grace.
-        tracing::warn!(job_id, error = %e, "could not push the check a callback asked for");
-    }
+    // The row says the check is due now; should the push fail, the reaper hands it out.
+    tasks::hand_off(engine, &Advance::new(&job_id, seq), Duration::ZERO).await;
     Ok(Received::Woken)
 }
 
