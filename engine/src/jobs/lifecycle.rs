@@ -603,7 +603,8 @@ async fn record_event(
 ) -> Result<Vec<Deliver>, EngineError> {
     let data = engine.job_json(job);
     let event = events::insert(&mut *conn, &job.id, &job.account_id, kind, now_ms(), &data).await?;
-    Ok(delivery::fan_out(conn, job, &event).await?)
+    let fast_lane_max = engine.config.delivery.fast_lane_max_fan_out;
+    Ok(delivery::fan_out(conn, job, &event, fast_lane_max).await?)
 }
 
 /// Hands the job's next check (at Unix ms `at`) to a new task.
