@@ -1,5 +1,6 @@
 //! The task runtime (mediagate-workers) on its own, on each backend's queue: lanes keep a
-//! backlog in one queue of a task type from holding up another.
+//! backlog in one queue of a task type from holding up another, delayed tasks never run
+//! before they are due, and a task that panics does not stop its worker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,4 +115,131 @@ async fn a_backlog_in_one_lane_does_not_hold_up_another(backend: Backend) {
     assert_eq!(slow, [1, 2, 3, 4, 5], "each slow task ran once");
 }
 
-crate::on_both_backends!(a_backlog_in_one_lane_does_not_hold_up_another);
+/// A task that reports when it ran (Unix ms), or panics. `EXACT` picks its [`Due`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Probe<const EXACT: bool> {
+    id: u32,
+    panics: bool,
+}
+
+impl<const EXACT: bool> Task for Probe<EXACT> {
+    const QUEUE: &'static str = if EXACT {
+        "probe_exact"
+    } else {
+        "probe_not_before"
+    };
+    const NAME: &'static str = "probe test task";
+    const DUE: Due = if EXACT { Due::Exact } else { Due::NotBefore };
+    type Context = mpsc::UnboundedSender<(u32, i64)>;
+
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+
+    async fn run(self, ran: &Self::Context, _: &TaskTracker) -> Result<(), TaskError> {
+        assert!(!self.panics, "probe {} panics, as asked", self.id);
+        let _ = ran.send((self.id, now_ms()));
+        Ok(())
+    }
+}
+
+/// Probe `id`, pushed with a delay of `delay_ms`.
+fn probe<const EXACT: bool>(id: u32, panics: bool, delay_ms: u64) -> (Probe<EXACT>, Duration) {
+    (Probe { id, panics }, Duration::from_millis(delay_ms))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Runs `tasks` (each with its delay) through one worker with one slot, and returns when
+/// each probe that does not panic ran, by id, with the Unix ms of its push.
+async fn run_probes<const EXACT: bool>(
+    backend: Backend,
+    tasks: &[(Probe<EXACT>, Duration)],
+) -> Vec<(u32, i64, i64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = queue_for(backend, dir.path()).await;
+    queue.declare::<Probe<EXACT>>();
+    let (ran, mut reports) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let runner = Runner::new(&queue, Duration::from_secs(2)).register::<Probe<EXACT>>(
+        ran,
+        1,
+        Duration::from_secs(60),
+    );
+    let worker = tokio::spawn(runner.run(stop.clone(), std::future::ready(())));
+    let mut pushed = std::collections::HashMap::new();
+    for (task, delay) in tasks {
+        pushed.insert(task.id, now_ms());
+        queue.push(task, *delay).await.unwrap();
+    }
+    let expected = tasks.iter().filter(|(t, _)| !t.panics).count();
+    let mut runs = Vec::new();
+    let all = tokio::time::timeout(Duration::from_secs(30), async {
+        while runs.len() < expected {
+            let (id, at) = reports.recv().await.expect("runner alive");
+            runs.push((id, pushed[&id], at));
+        }
+    })
+    .await;
+    stop.cancel();
+    let _ = worker.await;
+    assert!(all.is_ok(), "every probe ran within 30 s: {runs:?}");
+    runs
+}
+
+/// Queues keep whole seconds; whichever way a task type rounds, a delayed task never
+/// runs before its delay is over (an exact task is held the rest of the way on a timer).
+async fn delayed_tasks_never_run_early(backend: Backend) {
+    let delays = [300, 1200, 1700];
+    let exact: Vec<_> = (0..3)
+        .map(|i| probe(i, false, delays[i as usize]))
+        .collect();
+    let not_before: Vec<_> = (0..3)
+        .map(|i| probe(i, false, delays[i as usize]))
+        .collect();
+    let runs = [
+        ("exact", run_probes::<true>(backend, &exact).await),
+        (
+            "not before",
+            run_probes::<false>(backend, &not_before).await,
+        ),
+    ];
+    for (due, runs) in runs {
+        for (id, pushed, ran) in runs {
+            let delay = delays[id as usize] as i64;
+            assert!(
+                ran >= pushed + delay,
+                "{due}: probe {id} ran {} ms after its push, before its delay of {delay} ms",
+                ran - pushed
+            );
+        }
+    }
+}
+
+/// A panic in one task is caught; the worker (one slot) goes on to the next.
+async fn a_panicking_task_does_not_stop_its_worker(backend: Backend) {
+    let tasks: [(Probe<true>, _); 4] = [
+        probe(1, true, 0),
+        probe(2, false, 0),
+        probe(3, true, 0),
+        probe(4, false, 0),
+    ];
+    let mut ran: Vec<u32> = run_probes(backend, &tasks)
+        .await
+        .into_iter()
+        .map(|(id, ..)| id)
+        .collect();
+    ran.sort_unstable();
+    assert_eq!(ran, [2, 4]);
+}
+
+crate::on_both_backends!(
+    a_backlog_in_one_lane_does_not_hold_up_another,
+    delayed_tasks_never_run_early,
+    a_panicking_task_does_not_stop_its_worker,
+);
