@@ -18,13 +18,13 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, still_running};
+use super::http::{Upstream, put, still_running};
 use super::{
     ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
 use crate::ErrorCode;
-use crate::catalog::parse_size;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 #[derive(Debug, Clone)]
@@ -204,17 +204,13 @@ fn result_outputs(result: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
 
 /// fal's video models spell a duration three ways: Veo as `"8s"`, Sora as a number, the
 /// others (Kling, Seedance, Wan) as a string of digits.
-fn duration_value(model: &str, seconds: &Value) -> Value {
-    let text = match seconds {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+fn duration_value(model: &str, seconds: u32) -> Value {
     if model.starts_with("fal-ai/veo") {
-        json!(format!("{text}s"))
+        json!(format!("{seconds}s"))
     } else if model.starts_with("fal-ai/sora") {
-        seconds.clone()
+        json!(seconds)
     } else {
-        json!(text)
+        json!(seconds.to_string())
     }
 }
 
@@ -244,41 +240,30 @@ fn image_size_for(aspect_ratio: &str) -> Option<Value> {
 /// Our input in fal's words. Reference images go as `image_url` (the first, for
 /// image-to-X and edit models) and `image_urls` (all, for reference and multi-image
 /// models); fal's models ignore the one they do not take.
-fn request_body(model: &str, input: &Value) -> Value {
+fn request_body(model: &str, input: &JobInput) -> Value {
     let mut body = Map::new();
-    body.insert("prompt".into(), input["prompt"].clone());
-    for field in ["seed", "resolution", "generate_audio"] {
-        if let Some(v) = input.get(field).filter(|v| !v.is_null()) {
-            body.insert(field.into(), v.clone());
-        }
-    }
-    if let Some(seconds) = input.get("duration").filter(|v| !v.is_null()) {
-        body.insert("duration".into(), duration_value(model, seconds));
-    }
-    if let Some(n) = input.get("n").filter(|v| !v.is_null()) {
-        body.insert("num_images".into(), n.clone());
-    }
-    let size = input["size"].as_str().and_then(parse_size);
-    let aspect_ratio = input["aspect_ratio"].as_str();
-    if let Some((w, h)) = size {
-        body.insert("image_size".into(), json!({"width": w, "height": h}));
-    } else if let Some(ratio) = aspect_ratio {
+    body.insert("prompt".into(), json!(input.prompt));
+    put(&mut body, "seed", input.seed);
+    put(&mut body, "resolution", input.resolution.as_ref());
+    put(&mut body, "generate_audio", input.generate_audio);
+    put(
+        &mut body,
+        "duration",
+        input.duration.map(|s| duration_value(model, s)),
+    );
+    put(&mut body, "num_images", input.n);
+    if let Some(size) = input.size {
+        body.insert(
+            "image_size".into(),
+            json!({"width": size.width, "height": size.height}),
+        );
+    } else if let Some(ratio) = &input.aspect_ratio {
         match image_size_for(ratio).filter(|_| takes_image_size(model)) {
             Some(image_size) => body.insert("image_size".into(), image_size),
             None => body.insert("aspect_ratio".into(), json!(ratio)),
         };
     }
-    let images: Vec<&str> = input["image"]
-        .as_str()
-        .into_iter()
-        .chain(
-            input["reference_images"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str),
-        )
-        .collect();
+    let images: Vec<&str> = input.images().collect();
     if let Some(first) = images.first() {
         body.insert("image_url".into(), json!(first));
         body.insert("image_urls".into(), json!(images));
@@ -289,11 +274,12 @@ fn request_body(model: &str, input: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_fal_fields() {
-        let input = json!({"prompt": "p", "duration": 8, "resolution": "720p",
-            "aspect_ratio": "16:9", "generate_audio": false, "seed": 3});
+        let input = typed(json!({"prompt": "p", "duration": 8, "resolution": "720p",
+            "aspect_ratio": "16:9", "generate_audio": false, "seed": 3}));
         assert_eq!(
             request_body("fal-ai/veo3.1", &input),
             json!({"prompt": "p", "duration": "8s", "resolution": "720p",
@@ -307,7 +293,7 @@ mod tests {
             request_body("fal-ai/kling-video/v2.5-turbo/pro/text-to-video", &input)["duration"],
             "8"
         );
-        let input = json!({"prompt": "p", "aspect_ratio": "9:16", "n": 2});
+        let input = typed(json!({"prompt": "p", "aspect_ratio": "9:16", "n": 2}));
         assert_eq!(
             request_body("fal-ai/flux-pro/v1.1", &input),
             json!({"prompt": "p", "image_size": "portrait_16_9", "num_images": 2})
@@ -316,8 +302,8 @@ mod tests {
             request_body("fal-ai/imagen4/preview", &input),
             json!({"prompt": "p", "aspect_ratio": "9:16", "num_images": 2})
         );
-        let input = json!({"prompt": "p", "size": "512x768",
-            "reference_images": ["https://a/1.png", "https://a/2.png"]});
+        let input = typed(json!({"prompt": "p", "size": "512x768",
+            "reference_images": ["https://a/1.png", "https://a/2.png"]}));
         assert_eq!(
             request_body("fal-ai/flux-2-pro", &input),
             json!({"prompt": "p", "image_size": {"width": 512, "height": 768},

@@ -8,7 +8,8 @@ use std::time::Duration;
 use base64::Engine;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode};
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
 use super::{ErrorClass, Media, ProviderCall, ProviderError, ProviderSettings};
@@ -275,6 +276,14 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
+}
+
+/// Sets `name` in a request body to `value` when the job gives one: the way an adapter
+/// passes an optional input field upstream under its own name.
+pub fn put(body: &mut Map<String, Value>, name: &str, value: Option<impl Serialize>) {
+    if let Some(value) = value {
+        body.insert(name.to_owned(), json!(value));
+    }
 }
 
 /// A status word that is not terminal: the upstream job still runs. A word outside

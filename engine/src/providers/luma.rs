@@ -20,6 +20,7 @@ use super::{
     UpstreamOutput,
 };
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 /// Where generations live, under the base URL.
@@ -160,23 +161,20 @@ fn failure(reason: &str) -> ProviderError {
 
 /// Our input in Luma's words: `duration` as "5s", the starting image as keyframe
 /// `frame0`.
-fn request_body(model: &str, input: &Value, callback_url: Option<&str>) -> Value {
+fn request_body(model: &str, input: &JobInput, callback_url: Option<&str>) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("prompt".into(), input["prompt"].clone());
-    if let Some(resolution) = input.get("resolution").filter(|v| !v.is_null()) {
-        body.insert("resolution".into(), resolution.clone());
+    body.insert("prompt".into(), json!(input.prompt));
+    if let Some(resolution) = &input.resolution {
+        body.insert("resolution".into(), json!(resolution));
     }
-    if let Some(seconds) = input["duration"].as_u64() {
+    if let Some(seconds) = input.duration {
         body.insert("duration".into(), json!(format!("{seconds}s")));
     }
-    if let Some(ratio) = input.get("aspect_ratio").filter(|v| !v.is_null()) {
-        body.insert("aspect_ratio".into(), ratio.clone());
+    if let Some(ratio) = &input.aspect_ratio {
+        body.insert("aspect_ratio".into(), json!(ratio));
     }
-    let image = input["image"]
-        .as_str()
-        .or_else(|| input.pointer("/reference_images/0").and_then(Value::as_str));
-    if let Some(url) = image {
+    if let Some(url) = input.first_image() {
         body.insert(
             "keyframes".into(),
             json!({"frame0": {"type": "image", "url": url}}),
@@ -191,13 +189,14 @@ fn request_body(model: &str, input: &Value, callback_url: Option<&str>) -> Value
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_luma_fields() {
         let body = request_body(
             "ray-2",
-            &json!({"prompt": "p", "duration": 9, "resolution": "720p",
-                "aspect_ratio": "9:16", "image": "https://a/1.png"}),
+            &typed(json!({"prompt": "p", "duration": 9, "resolution": "720p",
+                "aspect_ratio": "9:16", "image": "https://a/1.png"})),
             Some("https://gw/cb"),
         );
         assert_eq!(
@@ -208,7 +207,7 @@ mod tests {
                 "callback_url": "https://gw/cb"})
         );
         assert_eq!(
-            request_body("ray-2", &json!({"prompt": "p"}), None),
+            request_body("ray-2", &typed(json!({"prompt": "p"})), None),
             json!({"model": "ray-2", "prompt": "p"})
         );
     }

@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::ErrorCode;
 use crate::config::JobsConfig;
+use crate::jobs::input::JobInput;
 
 /// Everything an adapter may know about the job it works for. Credentials stay inside
 /// the adapter; nothing here is secret.
@@ -32,7 +33,7 @@ pub struct ProviderCall<'a> {
     pub job_id: &'a str,
     /// The model name at this upstream.
     pub upstream_model: &'a str,
-    pub input: &'a Value,
+    pub input: &'a JobInput,
     /// Retryable upstream failures this job has had so far.
     pub retries: u32,
     /// When the current submission was made (Unix ms).

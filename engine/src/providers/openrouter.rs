@@ -19,12 +19,13 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use super::http::{Upstream, still_running};
+use super::http::{Upstream, put, still_running};
 use super::{
     CallbackRefused, ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError,
     ProviderSettings, Submitted, UpstreamOutput,
 };
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 /// Where every job's videos stream from, under the base URL.
@@ -289,37 +290,25 @@ fn refusal_from_forbidden(e: ProviderError) -> ProviderError {
 
 /// Our input in OpenRouter's words: the same field names; `image` is the first frame and
 /// `reference_images` are references.
-fn request_body(model: &str, input: &Value, callback_url: Option<&str>) -> Value {
+fn request_body(model: &str, input: &JobInput, callback_url: Option<&str>) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("prompt".into(), input["prompt"].clone());
-    if let Some(url) = callback_url {
-        body.insert("callback_url".into(), json!(url));
-    }
-    for field in [
-        "duration",
-        "resolution",
-        "aspect_ratio",
-        "size",
-        "seed",
-        "generate_audio",
-    ] {
-        if let Some(v) = input.get(field).filter(|v| !v.is_null()) {
-            body.insert(field.into(), v.clone());
-        }
-    }
+    body.insert("prompt".into(), json!(input.prompt));
+    put(&mut body, "callback_url", callback_url);
+    put(&mut body, "duration", input.duration);
+    put(&mut body, "resolution", input.resolution.as_ref());
+    put(&mut body, "aspect_ratio", input.aspect_ratio.as_ref());
+    put(&mut body, "size", input.size.map(|s| s.to_string()));
+    put(&mut body, "seed", input.seed);
+    put(&mut body, "generate_audio", input.generate_audio);
     let image_url = |url: &str| json!({"type": "image_url", "image_url": {"url": url}});
-    if let Some(first) = input["image"].as_str() {
+    if let Some(first) = &input.image {
         let mut frame = image_url(first);
         frame["frame_type"] = json!("first_frame");
         body.insert("frame_images".into(), json!([frame]));
     }
-    if let Some(references) = input["reference_images"].as_array() {
-        let references: Vec<Value> = references
-            .iter()
-            .filter_map(Value::as_str)
-            .map(image_url)
-            .collect();
+    if input.reference_images.is_some() {
+        let references: Vec<Value> = input.references().map(image_url).collect();
         body.insert("input_references".into(), json!(references));
     }
     Value::Object(body)
@@ -328,12 +317,13 @@ fn request_body(model: &str, input: &Value, callback_url: Option<&str>) -> Value
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_openrouter_fields() {
-        let input = json!({"prompt": "p", "duration": 8, "resolution": "720p",
+        let input = typed(json!({"prompt": "p", "duration": 8, "resolution": "720p",
             "aspect_ratio": "9:16", "generate_audio": true, "seed": 5,
-            "image": "https://a/start.png", "reference_images": ["https://a/r.png"]});
+            "image": "https://a/start.png", "reference_images": ["https://a/r.png"]}));
         assert_eq!(
             request_body("google/veo-3.1", &input, None),
             json!({"model": "google/veo-3.1", "prompt": "p", "duration": 8,
@@ -346,7 +336,7 @@ mod tests {
         assert_eq!(
             request_body(
                 "openai/sora-2",
-                &json!({"prompt": "p"}),
+                &typed(json!({"prompt": "p"})),
                 Some("https://gw/cb")
             ),
             json!({"model": "openai/sora-2", "prompt": "p", "callback_url": "https://gw/cb"})

@@ -15,6 +15,7 @@ use super::{
     UpstreamOutput,
 };
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 /// The API version these requests and answers follow.
@@ -161,23 +162,20 @@ fn task_state(task: &Value, id: &str) -> Result<TaskState, ProviderError> {
 
 /// Our input in Runway's words: the endpoint (image to video when there is an image),
 /// `promptText`, `promptImage`, `ratio` in pixels, `duration`, `seed`.
-fn task_request(model: &str, input: &Value) -> (&'static str, Value) {
+fn task_request(model: &str, input: &JobInput) -> (&'static str, Value) {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("promptText".into(), input["prompt"].clone());
-    if let Some(ratio) = input["aspect_ratio"].as_str().and_then(ratio) {
+    body.insert("promptText".into(), json!(input.prompt));
+    if let Some(ratio) = input.aspect_ratio.as_deref().and_then(ratio) {
         body.insert("ratio".into(), json!(ratio));
     }
-    if let Some(duration) = input.get("duration").filter(|v| !v.is_null()) {
-        body.insert("duration".into(), duration.clone());
+    if let Some(duration) = input.duration {
+        body.insert("duration".into(), json!(duration));
     }
-    if let Some(seed) = input.get("seed").filter(|v| !v.is_null()) {
-        body.insert("seed".into(), seed.clone());
+    if let Some(seed) = input.seed {
+        body.insert("seed".into(), json!(seed));
     }
-    let image = input["image"]
-        .as_str()
-        .or_else(|| input.pointer("/reference_images/0").and_then(Value::as_str));
-    match image {
+    match input.first_image() {
         Some(url) => {
             body.insert("promptImage".into(), json!(url));
             ("/v1/image_to_video", Value::Object(body))
@@ -201,12 +199,13 @@ fn ratio(aspect_ratio: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_runway_fields() {
         let (path, body) = task_request(
             "gen4.5",
-            &json!({"prompt": "p", "duration": 5, "aspect_ratio": "9:16", "seed": 3}),
+            &typed(json!({"prompt": "p", "duration": 5, "aspect_ratio": "9:16", "seed": 3})),
         );
         assert_eq!(path, "/v1/text_to_video");
         assert_eq!(
@@ -216,7 +215,7 @@ mod tests {
         );
         let (path, body) = task_request(
             "gen4_turbo",
-            &json!({"prompt": "p", "image": "https://a/1.png", "aspect_ratio": "1:1"}),
+            &typed(json!({"prompt": "p", "image": "https://a/1.png", "aspect_ratio": "1:1"})),
         );
         assert_eq!(path, "/v1/image_to_video");
         assert_eq!(

@@ -202,14 +202,6 @@ impl Google {
     }
 }
 
-fn reference_urls(input: &Value) -> impl Iterator<Item = &str> {
-    input["reference_images"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-}
-
 /// Errors are google.rpc.Status with typed `details`. A key Google refuses is a 400 with
 /// an ErrorInfo reason `API_KEY_INVALID` (or another `API_KEY_*`): about our key, not the
 /// input. A 429 gives its wait as RetryInfo's `retryDelay` ("17s"), not as `Retry-After`.
