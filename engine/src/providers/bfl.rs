@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, put, still_running};
+use super::http::{Auth, Upstream, put, still_running};
 use super::{
     ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -38,7 +38,7 @@ impl MediaProvider for Bfl {
 
     fn from_settings(settings: &ProviderSettings) -> Result<Bfl, SetupError> {
         Ok(Bfl {
-            upstream: Upstream::new(Self::NAME, settings)?,
+            upstream: Upstream::new(Self::NAME, settings)?.with_auth(Auth::Header("x-key")),
         })
     }
 
@@ -47,20 +47,13 @@ impl MediaProvider for Bfl {
     }
 
     async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
-        let url = self.upstream.url(&format!("/v1/{}", call.upstream_model));
+        let path = format!("/v1/{}", call.upstream_model);
         let request = self
             .upstream
-            .request(Method::POST, &url)
-            .header("x-key", self.upstream.key())
+            .authorized(Method::POST, &path)
             .json(&request_body(call.input, call.callback_url));
         let answer = self.upstream.json(request).await?;
-        let id = answer["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "bfl: the answer has no id",
-            )
-        })?;
+        let id = self.upstream.answer_id(&answer, "id")?;
         Ok(Submitted::Pending {
             upstream_id: id.to_owned(),
             poll_after: self.poll_after(call),
@@ -72,12 +65,10 @@ impl MediaProvider for Bfl {
         call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
-        let url = self.upstream.url("/v1/get_result");
         let request = self
             .upstream
-            .request(Method::GET, &url)
-            .query(&[("id", upstream_id)])
-            .header("x-key", self.upstream.key());
+            .authorized(Method::GET, "/v1/get_result")
+            .query(&[("id", upstream_id)]);
         let answer = self.upstream.json(request).await?;
         let status = answer["status"].as_str().unwrap_or_default();
         match status {

@@ -10,7 +10,7 @@ use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, put};
+use super::http::{Auth, Upstream, put};
 use super::http::{inline_locator, inline_media};
 use super::{
     ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
@@ -32,7 +32,9 @@ impl MediaProvider for ElevenLabs {
 
     fn from_settings(settings: &ProviderSettings) -> Result<ElevenLabs, SetupError> {
         Ok(ElevenLabs {
-            upstream: Upstream::new(ElevenLabs::NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(ElevenLabs::NAME, settings)?
+                .with_auth(Auth::Header("xi-api-key"))
+                .reading_errors(read_error),
         })
     }
 
@@ -83,11 +85,7 @@ impl ElevenLabs {
         call: &ProviderCall<'_>,
     ) -> Result<(String, UpstreamOutput), ProviderError> {
         let (path, body) = audio_request(call.upstream_model, call.input);
-        let request = self
-            .upstream
-            .request(Method::POST, &self.upstream.url(path))
-            .header("xi-api-key", self.upstream.key())
-            .json(&body);
+        let request = self.upstream.authorized(Method::POST, path).json(&body);
         let response = self.upstream.send(request).await?;
         let headers = response.headers();
         let request_id = headers

@@ -18,7 +18,7 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, put, still_running};
+use super::http::{Auth, Upstream, put, still_running};
 use super::{
     ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
@@ -41,7 +41,9 @@ impl MediaProvider for Fal {
 
     fn from_settings(settings: &ProviderSettings) -> Result<Fal, SetupError> {
         Ok(Fal {
-            upstream: Upstream::new(Fal::NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(Fal::NAME, settings)?
+                .with_auth(Auth::Scheme("Key"))
+                .reading_errors(read_error),
         })
     }
 
@@ -50,26 +52,15 @@ impl MediaProvider for Fal {
     }
 
     async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
-        let url = self.upstream.url(&format!("/{}", call.upstream_model));
-        let mut request = self.upstream.request(Method::POST, &url);
+        let path = format!("/{}", call.upstream_model);
+        let mut request = self.upstream.authorized(Method::POST, &path);
         if let Some(callback) = call.callback_url {
             request = request.query(&[("fal_webhook", callback)]);
         }
-        let request = request
-            .header("authorization", self.authorization())
-            .json(&request_body(call.upstream_model, call.input));
+        let request = request.json(&request_body(call.upstream_model, call.input));
         let answer = self.upstream.json(request).await?;
-        let id = answer["request_id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "fal: the answer has no request_id",
-            )
-        })?;
-        Ok(Submitted::Pending {
-            upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_after(call),
-        })
+        let id = self.upstream.answer_id(&answer, "request_id")?;
+        Ok(self.upstream.submitted(call, id, None))
     }
 
     async fn poll(
@@ -78,19 +69,13 @@ impl MediaProvider for Fal {
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
         let url = self.request_url(call.upstream_model, upstream_id, "/status");
-        let request = self
-            .upstream
-            .request(Method::GET, &url)
-            .header("authorization", self.authorization());
+        let request = self.upstream.authorized_url(Method::GET, &url);
         let status = self.upstream.json(request).await?;
         match status["status"].as_str().unwrap_or_default() {
             // Completed means finished, not succeeded: the result says which.
             "COMPLETED" => {
                 let url = self.request_url(call.upstream_model, upstream_id, "");
-                let request = self
-                    .upstream
-                    .request(Method::GET, &url)
-                    .header("authorization", self.authorization());
+                let request = self.upstream.authorized_url(Method::GET, &url);
                 let result = self.upstream.json(request).await?;
                 Ok(Polled::Done {
                     outputs: result_outputs(&result)?,
@@ -99,10 +84,7 @@ impl MediaProvider for Fal {
             other => {
                 still_running(Fal::NAME, other, &["IN_QUEUE", "IN_PROGRESS"]);
                 // fal gives a queue position but no progress figure.
-                Ok(Polled::Pending {
-                    progress: None,
-                    poll_after: self.upstream.poll_after(call),
-                })
+                Ok(self.upstream.polled(call, None, None))
             }
         }
     }
@@ -113,19 +95,12 @@ impl MediaProvider for Fal {
         upstream_id: &str,
     ) -> Result<(), ProviderError> {
         let url = self.request_url(call.upstream_model, upstream_id, "/cancel");
-        let request = self
-            .upstream
-            .request(Method::PUT, &url)
-            .header("authorization", self.authorization());
+        let request = self.upstream.authorized_url(Method::PUT, &url);
         self.upstream.send(request).await.map(drop)
     }
 }
 
 impl Fal {
-    fn authorization(&self) -> String {
-        format!("Key {}", self.upstream.key())
-    }
-
     /// `{base}/{app id}/requests/{request id}{rest}`.
     fn request_url(&self, model: &str, request_id: &str, rest: &str) -> String {
         self.upstream

@@ -11,7 +11,7 @@
 //! Luma documents no signature for them, so we rely on the per-job token in the URL (a
 //! callback only makes us look at the generation sooner).
 
-use reqwest::{Method, RequestBuilder};
+use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::http::{Upstream, still_running};
@@ -52,21 +52,10 @@ impl MediaProvider for Luma {
 
     async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let body = request_body(call.upstream_model, call.input, call.callback_url);
-        let generation = self
-            .upstream
-            .json(self.authorized(Method::POST, GENERATIONS_PATH).json(&body))
-            .await?;
-        let id = generation["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "luma: the answer has no id",
-            )
-        })?;
-        Ok(Submitted::Pending {
-            upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_after(call),
-        })
+        let request = self.upstream.authorized(Method::POST, GENERATIONS_PATH);
+        let generation = self.upstream.json(request.json(&body)).await?;
+        let id = self.upstream.answer_id(&generation, "id")?;
+        Ok(self.upstream.submitted(call, id, None))
     }
 
     async fn poll(
@@ -75,18 +64,10 @@ impl MediaProvider for Luma {
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
         let path = format!("{GENERATIONS_PATH}/{upstream_id}");
-        let generation = self
-            .upstream
-            .json(self.authorized(Method::GET, &path))
-            .await?;
-        Ok(match outcome(upstream_id, &generation)? {
-            Some(outputs) => Polled::Done { outputs },
-            // Generations report no progress figure.
-            None => Polled::Pending {
-                progress: None,
-                poll_after: self.upstream.poll_after(call),
-            },
-        })
+        let generation = self.upstream.get_json(&path).await?;
+        // Generations report no progress figure.
+        let outputs = outcome(upstream_id, &generation)?;
+        Ok(self.upstream.polled(call, outputs, None))
     }
 
     async fn cancel(
@@ -96,17 +77,9 @@ impl MediaProvider for Luma {
     ) -> Result<(), ProviderError> {
         let path = format!("{GENERATIONS_PATH}/{upstream_id}");
         self.upstream
-            .send(self.authorized(Method::DELETE, &path))
+            .send(self.upstream.authorized(Method::DELETE, &path))
             .await
             .map(drop)
-    }
-}
-
-impl Luma {
-    fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
-        self.upstream
-            .request(method, &self.upstream.url(path))
-            .bearer_auth(self.upstream.key())
     }
 }
 

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::{Method, Response};
 use serde_json::{Map, Value, json};
 
 use super::http::{Upstream, inline_locator, inline_media, put, still_running};
@@ -61,7 +61,7 @@ impl MediaProvider for OpenAi {
                 outputs,
             });
         }
-        let request = self.authorized(Method::POST, "/v1/videos");
+        let request = self.upstream.authorized(Method::POST, "/v1/videos");
         let request = match video_request(call.upstream_model, call.input) {
             VideoRequest::Form(fields) => {
                 let (content_type, body) = multipart(&fields);
@@ -102,7 +102,9 @@ impl MediaProvider for OpenAi {
             let (_, outputs) = self.generate_images(call).await?;
             return Ok(Polled::Done { outputs });
         }
-        let request = self.authorized(Method::GET, &format!("/v1/videos/{upstream_id}"));
+        let request = self
+            .upstream
+            .authorized(Method::GET, &format!("/v1/videos/{upstream_id}"));
         let response = self.upstream.send(request).await?;
         let poll_after = self.poll_after(call, response.headers());
         let video = self.read_json(response).await?;
@@ -119,7 +121,7 @@ impl MediaProvider for OpenAi {
         if !makes_video(call.upstream_model) {
             return inline_media(OpenAi::NAME, &output.locator);
         }
-        let request = self.authorized(
+        let request = self.upstream.authorized(
             Method::GET,
             &format!("/v1/videos/{}/content", output.locator),
         );
@@ -128,12 +130,6 @@ impl MediaProvider for OpenAi {
 }
 
 impl OpenAi {
-    fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
-        self.upstream
-            .request(method, &self.upstream.url(path))
-            .bearer_auth(self.upstream.key())
-    }
-
     /// One synchronous image call: the upstream's request id (our record of the call) and
     /// the images, carried inline to `fetch`.
     async fn generate_images(
@@ -143,7 +139,7 @@ impl OpenAi {
         let (path, body) = image_request(call.upstream_model, call.input);
         let response = self
             .upstream
-            .send(self.authorized(Method::POST, path).json(&body))
+            .send(self.upstream.authorized(Method::POST, path).json(&body))
             .await?;
         let request_id = response
             .headers()

@@ -90,11 +90,9 @@ impl MediaProvider for OpenRouter {
     }
 
     async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
-        let url = self.upstream.url(VIDEOS_PATH);
         let request = self
             .upstream
-            .request(Method::POST, &url)
-            .bearer_auth(self.upstream.key())
+            .authorized(Method::POST, VIDEOS_PATH)
             .json(&request_body(
                 call.upstream_model,
                 call.input,
@@ -105,17 +103,8 @@ impl MediaProvider for OpenRouter {
             .json(request)
             .await
             .map_err(refusal_from_forbidden)?;
-        let id = answer["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "openrouter: the answer has no id",
-            )
-        })?;
-        Ok(Submitted::Pending {
-            upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_after(call),
-        })
+        let id = self.upstream.answer_id(&answer, "id")?;
+        Ok(self.upstream.submitted(call, id, None))
     }
 
     async fn poll(
@@ -123,12 +112,8 @@ impl MediaProvider for OpenRouter {
         call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
-        let url = self.upstream.url(&format!("{VIDEOS_PATH}/{upstream_id}"));
-        let request = self
-            .upstream
-            .request(Method::GET, &url)
-            .bearer_auth(self.upstream.key());
-        let answer = self.upstream.json(request).await?;
+        let path = format!("{VIDEOS_PATH}/{upstream_id}");
+        let answer = self.upstream.get_json(&path).await?;
         let polled = outcome(upstream_id, &answer).map_err(|mut e| {
             e.message = self.upstream.redact(&e.message);
             e
@@ -143,14 +128,8 @@ impl MediaProvider for OpenRouter {
                 "upstream reported cost"
             );
         }
-        Ok(match polled {
-            Some(outputs) => Polled::Done { outputs },
-            // The API reports no progress figure.
-            None => Polled::Pending {
-                progress: None,
-                poll_after: self.upstream.poll_after(call),
-            },
-        })
+        // The API reports no progress figure.
+        Ok(self.upstream.polled(call, polled, None))
     }
 
     /// Streams one video through OpenRouter's authenticated content endpoint.
@@ -170,11 +149,7 @@ impl MediaProvider for OpenRouter {
                 ),
             ));
         }
-        let url = self.upstream.url(&output.locator);
-        let request = self
-            .upstream
-            .request(Method::GET, &url)
-            .bearer_auth(self.upstream.key());
+        let request = self.upstream.authorized(Method::GET, &output.locator);
         self.upstream.download(request, "video/mp4").await
     }
 }

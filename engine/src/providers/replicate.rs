@@ -79,33 +79,14 @@ impl MediaProvider for Replicate {
             body["webhook"] = json!(url);
             body["webhook_events_filter"] = json!(["completed"]);
         }
-        let url = self.upstream.url(&path);
-        let mut request = self
-            .upstream
-            .request(Method::POST, &url)
-            .bearer_auth(self.upstream.key())
-            .json(&body);
+        let mut request = self.upstream.authorized(Method::POST, &path).json(&body);
         if let Some(secs) = self.wait_secs {
             request = request.header("Prefer", format!("wait={secs}"));
         }
         let prediction = self.upstream.json(request).await?;
-        let id = prediction["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "replicate: the answer has no id",
-            )
-        })?;
-        match outcome(&prediction).map_err(|e| self.redacted(e))? {
-            Some(outputs) => Ok(Submitted::Done {
-                upstream_id: id.to_owned(),
-                outputs,
-            }),
-            None => Ok(Submitted::Pending {
-                upstream_id: id.to_owned(),
-                poll_after: self.upstream.poll_after(call),
-            }),
-        }
+        let id = self.upstream.answer_id(&prediction, "id")?;
+        let outputs = outcome(&prediction).map_err(|e| self.redacted(e))?;
+        Ok(self.upstream.submitted(call, id, outputs))
     }
 
     async fn poll(
@@ -113,20 +94,11 @@ impl MediaProvider for Replicate {
         call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
-        let url = self.upstream.url(&format!("/v1/predictions/{upstream_id}"));
-        let request = self
-            .upstream
-            .request(Method::GET, &url)
-            .bearer_auth(self.upstream.key());
-        let prediction = self.upstream.json(request).await?;
-        match outcome(&prediction).map_err(|e| self.redacted(e))? {
-            Some(outputs) => Ok(Polled::Done { outputs }),
-            // Replicate reports no progress figure, only log lines.
-            None => Ok(Polled::Pending {
-                progress: None,
-                poll_after: self.upstream.poll_after(call),
-            }),
-        }
+        let path = format!("/v1/predictions/{upstream_id}");
+        let prediction = self.upstream.get_json(&path).await?;
+        let outputs = outcome(&prediction).map_err(|e| self.redacted(e))?;
+        // Replicate reports no progress figure, only log lines.
+        Ok(self.upstream.polled(call, outputs, None))
     }
 
     async fn cancel(
@@ -134,13 +106,8 @@ impl MediaProvider for Replicate {
         _call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<(), ProviderError> {
-        let url = self
-            .upstream
-            .url(&format!("/v1/predictions/{upstream_id}/cancel"));
-        let request = self
-            .upstream
-            .request(Method::POST, &url)
-            .bearer_auth(self.upstream.key());
+        let path = format!("/v1/predictions/{upstream_id}/cancel");
+        let request = self.upstream.authorized(Method::POST, &path);
         self.upstream.send(request).await.map(drop)
     }
 
@@ -188,15 +155,11 @@ impl Replicate {
         {
             return Ok(secret.clone());
         }
-        let url = self.upstream.url("/v1/webhooks/default/secret");
-        let request = self
+        let answer = self
             .upstream
-            .request(Method::GET, &url)
-            .bearer_auth(self.upstream.key());
-        let answer =
-            self.upstream.json(request).await.map_err(|e| {
-                CallbackRefused(format!("replicate: fetching the webhook secret: {e}"))
-            })?;
+            .get_json("/v1/webhooks/default/secret")
+            .await
+            .map_err(|e| CallbackRefused(format!("replicate: fetching the webhook secret: {e}")))?;
         let secret = answer["key"]
             .as_str()
             .ok_or("replicate: the webhook secret answer has no key")

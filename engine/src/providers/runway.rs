@@ -49,17 +49,8 @@ impl MediaProvider for Runway {
             .upstream
             .json(self.authorized(Method::POST, path).json(&body))
             .await?;
-        let id = answer["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "runway: the answer has no id",
-            )
-        })?;
-        Ok(Submitted::Pending {
-            upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_after(call),
-        })
+        let id = self.upstream.answer_id(&answer, "id")?;
+        Ok(self.upstream.submitted(call, id, None))
     }
 
     async fn poll(
@@ -70,10 +61,7 @@ impl MediaProvider for Runway {
         let request = self.authorized(Method::GET, &format!("/v1/tasks/{upstream_id}"));
         let task = self.upstream.json(request).await?;
         task_state(&task, upstream_id).map(|state| match state {
-            TaskState::Pending { progress } => Polled::Pending {
-                progress,
-                poll_after: self.upstream.poll_after(call),
-            },
+            TaskState::Pending { progress } => self.upstream.polled(call, None, progress),
             TaskState::Done { outputs } => Polled::Done { outputs },
         })
     }
@@ -91,8 +79,7 @@ impl MediaProvider for Runway {
 impl Runway {
     fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
         self.upstream
-            .request(method, &self.upstream.url(path))
-            .bearer_auth(self.upstream.key())
+            .authorized(method, path)
             .header("X-Runway-Version", API_VERSION)
     }
 }

@@ -25,7 +25,7 @@ impl Google {
         let body = gemini_request(call.input, images);
         let answer = self
             .upstream
-            .json(self.authorized(Method::POST, &path).json(&body))
+            .json(self.upstream.authorized(Method::POST, &path).json(&body))
             .await?;
         let outputs = gemini_outputs(&answer)?;
         let upstream_id = answer["responseId"]

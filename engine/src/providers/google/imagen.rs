@@ -24,7 +24,7 @@ impl Google {
         let body = imagen_request(call.input);
         let answer = self
             .upstream
-            .json(self.authorized(Method::POST, &path).json(&body))
+            .json(self.upstream.authorized(Method::POST, &path).json(&body))
             .await?;
         // `:predict` answers carry no id of their own.
         Ok((format!("imagen-{}", call.job_id), imagen_outputs(&answer)?))

@@ -12,10 +12,9 @@ mod veo;
 
 use base64::Engine as _;
 use reqwest::header::CONTENT_TYPE;
-use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 
-use super::http::{Upstream, inline_media};
+use super::http::{Auth, Upstream, inline_media};
 use super::{
     ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
     Submitted, UpstreamOutput,
@@ -71,7 +70,9 @@ impl MediaProvider for Google {
 
     fn from_settings(settings: &ProviderSettings) -> Result<Google, SetupError> {
         Ok(Google {
-            upstream: Upstream::new(Google::NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(Google::NAME, settings)?
+                .with_auth(Auth::Header(KEY_HEADER))
+                .reading_errors(read_error),
             image_client: egress::delivery_client(AllowList::default(), settings.timeout)?,
         })
     }
@@ -124,12 +125,6 @@ impl MediaProvider for Google {
 }
 
 impl Google {
-    fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
-        self.upstream
-            .request(method, &self.upstream.url(path))
-            .header(KEY_HEADER, self.upstream.key())
-    }
-
     /// One synchronous image call: an id for it and the images, carried inline to `fetch`.
     async fn generate_images(
         &self,

@@ -34,7 +34,7 @@ impl Google {
         let path = format!("/v1beta/models/{}:predictLongRunning", call.upstream_model);
         let operation = self
             .upstream
-            .json(self.authorized(Method::POST, &path).json(&body))
+            .json(self.upstream.authorized(Method::POST, &path).json(&body))
             .await?;
         let name = operation["name"].as_str().ok_or_else(|| {
             ProviderError::new(
@@ -54,7 +54,9 @@ impl Google {
         call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
-        let request = self.authorized(Method::GET, &format!("/v1beta/{upstream_id}"));
+        let request = self
+            .upstream
+            .authorized(Method::GET, &format!("/v1beta/{upstream_id}"));
         let operation = self.upstream.json(request).await?;
         Ok(match operation_state(&operation)? {
             Some(outputs) => Polled::Done { outputs },
