@@ -505,16 +505,7 @@ mod tests {
     use serde_json::json;
 
     fn upstream(auth: Auth) -> Upstream {
-        let settings = ProviderSettings {
-            base_url: "https://api.example.com/".into(),
-            api_key: Some("k3y".into()),
-            enabled: true,
-            timeout: Duration::from_secs(2),
-            max_concurrency: 1,
-            poll_interval: Duration::from_secs(1),
-            callback_poll_interval: Duration::from_secs(30),
-            webhook_secret: None,
-        };
+        let settings = ProviderSettings::for_tests("https://api.example.com/");
         Upstream::new("acme", &settings).unwrap().with_auth(auth)
     }
 

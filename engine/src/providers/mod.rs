@@ -437,6 +437,23 @@ pub struct ProviderSettings {
     pub webhook_secret: Option<String>,
 }
 
+#[cfg(test)]
+impl ProviderSettings {
+    /// Settings for an adapter's unit tests: a key `k3y`, short waits.
+    pub(crate) fn for_tests(base_url: &str) -> ProviderSettings {
+        ProviderSettings {
+            base_url: base_url.to_owned(),
+            api_key: Some("k3y".into()),
+            enabled: true,
+            timeout: Duration::from_secs(2),
+            max_concurrency: 1,
+            poll_interval: Duration::from_secs(1),
+            callback_poll_interval: Duration::from_secs(30),
+            webhook_secret: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ProviderSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProviderSettings")

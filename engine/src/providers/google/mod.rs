@@ -251,16 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn input_images_on_private_networks_are_refused() {
-        let settings = ProviderSettings {
-            base_url: "https://generativelanguage.googleapis.com".into(),
-            api_key: Some("k".into()),
-            enabled: true,
-            timeout: Duration::from_secs(2),
-            max_concurrency: 1,
-            poll_interval: Duration::from_secs(1),
-            callback_poll_interval: Duration::from_secs(30),
-            webhook_secret: None,
-        };
+        let settings = ProviderSettings::for_tests("https://generativelanguage.googleapis.com");
         let google = Google::from_settings(&settings).unwrap();
         let e = google
             .input_image("http://127.0.0.1:1/a.png")
