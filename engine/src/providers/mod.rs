@@ -420,6 +420,9 @@ providers! {
 /// environment variable the configuration names and never leaves the adapter.
 #[derive(Clone)]
 pub struct ProviderSettings {
+    /// The API a provider of a name mediagate does not know speaks (`"openai"`: an
+    /// OpenAI-compatible chat host); `None` for the built-in providers.
+    pub api: Option<String>,
     pub base_url: String,
     pub api_key: Option<String>,
     pub enabled: bool,
@@ -439,6 +442,7 @@ pub struct ProviderSettings {
 impl std::fmt::Debug for ProviderSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProviderSettings")
+            .field("api", &self.api)
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("enabled", &self.enabled)
@@ -480,6 +484,10 @@ impl Providers {
     ) -> Result<Providers, SetupError> {
         let mut providers = Providers::default();
         for (name, s) in settings {
+            if s.api.is_some() && !KNOWN.contains(&name.as_str()) {
+                // A chat host of the operator's own (`api = "openai"`): no media here.
+                continue;
+            }
             if !KNOWN.contains(&name.as_str()) {
                 return Err(SetupError::Unknown {
                     name: name.clone(),

@@ -265,6 +265,7 @@ mod tests {
     #[tokio::test]
     async fn input_images_on_private_networks_are_refused() {
         let settings = ProviderSettings {
+            api: None,
             base_url: "https://generativelanguage.googleapis.com".into(),
             api_key: Some("k".into()),
             enabled: true,
