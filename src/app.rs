@@ -124,7 +124,17 @@ pub async fn start(config: Config, roles: Roles) -> anyhow::Result<Running> {
         let stop = shutdown.clone();
         tracing::info!("listening on http://{}", listener.local_addr()?);
         let config = config.clone();
-        tasks.spawn(async move { serve::serve(listener, app, &config.http, stop, drain).await });
+        // Chat usage is written until the server has drained, so the requests that end
+        // during the drain are recorded too.
+        let usage_stop = CancellationToken::new();
+        tasks.spawn(mediagate_engine::chat::usage::write(
+            engine.clone(),
+            usage_stop.clone(),
+        ));
+        tasks.spawn(async move {
+            serve::serve(listener, app, &config.http, stop, drain).await;
+            usage_stop.cancel();
+        });
     }
     if roles.worker {
         let engine = engine.clone();

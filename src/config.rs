@@ -14,7 +14,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use mediagate_engine::EngineConfig;
 use mediagate_engine::catalog::Catalog;
-use mediagate_engine::config::{DEFAULTS, JobsConfig, RoutingConfig};
+use mediagate_engine::chat;
+use mediagate_engine::config::{ChatConfig, DEFAULTS, JobsConfig, RoutingConfig};
 use mediagate_engine::egress::AllowList;
 use mediagate_engine::providers::{self, ProviderSettings};
 use mediagate_engine::webhooks::delivery::DeliveryConfig;
@@ -69,12 +70,17 @@ pub struct Config {
     /// `[providers.NAME]`: the upstreams this deployment may use.
     pub providers: BTreeMap<String, ProviderConfig>,
     pub routing: RoutingConfig,
+    /// `[chat]`: chat completions' waits, keep-alives and usage writer.
+    pub chat: ChatConfig,
 }
 
 /// `[providers.NAME]`; each starts from `[providers."*"]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
+    /// The API a provider of a name mediagate does not know speaks: `"openai"`, an
+    /// OpenAI-compatible chat host (vLLM, Ollama, Together, Groq…).
+    pub api: Option<String>,
     /// Defaults to the provider's public API.
     pub base_url: Option<String>,
     /// Name of the environment variable holding the key (never the key itself); defaults
@@ -231,6 +237,25 @@ impl Config {
                     .into(),
             ));
         }
+        let c = &self.chat;
+        if [
+            c.keep_alive,
+            c.first_token_timeout,
+            c.idle_timeout,
+            c.timeout,
+            c.usage_flush,
+        ]
+        .iter()
+        .any(Duration::is_zero)
+            || c.usage_queue == 0
+            || c.usage_batch == 0
+        {
+            return Err(ConfigError::Invalid(
+                "chat.keep_alive_ms, first_token_timeout_ms, idle_timeout_ms, timeout_ms, \
+                 usage_flush_ms, usage_queue and usage_batch must be at least 1"
+                    .into(),
+            ));
+        }
         if self.queue.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "queue.poll_interval_ms must be at least 1".into(),
@@ -369,6 +394,7 @@ impl Config {
             jobs: self.jobs.clone(),
             delivery: self.webhooks.clone(),
             routing: self.routing.clone(),
+            chat: self.chat.clone(),
             catalog: self.catalog()?,
             providers: self.provider_settings()?,
         })
@@ -391,14 +417,49 @@ impl Config {
     pub fn provider_settings(&self) -> Result<BTreeMap<String, ProviderSettings>, ConfigError> {
         let mut out = BTreeMap::new();
         for (name, p) in &self.providers {
-            let Some(defaults) = providers::defaults(name) else {
-                return Err(ConfigError::Invalid(format!(
-                    "[providers.{name}]: unknown provider (known: {})",
-                    providers::KNOWN.join(", ")
-                )));
+            let builtin = providers::defaults(name);
+            let defaults = match (builtin, p.api.as_deref()) {
+                (Some(defaults), None) => defaults,
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[providers.{name}]: `api` is for providers of other names; {name} \
+                         is built in"
+                    )));
+                }
+                (None, Some(api)) if chat::APIS.contains(&api) && api != "local" => {
+                    if p.base_url.is_none() {
+                        return Err(ConfigError::Invalid(format!(
+                            "[providers.{name}]: a provider of your own needs its base_url"
+                        )));
+                    }
+                    providers::Defaults {
+                        base_url: "",
+                        api_key_env: "",
+                    }
+                }
+                (None, Some(api)) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[providers.{name}]: api = {api:?} is not an API mediagate speaks \
+                         (\"openai\")"
+                    )));
+                }
+                (None, None) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[providers.{name}]: unknown provider (known: {}; a chat host of \
+                         your own takes api = \"openai\")",
+                        providers::KNOWN.join(", ")
+                    )));
+                }
             };
             let key_env = p.api_key_env.as_deref().unwrap_or(defaults.api_key_env);
             let api_key = std::env::var(key_env).ok().filter(|k| !k.trim().is_empty());
+            // A host of your own that names a key variable needs it set; one that names
+            // none needs no key (a local Ollama or vLLM).
+            let mut enabled = p.enabled;
+            if builtin.is_none() && !key_env.is_empty() && api_key.is_none() {
+                tracing::info!(provider = %name, variable = key_env, "provider not used: its key variable is not set");
+                enabled = false;
+            }
             if p.timeout_ms == 0
                 || p.max_concurrency == Some(0)
                 || p.poll_interval_ms == 0
@@ -419,12 +480,13 @@ impl Config {
             out.insert(
                 name.clone(),
                 ProviderSettings {
+                    api: p.api.clone(),
                     base_url: p
                         .base_url
                         .clone()
                         .unwrap_or_else(|| defaults.base_url.to_owned()),
                     api_key,
-                    enabled: p.enabled,
+                    enabled,
                     timeout: Duration::from_millis(p.timeout_ms),
                     max_concurrency: p.max_concurrency.unwrap_or(if name == "local" {
                         providers::local::cores()

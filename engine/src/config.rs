@@ -42,6 +42,8 @@ pub struct EngineConfig {
     /// `[webhooks]`.
     pub delivery: DeliveryConfig,
     pub routing: RoutingConfig,
+    /// `[chat]`: chat completions.
+    pub chat: ChatConfig,
     /// The models jobs may ask for.
     pub catalog: Catalog,
     /// `[providers.NAME]`: how each upstream is reached.
@@ -57,6 +59,7 @@ impl Default for EngineConfig {
             jobs: JobsConfig::default(),
             delivery: DeliveryConfig::default(),
             routing: RoutingConfig::default(),
+            chat: ChatConfig::default(),
             catalog: Catalog::builtin(),
             providers: BTreeMap::new(),
         }
@@ -117,6 +120,43 @@ impl JobsConfig {
             .min(self.retry_max);
         let ms = ceiling.as_millis() as u64;
         Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
+    }
+}
+
+/// `[chat]`: how chat completions wait for their upstreams, keep slow streams alive and
+/// record their usage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    /// How often a stream that has nothing to send gets an SSE comment (`: keep-alive`),
+    /// so proxies do not cut it; also how long a streamed request waits for its first
+    /// token before its `200` is sent (until then an error keeps its HTTP status).
+    #[serde(rename = "keep_alive_ms", with = "millis")]
+    pub keep_alive: Duration,
+    /// Longest wait for an upstream's first token (streams) before the request moves to
+    /// its next provider.
+    #[serde(rename = "first_token_timeout_ms", with = "millis")]
+    pub first_token_timeout: Duration,
+    /// Longest gap between two tokens of a stream once it has begun; past it the stream
+    /// ends with an error event.
+    #[serde(rename = "idle_timeout_ms", with = "millis")]
+    pub idle_timeout: Duration,
+    /// Longest an unstreamed answer may take before the request moves to its next
+    /// provider.
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+    /// Usage records queued in memory for the writer; past it records are dropped (and
+    /// counted in a warning) rather than slowing requests down.
+    pub usage_queue: usize,
+    /// Most usage records written in one statement, and how long the writer gathers them.
+    pub usage_batch: usize,
+    #[serde(rename = "usage_flush_ms", with = "millis")]
+    pub usage_flush: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        default_section("chat")
     }
 }
 
@@ -231,6 +271,7 @@ mod tests {
         assert_eq!(delivery.schedule.len(), 10);
         assert_eq!(delivery.timeout, Duration::from_secs(15));
         assert_eq!(RoutingConfig::default().breaker_threshold, 5);
+        assert_eq!(ChatConfig::default().keep_alive, Duration::from_secs(10));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! mediagate's engine: the domain. Jobs (intake, lifecycle, routing), the catalog, the
-//! upstream providers, webhooks, the egress guard, the database, media storage, and the
+//! mediagate's engine: the domain. Jobs (intake, lifecycle, routing), chat completions,
+//! the catalog, the upstream providers, webhooks, the egress guard, the database, media storage, and the
 //! tasks that move a job from submission to stored media.
 //!
 //! No HTTP server and no queue library live here: the front door (`mediagate` crate)
@@ -7,6 +7,7 @@
 //! Dependencies point one way: front door → engine → task runtime.
 
 pub mod catalog;
+pub mod chat;
 pub mod config;
 pub mod db;
 pub mod egress;
@@ -43,8 +44,10 @@ pub struct Engine {
     pub queue: Queue,
     pub storage: Storage,
     pub providers: Providers,
-    /// Providers being skipped after repeated failures.
+    /// Providers being skipped after repeated failures (media and chat alike).
     pub breakers: Breakers,
+    /// Chat completions: their upstreams, and where their usage goes.
+    pub chat: chat::Chat,
     pub config: EngineConfig,
     /// Names this deployment's database; its queue namespace is bound to it.
     pub deployment_id: String,
@@ -104,6 +107,11 @@ impl Engine {
             config.routing.breaker_threshold,
             config.routing.breaker_cooldown,
         );
+        let chat = chat::Chat {
+            providers: chat::ChatProviders::from_settings(&config.providers, &config.catalog)
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
+            usage: chat::usage::UsageSink::new(config.chat.usage_queue),
+        };
         let (changes, _) = broadcast::channel(4096);
         let webhook_destinations = Destinations::new(&config.delivery);
         Ok(Arc::new(Engine {
@@ -112,6 +120,7 @@ impl Engine {
             storage,
             providers,
             breakers,
+            chat,
             config,
             deployment_id,
             signer,

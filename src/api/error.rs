@@ -123,15 +123,22 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {
+impl ApiError {
+    /// The body: `{"error": {type, code, message, param}}` (also a chat stream's error
+    /// event).
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
             "type": self.kind,
             "code": self.code,
             "message": self.message,
             "param": self.param,
-        }});
-        let mut res = (self.status, axum::Json(body)).into_response();
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

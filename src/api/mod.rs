@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod callbacks;
+mod chat;
 mod content;
 pub mod error;
 mod events;
@@ -93,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/content", get(content::job_content))
         .route("/v1/jobs/{id}/events", get(events::stream))
         .route("/v1/models", get(models::list))
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/api/v1/chat/completions", post(chat::completions))
         .route("/v1/webhook-secret", get(webhooks::secret))
         .route("/v1/webhook-secret/rotate", post(webhooks::rotate))
         .route(
@@ -133,11 +136,14 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// 5xx answers are logged as errors, except `503`: shedding at capacity (counted and
-/// reported by `gate::Slots`) and a not-ready probe are the server protecting itself.
+/// reported by `gate::Slots`) and a not-ready probe are the server protecting itself;
+/// and `502`: an upstream's failure (chat), logged where it was seen.
 fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &Span) {
     match class {
-        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
-            tracing::debug!(?latency, "answered 503");
+        ServerErrorsFailureClass::StatusCode(
+            status @ (StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY),
+        ) => {
+            tracing::debug!(?latency, %status, "answered");
         }
         class => tracing::error!(classification = %class, ?latency, "response failed"),
     }

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use mediagate_engine::ErrorCode;
-use mediagate_engine::jobs::job::JobKind;
+use mediagate_engine::catalog::Modality;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
@@ -14,10 +14,10 @@ pub async fn list(State(state): State<AppState>, params: Params) -> ApiResult<Js
     for (k, v) in params.0 {
         if k == "output_modality" {
             modality = Some(match v.as_str() {
-                "image" => JobKind::Image,
-                "video" => JobKind::Video,
-                "audio" => JobKind::Audio,
-                "text" => return Ok(Json(json!({"object": "list", "data": []}))),
+                "image" => Modality::Image,
+                "video" => Modality::Video,
+                "audio" => Modality::Audio,
+                "text" => Modality::Text,
                 _ => {
                     return Err(ApiError::invalid(
                         ErrorCode::InvalidField,
@@ -33,7 +33,7 @@ pub async fn list(State(state): State<AppState>, params: Params) -> ApiResult<Js
         .config
         .catalog
         .models()
-        .filter(|m| modality.is_none_or(|k| k == m.kind()))
+        .filter(|m| modality.is_none_or(|k| k == m.modality))
         .map(|m| m.to_public(|p| engine.providers.available(p)))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))

@@ -6,6 +6,7 @@
 //! dependency of the bench, which measures against the same fakes.
 
 pub mod bfl;
+pub mod chat;
 pub mod elevenlabs;
 pub mod fal;
 pub mod google;
@@ -59,6 +60,16 @@ pub struct Behaviour {
     /// The first this many GET requests (status polls, since result downloads come after
     /// them) are answered only after `SLOW_ANSWER`: an upstream that hangs.
     pub slow_gets: usize,
+    /// Chat: the answer's text (default `chat::DEFAULT_REPLY`), one token per word.
+    pub chat_reply: Option<String>,
+    /// Chat: the wait before the first chunk (the model thinking).
+    pub chat_first_token_delay: Duration,
+    /// Chat: the wait between two chunks of a stream.
+    pub chat_token_interval: Duration,
+    /// Chat: a stream breaks off with an error after this many words.
+    pub chat_break_after: Option<usize>,
+    /// Chat: requests are never answered.
+    pub chat_hang: bool,
 }
 
 /// How late a slow answer comes.
@@ -103,6 +114,9 @@ pub struct FakeState {
     pub accepted_at: Mutex<HashMap<String, Instant>>,
     pub callbacks: Mutex<Vec<CallbackSent>>,
     pub gets: AtomicUsize,
+    /// Chat streams that ran to their end, and that were dropped first (the client left).
+    pub streams_finished: AtomicUsize,
+    pub streams_cancelled: AtomicUsize,
 }
 
 impl FakeState {

@@ -1,4 +1,5 @@
-//! OpenAI as documented, images and videos, key as `Authorization: Bearer`.
+//! OpenAI as documented, images, videos and chat completions (`chat`), key as
+//! `Authorization: Bearer`.
 //! Images: `POST /v1/images/generations` (and JSON `/v1/images/edits`) answer at once with
 //! `data[].b64_json`; the safety system refuses with a 400 `moderation_blocked`.
 //! Videos: multipart `POST /v1/videos` → a video object; `GET /v1/videos/{id}` → `queued`,
@@ -19,7 +20,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::{Behaviour, Fake, FakeState, key, media, serve};
+use super::{Behaviour, Fake, FakeState, chat, key, media, serve};
 
 pub const VIDEO_CONTENT_TYPE: &str = "video/mp4";
 pub const IMAGE_CONTENT_TYPE: &str = "image/png";
@@ -31,6 +32,16 @@ struct OpenAi {
     shared: Arc<FakeState>,
     /// Each video's creation request, echoed in its video object.
     videos: Mutex<HashMap<String, Value>>,
+}
+
+/// `POST /v1/chat/completions` in OpenAI's format (see `chat`).
+fn chat_routes(state: Arc<FakeState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .with_state(chat::Chat {
+            state,
+            dialect: chat::Dialect::OpenAi,
+        })
 }
 
 pub async fn start(behaviour: Behaviour) -> Fake {
@@ -45,7 +56,8 @@ pub async fn start(behaviour: Behaviour) -> Fake {
         .route("/v1/videos", post(create_video))
         .route("/v1/videos/{id}", get(get_video))
         .route("/v1/videos/{id}/content", get(video_content))
-        .with_state(fake);
+        .with_state(fake)
+        .merge(chat_routes(shared.clone()));
     serve(router, shared).await
 }
 

@@ -1,4 +1,4 @@
-//! OpenRouter's video API as documented: `POST /api/v1/videos` (Bearer) answers 202
+//! OpenRouter's chat completions (`chat`), and its video API as documented: `POST /api/v1/videos` (Bearer) answers 202
 //! `{id, polling_url, status: "pending"}`; `GET /api/v1/videos/{id}` goes `pending` →
 //! `in_progress` → `completed` with `unsigned_urls` and `usage.cost`, or `failed` with
 //! `error` when the provider's content policy blocks it;
@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::{Behaviour, Fake, FakeState, key, serve};
+use super::{Behaviour, Fake, FakeState, chat, key, serve};
 
 pub const CONTENT_TYPE: &str = "video/mp4";
 
@@ -38,7 +38,15 @@ pub async fn start(behaviour: Behaviour) -> Fake {
         .route("/api/v1/videos", post(submit))
         .route("/api/v1/videos/{id}", get(job))
         .route("/api/v1/videos/{id}/content", get(content))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(
+            Router::new()
+                .route("/api/v1/chat/completions", post(chat::completions))
+                .with_state(chat::Chat {
+                    state: state.clone(),
+                    dialect: chat::Dialect::OpenRouter,
+                }),
+        );
     serve(router, state).await
 }
 

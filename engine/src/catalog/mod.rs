@@ -58,6 +58,9 @@ pub struct Model {
     /// Durations that only some inputs allow (Veo makes 1080p only at 8 s).
     #[serde(default)]
     pub constraints: Vec<Constraint>,
+    /// Tokens of prompt and answer together a chat model (`text`) can take.
+    #[serde(default)]
+    pub context_length: Option<u32>,
 }
 
 /// While input field `when` is given (and, with `equals`, has that value), the duration
@@ -90,32 +93,50 @@ pub enum Modality {
     Image,
     Video,
     Audio,
+    /// A chat model, served by `POST /v1/chat/completions`, never by a job.
+    Text,
 }
 
 impl Modality {
-    pub fn kind(self) -> JobKind {
+    /// The kind of job that makes this output; `None` for chat models.
+    pub fn kind(self) -> Option<JobKind> {
         match self {
-            Modality::Image => JobKind::Image,
-            Modality::Video => JobKind::Video,
-            Modality::Audio => JobKind::Audio,
+            Modality::Image => Some(JobKind::Image),
+            Modality::Video => Some(JobKind::Video),
+            Modality::Audio => Some(JobKind::Audio),
+            Modality::Text => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Modality::Image => "image",
+            Modality::Video => "video",
+            Modality::Audio => "audio",
+            Modality::Text => "text",
         }
     }
 }
 
-/// A list price: `usd` per `unit` (`image`, `second` of output, or `track`).
+/// A list price: `usd` per `unit` (`image`, `second` of output, or `track`); for chat
+/// models (`million_tokens`) `usd` is the price of a million prompt tokens and
+/// `output_usd` that of a million answer tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     pub unit: PriceUnit,
     pub usd: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_usd: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum PriceUnit {
     Image,
     Second,
     Track,
+    MillionTokens,
 }
 
 /// One provider that serves a model, and its name for it there.
@@ -141,8 +162,34 @@ impl Serving {
 }
 
 impl Model {
-    pub fn kind(&self) -> JobKind {
+    /// The kind of job this model serves; `None` for chat models.
+    pub fn kind(&self) -> Option<JobKind> {
         self.modality.kind()
+    }
+
+    /// The list prices of a million prompt and a million answer tokens, in millionths of
+    /// a dollar (zero for a model not priced by tokens).
+    pub fn token_prices_micros(&self) -> (i64, i64) {
+        if self.price.unit != PriceUnit::MillionTokens {
+            return (0, 0);
+        }
+        let input = parse_usd_micros(&self.price.usd).unwrap_or(0);
+        let output = self
+            .price
+            .output_usd
+            .as_deref()
+            .and_then(parse_usd_micros)
+            .unwrap_or(0);
+        (input, output)
+    }
+
+    /// The list price of a chat answer, in millionths of a dollar (rounded up, so many
+    /// small answers never add up to less than they cost).
+    pub fn token_cost_micros(&self, prompt_tokens: u64, completion_tokens: u64) -> i64 {
+        let (input, output) = self.token_prices_micros();
+        let total = i128::from(prompt_tokens) * i128::from(input)
+            + i128::from(completion_tokens) * i128::from(output);
+        ((total + 999_999) / 1_000_000).min(i128::from(i64::MAX)) as i64
     }
 
     /// The price of a job with this input, in millionths of a dollar.
@@ -151,6 +198,8 @@ impl Model {
         let units = match self.price.unit {
             PriceUnit::Image => outputs.max(1) as i64,
             PriceUnit::Track => 1,
+            // Chat models are priced by tokens (`token_cost_micros`), never by job.
+            PriceUnit::MillionTokens => 0,
             PriceUnit::Second => input
                 .duration
                 .map(i64::from)
@@ -210,17 +259,25 @@ impl Model {
                 p
             })
             .collect();
-        json!({
+        let mut pricing = json!({"unit": self.price.unit, "usd": self.price.usd});
+        if let Some(output) = &self.price.output_usd {
+            pricing["output_usd"] = json!(output);
+        }
+        let mut public = json!({
             "id": self.id,
             "object": "model",
             "name": self.name,
             "owned_by": self.id.split('/').next().unwrap_or_default(),
-            "output_modality": self.kind().as_str(),
+            "output_modality": self.modality.as_str(),
             "accepts": accepts,
-            "pricing": {"unit": self.price.unit, "usd": self.price.usd},
+            "pricing": pricing,
             "providers": providers,
             "available": self.providers.iter().any(|s| available(&s.provider)),
-        })
+        });
+        if let Some(n) = self.context_length {
+            public["context_length"] = json!(n);
+        }
+        public
     }
 }
 
@@ -329,6 +386,33 @@ fn check(source: &str, m: &Model) -> Result<(), CatalogError> {
         return Err(invalid(format!(
             "{id}: price.usd {:?} is not a decimal",
             m.price.usd
+        )));
+    }
+    let by_tokens = m.price.unit == PriceUnit::MillionTokens;
+    if (m.modality == Modality::Text) != by_tokens {
+        return Err(invalid(format!(
+            "{id}: text models, and only they, are priced per million_tokens"
+        )));
+    }
+    if by_tokens
+        && m.price
+            .output_usd
+            .as_deref()
+            .and_then(parse_usd_micros)
+            .is_none()
+    {
+        return Err(invalid(format!(
+            "{id}: price.output_usd (per million answer tokens) must be a decimal"
+        )));
+    }
+    if !by_tokens && m.price.output_usd.is_some() {
+        return Err(invalid(format!(
+            "{id}: price.output_usd is for models priced per million_tokens"
+        )));
+    }
+    if (m.modality == Modality::Text) != m.context_length.is_some() {
+        return Err(invalid(format!(
+            "{id}: text models, and only they, give context_length"
         )));
     }
     if let Some([min, max]) = m.duration_range
@@ -621,8 +705,31 @@ mod tests {
             "local/video",
             "local/image",
             "local/music",
+            "local/chat",
+            "openai/gpt-4o-mini",
+            "anthropic/claude-sonnet-4.5",
+            "google/gemini-2.5-flash",
         ] {
             assert!(c.find(id).is_some(), "{id} missing");
+        }
+        // Every vendor's chat models are served direct and through OpenRouter, so an
+        // outage at one moves to the other.
+        for m in c.models().filter(|m| m.modality == Modality::Text) {
+            if m.id.starts_with("local/") {
+                continue;
+            }
+            let vendor = m.id.split('/').next().unwrap();
+            let providers: Vec<&str> = m.providers.iter().map(|s| s.provider.as_str()).collect();
+            let direct = if vendor == "openai" || vendor == "anthropic" {
+                vendor
+            } else {
+                "google"
+            };
+            assert_eq!(providers, [direct, "openrouter"], "{}", m.id);
+            assert_eq!(
+                m.providers[1].model, m.id,
+                "OpenRouter names models as we do"
+            );
         }
         for m in c.models() {
             check("built-in", m).unwrap();
@@ -820,5 +927,32 @@ mod tests {
             gpt.cost_micros(&stored(json!({"prompt": "x", "n": 3})), 3),
             120_000
         );
+        // $0.15 and $0.60 per million tokens: 1000 + 500 tokens cost $0.00045.
+        let mini = c.find("openai/gpt-4o-mini").unwrap();
+        assert_eq!(mini.token_prices_micros(), (150_000, 600_000));
+        assert_eq!(mini.token_cost_micros(1000, 500), 450);
+        assert_eq!(mini.token_cost_micros(1, 0), 1, "rounded up");
+        assert_eq!(c.find("local/chat").unwrap().token_cost_micros(10, 10), 0);
+    }
+
+    #[test]
+    fn text_models_are_priced_by_tokens() {
+        let entry = |extra: &str| {
+            format!(
+                "[[models]]\nid = \"acme/chat\"\nname = \"Chat\"\nmodality = \"text\"\n\
+                 providers = [{{ provider = \"groq\", model = \"chat\" }}]\n{extra}"
+            )
+        };
+        let good = entry(
+            "context_length = 8192\nprice = { unit = \"million_tokens\", usd = \"0.1\", output_usd = \"0.2\" }",
+        );
+        assert!(Catalog::with_overrides("t", &good).is_ok());
+        for bad in [
+            "context_length = 8192\nprice = { unit = \"million_tokens\", usd = \"0.1\" }",
+            "context_length = 8192\nprice = { unit = \"image\", usd = \"0.1\" }",
+            "price = { unit = \"million_tokens\", usd = \"0.1\", output_usd = \"0.2\" }",
+        ] {
+            assert!(Catalog::with_overrides("t", &entry(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -123,6 +123,15 @@ pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobReques
         };
         models.push(model);
     }
+    if let Some((i, chat)) = models.iter().enumerate().find(|(_, m)| m.kind().is_none()) {
+        return Err(InvalidField::new(
+            model_param(i),
+            format!(
+                "{} is a chat model: POST /v1/chat/completions serves it, not a job",
+                chat.id
+            ),
+        ));
+    }
     if models.iter().any(|m| m.kind() != models[0].kind()) {
         return Err(InvalidField::new(
             "models",
@@ -171,7 +180,7 @@ pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobReques
         Some(w) => Some(parse_webhook(w, here.webhook_allow)?),
     };
     Ok(JobRequest {
-        kind: models[0].kind(),
+        kind: models[0].kind().expect("chat models are refused above"),
         route,
         input: input.clone(),
         metadata,

@@ -46,18 +46,30 @@ impl Default for ProviderPrefs {
     }
 }
 
-/// Reads the `provider` object; absent or null means the defaults.
+/// Reads a job's `provider` object; absent or null means the defaults.
 pub fn parse_prefs(value: Option<&Value>) -> Result<ProviderPrefs, InvalidField> {
+    parse_prefs_with(
+        value,
+        &["order", "only", "ignore", "allow_fallbacks"],
+        &|name| KNOWN.contains(&name),
+        &KNOWN.join(", "),
+    )
+}
+
+/// Reads a `provider` object that may hold `fields` (chat requests take more than jobs),
+/// naming providers for which `is_provider` holds (`providers` lists them for the error).
+pub fn parse_prefs_with(
+    value: Option<&Value>,
+    fields: &[&str],
+    is_provider: &dyn Fn(&str) -> bool,
+    providers: &str,
+) -> Result<ProviderPrefs, InvalidField> {
     let obj = match value {
         None | Some(Value::Null) => return Ok(ProviderPrefs::default()),
         Some(Value::Object(o)) => o,
         Some(_) => return Err(InvalidField::new("provider", "provider must be an object")),
     };
-    fields::refuse_unknown(
-        obj,
-        &["order", "only", "ignore", "allow_fallbacks"],
-        "provider",
-    )?;
+    fields::refuse_unknown(obj, fields, "provider")?;
     let list = |field: &str| -> Result<Option<Vec<String>>, InvalidField> {
         match obj.get(field) {
             None | Some(Value::Null) => Ok(None),
@@ -66,12 +78,11 @@ pub fn parse_prefs(value: Option<&Value>) -> Result<ProviderPrefs, InvalidField>
                 .enumerate()
                 .map(|(i, v)| match v.as_str() {
                     // A misspelt name would otherwise be ignored without a word.
-                    Some(name) if KNOWN.contains(&name) => Ok(name.to_owned()),
+                    Some(name) if is_provider(name) => Ok(name.to_owned()),
                     Some(_) => Err(InvalidField::new(
                         &format!("provider.{field}[{i}]"),
                         format!(
-                            "provider.{field}[{i}] is not a provider; providers are {}",
-                            KNOWN.join(", ")
+                            "provider.{field}[{i}] is not a provider; providers are {providers}"
                         ),
                     )),
                     None => Err(InvalidField::new(

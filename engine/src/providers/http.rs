@@ -97,6 +97,34 @@ impl Upstream {
         self
     }
 
+    /// A connection for streamed answers (chat): no overall timeout, since a stream
+    /// lasts as long as its answer and the caller bounds each wait, no cap on calls in
+    /// flight (a chat call is one request, not a job's step), and a key only where the
+    /// host needs one (a local Ollama or vLLM may not).
+    pub fn streaming(
+        name: &'static str,
+        settings: &ProviderSettings,
+    ) -> Result<Upstream, SetupError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10).min(settings.timeout))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(SetupError::HttpClient)?;
+        Ok(Upstream {
+            name,
+            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            api_key: settings.api_key.clone().unwrap_or_default(),
+            client,
+            in_flight: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            poll_interval: settings.poll_interval,
+            callback_poll_interval: settings.callback_poll_interval,
+            read_error: None,
+            auth: Auth::Bearer,
+        })
+    }
+
     /// Sorts this provider's errors by their bodies first (see `ErrorReader`).
     pub fn reading_errors(mut self, read_error: ErrorReader) -> Upstream {
         self.read_error = Some(read_error);

@@ -421,6 +421,9 @@ providers! {
 /// environment variable the configuration names and never leaves the adapter.
 #[derive(Clone)]
 pub struct ProviderSettings {
+    /// The API a provider of a name mediagate does not know speaks (`"openai"`: an
+    /// OpenAI-compatible chat host); `None` for the built-in providers.
+    pub api: Option<String>,
     pub base_url: String,
     pub api_key: Option<String>,
     pub enabled: bool,
@@ -442,6 +445,7 @@ impl ProviderSettings {
     /// Settings for an adapter's unit tests: a key `k3y`, short waits.
     pub(crate) fn for_tests(base_url: &str) -> ProviderSettings {
         ProviderSettings {
+            api: None,
             base_url: base_url.to_owned(),
             api_key: Some("k3y".into()),
             enabled: true,
@@ -457,6 +461,7 @@ impl ProviderSettings {
 impl std::fmt::Debug for ProviderSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProviderSettings")
+            .field("api", &self.api)
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("enabled", &self.enabled)
@@ -498,6 +503,10 @@ impl Providers {
     ) -> Result<Providers, SetupError> {
         let mut providers = Providers::default();
         for (name, s) in settings {
+            if s.api.is_some() && !KNOWN.contains(&name.as_str()) {
+                // A chat host of the operator's own (`api = "openai"`): no media here.
+                continue;
+            }
             if !KNOWN.contains(&name.as_str()) {
                 return Err(SetupError::Unknown {
                     name: name.clone(),

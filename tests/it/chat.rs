@@ -1,0 +1,989 @@
+//! Chat completions end to end: `local/chat`, and OpenAI and OpenRouter through their
+//! fakes (their documented JSON, SSE streams and errors). Plain and streamed answers,
+//! usage, keep-alives, errors mid-stream, fallback across providers and models, the
+//! breaker, tools passed through byte for byte, a client that leaves, bad input; then
+//! the official `openai` Python package and `curl -N` against a running mediagate.
+//! Chat touches no queue, so these run on the embedded backend.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use mediagate::config::{Config, ProviderConfig};
+use mediagate_engine::db::chat_usage::ChatUsage;
+use serde_json::{Value, json};
+
+use crate::fakes::{self, Behaviour, Fake};
+use crate::on_embedded;
+use crate::support::{Backend, TestApp, answer};
+
+on_embedded!(
+    local_chat_answers_plain_and_streamed,
+    openai_and_openrouter_answers_are_rewritten_and_usage_recorded,
+    tools_reach_the_upstream_byte_for_byte,
+    keep_alives_flow_before_the_first_token,
+    an_error_mid_stream_is_one_event_and_the_end,
+    outages_fall_back_across_providers,
+    outages_fall_back_across_models,
+    the_breaker_skips_a_failing_provider,
+    refusals_and_last_failures_keep_their_status,
+    a_client_that_leaves_cancels_the_upstream,
+    bad_requests_name_their_field,
+    provider_preferences_order_filter_and_price,
+    the_openai_sdk_drives_chat,
+    curl_sees_tokens_arrive_one_by_one,
+);
+
+const USER: &str = "tell me about red foxes";
+
+fn messages() -> Value {
+    json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": USER}])
+}
+
+fn provider(base: &str) -> ProviderConfig {
+    ProviderConfig {
+        base_url: Some(base.to_owned()),
+        api_key_env: Some(fakes::KEY_VAR.to_owned()),
+        timeout_ms: 5_000,
+        ..ProviderConfig::default()
+    }
+}
+
+/// An app whose `openai` and `openrouter` are the given fakes (either may be absent).
+async fn app_with(
+    openai: Option<&Fake>,
+    openrouter: Option<&Fake>,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    let openai = openai.map(|f| f.base.clone());
+    let openrouter = openrouter.map(|f| f.base.clone());
+    TestApp::start_with(Backend::Embedded, move |c| {
+        if let Some(base) = openai {
+            c.providers.insert("openai".into(), provider(&base));
+        }
+        if let Some(base) = openrouter {
+            c.providers.insert("openrouter".into(), provider(&base));
+        }
+        c.chat.usage_flush = Duration::from_millis(20);
+        c.chat.keep_alive = Duration::from_millis(200);
+        c.chat.first_token_timeout = Duration::from_millis(1500);
+        c.chat.timeout = Duration::from_millis(3000);
+        tweak(c);
+    })
+    .await
+}
+
+/// POSTs a chat request; returns the status, headers and body text.
+async fn chat(app: &TestApp, body: &Value) -> (u16, reqwest::header::HeaderMap, String) {
+    let res = app
+        .post("/v1/chat/completions")
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    (status, headers, res.text().await.expect("body"))
+}
+
+/// Starts a streamed request for `openai/gpt-4o-mini`, its body not read yet.
+async fn send_stream(app: &TestApp) -> reqwest::Response {
+    app.post("/v1/chat/completions")
+        .json(&json!({"model": "openai/gpt-4o-mini", "messages": messages(), "stream": true}))
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn chat_ok(app: &TestApp, body: &Value) -> Value {
+    let (status, _, text) = chat(app, body).await;
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// The SSE stream of a request, read whole: its comments, and its data events
+/// (`[DONE]` as the string "[DONE]").
+struct Sse {
+    comments: Vec<String>,
+    events: Vec<Value>,
+    /// The order lines came in: 'c' comment, 'd' data.
+    order: String,
+}
+
+fn read_sse(text: &str) -> Sse {
+    let mut sse = Sse {
+        comments: Vec::new(),
+        events: Vec::new(),
+        order: String::new(),
+    };
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix(':') {
+            sse.comments.push(comment.trim().to_owned());
+            sse.order.push('c');
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            sse.order.push('d');
+            sse.events.push(if data == "[DONE]" {
+                json!("[DONE]")
+            } else {
+                serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"))
+            });
+        } else {
+            panic!("not SSE: {line:?} in {text}");
+        }
+    }
+    sse
+}
+
+async fn stream_ok(app: &TestApp, body: &Value) -> Sse {
+    let (status, headers, text) = chat(app, body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(headers["content-type"], "text/event-stream");
+    read_sse(&text)
+}
+
+/// Whether no event of a stream carries usage.
+fn no_usage(sse: &Sse) -> bool {
+    sse.events
+        .iter()
+        .all(|e| e.get("usage").is_none_or(Value::is_null))
+}
+
+/// The text the content deltas of a stream add up to.
+fn streamed_text(sse: &Sse) -> String {
+    sse.events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+/// Waits for the app's account to have `n` usage rows; returns them, oldest first.
+async fn usage_rows(app: &TestApp, n: usize) -> Vec<ChatUsage> {
+    let account = app.account_id().await;
+    let start = Instant::now();
+    loop {
+        let rows = app.engine().db.chat_usage(&account, 100).await.unwrap();
+        if rows.len() >= n {
+            return rows.into_iter().rev().collect();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "usage rows: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The chat requests a fake received, as JSON.
+fn chat_requests(fake: &Fake) -> Vec<Value> {
+    fake.state
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect()
+}
+
+async fn local_chat_answers_plain_and_streamed(backend: Backend) {
+    let app =
+        TestApp::start_with(backend, |c| c.chat.usage_flush = Duration::from_millis(20)).await;
+    let body = json!({"model": "local/chat", "messages": messages()});
+    let plain = chat_ok(&app, &body).await;
+    assert_eq!(plain["object"], "chat.completion");
+    assert_eq!(plain["model"], "local/chat");
+    assert_eq!(plain["provider"], "local");
+    assert!(
+        plain["id"].as_str().unwrap().starts_with("chatcmpl-"),
+        "{plain}"
+    );
+    let content = plain["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains(USER), "{content}");
+    assert_eq!(plain["choices"][0]["finish_reason"], "stop");
+    let words = content.split(' ').count() as u64;
+    assert_eq!(plain["usage"]["completion_tokens"], words);
+    // OpenRouter's path answers the same.
+    let res = answer(app.post("/api/v1/chat/completions").json(&body))
+        .await
+        .expect(200);
+    assert_eq!(
+        res["choices"][0]["message"]["content"], content,
+        "deterministic"
+    );
+
+    let streamed = stream_ok(
+        &app,
+        &json!({"model": "local/chat", "messages": messages(), "stream": true,
+                "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(
+        streamed_text(&streamed),
+        content,
+        "the stream says what the answer says"
+    );
+    let n = streamed.events.len();
+    assert_eq!(streamed.events[n - 1], "[DONE]");
+    let usage = &streamed.events[n - 2];
+    assert_eq!(usage["choices"], json!([]), "{usage}");
+    assert_eq!(usage["usage"]["completion_tokens"], words);
+    for chunk in &streamed.events[..n - 1] {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(chunk["model"], "local/chat");
+        assert_eq!(chunk["id"], streamed.events[0]["id"], "one id per request");
+    }
+    assert_eq!(
+        streamed.events[0]["choices"][0]["delta"]["role"],
+        "assistant"
+    );
+    // Without include_usage there is no usage chunk.
+    let bare = stream_ok(
+        &app,
+        &json!({"model": "local/chat", "messages": messages(), "stream": true}),
+    )
+    .await;
+    assert!(no_usage(&bare), "{:?}", bare.events);
+    assert_eq!(streamed_text(&bare), content);
+
+    let rows = usage_rows(&app, 4).await;
+    for (row, stream) in rows.iter().zip([0, 0, 1, 1]) {
+        assert_eq!(
+            (
+                row.model.as_str(),
+                row.provider.as_str(),
+                row.status.as_str()
+            ),
+            ("local/chat", "local", "completed")
+        );
+        assert_eq!(row.stream, stream);
+        assert_eq!(row.completion_tokens, words as i64);
+        assert!(row.prompt_tokens > 0 && row.attempts == 1);
+        assert_eq!(row.cost_micros, 0);
+    }
+    assert_eq!(rows[2].id, streamed.events[0]["id"].as_str().unwrap());
+    assert!(rows[2].first_token_ms.is_some());
+}
+
+async fn openai_and_openrouter_answers_are_rewritten_and_usage_recorded(_: Backend) {
+    let openai = fakes::openai::start(Behaviour::default()).await;
+    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+    let app = app_with(Some(&openai), Some(&openrouter), |_| {}).await;
+    let plain = chat_ok(
+        &app,
+        &json!({"model": "openai/gpt-4o-mini", "messages": messages()}),
+    )
+    .await;
+    assert_eq!(plain["model"], "openai/gpt-4o-mini");
+    assert_eq!(plain["provider"], "openai");
+    assert_eq!(
+        plain["choices"][0]["message"]["content"],
+        fakes::chat::DEFAULT_REPLY
+    );
+    assert_eq!(
+        plain["system_fingerprint"], "fp_fake",
+        "fields we do not know pass through"
+    );
+    let sent = chat_requests(&openai);
+    assert_eq!(
+        sent[0]["model"], "gpt-4o-mini",
+        "the upstream's name for the model"
+    );
+    assert!(
+        sent[0].get("stream_options").is_none(),
+        "only streams take stream_options"
+    );
+    // OpenRouter serves it when asked to, and says so.
+    let via = chat_ok(
+        &app,
+        &json!({"model": "openai/gpt-4o-mini", "messages": messages(), "provider": {"order": ["openrouter"]}}),
+    )
+    .await;
+    assert_eq!(
+        (via["model"].as_str(), via["provider"].as_str()),
+        (Some("openai/gpt-4o-mini"), Some("openrouter"))
+    );
+    assert_eq!(chat_requests(&openrouter)[0]["model"], "openai/gpt-4o-mini");
+
+    // Streams: the final usage chunk is asked of every upstream, and reaches only the
+    // clients that asked for it, in OpenAI's shape (OpenRouter's repeats the finish
+    // reason in a choice).
+    for (order, fake) in [("openai", &openai), ("openrouter", &openrouter)] {
+        let body = json!({"model": "openai/gpt-4o-mini", "messages": messages(), "stream": true,
+            "stream_options": {"include_usage": true}, "provider": {"order": [order]}});
+        let sse = stream_ok(&app, &body).await;
+        assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY, "{order}");
+        let n = sse.events.len();
+        assert_eq!(sse.events[n - 1], "[DONE]");
+        assert_eq!(
+            sse.events[n - 2]["choices"],
+            json!([]),
+            "{order}: {}",
+            sse.events[n - 2]
+        );
+        assert_eq!(
+            sse.events[n - 2]["usage"]["completion_tokens"],
+            10,
+            "{order}"
+        );
+        let finishes = sse
+            .events
+            .iter()
+            .filter(|e| e["choices"][0]["finish_reason"] == "stop")
+            .count();
+        assert_eq!(finishes, 1, "{order}: one finish reason");
+        for chunk in &sse.events[..n - 1] {
+            assert_eq!(chunk["model"], "openai/gpt-4o-mini");
+            assert_eq!(chunk["provider"], order);
+        }
+        let sent = chat_requests(fake);
+        assert_eq!(
+            sent.last().unwrap()["stream_options"]["include_usage"],
+            true
+        );
+        let bare = json!({"model": "openai/gpt-4o-mini", "messages": messages(), "stream": true,
+            "provider": {"order": [order]}});
+        let sse = stream_ok(&app, &bare).await;
+        assert!(no_usage(&sse), "{order}: {:?}", sse.events);
+        assert_eq!(
+            chat_requests(fake).last().unwrap()["stream_options"]["include_usage"],
+            true,
+            "asked anyway: we record usage"
+        );
+    }
+    let rows = usage_rows(&app, 6).await;
+    let last = rows.last().unwrap();
+    assert_eq!(
+        (last.provider.as_str(), last.status.as_str()),
+        ("openrouter", "completed")
+    );
+    assert_eq!(
+        last.completion_tokens, 10,
+        "recorded although the client did not ask"
+    );
+    // $0.15 and $0.60 per million tokens, rounded up to a millionth of a dollar.
+    assert_eq!(
+        last.cost_micros,
+        1 + (last.prompt_tokens * 150_000 + 10 * 600_000 + 999_999) / 1_000_000 - 1
+    );
+}
+
+async fn tools_reach_the_upstream_byte_for_byte(_: Backend) {
+    let openai = fakes::openai::start(Behaviour::default()).await;
+    let app = app_with(Some(&openai), None, |_| {}).await;
+    // Key order, number spelling and escapes a JSON round trip would change.
+    let tools = r#"[ {"type":"function","function":{"name":"get_weather","description":"Caf\u00e9 \"weather\"","parameters":{"type":"object","required":["city"],"properties":{"city":{"type":"string"}},"x-weight":1.50,"x-big":1e3}}} ]"#;
+    let response_format = r#"{"type":"json_object"}"#;
+    let image = r#"[{"type":"text","text":"what is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"low"}}]"#;
+    for stream in [false, true] {
+        let body = format!(
+            r#"{{"model":"openai/gpt-4o-mini","messages":[{{"role":"user","content":{image}}}],"tools":{tools},"tool_choice":"auto","response_format":{response_format},"parallel_tool_calls":false,"stream":{stream}}}"#
+        );
+        let res = app
+            .post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        let received = openai.state.requests().last().unwrap().body.clone();
+        for part in [
+            format!(r#""tools":{tools}"#),
+            format!(r#""response_format":{response_format}"#),
+            format!(r#""content":{image}"#),
+            r#""tool_choice":"auto""#.to_owned(),
+            r#""parallel_tool_calls":false"#.to_owned(),
+        ] {
+            assert!(received.contains(&part), "{part} not in {received}");
+        }
+        if stream {
+            let sse = read_sse(&text);
+            let args: String = sse
+                .events
+                .iter()
+                .filter_map(|e| {
+                    e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+                })
+                .collect();
+            assert_eq!(args, r#"{"city":"Paris"}"#);
+            assert!(
+                sse.events
+                    .iter()
+                    .any(|e| e["choices"][0]["finish_reason"] == "tool_calls")
+            );
+        } else {
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            let call = &answer["choices"][0]["message"]["tool_calls"][0];
+            assert_eq!(call["function"]["name"], "get_weather", "{answer}");
+            assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+        }
+    }
+}
+
+async fn keep_alives_flow_before_the_first_token(_: Backend) {
+    let slow = Behaviour {
+        chat_first_token_delay: Duration::from_millis(900),
+        ..Behaviour::default()
+    };
+    let openai = fakes::openai::start(slow).await;
+    let app = app_with(Some(&openai), None, |_| {}).await;
+    let start = Instant::now();
+    let res = send_stream(&app).await;
+    assert_eq!(res.status(), 200);
+    let headers_after = start.elapsed();
+    assert!(
+        headers_after < Duration::from_millis(800),
+        "the 200 went out at the first keep-alive: {headers_after:?}"
+    );
+    let sse = read_sse(&res.text().await.unwrap());
+    assert!(sse.comments.len() >= 3, "{:?}", sse.comments);
+    assert!(sse.comments.iter().all(|c| c == "keep-alive"));
+    assert!(
+        sse.order.starts_with("ccc") && sse.order.ends_with('d'),
+        "{}",
+        sse.order
+    );
+    assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY);
+
+    // OpenRouter's own comments are not passed on; ours are.
+    let slow = Behaviour {
+        chat_first_token_delay: Duration::from_millis(500),
+        ..Behaviour::default()
+    };
+    let openrouter = fakes::openrouter::start(slow).await;
+    let app = app_with(None, Some(&openrouter), |_| {}).await;
+    let sse = stream_ok(
+        &app,
+        &json!({"model": "openai/gpt-4o-mini", "messages": messages(), "stream": true}),
+    )
+    .await;
+    assert!(
+        !sse.comments.is_empty() && sse.comments.iter().all(|c| c == "keep-alive"),
+        "{:?}",
+        sse.comments
+    );
+    assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY);
+}
+
+async fn an_error_mid_stream_is_one_event_and_the_end(_: Backend) {
+    let breaks = Behaviour {
+        chat_break_after: Some(3),
+        ..Behaviour::default()
+    };
+    let openai = fakes::openai::start(breaks.clone()).await;
+    let openrouter = fakes::openrouter::start(breaks).await;
+    let app = app_with(Some(&openai), Some(&openrouter), |_| {}).await;
+    for order in ["openai", "openrouter"] {
+        let body = json!({"model": "openai/gpt-4o-mini", "messages": messages(), "stream": true,
+            "provider": {"order": [order]}});
+        let sse = stream_ok(&app, &body).await;
+        let last = sse.events.last().unwrap();
+        assert_eq!(last["error"]["type"], "api_error", "{order}: {last}");
+        assert_eq!(last["error"]["code"], "upstream_error", "{order}: {last}");
+        assert!(
+            last["error"]["message"].as_str().unwrap().contains(order),
+            "{last}"
+        );
+        assert_eq!(
+            sse.events
+                .iter()
+                .filter(|e| e.get("error").is_some())
+                .count(),
+            1
+        );
+        assert!(
+            !sse.events.contains(&json!("[DONE]")),
+            "{order}: the stream just ends"
+        );
+        assert_eq!(
+            streamed_text(&sse),
+            "Hello from the",
+            "{order}: what came before stays"
+        );
+    }
+    let rows = usage_rows(&app, 2).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "failed" && r.error_code.as_deref() == Some("upstream_error")),
+        "{rows:?}"
+    );
+}
+
+async fn outages_fall_back_across_providers(_: Backend) {
+    // OpenAI fails each way an outage looks (a 500, a 429, a hang); OpenRouter answers.
+    for (how, behaviour) in [
+        (
+            "500",
+            Behaviour {
+                fail_submits: vec![500, 500],
+                ..Behaviour::default()
+            },
+        ),
+        (
+            "429",
+            Behaviour {
+                fail_submits: vec![429, 429],
+                retry_after: Some(30),
+                ..Behaviour::default()
+            },
+        ),
+        (
+            "hang",
+            Behaviour {
+                chat_hang: true,
+                ..Behaviour::default()
+            },
+        ),
+    ] {
+        let openai = fakes::openai::start(behaviour).await;
+        let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+        let app = app_with(Some(&openai), Some(&openrouter), |c| {
+            c.chat.first_token_timeout = Duration::from_millis(400);
+            c.chat.timeout = Duration::from_millis(400);
+        })
+        .await;
+        let plain = chat_ok(
+            &app,
+            &json!({"model": "openai/gpt-4o-mini", "messages": messages()}),
+        )
+        .await;
+        assert_eq!(
+            (plain["model"].as_str(), plain["provider"].as_str()),
+            (Some("openai/gpt-4o-mini"), Some("openrouter")),
+            "{how}"
+        );
+        let sse = stream_ok(
+            &app,
+            &json!({"model": "openai/gpt-4o-mini", "messages": messages(), "stream": true}),
+        )
+        .await;
+        assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY, "{how}");
+        assert!(
+            sse.events
+                .iter()
+                .filter(|e| e.is_object())
+                .all(|e| e["provider"] == "openrouter"),
+            "{how}"
+        );
+        assert_eq!(chat_requests(&openai).len(), 2, "{how}: tried first");
+        let rows = usage_rows(&app, 2).await;
+        assert!(
+            rows.iter()
+                .all(|r| r.attempts == 2 && r.provider == "openrouter"),
+            "{how}: {rows:?}"
+        );
+    }
+}
+
+async fn outages_fall_back_across_models(_: Backend) {
+    let openai = fakes::openai::start(Behaviour {
+        fail_submits: vec![503; 4],
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_with(Some(&openai), None, |_| {}).await;
+    for stream in [false, true] {
+        let body = json!({"models": ["openai/gpt-4o-mini", "local/chat"], "messages": messages(), "stream": stream});
+        let (status, _, text) = chat(&app, &body).await;
+        assert_eq!(status, 200, "{text}");
+        let first: Value = if stream {
+            read_sse(&text).events[0].clone()
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        assert_eq!(
+            (first["model"].as_str(), first["provider"].as_str()),
+            (Some("local/chat"), Some("local"))
+        );
+    }
+    // A simulated outage of local/chat moves to the next model too.
+    let body = json!({"model": "local/chat", "models": ["openai/gpt-4o-mini"], "messages": messages(),
+        "simulate": {"fail": "transient"}});
+    let (status, _, text) = chat(&app, &body).await;
+    // openai is down as well (two 503s left): the last failure is answered.
+    assert_eq!(status, 502, "{text}");
+    let error: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_error");
+    assert_eq!(chat_requests(&openai).len(), 3);
+}
+
+async fn the_breaker_skips_a_failing_provider(_: Backend) {
+    let openai = fakes::openai::start(Behaviour {
+        fail_submits: vec![500; 100],
+        ..Behaviour::default()
+    })
+    .await;
+    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+    let app = app_with(Some(&openai), Some(&openrouter), |c| {
+        c.routing.breaker_threshold = 2;
+        c.routing.breaker_cooldown = Duration::from_secs(60);
+    })
+    .await;
+    let body = json!({"model": "openai/gpt-4o-mini", "messages": messages()});
+    for _ in 0..4 {
+        assert_eq!(chat_ok(&app, &body).await["provider"], "openrouter");
+    }
+    assert_eq!(
+        chat_requests(&openai).len(),
+        2,
+        "skipped once its breaker opened"
+    );
+    assert_eq!(chat_requests(&openrouter).len(), 4);
+    // With nothing after it, a skipped provider is still tried: there is no one else.
+    let only = json!({"model": "openai/gpt-4o-mini", "messages": messages(), "provider": {"only": ["openai"]}});
+    let (status, _, _) = chat(&app, &only).await;
+    assert_eq!(status, 502);
+    assert_eq!(chat_requests(&openai).len(), 3);
+}
+
+async fn refusals_and_last_failures_keep_their_status(_: Backend) {
+    // The upstream refuses the request: that answer, no fallback (another would too).
+    let openai = fakes::openai::start(Behaviour {
+        fail_submits: vec![400, 429, 429],
+        retry_after: Some(7),
+        ..Behaviour::default()
+    })
+    .await;
+    let openrouter = fakes::openrouter::start(Behaviour {
+        fail_submits: vec![429],
+        retry_after: Some(7),
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_with(Some(&openai), Some(&openrouter), |_| {}).await;
+    let body = json!({"model": "openai/gpt-4o-mini", "messages": messages()});
+    let (status, headers, text) = chat(&app, &body).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(headers.contains_key("x-request-id"));
+    let error: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_rejected");
+    assert!(chat_requests(&openrouter).is_empty());
+    // Rate limited everywhere: a 429 with the upstream's Retry-After, streamed or not.
+    let (status, headers, text) = chat(&app, &body).await;
+    assert_eq!(status, 429, "{text}");
+    assert_eq!(headers["retry-after"], "7");
+    let error: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (
+            error["error"]["type"].as_str(),
+            error["error"]["code"].as_str()
+        ),
+        (Some("rate_limit_error"), Some("upstream_rate_limited"))
+    );
+    let (status, _, text) = chat(&app, &json!({"model": "openai/gpt-4o-mini", "messages": messages(), "stream": true, "provider": {"only": ["openai"]}})).await;
+    assert_eq!(
+        status, 429,
+        "an error before the stream began keeps its status: {text}"
+    );
+}
+
+async fn a_client_that_leaves_cancels_the_upstream(_: Backend) {
+    let long = Behaviour {
+        chat_reply: Some("word ".repeat(200).trim().to_owned()),
+        chat_token_interval: Duration::from_millis(30),
+        ..Behaviour::default()
+    };
+    let openai = fakes::openai::start(long).await;
+    let app = app_with(Some(&openai), None, |_| {}).await;
+    let res = send_stream(&app).await;
+    let mut body = res.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(body);
+    let start = Instant::now();
+    while openai.state.streams_cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the upstream stream is still read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(openai.state.streams_finished.load(Ordering::SeqCst), 0);
+    let rows = usage_rows(&app, 1).await;
+    assert_eq!(rows[0].status, "cancelled");
+}
+
+async fn bad_requests_name_their_field(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let cases = [
+        (json!({"messages": messages()}), "model", "unknown_model"),
+        (
+            json!({"model": "nobody/nothing", "messages": messages()}),
+            "model",
+            "unknown_model",
+        ),
+        (
+            json!({"models": ["local/chat", "nobody/x"], "messages": messages()}),
+            "models[1]",
+            "unknown_model",
+        ),
+        (
+            json!({"model": "local/image", "messages": messages()}),
+            "model",
+            "unknown_model",
+        ),
+        (json!({"model": "local/chat"}), "messages", "invalid_field"),
+        (
+            json!({"model": "local/chat", "messages": [{"role": "robot", "content": "x"}]}),
+            "messages[0].role",
+            "invalid_field",
+        ),
+        (
+            json!({"model": "local/chat", "messages": messages(), "stream": "yes"}),
+            "stream",
+            "invalid_field",
+        ),
+        (
+            json!({"model": "local/chat", "messages": messages(), "provider": {"order": ["nobody"]}}),
+            "provider.order[0]",
+            "invalid_field",
+        ),
+        (
+            json!({"model": "local/chat", "messages": messages(), "provider": {"sorting": "price"}}),
+            "provider.sorting",
+            "parameter_unknown",
+        ),
+        (
+            json!({"model": "local/chat", "messages": messages(), "simulate": {"latency": 5}}),
+            "simulate.latency",
+            "parameter_unknown",
+        ),
+        (
+            json!({"model": "openai/gpt-4o-mini", "messages": messages(), "simulate": {"latency_ms": 5}}),
+            "simulate",
+            "invalid_field",
+        ),
+        (
+            json!({"model": "openai/gpt-4o-mini", "messages": messages()}),
+            "model",
+            "unknown_model",
+        ),
+    ];
+    for (body, param, code) in cases {
+        let (status, headers, text) = chat(&app, &body).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(headers.contains_key("x-request-id"));
+        let error: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(error["error"]["param"], param, "{body}: {text}");
+        assert_eq!(error["error"]["code"], code, "{body}: {text}");
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+    }
+    let res = app
+        .post("/v1/chat/completions")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // A chat model is not a job.
+    let err = app
+        .post_job(&json!({"model": "local/chat", "input": {"prompt": "x"}}))
+        .await
+        .bad_request();
+    assert_eq!(err["error"]["param"], "model");
+}
+
+async fn provider_preferences_order_filter_and_price(_: Backend) {
+    let openai = fakes::openai::start(Behaviour::default()).await;
+    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+    let app = app_with(Some(&openai), Some(&openrouter), |_| {}).await;
+    let ask = |extra: Value| {
+        let mut body =
+            json!({"models": ["openai/gpt-4o", "openai/gpt-4o-mini"], "messages": messages()});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let served = |v: &Value| {
+        (
+            v["model"].as_str().unwrap().to_owned(),
+            v["provider"].as_str().unwrap().to_owned(),
+        )
+    };
+    let pair = |m: &str, p: &str| (m.to_owned(), p.to_owned());
+    assert_eq!(
+        served(&chat_ok(&app, &ask(json!({}))).await),
+        pair("openai/gpt-4o", "openai")
+    );
+    assert_eq!(
+        served(&chat_ok(&app, &ask(json!({"provider": {"sort": "price"}}))).await),
+        pair("openai/gpt-4o-mini", "openai")
+    );
+    assert_eq!(
+        served(&chat_ok(&app, &ask(json!({"provider": {"ignore": ["openai"]}}))).await),
+        pair("openai/gpt-4o", "openrouter")
+    );
+    assert_eq!(
+        served(
+            &chat_ok(
+                &app,
+                &ask(json!({"provider": {"max_price": {"prompt": 1, "completion": 1}}}))
+            )
+            .await
+        ),
+        pair("openai/gpt-4o-mini", "openai")
+    );
+    let (status, _, text) = chat(
+        &app,
+        &ask(json!({"provider": {"max_price": {"prompt": 0.01}}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("provider.max_price"), "{text}");
+    // allow_fallbacks: false keeps one provider per model: a failing openai moves to the
+    // next model, not to OpenRouter.
+    let failing = fakes::openai::start(Behaviour {
+        fail_submits: vec![500; 4],
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_with(Some(&failing), Some(&openrouter), |_| {}).await;
+    let before = chat_requests(&openrouter).len();
+    let body = json!({"models": ["openai/gpt-4o", "local/chat"], "messages": messages(), "provider": {"allow_fallbacks": false}});
+    assert_eq!(
+        served(&chat_ok(&app, &body).await),
+        pair("local/chat", "local")
+    );
+    assert_eq!(chat_requests(&openrouter).len(), before);
+}
+
+/// Runs `chat_openai_sdk.py` against the app: the official SDK's chat calls.
+async fn the_openai_sdk_drives_chat(_: Backend) {
+    let openai = fakes::openai::start(Behaviour {
+        fail_submits: vec![503, 503],
+        ..Behaviour::default()
+    })
+    .await;
+    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+    let app = app_with(Some(&openai), Some(&openrouter), |_| {}).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/chat_openai_sdk.py");
+    let url = format!("{}/v1", app.url);
+    let key = app.key.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .arg(url)
+            .arg(key)
+            .output()
+            .expect("python3 is installed")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "the openai package is missing (pip install openai): {stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "{stderr}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
+    assert!(
+        report["plain"].as_str().unwrap().contains("red foxes"),
+        "{report}"
+    );
+    assert_eq!(report["streamed"], report["plain"]);
+    assert!(
+        report["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert_eq!(
+        report["fallback"],
+        json!({"model": "openai/gpt-4o-mini", "provider": "openrouter"})
+    );
+    assert_eq!(
+        report["tool"],
+        json!({"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"})
+    );
+    assert_eq!(report["streamed_tool"], report["tool"]);
+    assert_eq!(
+        report["model_fallback"],
+        json!({"model": "openai/gpt-4o-mini", "provider": "openai"})
+    );
+    assert_eq!(
+        report["bad_request"],
+        json!({"status": 400, "param": "model"})
+    );
+    assert_eq!(report["unauthorized"], 401);
+    // The first tool call went to OpenRouter (OpenAI's second failure), the streamed one
+    // to OpenAI, each with the tools as the SDK sent them.
+    for fake in [&openai, &openrouter] {
+        assert!(
+            fake.state
+                .requests()
+                .iter()
+                .any(|r| r.body.contains(r#""name":"get_weather""#))
+        );
+    }
+}
+
+/// `curl -N` reads a streamed answer as it comes: each token on its own, spread over time.
+async fn curl_sees_tokens_arrive_one_by_one(backend: Backend) {
+    if Command::new("curl").arg("--version").output().is_err() {
+        panic!("curl is not installed (apt-get install curl)");
+    }
+    let app = TestApp::start(backend).await;
+    let body = json!({"model": "local/chat", "messages": messages(), "stream": true,
+        "simulate": {"token_interval_ms": 60}})
+    .to_string();
+    let (url, key) = (format!("{}/v1/chat/completions", app.url), app.key.clone());
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("curl")
+            .args(["-N", "-s", "-H", "content-type: application/json", "-H"])
+            .arg(format!("authorization: Bearer {key}"))
+            .args(["--data-binary", "@-"])
+            .arg(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("curl runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let start = Instant::now();
+        let lines: Vec<(Duration, String)> = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with("data: "))
+            .map(|l| (start.elapsed(), l))
+            .collect();
+        child.wait().unwrap();
+        lines
+    })
+    .await
+    .unwrap();
+    let tokens: Vec<&(Duration, String)> = lines
+        .iter()
+        .filter(|(_, l)| l.contains("\"content\":\" "))
+        .collect();
+    assert!(tokens.len() >= 8, "{lines:?}");
+    // 60 ms apart: had they been buffered, they would all come at the end.
+    for pair in tokens.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_millis(30),
+            "tokens {pair:?} came {gap:?} apart"
+        );
+    }
+    let spread = tokens.last().unwrap().0 - tokens[0].0;
+    assert!(
+        spread >= Duration::from_millis(40 * (tokens.len() as u64 - 1)),
+        "{spread:?}"
+    );
+    assert_eq!(lines.last().unwrap().1, "data: [DONE]");
+}
