@@ -888,7 +888,27 @@ mod tests {
             param(veo, json!({"prompt": "x", "simulate": {}})),
             "input.simulate"
         );
+        // A wrong type on a field whose values a model lists is worded with the list.
+        let message = |m: &Model, input: Value| validate_input(m, &input).unwrap_err().message;
+        assert_eq!(
+            message(veo, json!({"prompt": "x", "duration": "4"})),
+            "input.duration must be one of 4, 6, 8"
+        );
+        assert_eq!(
+            message(video, json!({"prompt": "x", "duration": "4"})),
+            "input.duration must be an integer"
+        );
+        assert_eq!(
+            message(veo, json!({"prompt": "x", "resolution": 720})),
+            "input.resolution must be one of 720p, 1080p"
+        );
+        // null is absent, n included.
+        assert!(validate_input(veo, &json!({"prompt": "x", "n": null})).is_ok());
         let flux = c.find("black-forest-labs/flux-1.1-pro").unwrap();
+        assert_eq!(
+            message(flux, json!({"prompt": "x", "n": "2"})),
+            "black-forest-labs/flux-1.1-pro makes one output per job"
+        );
         assert_eq!(param(flux, json!({"prompt": "x", "n": 2})), "input.n");
         let gpt = c.find("openai/gpt-image-1").unwrap();
         assert!(validate_input(gpt, &json!({"prompt": "x", "n": 4})).is_ok());

@@ -137,7 +137,8 @@ impl JobInput {
     }
 
     /// A field by its name, as JSON, for rules the catalog states by name (constraints);
-    /// `None` when absent, and for names that are no input field.
+    /// `None` when absent, for `simulate` (the local provider's knobs, no model's rule)
+    /// and for names that are no input field.
     pub fn value_of(&self, field: &str) -> Option<Value> {
         match field {
             "prompt" => Some(json!(self.prompt)),
