@@ -61,6 +61,8 @@ pub struct Config {
     pub shutdown_drain_secs: u64,
     /// `[http]`: how long and how many connections a client may hold.
     pub http: HttpConfig,
+    /// `[compat]`: the OpenAI- and OpenRouter-compatible routes.
+    pub compat: CompatConfig,
     pub queue: QueueConfig,
     pub jobs: JobsConfig,
     pub webhooks: DeliveryConfig,
@@ -124,6 +126,20 @@ pub struct HttpConfig {
     /// Connections open at once. Past it new connections wait in the listen backlog
     /// (the kernel's queue) until one closes; they are not refused.
     pub max_connections: usize,
+}
+
+/// The compatible APIs (`src/api/compat`): how long an answer that waits for its job may
+/// wait, what a video poll is told, how large an upload may be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompatConfig {
+    /// Longest `POST /v1/images/generations` waits for its job; past it the answer is an
+    /// error naming the job, which goes on and can be fetched at `/v1/jobs/{id}`.
+    pub image_wait_secs: u64,
+    /// `openai-poll-after-ms` on a pending video: how long the SDK sleeps between polls.
+    pub video_poll_after_ms: u64,
+    /// Largest `POST /v1/videos` body (multipart with an `input_reference` file).
+    pub max_upload_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -27,9 +27,10 @@ use crate::{Engine, EngineError};
 /// quietly: the row says what is true.
 pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError> {
     let Some(job) = engine.db.job(&task.job_id).await? else {
-        // Jobs are never deleted: a task for a job this database lacks was pushed by
-        // another deployment sharing the queue namespace.
-        tracing::warn!(job_id = %task.job_id, "task for a job this database does not have (another deployment on the same queue namespace?); dropped");
+        // Only finished jobs are deleted (`DELETE /v1/videos/{id}`), and a finished job
+        // has no step left; a task for a job this database lacks was a stale one of a
+        // deleted job, or pushed by another deployment sharing the queue namespace.
+        tracing::info!(job_id = %task.job_id, "task for a job this database does not have (deleted, or another deployment on the same queue namespace?); dropped");
         return Ok(());
     };
     if job.status.is_terminal() || job.check_seq != task.seq {

@@ -1,9 +1,11 @@
 //! Jobs: what one is (statuses, route, the public object), how a request becomes one
 //! (intake), the state machine that moves it (lifecycle), where it may run (routing and
-//! the circuit breaker), and the watchdog that bounds each of its steps.
+//! the circuit breaker), the watchdog that bounds each of its steps, and waiting for
+//! one to end.
 
 pub mod intake;
 pub mod job;
 pub mod lifecycle;
 pub mod routing;
+pub mod wait;
 pub mod watchdog;
