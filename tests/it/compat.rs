@@ -12,6 +12,9 @@ use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use mediagate::config::ProviderConfig;
+
+use crate::fakes;
 use crate::receiver::{Receiver, Reply};
 use crate::support::{Backend, TestApp, answer};
 use crate::{on_both_backends, on_embedded};
@@ -21,6 +24,7 @@ on_embedded!(
     errors_on_compat_routes_take_each_clients_shape,
     image_requests_the_model_cannot_do_are_refused_by_field,
     video_requests_the_model_cannot_do_are_refused_by_field,
+    an_input_reference_reaches_the_provider_as_a_signed_link,
 );
 on_both_backends!(
     images_come_back_as_base64_or_links_n_at_a_time,
@@ -534,4 +538,65 @@ async fn deleting_a_pending_video_cancels_it_and_leaves_nothing(backend: Backend
             .unwrap()
             .is_empty()
     );
+}
+
+async fn an_input_reference_reaches_the_provider_as_a_signed_link(backend: Backend) {
+    let fake = fakes::openai::start(fakes::Behaviour::default()).await;
+    let base = fake.base.clone();
+    let app = TestApp::start_with(backend, move |c| {
+        c.providers.insert(
+            "openai".to_owned(),
+            ProviderConfig {
+                base_url: Some(base),
+                api_key_env: Some(fakes::KEY_VAR.to_owned()),
+                timeout_ms: 5_000,
+                poll_interval_ms: 20,
+                ..ProviderConfig::default()
+            },
+        );
+    })
+    .await;
+    let reference = fakes::media("image/png");
+    let form = Form::new()
+        .text("prompt", "the fox in this picture")
+        .text("model", "sora-2")
+        .text("seconds", "4")
+        .text("size", "720x1280")
+        .part(
+            "input_reference",
+            Part::bytes(reference.clone())
+                .file_name("fox.png")
+                .mime_str("image/png")
+                .unwrap(),
+        );
+    let created = answer(app.post("/v1/videos").multipart(form))
+        .await
+        .expect(200);
+    assert_eq!(created["model"], "openai/sora-2");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(wait_video(&app, &id).await["status"], "completed");
+    let submitted = fake
+        .state
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/videos"))
+        .expect("the video was submitted upstream");
+    let body: Value = serde_json::from_str(&submitted.body).expect("a JSON submission");
+    assert_eq!(body["size"], "720x1280", "{body}");
+    let link = body["input_reference"]["image_url"]
+        .as_str()
+        .expect("a link to the reference");
+    assert!(
+        link.starts_with(&format!("{}/v1/files/", app.url)),
+        "{link}"
+    );
+    // The link needs no key and serves exactly what was uploaded.
+    let res = reqwest::get(link).await.unwrap();
+    assert_eq!(res.headers()["content-type"], "image/png");
+    assert_eq!(res.bytes().await.unwrap().as_ref(), reference.as_slice());
+    // The fake's video is no H.264: the thumbnail says it cannot be made.
+    let err = app
+        .get_expect(&format!("/v1/videos/{id}/content?variant=thumbnail"), 404)
+        .await;
+    assert_eq!(err["error"]["code"], "thumbnail_unavailable");
 }
