@@ -247,6 +247,14 @@ impl Config {
                     .into(),
             ));
         }
+        let c = &self.compat;
+        if c.image_wait_secs == 0 || c.video_poll_after_ms == 0 || c.max_upload_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "compat.image_wait_secs, video_poll_after_ms and max_upload_bytes must be at \
+                 least 1"
+                    .into(),
+            ));
+        }
         if self.queue.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "queue.poll_interval_ms must be at least 1".into(),
@@ -507,6 +515,21 @@ mod tests {
             Figment::from(Toml::string(DEFAULTS)).merge(Toml::string("[jobs]\ndeadline = 5\n"));
         let err = Config::extract(figment).unwrap_err().to_string();
         assert!(err.contains("deadline"), "{err}");
+    }
+
+    #[test]
+    fn compat_limits_refuse_zero() {
+        for set in [
+            |c: &mut CompatConfig| c.image_wait_secs = 0,
+            |c: &mut CompatConfig| c.video_poll_after_ms = 0,
+            |c: &mut CompatConfig| c.max_upload_bytes = 0,
+        ] {
+            let mut c = Config::default();
+            set(&mut c.compat);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("compat."), "{err}");
+        }
+        assert_eq!(Config::default().compat.image_wait_secs, 120);
     }
 
     #[test]
