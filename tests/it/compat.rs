@@ -594,9 +594,25 @@ async fn an_input_reference_reaches_the_provider_as_a_signed_link(backend: Backe
     let res = reqwest::get(link).await.unwrap();
     assert_eq!(res.headers()["content-type"], "image/png");
     assert_eq!(res.bytes().await.unwrap().as_ref(), reference.as_slice());
-    // The fake's video is no H.264: the thumbnail says it cannot be made.
-    let err = app
-        .get_expect(&format!("/v1/videos/{id}/content?variant=thumbnail"), 404)
-        .await;
-    assert_eq!(err["error"]["code"], "thumbnail_unavailable");
+    // Sora has its own thumbnail, which is the one served (the fake's video is no H.264,
+    // so none could be made from it).
+    let path = format!("/v1/videos/{id}/content?variant=thumbnail");
+    let own = fakes::openai::THUMBNAIL_CONTENT_TYPE;
+    let thumb = download(&app, &path, own).await;
+    assert_eq!(thumb.as_ref(), fakes::media(own).as_slice());
+    // Kept: the second read does not ask the upstream again.
+    let asked = |fake: &fakes::Fake| {
+        fake.state
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.query
+                    .iter()
+                    .any(|(k, v)| k == "variant" && v == "thumbnail")
+            })
+            .count()
+    };
+    assert_eq!(asked(&fake), 1);
+    download(&app, &path, own).await;
+    assert_eq!(asked(&fake), 1);
 }

@@ -17,7 +17,7 @@ use crate::ids::now_ms;
 use crate::jobs::job::{Job, JobError, JobStatus, StoredOutput};
 use crate::jobs::watchdog;
 use crate::providers::{
-    ErrorClass, Polled, Provider, ProviderCall, ProviderError, Submitted, UpstreamOutput,
+    ErrorClass, Media, Polled, Provider, ProviderCall, ProviderError, Submitted, UpstreamOutput,
 };
 use crate::tasks::{self, Advance, Deliver};
 use crate::webhooks::delivery;
@@ -496,6 +496,30 @@ pub async fn end_job(
     error: Option<&JobError>,
 ) -> Result<Option<Job>, EngineError> {
     transition(engine, job_id, Change::End { to, error }).await
+}
+
+/// The upstream's own thumbnail of a finished video job, where its provider has one.
+/// Best effort: a failure is logged and reads as none.
+pub async fn upstream_thumbnail(engine: &Engine, job: &Job) -> Option<Media> {
+    let (Some(upstream_id), Some((provider, upstream_model))) =
+        (&job.upstream_id, route(engine, job))
+    else {
+        return None;
+    };
+    let call = ProviderCall {
+        job_id: &job.id,
+        upstream_model: &upstream_model,
+        input: &job.input,
+        retries: job.retries as u32,
+        submitted_at: job.claimed_at,
+        callback_url: None,
+    };
+    provider
+        .thumbnail(&call, upstream_id)
+        .await
+        .inspect_err(|e| tracing::warn!(job_id = %job.id, error = %e, "upstream thumbnail failed"))
+        .ok()
+        .flatten()
 }
 
 /// Tells the upstream to stop, if it has the job. Best effort: failures are logged.

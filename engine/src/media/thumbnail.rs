@@ -1,9 +1,10 @@
-//! Thumbnails of finished videos: the first picture of the stored MP4, decoded and saved
-//! as a PNG beside the video, so every completed H.264 video has one, whichever provider
-//! made it (the local provider's videos included).
+//! Thumbnails of finished videos: the upstream's own where its API has one (Sora's), else
+//! the first picture of the stored MP4, decoded and saved as a PNG, so every completed
+//! H.264 video has one whichever provider made it (the local provider's videos included).
 //!
-//! Made on first request and kept in storage (`jobs/{id}/thumbnail.png`); deleting the
-//! job deletes it with the outputs.
+//! Made on first request and kept in storage beside the video (`jobs/{id}/thumbnail.png`,
+//! or `.webp`/`.jpg` as the upstream sent it); deleting the job deletes it with the
+//! outputs.
 
 use std::io::Cursor;
 
@@ -13,6 +14,7 @@ use openh264::decoder::{DecodedYUV, Decoder};
 use openh264::formats::YUVSource;
 
 use crate::jobs::job::{Job, JobKind, JobStatus};
+use crate::jobs::lifecycle::upstream_thumbnail;
 use crate::{Engine, EngineError};
 
 /// Largest video read to make a thumbnail: the decoder needs the file in memory.
@@ -20,9 +22,27 @@ const MAX_VIDEO_BYTES: u64 = 512 << 20;
 /// Samples tried before giving up on a picture (a stream may open with non-picture units).
 const MAX_SAMPLES: u32 = 30;
 
-/// Where a job's thumbnail is kept.
-pub fn key(job_id: &str) -> String {
-    format!("jobs/{job_id}/thumbnail.png")
+/// The image types a thumbnail is kept as, with their file extensions.
+const KINDS: &[(&str, &str)] = &[
+    ("image/png", "png"),
+    ("image/webp", "webp"),
+    ("image/jpeg", "jpg"),
+];
+
+/// Every key a job's thumbnail may be kept under.
+pub fn keys(job_id: &str) -> Vec<String> {
+    KINDS.iter().map(|(_, ext)| key(job_id, ext)).collect()
+}
+
+fn key(job_id: &str, extension: &str) -> String {
+    format!("jobs/{job_id}/thumbnail.{extension}")
+}
+
+/// A thumbnail and its type.
+#[derive(Debug, Clone)]
+pub struct Thumbnail {
+    pub content_type: &'static str,
+    pub bytes: Bytes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,17 +58,40 @@ pub enum ThumbnailError {
 }
 
 impl Engine {
-    /// The PNG thumbnail of a completed video job, made and stored on first use.
-    pub async fn thumbnail(&self, job: &Job) -> Result<Bytes, ThumbnailError> {
+    /// The thumbnail of a completed video job, made and stored on first use.
+    pub async fn thumbnail(&self, job: &Job) -> Result<Thumbnail, ThumbnailError> {
         let video = job
             .outputs
             .iter()
             .find(|o| o.content_type.starts_with("video/"))
             .filter(|_| job.kind == JobKind::Video && job.status == JobStatus::Completed)
             .ok_or_else(|| ThumbnailError::NoVideo(job.id.clone()))?;
-        let key = key(&job.id);
-        if let Some(png) = self.storage.get(&key).await.map_err(EngineError::from)? {
-            return Ok(png);
+        for (content_type, ext) in KINDS {
+            if let Some(bytes) = self
+                .storage
+                .get(&key(&job.id, ext))
+                .await
+                .map_err(EngineError::from)?
+            {
+                return Ok(Thumbnail {
+                    content_type,
+                    bytes,
+                });
+            }
+        }
+        let own = upstream_thumbnail(self, job).await.and_then(|media| {
+            let (content_type, ext) = KINDS.iter().find(|(t, _)| media.content_type == *t)?;
+            Some((*content_type, *ext, media.bytes))
+        });
+        if let Some((content_type, ext, bytes)) = own {
+            self.storage
+                .put_at(&key(&job.id, ext), bytes.clone())
+                .await
+                .map_err(EngineError::from)?;
+            return Ok(Thumbnail {
+                content_type,
+                bytes,
+            });
         }
         if video.bytes > MAX_VIDEO_BYTES {
             return Err(ThumbnailError::Undecodable(format!(
@@ -70,10 +113,13 @@ impl Engine {
             .map_err(ThumbnailError::Undecodable)?;
         let png = Bytes::from(png);
         self.storage
-            .put_at(&key, png.clone())
+            .put_at(&key(&job.id, "png"), png.clone())
             .await
             .map_err(EngineError::from)?;
-        Ok(png)
+        Ok(Thumbnail {
+            content_type: "image/png",
+            bytes: png,
+        })
     }
 }
 

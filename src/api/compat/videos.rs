@@ -413,7 +413,7 @@ pub async fn delete(
         .outputs
         .iter()
         .map(|o| o.key.clone())
-        .chain([thumbnail::key(&gone.id)]);
+        .chain(thumbnail::keys(&gone.id));
     for key in keys {
         // The row is gone, so nothing links to the file any more; a file left behind is
         // logged, not an error for the client.
@@ -445,7 +445,7 @@ pub async fn content(
             content::serve(&state, &job, index, &headers).await
         }
         "thumbnail" => match state.engine.thumbnail(&job).await {
-            Ok(png) => Ok(bytes_response("image/png", png)),
+            Ok(thumb) => Ok(bytes_response(thumb.content_type, thumb.bytes)),
             Err(ThumbnailError::NoVideo(_)) => Err(ApiError::conflict(
                 ErrorCode::JobNotCompleted,
                 format!(
