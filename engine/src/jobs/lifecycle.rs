@@ -498,6 +498,19 @@ pub async fn end_job(
     transition(engine, job_id, Change::End { to, error }).await
 }
 
+/// A call about a job's current upstream work from outside its steps (cancelling it,
+/// asking for its thumbnail): no callback is set up.
+fn call_after<'j>(job: &'j Job, upstream_model: &'j str) -> ProviderCall<'j> {
+    ProviderCall {
+        job_id: &job.id,
+        upstream_model,
+        input: &job.input,
+        retries: job.retries as u32,
+        submitted_at: job.claimed_at,
+        callback_url: None,
+    }
+}
+
 /// The upstream's own thumbnail of a finished video job, where its provider has one.
 /// Best effort: a failure is logged and reads as none.
 pub async fn upstream_thumbnail(engine: &Engine, job: &Job) -> Option<Media> {
@@ -506,14 +519,7 @@ pub async fn upstream_thumbnail(engine: &Engine, job: &Job) -> Option<Media> {
     else {
         return None;
     };
-    let call = ProviderCall {
-        job_id: &job.id,
-        upstream_model: &upstream_model,
-        input: &job.input,
-        retries: job.retries as u32,
-        submitted_at: job.claimed_at,
-        callback_url: None,
-    };
+    let call = call_after(job, &upstream_model);
     provider
         .thumbnail(&call, upstream_id)
         .await
@@ -529,14 +535,7 @@ pub async fn cancel_upstream(engine: &Engine, job: &Job) {
     else {
         return;
     };
-    let call = ProviderCall {
-        job_id: &job.id,
-        upstream_model: &upstream_model,
-        input: &job.input,
-        retries: job.retries as u32,
-        submitted_at: job.claimed_at,
-        callback_url: None,
-    };
+    let call = call_after(job, &upstream_model);
     if let Err(e) = provider.cancel(&call, upstream_id).await {
         tracing::warn!(job_id = %job.id, error = %e, "upstream cancel failed");
     }

@@ -20,7 +20,9 @@ use mediagate_engine::catalog::{ASPECT_RATIOS, Model, parse_size};
 use mediagate_engine::jobs::job::{Job, JobKind, JobStatus};
 use serde_json::{Map, Value, json};
 
-use super::{client_param, invalid, model_id, named_model, request_object, string_field};
+use super::{
+    client_param, invalid, model_id, model_name, named_model, request_object, string_field,
+};
 use crate::api::auth::Authed;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::jobs::intake;
@@ -68,15 +70,7 @@ pub async fn generate(
 ) -> ApiResult<Response> {
     let obj = request_object(&body.value, FIELDS)?;
     let catalog = &state.engine.config.catalog;
-    let model_name = match obj.get("model") {
-        Some(v) => string_field(v, "model")?,
-        None => {
-            return Err(invalid(
-                "model",
-                "model is required (GET /v1/models lists them)",
-            ));
-        }
-    };
+    let model_name = model_name(obj, None)?;
     let model = named_model(catalog, model_name, JobKind::Image)?;
     let url_wanted = match obj.get("response_format").filter(|v| !v.is_null()) {
         None => false,

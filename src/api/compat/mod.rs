@@ -123,6 +123,18 @@ pub fn refuse_unknown(obj: &Map<String, Value>, known: &[&str]) -> ApiResult<()>
     }
 }
 
+/// The `model` a request names, or `default` when it names none (a 400 without one).
+pub fn model_name<'a>(obj: &'a Map<String, Value>, default: Option<&'a str>) -> ApiResult<&'a str> {
+    match (obj.get("model"), default) {
+        (Some(v), _) => string_field(v, "model"),
+        (None, Some(default)) => Ok(default),
+        (None, None) => Err(invalid(
+            "model",
+            "model is required (GET /v1/models lists them)",
+        )),
+    }
+}
+
 /// The catalog model a client names, if it is one (an unknown name is left to intake);
 /// a model that makes something else than `kind` is a 400 naming `model`.
 pub fn named_model<'a>(

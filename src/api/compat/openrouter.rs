@@ -15,7 +15,9 @@ use mediagate_engine::webhooks::openrouter;
 use serde_json::{Map, Value, json};
 
 use super::videos::find_video;
-use super::{client_param, invalid, model_id, named_model, request_object, string_field};
+use super::{
+    client_param, invalid, model_id, model_name, named_model, request_object, string_field,
+};
 use crate::api::auth::Authed;
 use crate::api::content;
 use crate::api::error::{ApiError, ApiResult};
@@ -81,10 +83,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let obj = request_object(&body.value, FIELDS)?;
     let catalog = &state.engine.config.catalog;
-    let name = match obj.get("model") {
-        Some(v) => string_field(v, "model")?,
-        None => return Err(invalid("model", "model is required")),
-    };
+    let name = model_name(obj, None)?;
     named_model(catalog, name, JobKind::Video)?;
     let mut input = Map::new();
     for field in SAME_NAME {

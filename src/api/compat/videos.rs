@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 
 use super::images::nearest_ratio;
 use super::{
-    bytes_response, client_param, invalid, model_id, named_model, refuse_unknown, request_object,
-    string_field, unknown,
+    bytes_response, client_param, invalid, model_id, model_name, named_model, refuse_unknown,
+    request_object, string_field, unknown,
 };
 use crate::api::auth::Authed;
 use crate::api::content;
@@ -189,10 +189,7 @@ pub async fn create(
         ));
     }
     let catalog = &state.engine.config.catalog;
-    let name = match fields.get("model") {
-        Some(v) => string_field(v, "model")?,
-        None => DEFAULT_MODEL,
-    };
+    let name = model_name(fields, Some(DEFAULT_MODEL))?;
     let model = named_model(catalog, name, JobKind::Video)?;
     let mut input = Map::new();
     if let Some(p) = fields.get("prompt") {
