@@ -158,6 +158,18 @@ async fn errors_on_compat_routes_take_each_clients_shape(backend: Backend) {
     assert_eq!(body["error"]["code"], 404);
     assert!(body["error"]["message"].is_string());
     assert_eq!(body["error"]["metadata"]["code"], "not_found");
+    // The gate's own refusals too: a bad key on /api/v1 is OpenRouter's 401.
+    let res = app
+        .client
+        .get(format!("{}/api/v1/models", app.url))
+        .bearer_auth("mg_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 401, "{body}");
+    assert_eq!(body["error"]["metadata"]["type"], "authentication_error");
     let bad = answer(
         app.post("/api/v1/videos")
             .json(&json!({"model": "local/video"})),
