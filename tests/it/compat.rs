@@ -531,6 +531,20 @@ async fn openrouter_videos_are_polled_downloaded_and_called_back_signed(backend:
 
 async fn deleting_a_pending_video_cancels_it_and_leaves_nothing(backend: Backend) {
     let app = TestApp::start(backend).await;
+    // An Idempotency-Key holds across multipart sends (each has its own boundary): the
+    // same form again is the same video; another form with that key is refused.
+    let keyed = |form: Form| {
+        app.post("/v1/videos")
+            .header("idempotency-key", "video-once")
+            .multipart(form)
+    };
+    let first = answer(keyed(video_form("brief"))).await.expect(200);
+    let again = answer(keyed(video_form("brief"))).await.expect(200);
+    assert_eq!(first["id"], again["id"]);
+    answer(keyed(video_form("another"))).await.expect(422);
+    delete_video(&app, first["id"].as_str().unwrap())
+        .await
+        .expect(200);
     // The local video model takes three seconds by default: still pending when deleted.
     let created = answer(app.post("/v1/videos").multipart(video_form("brief")))
         .await
