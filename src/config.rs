@@ -62,6 +62,8 @@ pub struct Config {
     pub shutdown_drain_secs: u64,
     /// `[http]`: how long and how many connections a client may hold.
     pub http: HttpConfig,
+    /// `[compat]`: the OpenAI- and OpenRouter-compatible routes.
+    pub compat: CompatConfig,
     pub queue: QueueConfig,
     pub jobs: JobsConfig,
     pub webhooks: DeliveryConfig,
@@ -130,6 +132,20 @@ pub struct HttpConfig {
     /// Connections open at once. Past it new connections wait in the listen backlog
     /// (the kernel's queue) until one closes; they are not refused.
     pub max_connections: usize,
+}
+
+/// The compatible APIs (`src/api/compat`): how long an answer that waits for its job may
+/// wait, what a video poll is told, how large an upload may be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompatConfig {
+    /// Longest `POST /v1/images/generations` waits for its job; past it the answer is an
+    /// error naming the job, which goes on and can be fetched at `/v1/jobs/{id}`.
+    pub image_wait_secs: u64,
+    /// `openai-poll-after-ms` on a pending video: how long the SDK sleeps between polls.
+    pub video_poll_after_ms: u64,
+    /// Largest `POST /v1/videos` body (multipart with an `input_reference` file).
+    pub max_upload_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -253,6 +269,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "chat.keep_alive_ms, first_token_timeout_ms, idle_timeout_ms, timeout_ms, \
                  usage_flush_ms, usage_queue and usage_batch must be at least 1"
+                    .into(),
+            ));
+        }
+        let c = &self.compat;
+        if c.image_wait_secs == 0 || c.video_poll_after_ms == 0 || c.max_upload_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "compat.image_wait_secs, video_poll_after_ms and max_upload_bytes must be at \
+                 least 1"
                     .into(),
             ));
         }
@@ -553,6 +577,21 @@ mod tests {
             Figment::from(Toml::string(DEFAULTS)).merge(Toml::string("[jobs]\ndeadline = 5\n"));
         let err = Config::extract(figment).unwrap_err().to_string();
         assert!(err.contains("deadline"), "{err}");
+    }
+
+    #[test]
+    fn compat_limits_refuse_zero() {
+        for set in [
+            |c: &mut CompatConfig| c.image_wait_secs = 0,
+            |c: &mut CompatConfig| c.video_poll_after_ms = 0,
+            |c: &mut CompatConfig| c.max_upload_bytes = 0,
+        ] {
+            let mut c = Config::default();
+            set(&mut c.compat);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("compat."), "{err}");
+        }
+        assert_eq!(Config::default().compat.image_wait_secs, 120);
     }
 
     #[test]

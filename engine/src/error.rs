@@ -70,6 +70,10 @@ error_codes! {
     IdempotencyKeyInUse = "idempotency_key_in_use",
     JobAlreadyFinished = "job_already_finished",
     JobNotCompleted = "job_not_completed",
+    /// A request that waits for its job (OpenAI's image generation) waited its limit.
+    JobStillRunning = "job_still_running",
+    /// A video whose thumbnail cannot be made (not H.264 in MP4).
+    ThumbnailUnavailable = "thumbnail_unavailable",
     EndpointLimitReached = "endpoint_limit_reached",
     EndpointUnavailable = "endpoint_unavailable",
     /// At capacity: retry in a moment.
@@ -77,6 +81,8 @@ error_codes! {
     /// Our own fault.
     InternalError = "internal_error",
     // Why a job failed.
+    /// Cancelled by its owner (how a cancelled job reads where only `failed` exists).
+    JobCancelled = "job_cancelled",
     DeadlineExceeded = "deadline_exceeded",
     ProviderUnavailable = "provider_unavailable",
     /// The upstream failed (5xx, timeouts) for longer than the job's retries.

@@ -1,4 +1,5 @@
-//! Prefixed, time-ordered identifiers (`job_…`, `evt_…`, `key_…`, `acct_…`, `ep_…`, `dlv_…`).
+//! Prefixed, time-ordered identifiers (`job_…`, `evt_…`, `key_…`, `acct_…`, `ep_…`, `dlv_…`,
+//! `file_…`).
 //!
 //! A UUIDv7 underneath keeps ids sortable by creation time, which is what lets job lists
 //! page newest-first by id alone.
@@ -14,6 +15,8 @@ pub enum IdKind {
     Account,
     Endpoint,
     Delivery,
+    /// A file a client uploaded (a video's `input_reference`).
+    File,
 }
 
 impl IdKind {
@@ -25,6 +28,7 @@ impl IdKind {
             IdKind::Account => "acct_",
             IdKind::Endpoint => "ep_",
             IdKind::Delivery => "dlv_",
+            IdKind::File => "file_",
         }
     }
 }

@@ -23,11 +23,15 @@ pub async fn job_content(
     params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let index = params
-        .digits::<u32>("index", "index must be a non-negative integer")?
-        .unwrap_or(0);
     let job = find_job(&state, &caller.account_id, &id).await?;
-    serve(&state, &job, index, &headers).await
+    serve(&state, &job, output_index(&params)?, &headers).await
+}
+
+/// `?index=N` of a content route, 0 when absent.
+pub(crate) fn output_index(params: &Params) -> ApiResult<u32> {
+    Ok(params
+        .digits::<u32>("index", "index must be a non-negative integer")?
+        .unwrap_or(0))
 }
 
 pub async fn signed_file(
@@ -35,10 +39,14 @@ pub async fn signed_file(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let now = now_ms();
+    if let Some(key) = state.engine.signer.verify_upload(&token, now) {
+        return upload(&state, &key).await;
+    }
     let grant = state
         .engine
         .signer
-        .verify(&token, now_ms())
+        .verify(&token, now)
         .ok_or_else(|| ApiError::not_found("file (the link is invalid or has expired)"))?;
     let job = state
         .engine
@@ -49,7 +57,23 @@ pub async fn signed_file(
     serve(&state, &job, grant.index, &headers).await
 }
 
-async fn serve(
+/// An uploaded file (a video's `input_reference`), for the provider reading its link.
+async fn upload(state: &AppState, key: &str) -> ApiResult<Response> {
+    let content_type = match key.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("png") => "image/png",
+        Some("jpg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        _ => "application/octet-stream",
+    };
+    let bytes = state.engine.storage.get(key).await.map_err(|e| {
+        tracing::error!(key, error = %e, "stored upload unreadable");
+        ApiError::internal()
+    })?;
+    let bytes = bytes.ok_or_else(|| ApiError::not_found("file"))?;
+    Ok(super::compat::bytes_response(content_type, bytes))
+}
+
+pub(crate) async fn serve(
     state: &AppState,
     job: &Job,
     index: u32,

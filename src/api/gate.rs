@@ -113,14 +113,25 @@ pub async fn check_head(req: Request, next: Next) -> Response {
 
 /// Routes that need an API key: the key is checked before the body is read.
 pub async fn keyed(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.config.max_body_bytes;
+    keyed_within(&state, req, limit, next).await
+}
+
+/// Keyed routes that take uploads (`POST /v1/videos` with an `input_reference` file): as
+/// [`keyed`], with `[compat] max_upload_bytes` as the body limit.
+pub async fn keyed_upload(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.config.compat.max_upload_bytes;
+    keyed_within(&state, req, limit, next).await
+}
+
+async fn keyed_within(state: &AppState, req: Request, limit: usize, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    let caller = match Authed::from_request_parts(&mut parts, &state).await {
+    let caller = match Authed::from_request_parts(&mut parts, state).await {
         Ok(Authed(caller)) => caller,
         Err(e) => return refuse(e, body),
     };
     parts.extensions.insert(caller);
-    let limit = state.config.max_body_bytes;
-    admit(&state, Request::from_parts(parts, body), limit, next).await
+    admit(state, Request::from_parts(parts, body), limit, next).await
 }
 
 /// Routes open to anyone (signed file links): nothing to check before the body.

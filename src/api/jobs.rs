@@ -23,8 +23,23 @@ pub async fn create(
     headers: HeaderMap,
     body: JsonBody,
 ) -> ApiResult<Response> {
-    let key = idempotency_key(&headers)?.map(|k| IdempotencyKey::new(&k, &body.raw));
-    let request = intake::parse_job_request(&body.value, state.engine.deployment())?;
+    let (job, replayed) =
+        intake(&state, &caller.account_id, &headers, &body.value, &body.raw).await?;
+    Ok(accepted(state.engine.job_json(&job), &job, replayed))
+}
+
+/// The one way a request becomes a job, for `POST /v1/jobs` and the compatible APIs
+/// (which build the native body): checks, idempotency (`Idempotency-Key` over `raw`),
+/// routing, creation. Returns the job and whether it is a replay of an earlier request.
+pub async fn intake(
+    state: &AppState,
+    account_id: &str,
+    headers: &HeaderMap,
+    body: &Value,
+    raw: &[u8],
+) -> ApiResult<(Job, bool)> {
+    let key = idempotency_key(headers)?.map(|k| IdempotencyKey::new(&k, raw));
+    let request = intake::parse_job_request(body, state.engine.deployment())?;
     // A webhook host name that resolves only to private addresses is refused now, not at
     // every delivery.
     if let Some(url) = request.webhook.as_ref().and_then(|w| w["url"].as_str()) {
@@ -32,9 +47,9 @@ pub async fn create(
         endpoints::check_resolved_url(url, "webhook.url", allow).await?;
     }
     let engine = &state.engine;
-    match intake::create_job(engine, &caller.account_id, request, key.as_ref()).await? {
-        Created::New(job) => Ok(accepted(engine.job_json(&job), &job, false)),
-        Created::Replayed(job) => Ok(accepted(engine.job_json(&job), &job, true)),
+    match intake::create_job(engine, account_id, request, key.as_ref()).await? {
+        Created::New(job) => Ok((job, false)),
+        Created::Replayed(job) => Ok((job, true)),
         Created::InFlight => Err(ApiError::conflict(
             ErrorCode::IdempotencyKeyInUse,
             "a request with this Idempotency-Key is still being handled; retry shortly",
@@ -145,6 +160,16 @@ pub async fn list(
         })?);
     }
     filter.model = params.get("model").map(str::to_owned);
+    page_params(&params, &mut filter, "job")?;
+    list_page(&state, &caller.account_id, &filter, |j| {
+        state.engine.job_json(j)
+    })
+    .await
+}
+
+/// `limit` (1–100) and `after` (an id) of a job list, into `filter`; `what` names the
+/// ids in the message.
+pub(crate) fn page_params(params: &Params, filter: &mut JobFilter, what: &str) -> ApiResult<()> {
     const BAD_LIMIT: &str = "limit must be an integer from 1 to 100";
     if let Some(l) = params.digits::<u32>("limit", BAD_LIMIT)? {
         if !(1..=100).contains(&l) {
@@ -154,19 +179,27 @@ pub async fn list(
     }
     if let Some(a) = params.get("after") {
         if !looks_like(IdKind::Job, a) {
-            return Err(
-                ApiError::invalid(ErrorCode::InvalidField, "after must be a job id")
-                    .with_param("after"),
-            );
+            return Err(ApiError::invalid(
+                ErrorCode::InvalidField,
+                format!("after must be a {what} id"),
+            )
+            .with_param("after"));
         }
         filter.after = Some(a.to_owned());
     }
-    let (jobs, has_more) = state
-        .engine
-        .db
-        .list_jobs(&caller.account_id, &filter)
-        .await?;
-    let data: Vec<Value> = jobs.iter().map(|j| state.engine.job_json(j)).collect();
+    Ok(())
+}
+
+/// One page of the caller's jobs as `{"object": "list", data, has_more, first_id,
+/// last_id}`, each job shown by `show`.
+pub(crate) async fn list_page(
+    state: &AppState,
+    account_id: &str,
+    filter: &JobFilter,
+    show: impl Fn(&Job) -> Value,
+) -> ApiResult<Json<Value>> {
+    let (jobs, has_more) = state.engine.db.list_jobs(account_id, filter).await?;
+    let data: Vec<Value> = jobs.iter().map(show).collect();
     Ok(Json(json!({
         "object": "list",
         "data": data,

@@ -5,6 +5,7 @@
 pub mod auth;
 mod callbacks;
 mod chat;
+pub mod compat;
 mod content;
 pub mod error;
 mod events;
@@ -113,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/deliveries", get(webhooks::job_deliveries))
         .route("/v1/deliveries/{id}/redeliver", post(webhooks::redeliver))
         .route_layer(middleware::from_fn_with_state(state.clone(), gate::keyed))
+        .merge(compat::router(&state))
         .merge(open)
         .merge(callbacks)
         // Before any gate: a path no database can store is refused from the path alone.
@@ -137,11 +139,15 @@ pub fn router(state: AppState) -> Router {
 
 /// 5xx answers are logged as errors, except `503`: shedding at capacity (counted and
 /// reported by `gate::Slots`) and a not-ready probe are the server protecting itself;
-/// and `502`: an upstream's failure (chat), logged where it was seen.
+/// `502`: an upstream's failure (chat), logged where it was seen; and `502`/`504` from a
+/// route that waits for its job (OpenAI's image generation): the job failed upstream, or
+/// is still running, which the job's own record tells.
 fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &Span) {
     match class {
         ServerErrorsFailureClass::StatusCode(
-            status @ (StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY),
+            status @ (StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::GATEWAY_TIMEOUT),
         ) => {
             tracing::debug!(?latency, %status, "answered");
         }

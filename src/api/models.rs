@@ -1,4 +1,5 @@
-//! `GET /v1/models`: the catalog.
+//! `GET /v1/models`: the catalog, which is also a valid OpenAI models list (each entry
+//! has `id`, `object: "model"`, `created` and `owned_by`).
 
 use axum::Json;
 use axum::extract::State;
@@ -34,7 +35,11 @@ pub async fn list(State(state): State<AppState>, params: Params) -> ApiResult<Js
         .catalog
         .models()
         .filter(|m| modality.is_none_or(|k| k == m.modality))
-        .map(|m| m.to_public(|p| engine.providers.available(p)))
+        .map(|m| {
+            let mut entry = m.to_public(|p| engine.providers.available(p));
+            entry["created"] = json!(super::compat::models::CREATED);
+            entry
+        })
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }

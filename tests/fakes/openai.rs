@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use super::{Behaviour, Fake, FakeState, chat, key, media, serve};
 
 pub const VIDEO_CONTENT_TYPE: &str = "video/mp4";
+/// What `GET /v1/videos/{id}/content?variant=thumbnail` answers.
+pub const THUMBNAIL_CONTENT_TYPE: &str = "image/webp";
 pub const IMAGE_CONTENT_TYPE: &str = "image/png";
 
 /// The pause the fake asks for between polls.
@@ -253,6 +255,7 @@ async fn get_video(
 async fn video_content(
     State(fake): State<Arc<OpenAi>>,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     let state = &fake.shared;
@@ -267,9 +270,10 @@ async fn video_content(
             &format!("Video content for '{id}' is not available; it may have expired."),
         );
     }
-    (
-        [("content-type", VIDEO_CONTENT_TYPE)],
-        media(VIDEO_CONTENT_TYPE),
-    )
-        .into_response()
+    // `variant=thumbnail`: Sora's own thumbnail, a WebP.
+    let content_type = match query.get("variant").map(String::as_str) {
+        Some("thumbnail") => THUMBNAIL_CONTENT_TYPE,
+        _ => VIDEO_CONTENT_TYPE,
+    };
+    ([("content-type", content_type)], media(content_type)).into_response()
 }

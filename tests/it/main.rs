@@ -8,12 +8,14 @@ use mediagate_fakes as fakes;
 
 mod api_errors;
 mod chat;
+mod compat;
 mod harness;
 mod http_details;
 mod idempotency;
 mod input_limits;
 mod jobs;
 mod lifecycle;
+mod openai_sdk;
 mod processes;
 mod providers;
 mod receiver;

@@ -117,9 +117,12 @@ pub fn plan(engine: &SharedEngine, request: &ChatRequest) -> Result<Vec<RouteEnt
     if !route.is_empty() {
         return Ok(route);
     }
-    let unfiltered = routing::plan(&models, &ProviderPrefs::default(), &JobInput::default(), |p| {
-        chat.available(p)
-    });
+    let unfiltered = routing::plan(
+        &models,
+        &ProviderPrefs::default(),
+        &JobInput::default(),
+        |p| chat.available(p),
+    );
     let (param, message) = if unfiltered.is_empty() {
         (
             request.model_param(0),

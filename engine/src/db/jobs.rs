@@ -132,8 +132,11 @@ pub struct NewJob {
 pub struct JobFilter {
     pub status: Option<JobStatus>,
     pub model: Option<String>,
+    pub kind: Option<JobKind>,
     pub after: Option<String>,
     pub limit: u32,
+    /// Oldest first, `after` then meaning "created after" (OpenAI's `order=asc`).
+    pub oldest_first: bool,
 }
 
 /// Inserts a queued job.
@@ -550,41 +553,76 @@ impl Db {
         // First the ids and sizes only (the database measures the text without sending
         // it), then the rows that fit. A filter left out is a NULL parameter.
         let status = f.status.map(JobStatus::as_str);
-        let sizes: Vec<(String, i64)> = sqlx::query_as(concat!(
-            "SELECT id, ",
-            row_bytes!(),
-            " AS row_bytes FROM jobs WHERE account_id = $1 \
-             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
-             AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
-        ))
-        .bind(account_id)
-        .bind(status)
-        .bind(f.model.as_deref())
-        .bind(f.after.as_deref())
-        .bind(i64::from(f.limit) + 1)
-        .fetch_all(self.pool())
-        .await?;
+        let kind = f.kind.map(JobKind::as_str);
+        // Two static statements, one per direction: ORDER BY cannot take a parameter.
+        let sizes_sql = if f.oldest_first {
+            concat!(
+                "SELECT id, ",
+                row_bytes!(),
+                " AS row_bytes FROM jobs WHERE account_id = $1 \
+                 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
+                 AND ($6 IS NULL OR kind = $6) \
+                 AND ($4 IS NULL OR id > $4) ORDER BY id ASC LIMIT $5"
+            )
+        } else {
+            concat!(
+                "SELECT id, ",
+                row_bytes!(),
+                " AS row_bytes FROM jobs WHERE account_id = $1 \
+                 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
+                 AND ($6 IS NULL OR kind = $6) \
+                 AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+            )
+        };
+        let sizes: Vec<(String, i64)> = sqlx::query_as(sizes_sql)
+            .bind(account_id)
+            .bind(status)
+            .bind(f.model.as_deref())
+            .bind(f.after.as_deref())
+            .bind(i64::from(f.limit) + 1)
+            .bind(kind)
+            .fetch_all(self.pool())
+            .await?;
         let (ids, has_more) = fit_page(&sizes, f.limit as usize, LIST_PAGE_BYTES);
-        let (Some(newest), Some(oldest)) = (ids.first(), ids.last()) else {
+        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
             return Ok((Vec::new(), has_more));
+        };
+        let (newest, oldest) = if f.oldest_first {
+            (last, first)
+        } else {
+            (first, last)
         };
         // The page is a run of the list, so its rows are those between its first and
         // last ids that pass the same filters; any that came meanwhile are left out, so
         // the page holds only rows that were measured.
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE account_id = $1 \
-             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
-             AND id <= $4 AND id >= $5 ORDER BY id DESC"
-        ))
-        .bind(account_id)
-        .bind(status)
-        .bind(f.model.as_deref())
-        .bind(newest)
-        .bind(oldest)
-        .fetch_all(self.pool())
-        .await?;
+        let rows_sql = if f.oldest_first {
+            concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE account_id = $1 \
+                 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
+                 AND ($6 IS NULL OR kind = $6) \
+                 AND id <= $4 AND id >= $5 ORDER BY id ASC"
+            )
+        } else {
+            concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE account_id = $1 \
+                 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
+                 AND ($6 IS NULL OR kind = $6) \
+                 AND id <= $4 AND id >= $5 ORDER BY id DESC"
+            )
+        };
+        let rows: Vec<JobRow> = sqlx::query_as(rows_sql)
+            .bind(account_id)
+            .bind(status)
+            .bind(f.model.as_deref())
+            .bind(newest)
+            .bind(oldest)
+            .bind(kind)
+            .fetch_all(self.pool())
+            .await?;
         let measured: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         let jobs = rows
             .into_iter()
@@ -612,5 +650,41 @@ impl Db {
         .bind(limit)
         .fetch_all(self.pool())
         .await
+    }
+
+    /// Deletes a finished job of `account_id` and everything recorded about it (events,
+    /// attempts, webhook deliveries, its idempotency key), in one transaction; returns
+    /// the job so its stored media can be removed. A pending job is left alone (`None`).
+    pub async fn delete_finished_job(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> Result<Option<Job>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query_as(concat!(
+            "DELETE FROM jobs WHERE id = $1 AND account_id = $2 AND status NOT IN ",
+            pending!(),
+            " RETURNING ",
+            job_columns!()
+        ))
+        .bind(id)
+        .bind(account_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = job(row)? else {
+            return Ok(None);
+        };
+        for statement in [
+            "DELETE FROM job_events WHERE job_id = $1",
+            "DELETE FROM job_attempts WHERE job_id = $1",
+            "DELETE FROM webhook_attempts WHERE delivery_id IN \
+             (SELECT id FROM webhook_deliveries WHERE job_id = $1)",
+            "DELETE FROM webhook_deliveries WHERE job_id = $1",
+            "DELETE FROM idempotency_keys WHERE job_id = $1",
+        ] {
+            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(job))
     }
 }

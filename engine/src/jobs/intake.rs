@@ -18,7 +18,7 @@ use crate::jobs::lifecycle::{cancel_upstream, end_job};
 use crate::jobs::routing::{self, ProviderPrefs, RouteEntry};
 use crate::providers::Providers;
 use crate::tasks::{self, Advance};
-use crate::webhooks::endpoints;
+use crate::webhooks::{endpoints, openrouter};
 use crate::{Engine, EngineError};
 
 /// A create request that passed every check.
@@ -197,9 +197,24 @@ fn parse_webhook(w: &Value, allow: &AllowList) -> Result<Value, InvalidField> {
     };
     // A per-job webhook is signed with the account's secret; a `secret` here would be
     // dropped, and the receiver would then reject every delivery, so it is refused.
-    fields::refuse_unknown(obj, &["url", "events"], "webhook")?;
+    fields::refuse_unknown(obj, &["url", "events", "format"], "webhook")?;
     let url = endpoints::parse_url(obj.get("url"), "webhook.url", allow)?;
     let events = endpoints::parse_event_filter(obj.get("events"), "webhook.events")?;
+    // `format: "openrouter"`: OpenRouter's video callback body and signature (what
+    // `POST /api/v1/videos` with a `callback_url` asks for) instead of Standard Webhooks.
+    match obj.get("format").and_then(Value::as_str) {
+        None if obj.get("format").is_none_or(Value::is_null) => {}
+        Some("standard") => {}
+        Some(f) if f == openrouter::FORMAT => {
+            return Ok(serde_json::json!({"url": url, "events": events, "format": f}));
+        }
+        _ => {
+            return Err(InvalidField::new(
+                "webhook.format",
+                "webhook.format must be \"standard\" or \"openrouter\"",
+            ));
+        }
+    }
     Ok(serde_json::json!({"url": url, "events": events}))
 }
 

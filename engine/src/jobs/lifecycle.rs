@@ -18,7 +18,7 @@ use crate::jobs::input::JobInput;
 use crate::jobs::job::{Job, JobError, JobStatus, StoredOutput};
 use crate::jobs::watchdog;
 use crate::providers::{
-    ErrorClass, Polled, Provider, ProviderCall, ProviderError, Submitted, UpstreamOutput,
+    ErrorClass, Media, Polled, Provider, ProviderCall, ProviderError, Submitted, UpstreamOutput,
 };
 use crate::tasks::{self, Advance, Deliver};
 use crate::webhooks::delivery;
@@ -28,9 +28,10 @@ use crate::{Engine, EngineError};
 /// quietly: the row says what is true.
 pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError> {
     let Some(job) = engine.db.job(&task.job_id).await? else {
-        // Jobs are never deleted: a task for a job this database lacks was pushed by
-        // another deployment sharing the queue namespace.
-        tracing::warn!(job_id = %task.job_id, "task for a job this database does not have (another deployment on the same queue namespace?); dropped");
+        // Only finished jobs are deleted (`DELETE /v1/videos/{id}`), and a finished job
+        // has no step left; a task for a job this database lacks was a stale one of a
+        // deleted job, or pushed by another deployment sharing the queue namespace.
+        tracing::info!(job_id = %task.job_id, "task for a job this database does not have (deleted, or another deployment on the same queue namespace?); dropped");
         return Ok(());
     };
     if job.status.is_terminal() || job.check_seq != task.seq {
@@ -520,6 +521,47 @@ pub async fn end_job(
     transition(engine, job_id, Change::End { to, error }).await
 }
 
+/// A call about a job's current upstream work from outside its steps (cancelling it,
+/// asking for its thumbnail): no callback is set up.
+fn call_after<'j>(job: &'j Job, upstream_model: &'j str, input: &'j JobInput) -> ProviderCall<'j> {
+    ProviderCall {
+        job_id: &job.id,
+        upstream_model,
+        input,
+        retries: job.retries as u32,
+        submitted_at: job.claimed_at,
+        callback_url: None,
+    }
+}
+
+/// The typed input of a job that has been submitted (so its input read then), for a call
+/// from outside its steps; should it not read now, the call is not made (`what`, logged).
+fn input_after(job: &Job, what: &str) -> Option<JobInput> {
+    JobInput::from_stored(&job.input)
+        .inspect_err(|e| {
+            tracing::warn!(job_id = %job.id, error = %e, "{what}: the stored input cannot be read");
+        })
+        .ok()
+}
+
+/// The upstream's own thumbnail of a finished video job, where its provider has one.
+/// Best effort: a failure is logged and reads as none.
+pub async fn upstream_thumbnail(engine: &Engine, job: &Job) -> Option<Media> {
+    let (Some(upstream_id), Some((provider, upstream_model))) =
+        (&job.upstream_id, route(engine, job))
+    else {
+        return None;
+    };
+    let input = input_after(job, "upstream thumbnail not asked for")?;
+    let call = call_after(job, &upstream_model, &input);
+    provider
+        .thumbnail(&call, upstream_id)
+        .await
+        .inspect_err(|e| tracing::warn!(job_id = %job.id, error = %e, "upstream thumbnail failed"))
+        .ok()
+        .flatten()
+}
+
 /// Tells the upstream to stop, if it has the job. Best effort: failures are logged.
 pub async fn cancel_upstream(engine: &Engine, job: &Job) {
     let (Some(upstream_id), Some((provider, upstream_model))) =
@@ -527,22 +569,10 @@ pub async fn cancel_upstream(engine: &Engine, job: &Job) {
     else {
         return;
     };
-    // A job with an upstream id was submitted, so its input read then.
-    let input = match JobInput::from_stored(&job.input) {
-        Ok(input) => input,
-        Err(e) => {
-            tracing::warn!(job_id = %job.id, error = %e, "upstream not cancelled: the stored input cannot be read");
-            return;
-        }
+    let Some(input) = input_after(job, "upstream not cancelled") else {
+        return;
     };
-    let call = ProviderCall {
-        job_id: &job.id,
-        upstream_model: &upstream_model,
-        input: &input,
-        retries: job.retries as u32,
-        submitted_at: job.claimed_at,
-        callback_url: None,
-    };
+    let call = call_after(job, &upstream_model, &input);
     if let Err(e) = provider.cancel(&call, upstream_id).await {
         tracing::warn!(job_id = %job.id, error = %e, "upstream cancel failed");
     }

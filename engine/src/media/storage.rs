@@ -107,6 +107,25 @@ impl Storage {
         Ok(got.into_stream())
     }
 
+    /// Stores `bytes` under `key` as they are (a derived file such as a thumbnail, or an
+    /// upload), replacing what was there.
+    pub async fn put_at(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(&Path::from(key), PutPayload::from_bytes(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// The whole object, or `None` if there is none under `key`. For small files only
+    /// (thumbnails); media is streamed with [`Storage::stream`].
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        match self.store.get(&Path::from(key)).await {
+            Ok(got) => Ok(Some(got.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.store.delete(&Path::from(key)).await?;
         Ok(())

@@ -263,6 +263,17 @@ pub trait MediaProvider: Sized + Send + Sync {
         }
     }
 
+    /// The upstream's own thumbnail of the finished video at `upstream_id`, where its API
+    /// has one. By default none: the thumbnail is then made from the video's first
+    /// picture (`media::thumbnail`).
+    fn thumbnail(
+        &self,
+        _call: &ProviderCall<'_>,
+        _upstream_id: &str,
+    ) -> impl Future<Output = Result<Option<Media>, ProviderError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Best effort: tells the upstream to stop working on a job we no longer want. By
     /// default there is nothing to tell (no cancel documented, or nothing runs upstream).
     fn cancel(
@@ -378,6 +389,16 @@ macro_rules! providers {
             ) -> Result<(), ProviderError> {
                 match self {
                     $(Provider::$variant(p) => p.cancel(call, upstream_id).await,)+
+                }
+            }
+
+            pub async fn thumbnail(
+                &self,
+                call: &ProviderCall<'_>,
+                upstream_id: &str,
+            ) -> Result<Option<Media>, ProviderError> {
+                match self {
+                    $(Provider::$variant(p) => p.thumbnail(call, upstream_id).await,)+
                 }
             }
 

@@ -127,6 +127,20 @@ impl MediaProvider for OpenAi {
         );
         self.upstream.download(request, "video/mp4").await
     }
+
+    /// Sora's own thumbnail: the content endpoint's `variant=thumbnail`.
+    async fn thumbnail(
+        &self,
+        call: &ProviderCall<'_>,
+        upstream_id: &str,
+    ) -> Result<Option<Media>, ProviderError> {
+        if !makes_video(call.upstream_model) {
+            return Ok(None);
+        }
+        let path = format!("/v1/videos/{upstream_id}/content?variant=thumbnail");
+        let request = self.upstream.authorized(Method::GET, &path);
+        Ok(Some(self.upstream.download(request, "image/webp").await?))
+    }
 }
 
 impl OpenAi {

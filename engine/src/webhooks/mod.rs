@@ -1,9 +1,10 @@
-//! Webhooks: Standard Webhooks signing, each account's default signing secret (with
-//! rotation), account-wide endpoints, delivery with retries, and the guard that keeps
-//! delivery off private networks.
+//! Webhooks: Standard Webhooks signing (and OpenRouter's, for its video callbacks), each
+//! account's default signing secret (with rotation), account-wide endpoints, delivery
+//! with retries, and the guard that keeps delivery off private networks.
 
 pub mod delivery;
 pub mod endpoints;
+pub mod openrouter;
 pub mod signature;
 
 use std::time::Duration;

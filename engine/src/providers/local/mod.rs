@@ -246,7 +246,7 @@ impl Local {
             }
             return Ok(Submitted::Done {
                 upstream_id,
-                outputs: vec![output()],
+                outputs: outputs(call),
             });
         }
         Ok(Submitted::Pending {
@@ -270,7 +270,7 @@ impl Local {
                 });
             }
             return Ok(Polled::Done {
-                outputs: vec![output()],
+                outputs: outputs(call),
             });
         }
         let progress = if sim.progress_steps == 0 {
@@ -316,9 +316,11 @@ impl MediaProvider for Local {
     async fn fetch(
         &self,
         call: &ProviderCall<'_>,
-        _output: &UpstreamOutput,
+        output: &UpstreamOutput,
     ) -> Result<Media, ProviderError> {
-        let spec = RenderSpec::from_call(call);
+        let mut spec = RenderSpec::from_call(call);
+        // Each of `input.n` images is its own picture: the seed moves on by its index.
+        spec.seed = spec.seed.wrapping_add(u64::from(output.index));
         let rendered = self
             .pool
             .run(call.job_id, move || spec.render())
@@ -345,11 +347,16 @@ impl MediaProvider for Local {
     }
 }
 
-fn output() -> UpstreamOutput {
-    UpstreamOutput {
-        index: 0,
-        locator: "render".to_owned(),
-    }
+/// One output per image asked for (`input.n`, images only; the catalog keeps it at 1
+/// elsewhere).
+fn outputs(call: &ProviderCall<'_>) -> Vec<UpstreamOutput> {
+    let n = call.input.n.unwrap_or(1).max(1);
+    (0..n)
+        .map(|index| UpstreamOutput {
+            index,
+            locator: "render".to_owned(),
+        })
+        .collect()
 }
 
 /// When to look again: at the next progress step, or when the latency is over.

@@ -11,7 +11,7 @@ use crate::db::webhook_endpoints as endpoints;
 use crate::egress;
 use crate::ids::now_ms;
 use crate::webhooks::signature::{Secret, signature_header};
-use crate::webhooks::signing_secrets;
+use crate::webhooks::{openrouter, signing_secrets};
 use crate::{Engine, EngineError};
 
 /// How much of a receiver's answer is kept in the delivery log.
@@ -52,11 +52,27 @@ pub(super) async fn make_attempt(
         deliveries::abandon(&mut conn, delivery, "event not found", now_ms()).await?;
         return Ok(());
     };
-    let body = serde_json::to_vec(&event.to_public())
+    // A job's own webhook may ask for OpenRouter's callback format (`/api/v1/videos`).
+    let openrouter = delivery.endpoint_id.is_none()
+        && engine.db.job(&delivery.job_id).await?.is_some_and(|job| {
+            job.webhook
+                .is_some_and(|w| w["format"].as_str() == Some(openrouter::FORMAT))
+        });
+    let (payload, signing) = if openrouter {
+        let ending = event.kind.strip_prefix("job.").unwrap_or(&event.kind);
+        let payload = openrouter::callback_body(&engine.config.public_url, &event);
+        (
+            payload,
+            Signing::OpenRouter(format!("{}-{ending}", delivery.job_id)),
+        )
+    } else {
+        (event.to_public(), Signing::Standard(&event.id))
+    };
+    let body = serde_json::to_vec(&payload)
         .map_err(|e| EngineError::Internal(format!("event does not serialize: {e}")))?;
     let started_at = now_ms();
     let clock = Instant::now();
-    let response = send(engine, &delivery.url, &event.id, &signer.secrets, body).await;
+    let response = send(engine, &delivery.url, signing, &signer.secrets, body).await;
     // The receiver is done with us; the next delivery to it need not wait for our records.
     drop(held);
     let attempt = Attempt {
@@ -76,6 +92,13 @@ pub(super) async fn make_attempt(
         signer.endpoint_failing,
     )
     .await
+}
+
+/// How a delivery is signed: Standard Webhooks (the event id is `webhook-id`), or
+/// OpenRouter's video callbacks (with their idempotency key, `{job_id}-{status}`).
+enum Signing<'a> {
+    Standard(&'a str),
+    OpenRouter(String),
 }
 
 /// What signs a delivery, and what is known of its endpoint.
@@ -195,7 +218,7 @@ impl Response {
 async fn send(
     engine: &Engine,
     url: &str,
-    msg_id: &str,
+    signing: Signing<'_>,
     secrets: &[Secret],
     body: Vec<u8>,
 ) -> Response {
@@ -204,17 +227,26 @@ async fn send(
     }
     let timestamp = now_ms().div_euclid(1000);
     let secrets: Vec<&Secret> = secrets.iter().collect();
-    let signature = signature_header(&secrets, msg_id, timestamp, &body);
-    let sent = engine
+    let request = engine
         .webhook_client
         .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("webhook-id", msg_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    let request = match signing {
+        Signing::Standard(msg_id) => request
+            .header("webhook-id", msg_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                signature_header(&secrets, msg_id, timestamp, &body),
+            ),
+        Signing::OpenRouter(idempotency_key) => request
+            .header("x-openrouter-idempotency-key", idempotency_key)
+            .header(
+                "x-openrouter-signature",
+                openrouter::signature_header(&secrets, timestamp, &body),
+            ),
+    };
+    let sent = request.body(body).send().await;
     let mut response = match sent {
         Ok(r) => r,
         Err(e) => {
