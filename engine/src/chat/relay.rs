@@ -512,7 +512,7 @@ impl Attempts {
             if !self.request.include_usage {
                 chunk.remove("usage");
             }
-            self.finished_choice |= has_finish_reason(&chunk);
+            self.finished_choice = self.finished_choice || has_finish_reason(&chunk);
             push_event(&mut out, &chunk);
             return Ok(Some(out.into()));
         };
@@ -563,7 +563,14 @@ impl Attempts {
 
 fn has_finish_reason(chunk: &RawObject) -> bool {
     chunk.present("choices").is_some_and(|c| {
-        serde_json::from_str::<Vec<Value>>(c.get())
+        // Most chunks say `"finish_reason":null` for every choice: only the others are
+        // worth reading.
+        let text = c.get();
+        let said = text.matches("\"finish_reason\"").count();
+        if said == 0 || text.matches("\"finish_reason\":null").count() == said {
+            return false;
+        }
+        serde_json::from_str::<Vec<Value>>(text)
             .unwrap_or_default()
             .iter()
             .any(|c| !c["finish_reason"].is_null())
