@@ -684,3 +684,42 @@ impl Drop for Ledger {
         self.finish("cancelled", None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_reasons_are_found_without_reading_every_chunk() {
+        let finished = |json: &str| has_finish_reason(&RawObject::parse(json).unwrap());
+        assert!(!finished(
+            r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#
+        ));
+        assert!(!finished(r#"{"choices":[]}"#));
+        assert!(!finished(r#"{"id":"x"}"#));
+        assert!(finished(
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#
+        ));
+        assert!(finished(
+            r#"{"choices":[{"delta":{},"finish_reason": "length"}]}"#
+        ));
+        assert!(finished(
+            r#"{"choices":[{"finish_reason":null},{"finish_reason":"tool_calls"}]}"#
+        ));
+    }
+
+    #[test]
+    fn events_are_sse_data_lines() {
+        let mut out = Vec::new();
+        push_event(
+            &mut out,
+            &RawObject::parse(r#"{"a": 1.50, "b":"\u00e9"}"#).unwrap(),
+        );
+        assert_eq!(
+            out,
+            br#"data: {"a":1.50,"b":"\u00e9"}
+
+"#
+        );
+    }
+}
