@@ -24,6 +24,7 @@ on_both_backends!(
     a_job_whose_task_was_lost_is_picked_up_by_the_reaper,
     duplicate_and_stale_tasks_change_nothing,
     finished_tasks_are_cleared_from_the_queue,
+    a_stored_input_that_does_not_read_fails_the_job,
 );
 
 async fn transient_failures_are_retried_until_success(backend: Backend) {
@@ -153,6 +154,27 @@ async fn duplicate_and_stale_tasks_change_nothing(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(engine.db.events_after(&id, 0, 100).await.unwrap().len(), 2);
+}
+
+/// A row whose input no longer reads as a job input (written by hand, or by an older
+/// version) fails with `internal_error` instead of reaching a provider, and still shows
+/// its input as stored.
+async fn a_stored_input_that_does_not_read_fails_the_job(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let input = json!({"prompt": "p", "size": "huge"});
+    let id = insert_without_task(&app, input.clone()).await;
+    advance(app.engine(), &Advance::new(&id, 0)).await.unwrap();
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "internal_error");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stored input cannot be read"),
+        "{job}"
+    );
+    assert_eq!(job["input"], input);
 }
 
 async fn job_seq(app: &TestApp, id: &str) -> i64 {

@@ -19,6 +19,7 @@ mod providers;
 mod receiver;
 mod redis_restart;
 mod slow_clients;
+mod task_runtime;
 mod webhook_delivery;
 mod webhook_limits;
 mod webhook_secrets;

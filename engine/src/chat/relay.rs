@@ -36,6 +36,7 @@ use super::{ChatAdapter, ChatCall, ChatError, ChatRequest, ChunkStream};
 use crate::catalog::{InvalidField, Modality, Model};
 use crate::db::chat_usage::ChatUsage;
 use crate::db::keys::Caller;
+use crate::jobs::input::JobInput;
 use crate::jobs::routing::{self, ProviderPrefs, RouteEntry};
 use crate::providers::{ErrorClass, ProviderError, http};
 use crate::{ErrorCode, SharedEngine};
@@ -110,15 +111,19 @@ pub fn plan(engine: &SharedEngine, request: &ChatRequest) -> Result<Vec<RouteEnt
         });
     }
     let chat = &engine.chat.providers;
-    let route = routing::plan(&models, &request.provider, &Value::Null, |p| {
+    // Chat models have one name per provider: no input picks a sibling endpoint.
+    let route = routing::plan(&models, &request.provider, &JobInput::default(), |p| {
         chat.available(p)
     });
     if !route.is_empty() {
         return Ok(route);
     }
-    let unfiltered = routing::plan(&models, &ProviderPrefs::default(), &Value::Null, |p| {
-        chat.available(p)
-    });
+    let unfiltered = routing::plan(
+        &models,
+        &ProviderPrefs::default(),
+        &JobInput::default(),
+        |p| chat.available(p),
+    );
     let (param, message) = if unfiltered.is_empty() {
         (
             request.model_param(0),

@@ -6,12 +6,13 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{self, Catalog, InvalidField};
+use crate::catalog::{Catalog, InvalidField};
 use crate::db::idempotency::{self, Claim, KeyPolicy};
 use crate::db::jobs::{self, NewJob};
 use crate::egress::AllowList;
 use crate::fields;
 use crate::ids::{IdKind, new_id, now_ms};
+use crate::jobs::input::JobInput;
 use crate::jobs::job::{Job, JobKind, JobStatus};
 use crate::jobs::lifecycle::{cancel_upstream, end_job};
 use crate::jobs::routing::{self, ProviderPrefs, RouteEntry};
@@ -26,6 +27,8 @@ pub struct JobRequest {
     pub kind: JobKind,
     /// Where the job may run, first step first; never empty.
     pub route: Vec<RouteEntry>,
+    /// The input as the client sent it, which the job row stores and shows; it parsed
+    /// as a [`JobInput`] for every model of the route.
     pub input: Value,
     pub metadata: Value,
     pub webhook: Option<Value>,
@@ -136,8 +139,7 @@ pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobReques
         ));
     }
     let input = match obj.get("input") {
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => return Err(InvalidField::new("input", "input must be an object")),
+        Some(v) => v,
         None => {
             return Err(InvalidField::new(
                 "input.prompt",
@@ -147,15 +149,13 @@ pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobReques
     };
     // Any model of the list may end up serving the job, so the input must suit each: a
     // field one of them does not take is refused, never passed to some and not others.
-    for model in &models {
-        catalog::validate_input(model, &input)?;
-    }
-    fields::check_input_size(&input)?;
+    let parsed = JobInput::parse(input, &models)?;
+    fields::check_input_size(input)?;
     let metadata = fields::check_metadata(obj.get("metadata"))?;
     let prefs = routing::parse_prefs(obj.get("provider"))?;
-    let route = routing::plan(&models, &prefs, &input, |p| here.providers.available(p));
+    let route = routing::plan(&models, &prefs, &parsed, |p| here.providers.available(p));
     if route.is_empty() {
-        let unfiltered = routing::plan(&models, &ProviderPrefs::default(), &input, |p| {
+        let unfiltered = routing::plan(&models, &ProviderPrefs::default(), &parsed, |p| {
             here.providers.available(p)
         });
         let (param, message) = if unfiltered.is_empty() {
@@ -182,7 +182,7 @@ pub fn parse_job_request(body: &Value, here: Deployment<'_>) -> Result<JobReques
     Ok(JobRequest {
         kind: models[0].kind().expect("chat models are refused above"),
         route,
-        input,
+        input: input.clone(),
         metadata,
         webhook,
     })

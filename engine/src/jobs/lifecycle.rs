@@ -14,6 +14,7 @@ use crate::ErrorCode;
 use crate::catalog::format_usd;
 use crate::db::{events, job_attempts, jobs};
 use crate::ids::now_ms;
+use crate::jobs::input::JobInput;
 use crate::jobs::job::{Job, JobError, JobStatus, StoredOutput};
 use crate::jobs::watchdog;
 use crate::providers::{
@@ -46,7 +47,11 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
         }
         return Ok(());
     }
-    let Some(step) = Step::for_job(engine, &job) else {
+    let input = match JobInput::from_stored(&job.input) {
+        Ok(input) => input,
+        Err(e) => return unreadable_input(engine, &job, &e).await,
+    };
+    let Some(step) = Step::for_job(engine, &job, input) else {
         return no_provider(engine, &job).await;
     };
     match (job.status, job.upstream_id.clone()) {
@@ -183,10 +188,27 @@ async fn no_provider(engine: &Engine, job: &Job) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Fails a job whose stored input does not read as a [`JobInput`] (a row written by
+/// hand, or from before today's rules): no provider could be given it.
+async fn unreadable_input(
+    engine: &Engine,
+    job: &Job,
+    why: &serde_json::Error,
+) -> Result<(), EngineError> {
+    let error = JobError {
+        code: ErrorCode::InternalError,
+        message: format!("the job's stored input cannot be read: {why}"),
+    };
+    end_job(engine, &job.id, JobStatus::Failed, Some(&error)).await?;
+    Ok(())
+}
+
 struct Step<'e> {
     engine: &'e Engine,
     provider: &'e Provider,
     upstream_model: String,
+    /// The job's input, read from its row.
+    input: JobInput,
     /// Where the upstream calls us back, when it can and callbacks are on.
     callback_url: Option<String>,
 }
@@ -194,12 +216,13 @@ struct Step<'e> {
 impl<'e> Step<'e> {
     /// The step the job's current route entry calls for; `None` if its provider is not
     /// configured here.
-    fn for_job(engine: &'e Engine, job: &Job) -> Option<Step<'e>> {
+    fn for_job(engine: &'e Engine, job: &Job, input: JobInput) -> Option<Step<'e>> {
         let (provider, upstream_model) = route(engine, job)?;
         Some(Step {
             engine,
             provider,
             upstream_model,
+            input,
             callback_url: engine.callback_url(&job.provider, &job.id),
         })
     }
@@ -208,7 +231,7 @@ impl<'e> Step<'e> {
         ProviderCall {
             job_id: &job.id,
             upstream_model: &self.upstream_model,
-            input: &job.input,
+            input: &self.input,
             retries: job.retries as u32,
             submitted_at: job.claimed_at,
             callback_url: self.callback_url.as_deref(),
@@ -377,7 +400,7 @@ impl<'e> Step<'e> {
             .config
             .catalog
             .find(&job.model)
-            .map_or(0, |m| m.cost_micros(&job.input, stored.len()));
+            .map_or(0, |m| m.cost_micros(&self.input, stored.len()));
         let cost_usd = format_usd(cost);
         let change = Change::Complete {
             outputs: &stored,
@@ -474,7 +497,7 @@ impl Step<'_> {
         tx.commit().await?;
         // Should this process die before submitting, the lease lapses and the reaper hands
         // the job out; the submission claim lapses too, so the next worker submits.
-        let submitted = match Step::for_job(engine, &moved) {
+        let submitted = match Step::for_job(engine, &moved, self.input.clone()) {
             // Boxed: a run of failing providers falls back again from in here.
             Some(step) => Box::pin(step.submit_or_skip(&moved)).await,
             None => no_provider(engine, &moved).await,
@@ -504,10 +527,18 @@ pub async fn cancel_upstream(engine: &Engine, job: &Job) {
     else {
         return;
     };
+    // A job with an upstream id was submitted, so its input read then.
+    let input = match JobInput::from_stored(&job.input) {
+        Ok(input) => input,
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, error = %e, "upstream not cancelled: the stored input cannot be read");
+            return;
+        }
+    };
     let call = ProviderCall {
         job_id: &job.id,
         upstream_model: &upstream_model,
-        input: &job.input,
+        input: &input,
         retries: job.retries as u32,
         submitted_at: job.claimed_at,
         callback_url: None,
@@ -603,7 +634,8 @@ async fn record_event(
 ) -> Result<Vec<Deliver>, EngineError> {
     let data = engine.job_json(job);
     let event = events::insert(&mut *conn, &job.id, &job.account_id, kind, now_ms(), &data).await?;
-    Ok(delivery::fan_out(conn, job, &event).await?)
+    let fast_lane_max = engine.config.delivery.fast_lane_max_fan_out;
+    Ok(delivery::fan_out(conn, job, &event, fast_lane_max).await?)
 }
 
 /// Hands the job's next check (at Unix ms `at`) to a new task.

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::catalog::{InvalidField, Model};
 use crate::fields;
+use crate::jobs::input::JobInput;
 use crate::providers::KNOWN;
 
 /// One place a job can run: a catalog model at one provider, under that provider's name.
@@ -120,7 +121,7 @@ pub fn parse_prefs_with(
 pub fn plan(
     models: &[&Model],
     prefs: &ProviderPrefs,
-    input: &Value,
+    input: &JobInput,
     available: impl Fn(&str) -> bool,
 ) -> Vec<RouteEntry> {
     let mut steps = Vec::new();
@@ -229,7 +230,7 @@ mod tests {
         let veo = c.find("google/veo-3.1").unwrap();
         let local = c.find("local/video").unwrap();
         let all = |_: &str| true;
-        let text = json!({"prompt": "p"});
+        let text = JobInput::from_stored(&json!({"prompt": "p"})).unwrap();
         let default = plan(&[veo, local], &ProviderPrefs::default(), &text, all);
         assert_eq!(
             steps(&default),
@@ -258,7 +259,8 @@ mod tests {
             "fal-ai/veo3.1"
         );
         // Starting from an image is a sibling endpoint at fal.
-        let from_image = json!({"prompt": "p", "image": "https://a/1.png"});
+        let from_image =
+            JobInput::from_stored(&json!({"prompt": "p", "image": "https://a/1.png"})).unwrap();
         assert_eq!(
             plan(&[veo], &prefs, &from_image, all)[0].upstream_model,
             "fal-ai/veo3.1/image-to-video"

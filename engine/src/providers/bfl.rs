@@ -12,13 +12,14 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, still_running};
+use super::http::{Auth, Upstream, put, still_running};
 use super::{
     ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
 use crate::ErrorCode;
-use crate::catalog::{ASPECT_RATIOS, parse_size};
+use crate::catalog::ASPECT_RATIOS;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 #[derive(Debug, Clone)]
@@ -37,7 +38,7 @@ impl MediaProvider for Bfl {
 
     fn from_settings(settings: &ProviderSettings) -> Result<Bfl, SetupError> {
         Ok(Bfl {
-            upstream: Upstream::new(Self::NAME, settings)?,
+            upstream: Upstream::new(Self::NAME, settings)?.with_auth(Auth::Header("x-key")),
         })
     }
 
@@ -46,20 +47,13 @@ impl MediaProvider for Bfl {
     }
 
     async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
-        let url = self.upstream.url(&format!("/v1/{}", call.upstream_model));
+        let path = format!("/v1/{}", call.upstream_model);
         let request = self
             .upstream
-            .request(Method::POST, &url)
-            .header("x-key", self.upstream.key())
+            .authorized(Method::POST, &path)
             .json(&request_body(call.input, call.callback_url));
         let answer = self.upstream.json(request).await?;
-        let id = answer["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "bfl: the answer has no id",
-            )
-        })?;
+        let id = self.upstream.answer_id(&answer, "id")?;
         Ok(Submitted::Pending {
             upstream_id: id.to_owned(),
             poll_after: self.poll_after(call),
@@ -71,12 +65,10 @@ impl MediaProvider for Bfl {
         call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
-        let url = self.upstream.url("/v1/get_result");
         let request = self
             .upstream
-            .request(Method::GET, &url)
-            .query(&[("id", upstream_id)])
-            .header("x-key", self.upstream.key());
+            .authorized(Method::GET, "/v1/get_result")
+            .query(&[("id", upstream_id)]);
         let answer = self.upstream.json(request).await?;
         let status = answer["status"].as_str().unwrap_or_default();
         match status {
@@ -141,32 +133,22 @@ impl Bfl {
 
 /// Our input in BFL's words: size as width/height or aspect ratio, reference images as
 /// `input_image`, `input_image_2`, ….
-fn request_body(input: &Value, callback_url: Option<&str>) -> Value {
+fn request_body(input: &JobInput, callback_url: Option<&str>) -> Value {
     let mut body = Map::new();
-    body.insert("prompt".into(), input["prompt"].clone());
-    if let Some(url) = callback_url {
-        body.insert("webhook_url".into(), json!(url));
-    }
-    if let Some(seed) = input.get("seed").filter(|v| !v.is_null()) {
-        body.insert("seed".into(), seed.clone());
-    }
-    if let Some((w, h)) = input["size"].as_str().and_then(parse_size) {
-        body.insert("width".into(), json!(w));
-        body.insert("height".into(), json!(h));
-    } else if let Some(ratio) = input["aspect_ratio"]
-        .as_str()
+    body.insert("prompt".into(), json!(input.prompt));
+    put(&mut body, "webhook_url", callback_url);
+    put(&mut body, "seed", input.seed);
+    if let Some(size) = input.size {
+        body.insert("width".into(), json!(size.width));
+        body.insert("height".into(), json!(size.height));
+    } else if let Some(ratio) = input
+        .aspect_ratio
+        .as_deref()
         .filter(|a| ASPECT_RATIOS.iter().any(|r| r.0 == *a))
     {
         body.insert("aspect_ratio".into(), json!(ratio));
     }
-    let images = input["image"].as_str().into_iter().chain(
-        input["reference_images"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str),
-    );
-    for (i, url) in images.enumerate() {
+    for (i, url) in input.images().enumerate() {
         let key = if i == 0 {
             "input_image".to_owned()
         } else {
@@ -187,12 +169,13 @@ fn details(answer: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_bfl_fields() {
         let body = request_body(
-            &json!({"prompt": "p", "size": "512x768", "seed": 3,
-            "reference_images": ["https://a/1.png", "https://a/2.png"]}),
+            &typed(json!({"prompt": "p", "size": "512x768", "seed": 3,
+            "reference_images": ["https://a/1.png", "https://a/2.png"]})),
             Some("https://gw/cb"),
         );
         assert_eq!(
@@ -201,7 +184,7 @@ mod tests {
                 "input_image": "https://a/1.png", "input_image_2": "https://a/2.png",
                 "webhook_url": "https://gw/cb"})
         );
-        let body = request_body(&json!({"prompt": "p", "aspect_ratio": "16:9"}), None);
+        let body = request_body(&typed(json!({"prompt": "p", "aspect_ratio": "16:9"})), None);
         assert_eq!(body, json!({"prompt": "p", "aspect_ratio": "16:9"}));
     }
 }

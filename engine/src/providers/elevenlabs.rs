@@ -10,13 +10,14 @@ use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde_json::{Map, Value, json};
 
-use super::http::Upstream;
+use super::http::{Auth, Upstream, put};
 use super::http::{inline_locator, inline_media};
 use super::{
     ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
     Submitted, UpstreamOutput,
 };
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 #[derive(Debug, Clone)]
@@ -31,7 +32,9 @@ impl MediaProvider for ElevenLabs {
 
     fn from_settings(settings: &ProviderSettings) -> Result<ElevenLabs, SetupError> {
         Ok(ElevenLabs {
-            upstream: Upstream::new(ElevenLabs::NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(ElevenLabs::NAME, settings)?
+                .with_auth(Auth::Header("xi-api-key"))
+                .reading_errors(read_error),
         })
     }
 
@@ -82,11 +85,7 @@ impl ElevenLabs {
         call: &ProviderCall<'_>,
     ) -> Result<(String, UpstreamOutput), ProviderError> {
         let (path, body) = audio_request(call.upstream_model, call.input);
-        let request = self
-            .upstream
-            .request(Method::POST, &self.upstream.url(path))
-            .header("xi-api-key", self.upstream.key())
-            .json(&body);
+        let request = self.upstream.authorized(Method::POST, path).json(&body);
         let response = self.upstream.send(request).await?;
         let headers = response.headers();
         let request_id = headers
@@ -137,21 +136,20 @@ fn audio_type(headers: &HeaderMap) -> Result<String, ProviderError> {
 
 /// Our input in ElevenLabs' words: music models compose from `prompt` with a length in
 /// milliseconds; the others make sound effects from `text` with a length in seconds.
-fn audio_request(model: &str, input: &Value) -> (&'static str, Value) {
+fn audio_request(model: &str, input: &JobInput) -> (&'static str, Value) {
     let mut body = Map::new();
     body.insert("model_id".into(), json!(model));
-    let duration = input["duration"].as_f64();
     if model.starts_with("music") {
-        body.insert("prompt".into(), input["prompt"].clone());
-        if let Some(seconds) = duration {
-            body.insert("music_length_ms".into(), json!((seconds * 1000.0) as u64));
-        }
+        body.insert("prompt".into(), json!(input.prompt));
+        put(
+            &mut body,
+            "music_length_ms",
+            input.duration.map(|s| u64::from(s) * 1000),
+        );
         return ("/v1/music", Value::Object(body));
     }
-    body.insert("text".into(), input["prompt"].clone());
-    if let Some(seconds) = duration {
-        body.insert("duration_seconds".into(), json!(seconds));
-    }
+    body.insert("text".into(), json!(input.prompt));
+    put(&mut body, "duration_seconds", input.duration.map(f64::from));
     ("/v1/sound-generation", Value::Object(body))
 }
 
@@ -167,6 +165,7 @@ fn read_error(body: &Value) -> Option<(ErrorClass, ErrorCode)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn only_audio_answers_are_taken() {
@@ -184,7 +183,10 @@ mod tests {
     #[test]
     fn input_maps_to_music_and_sound_effect_fields() {
         assert_eq!(
-            audio_request("music_v1", &json!({"prompt": "lo-fi", "duration": 30})),
+            audio_request(
+                "music_v1",
+                &typed(json!({"prompt": "lo-fi", "duration": 30}))
+            ),
             (
                 "/v1/music",
                 json!({"model_id": "music_v1", "prompt": "lo-fi", "music_length_ms": 30000})
@@ -193,7 +195,7 @@ mod tests {
         assert_eq!(
             audio_request(
                 "eleven_text_to_sound_v2",
-                &json!({"prompt": "a door creaks", "duration": 3})
+                &typed(json!({"prompt": "a door creaks", "duration": 3}))
             ),
             (
                 "/v1/sound-generation",
@@ -202,7 +204,7 @@ mod tests {
             )
         );
         assert_eq!(
-            audio_request("music_v1", &json!({"prompt": "lo-fi"})).1,
+            audio_request("music_v1", &typed(json!({"prompt": "lo-fi"}))).1,
             json!({"model_id": "music_v1", "prompt": "lo-fi"})
         );
     }

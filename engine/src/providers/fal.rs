@@ -18,13 +18,13 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, still_running};
+use super::http::{Auth, Upstream, put, still_running};
 use super::{
     ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
     UpstreamOutput,
 };
 use crate::ErrorCode;
-use crate::catalog::parse_size;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 #[derive(Debug, Clone)]
@@ -41,7 +41,9 @@ impl MediaProvider for Fal {
 
     fn from_settings(settings: &ProviderSettings) -> Result<Fal, SetupError> {
         Ok(Fal {
-            upstream: Upstream::new(Fal::NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(Fal::NAME, settings)?
+                .with_auth(Auth::Scheme("Key"))
+                .reading_errors(read_error),
         })
     }
 
@@ -50,26 +52,15 @@ impl MediaProvider for Fal {
     }
 
     async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
-        let url = self.upstream.url(&format!("/{}", call.upstream_model));
-        let mut request = self.upstream.request(Method::POST, &url);
+        let path = format!("/{}", call.upstream_model);
+        let mut request = self.upstream.authorized(Method::POST, &path);
         if let Some(callback) = call.callback_url {
             request = request.query(&[("fal_webhook", callback)]);
         }
-        let request = request
-            .header("authorization", self.authorization())
-            .json(&request_body(call.upstream_model, call.input));
+        let request = request.json(&request_body(call.upstream_model, call.input));
         let answer = self.upstream.json(request).await?;
-        let id = answer["request_id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "fal: the answer has no request_id",
-            )
-        })?;
-        Ok(Submitted::Pending {
-            upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_after(call),
-        })
+        let id = self.upstream.answer_id(&answer, "request_id")?;
+        Ok(self.upstream.submitted(call, id, None))
     }
 
     async fn poll(
@@ -78,19 +69,13 @@ impl MediaProvider for Fal {
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
         let url = self.request_url(call.upstream_model, upstream_id, "/status");
-        let request = self
-            .upstream
-            .request(Method::GET, &url)
-            .header("authorization", self.authorization());
+        let request = self.upstream.authorized_url(Method::GET, &url);
         let status = self.upstream.json(request).await?;
         match status["status"].as_str().unwrap_or_default() {
             // Completed means finished, not succeeded: the result says which.
             "COMPLETED" => {
                 let url = self.request_url(call.upstream_model, upstream_id, "");
-                let request = self
-                    .upstream
-                    .request(Method::GET, &url)
-                    .header("authorization", self.authorization());
+                let request = self.upstream.authorized_url(Method::GET, &url);
                 let result = self.upstream.json(request).await?;
                 Ok(Polled::Done {
                     outputs: result_outputs(&result)?,
@@ -99,10 +84,7 @@ impl MediaProvider for Fal {
             other => {
                 still_running(Fal::NAME, other, &["IN_QUEUE", "IN_PROGRESS"]);
                 // fal gives a queue position but no progress figure.
-                Ok(Polled::Pending {
-                    progress: None,
-                    poll_after: self.upstream.poll_after(call),
-                })
+                Ok(self.upstream.polled(call, None, None))
             }
         }
     }
@@ -113,19 +95,12 @@ impl MediaProvider for Fal {
         upstream_id: &str,
     ) -> Result<(), ProviderError> {
         let url = self.request_url(call.upstream_model, upstream_id, "/cancel");
-        let request = self
-            .upstream
-            .request(Method::PUT, &url)
-            .header("authorization", self.authorization());
+        let request = self.upstream.authorized_url(Method::PUT, &url);
         self.upstream.send(request).await.map(drop)
     }
 }
 
 impl Fal {
-    fn authorization(&self) -> String {
-        format!("Key {}", self.upstream.key())
-    }
-
     /// `{base}/{app id}/requests/{request id}{rest}`.
     fn request_url(&self, model: &str, request_id: &str, rest: &str) -> String {
         self.upstream
@@ -204,17 +179,13 @@ fn result_outputs(result: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
 
 /// fal's video models spell a duration three ways: Veo as `"8s"`, Sora as a number, the
 /// others (Kling, Seedance, Wan) as a string of digits.
-fn duration_value(model: &str, seconds: &Value) -> Value {
-    let text = match seconds {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+fn duration_value(model: &str, seconds: u32) -> Value {
     if model.starts_with("fal-ai/veo") {
-        json!(format!("{text}s"))
+        json!(format!("{seconds}s"))
     } else if model.starts_with("fal-ai/sora") {
-        seconds.clone()
+        json!(seconds)
     } else {
-        json!(text)
+        json!(seconds.to_string())
     }
 }
 
@@ -244,41 +215,30 @@ fn image_size_for(aspect_ratio: &str) -> Option<Value> {
 /// Our input in fal's words. Reference images go as `image_url` (the first, for
 /// image-to-X and edit models) and `image_urls` (all, for reference and multi-image
 /// models); fal's models ignore the one they do not take.
-fn request_body(model: &str, input: &Value) -> Value {
+fn request_body(model: &str, input: &JobInput) -> Value {
     let mut body = Map::new();
-    body.insert("prompt".into(), input["prompt"].clone());
-    for field in ["seed", "resolution", "generate_audio"] {
-        if let Some(v) = input.get(field).filter(|v| !v.is_null()) {
-            body.insert(field.into(), v.clone());
-        }
-    }
-    if let Some(seconds) = input.get("duration").filter(|v| !v.is_null()) {
-        body.insert("duration".into(), duration_value(model, seconds));
-    }
-    if let Some(n) = input.get("n").filter(|v| !v.is_null()) {
-        body.insert("num_images".into(), n.clone());
-    }
-    let size = input["size"].as_str().and_then(parse_size);
-    let aspect_ratio = input["aspect_ratio"].as_str();
-    if let Some((w, h)) = size {
-        body.insert("image_size".into(), json!({"width": w, "height": h}));
-    } else if let Some(ratio) = aspect_ratio {
+    body.insert("prompt".into(), json!(input.prompt));
+    put(&mut body, "seed", input.seed);
+    put(&mut body, "resolution", input.resolution.as_ref());
+    put(&mut body, "generate_audio", input.generate_audio);
+    put(
+        &mut body,
+        "duration",
+        input.duration.map(|s| duration_value(model, s)),
+    );
+    put(&mut body, "num_images", input.n);
+    if let Some(size) = input.size {
+        body.insert(
+            "image_size".into(),
+            json!({"width": size.width, "height": size.height}),
+        );
+    } else if let Some(ratio) = &input.aspect_ratio {
         match image_size_for(ratio).filter(|_| takes_image_size(model)) {
             Some(image_size) => body.insert("image_size".into(), image_size),
             None => body.insert("aspect_ratio".into(), json!(ratio)),
         };
     }
-    let images: Vec<&str> = input["image"]
-        .as_str()
-        .into_iter()
-        .chain(
-            input["reference_images"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str),
-        )
-        .collect();
+    let images: Vec<&str> = input.images().collect();
     if let Some(first) = images.first() {
         body.insert("image_url".into(), json!(first));
         body.insert("image_urls".into(), json!(images));
@@ -289,11 +249,12 @@ fn request_body(model: &str, input: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_fal_fields() {
-        let input = json!({"prompt": "p", "duration": 8, "resolution": "720p",
-            "aspect_ratio": "16:9", "generate_audio": false, "seed": 3});
+        let input = typed(json!({"prompt": "p", "duration": 8, "resolution": "720p",
+            "aspect_ratio": "16:9", "generate_audio": false, "seed": 3}));
         assert_eq!(
             request_body("fal-ai/veo3.1", &input),
             json!({"prompt": "p", "duration": "8s", "resolution": "720p",
@@ -307,7 +268,7 @@ mod tests {
             request_body("fal-ai/kling-video/v2.5-turbo/pro/text-to-video", &input)["duration"],
             "8"
         );
-        let input = json!({"prompt": "p", "aspect_ratio": "9:16", "n": 2});
+        let input = typed(json!({"prompt": "p", "aspect_ratio": "9:16", "n": 2}));
         assert_eq!(
             request_body("fal-ai/flux-pro/v1.1", &input),
             json!({"prompt": "p", "image_size": "portrait_16_9", "num_images": 2})
@@ -316,8 +277,8 @@ mod tests {
             request_body("fal-ai/imagen4/preview", &input),
             json!({"prompt": "p", "aspect_ratio": "9:16", "num_images": 2})
         );
-        let input = json!({"prompt": "p", "size": "512x768",
-            "reference_images": ["https://a/1.png", "https://a/2.png"]});
+        let input = typed(json!({"prompt": "p", "size": "512x768",
+            "reference_images": ["https://a/1.png", "https://a/2.png"]}));
         assert_eq!(
             request_body("fal-ai/flux-2-pro", &input),
             json!({"prompt": "p", "image_size": {"width": 512, "height": 768},

@@ -6,12 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode};
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
-use super::{ErrorClass, Media, ProviderCall, ProviderError, ProviderSettings};
+use super::{
+    ErrorClass, Media, Polled, ProviderCall, ProviderError, ProviderSettings, Submitted,
+    UpstreamOutput,
+};
 use crate::ErrorCode;
 use crate::providers::SetupError;
 
@@ -49,6 +53,18 @@ pub struct Upstream {
     poll_interval: Duration,
     callback_poll_interval: Duration,
     read_error: Option<ErrorReader>,
+    auth: Auth,
+}
+
+/// How a provider takes its key on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer KEY` (the default).
+    Bearer,
+    /// `Authorization: SCHEME KEY`, with a scheme of the provider's own (fal's `Key`).
+    Scheme(&'static str),
+    /// The key alone in a header of the provider's own (`x-key`).
+    Header(&'static str),
 }
 
 impl std::fmt::Debug for Upstream {
@@ -71,6 +87,7 @@ impl Upstream {
             poll_interval: settings.poll_interval,
             callback_poll_interval: settings.callback_poll_interval,
             read_error: None,
+            auth: Auth::Bearer,
         })
     }
 
@@ -98,7 +115,14 @@ impl Upstream {
             poll_interval: settings.poll_interval,
             callback_poll_interval: settings.callback_poll_interval,
             read_error: None,
+            auth: Auth::Bearer,
         })
+    }
+
+    /// Sends the key the way this provider takes it (see [`Auth`]).
+    pub fn with_auth(mut self, auth: Auth) -> Upstream {
+        self.auth = auth;
+        self
     }
 
     /// Sorts this provider's errors by their bodies first (see `ErrorReader`).
@@ -129,6 +153,78 @@ impl Upstream {
 
     pub fn request(&self, method: reqwest::Method, url: &str) -> RequestBuilder {
         self.client.request(method, url)
+    }
+
+    /// A request to `path` under the base URL, carrying the key.
+    pub fn authorized(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        self.authorized_url(method, &self.url(path))
+    }
+
+    /// A request to `url`, one of this provider's own (never a link from an answer that
+    /// could point elsewhere), carrying the key.
+    pub fn authorized_url(&self, method: reqwest::Method, url: &str) -> RequestBuilder {
+        let request = self.request(method, url);
+        match self.auth {
+            Auth::Bearer => request.bearer_auth(&self.api_key),
+            Auth::Scheme(scheme) => {
+                request.header(AUTHORIZATION, format!("{scheme} {}", self.api_key))
+            }
+            Auth::Header(name) => request.header(name, &self.api_key),
+        }
+    }
+
+    /// GETs `path` under the base URL with the key, and reads the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Result<Value, ProviderError> {
+        self.json(self.authorized(reqwest::Method::GET, path)).await
+    }
+
+    /// The upstream job's id, the string at `field` of a submission's answer; an answer
+    /// without one is worth another try.
+    pub fn answer_id<'a>(&self, answer: &'a Value, field: &str) -> Result<&'a str, ProviderError> {
+        answer[field].as_str().ok_or_else(|| {
+            ProviderError::new(
+                ErrorClass::Retryable,
+                ErrorCode::UpstreamError,
+                format!("{}: the answer has no {field}", self.name),
+            )
+        })
+    }
+
+    /// A submission the upstream took: done if `outputs` are there already, else its id
+    /// to poll after the usual wait.
+    pub fn submitted(
+        &self,
+        call: &ProviderCall<'_>,
+        upstream_id: &str,
+        outputs: Option<Vec<UpstreamOutput>>,
+    ) -> Submitted {
+        match outputs {
+            Some(outputs) => Submitted::Done {
+                upstream_id: upstream_id.to_owned(),
+                outputs,
+            },
+            None => Submitted::Pending {
+                upstream_id: upstream_id.to_owned(),
+                poll_after: self.poll_after(call),
+            },
+        }
+    }
+
+    /// What a poll found: done with `outputs`, or still running (at `progress`, for an
+    /// upstream that reports one), to be looked at again after the usual wait.
+    pub fn polled(
+        &self,
+        call: &ProviderCall<'_>,
+        outputs: Option<Vec<UpstreamOutput>>,
+        progress: Option<u8>,
+    ) -> Polled {
+        match outputs {
+            Some(outputs) => Polled::Done { outputs },
+            None => Polled::Pending {
+                progress,
+                poll_after: self.poll_after(call),
+            },
+        }
     }
 
     /// Sends a request, holding one of the provider's slots; a non-2xx answer becomes a
@@ -304,6 +400,14 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
+/// Sets `name` in a request body to `value` when the job gives one: the way an adapter
+/// passes an optional input field upstream under its own name.
+pub fn put(body: &mut Map<String, Value>, name: &str, value: Option<impl Serialize>) {
+    if let Some(value) = value {
+        body.insert(name.to_owned(), json!(value));
+    }
+}
+
 /// A status word that is not terminal: the upstream job still runs. A word outside
 /// `known` (the provider added one) is logged and treated the same, never as an end.
 pub fn still_running(provider: &str, status: &str, known: &[&str]) {
@@ -426,6 +530,38 @@ pub fn content_type_for_url(url: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn upstream(auth: Auth) -> Upstream {
+        let settings = ProviderSettings::for_tests("https://api.example.com/");
+        Upstream::new("acme", &settings).unwrap().with_auth(auth)
+    }
+
+    #[test]
+    fn the_key_goes_where_the_provider_takes_it() {
+        let sent = |auth: Auth| {
+            let request = upstream(auth)
+                .authorized(reqwest::Method::GET, "/v1/x")
+                .build()
+                .unwrap();
+            assert_eq!(request.url().as_str(), "https://api.example.com/v1/x");
+            let headers = request.headers();
+            let value = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+            (value("authorization"), value("x-key"))
+        };
+        assert_eq!(sent(Auth::Bearer), (Some("Bearer k3y".into()), None));
+        assert_eq!(sent(Auth::Scheme("Key")), (Some("Key k3y".into()), None));
+        assert_eq!(sent(Auth::Header("x-key")), (None, Some("k3y".into())));
+    }
+
+    #[test]
+    fn an_answer_without_an_id_is_worth_another_try() {
+        let up = upstream(Auth::Bearer);
+        assert_eq!(up.answer_id(&json!({"id": "j1"}), "id").unwrap(), "j1");
+        let e = up.answer_id(&json!({"id": 5}), "id").unwrap_err();
+        assert_eq!(e.class, ErrorClass::Retryable);
+        assert_eq!(e.message, "acme: the answer has no id");
+    }
 
     #[test]
     fn statuses_sort_into_classes() {

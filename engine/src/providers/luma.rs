@@ -11,7 +11,7 @@
 //! Luma documents no signature for them, so we rely on the per-job token in the URL (a
 //! callback only makes us look at the generation sooner).
 
-use reqwest::{Method, RequestBuilder};
+use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::http::{Upstream, still_running};
@@ -20,6 +20,7 @@ use super::{
     UpstreamOutput,
 };
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 /// Where generations live, under the base URL.
@@ -51,21 +52,10 @@ impl MediaProvider for Luma {
 
     async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let body = request_body(call.upstream_model, call.input, call.callback_url);
-        let generation = self
-            .upstream
-            .json(self.authorized(Method::POST, GENERATIONS_PATH).json(&body))
-            .await?;
-        let id = generation["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "luma: the answer has no id",
-            )
-        })?;
-        Ok(Submitted::Pending {
-            upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_after(call),
-        })
+        let request = self.upstream.authorized(Method::POST, GENERATIONS_PATH);
+        let generation = self.upstream.json(request.json(&body)).await?;
+        let id = self.upstream.answer_id(&generation, "id")?;
+        Ok(self.upstream.submitted(call, id, None))
     }
 
     async fn poll(
@@ -74,18 +64,10 @@ impl MediaProvider for Luma {
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
         let path = format!("{GENERATIONS_PATH}/{upstream_id}");
-        let generation = self
-            .upstream
-            .json(self.authorized(Method::GET, &path))
-            .await?;
-        Ok(match outcome(upstream_id, &generation)? {
-            Some(outputs) => Polled::Done { outputs },
-            // Generations report no progress figure.
-            None => Polled::Pending {
-                progress: None,
-                poll_after: self.upstream.poll_after(call),
-            },
-        })
+        let generation = self.upstream.get_json(&path).await?;
+        // Generations report no progress figure.
+        let outputs = outcome(upstream_id, &generation)?;
+        Ok(self.upstream.polled(call, outputs, None))
     }
 
     async fn cancel(
@@ -95,17 +77,9 @@ impl MediaProvider for Luma {
     ) -> Result<(), ProviderError> {
         let path = format!("{GENERATIONS_PATH}/{upstream_id}");
         self.upstream
-            .send(self.authorized(Method::DELETE, &path))
+            .send(self.upstream.authorized(Method::DELETE, &path))
             .await
             .map(drop)
-    }
-}
-
-impl Luma {
-    fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
-        self.upstream
-            .request(method, &self.upstream.url(path))
-            .bearer_auth(self.upstream.key())
     }
 }
 
@@ -160,23 +134,20 @@ fn failure(reason: &str) -> ProviderError {
 
 /// Our input in Luma's words: `duration` as "5s", the starting image as keyframe
 /// `frame0`.
-fn request_body(model: &str, input: &Value, callback_url: Option<&str>) -> Value {
+fn request_body(model: &str, input: &JobInput, callback_url: Option<&str>) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("prompt".into(), input["prompt"].clone());
-    if let Some(resolution) = input.get("resolution").filter(|v| !v.is_null()) {
-        body.insert("resolution".into(), resolution.clone());
+    body.insert("prompt".into(), json!(input.prompt));
+    if let Some(resolution) = &input.resolution {
+        body.insert("resolution".into(), json!(resolution));
     }
-    if let Some(seconds) = input["duration"].as_u64() {
+    if let Some(seconds) = input.duration {
         body.insert("duration".into(), json!(format!("{seconds}s")));
     }
-    if let Some(ratio) = input.get("aspect_ratio").filter(|v| !v.is_null()) {
-        body.insert("aspect_ratio".into(), ratio.clone());
+    if let Some(ratio) = &input.aspect_ratio {
+        body.insert("aspect_ratio".into(), json!(ratio));
     }
-    let image = input["image"]
-        .as_str()
-        .or_else(|| input.pointer("/reference_images/0").and_then(Value::as_str));
-    if let Some(url) = image {
+    if let Some(url) = input.first_image() {
         body.insert(
             "keyframes".into(),
             json!({"frame0": {"type": "image", "url": url}}),
@@ -191,13 +162,14 @@ fn request_body(model: &str, input: &Value, callback_url: Option<&str>) -> Value
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_luma_fields() {
         let body = request_body(
             "ray-2",
-            &json!({"prompt": "p", "duration": 9, "resolution": "720p",
-                "aspect_ratio": "9:16", "image": "https://a/1.png"}),
+            &typed(json!({"prompt": "p", "duration": 9, "resolution": "720p",
+                "aspect_ratio": "9:16", "image": "https://a/1.png"})),
             Some("https://gw/cb"),
         );
         assert_eq!(
@@ -208,7 +180,7 @@ mod tests {
                 "callback_url": "https://gw/cb"})
         );
         assert_eq!(
-            request_body("ray-2", &json!({"prompt": "p"}), None),
+            request_body("ray-2", &typed(json!({"prompt": "p"})), None),
             json!({"model": "ray-2", "prompt": "p"})
         );
     }

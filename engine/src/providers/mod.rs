@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::ErrorCode;
 use crate::config::JobsConfig;
+use crate::jobs::input::JobInput;
 
 /// Everything an adapter may know about the job it works for. Credentials stay inside
 /// the adapter; nothing here is secret.
@@ -32,7 +33,7 @@ pub struct ProviderCall<'a> {
     pub job_id: &'a str,
     /// The model name at this upstream.
     pub upstream_model: &'a str,
-    pub input: &'a Value,
+    pub input: &'a JobInput,
     /// Retryable upstream failures this job has had so far.
     pub retries: u32,
     /// When the current submission was made (Unix ms).
@@ -437,6 +438,24 @@ pub struct ProviderSettings {
     /// The secret the upstream signs its callbacks with, for providers where the operator
     /// sets it in the provider's console (OpenRouter).
     pub webhook_secret: Option<String>,
+}
+
+#[cfg(test)]
+impl ProviderSettings {
+    /// Settings for an adapter's unit tests: a key `k3y`, short waits.
+    pub(crate) fn for_tests(base_url: &str) -> ProviderSettings {
+        ProviderSettings {
+            api: None,
+            base_url: base_url.to_owned(),
+            api_key: Some("k3y".into()),
+            enabled: true,
+            timeout: Duration::from_secs(2),
+            max_concurrency: 1,
+            poll_interval: Duration::from_secs(1),
+            callback_poll_interval: Duration::from_secs(30),
+            webhook_secret: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for ProviderSettings {

@@ -13,15 +13,16 @@
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::{Method, Response};
 use serde_json::{Map, Value, json};
 
-use super::http::{Upstream, inline_locator, inline_media, still_running};
+use super::http::{Upstream, inline_locator, inline_media, put, still_running};
 use super::{
     ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
     Submitted, UpstreamOutput,
 };
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 /// The longest pause between polls an `openai-poll-after-ms` hint may ask for.
@@ -60,7 +61,7 @@ impl MediaProvider for OpenAi {
                 outputs,
             });
         }
-        let request = self.authorized(Method::POST, "/v1/videos");
+        let request = self.upstream.authorized(Method::POST, "/v1/videos");
         let request = match video_request(call.upstream_model, call.input) {
             VideoRequest::Form(fields) => {
                 let (content_type, body) = multipart(&fields);
@@ -101,7 +102,9 @@ impl MediaProvider for OpenAi {
             let (_, outputs) = self.generate_images(call).await?;
             return Ok(Polled::Done { outputs });
         }
-        let request = self.authorized(Method::GET, &format!("/v1/videos/{upstream_id}"));
+        let request = self
+            .upstream
+            .authorized(Method::GET, &format!("/v1/videos/{upstream_id}"));
         let response = self.upstream.send(request).await?;
         let poll_after = self.poll_after(call, response.headers());
         let video = self.read_json(response).await?;
@@ -118,7 +121,7 @@ impl MediaProvider for OpenAi {
         if !makes_video(call.upstream_model) {
             return inline_media(OpenAi::NAME, &output.locator);
         }
-        let request = self.authorized(
+        let request = self.upstream.authorized(
             Method::GET,
             &format!("/v1/videos/{}/content", output.locator),
         );
@@ -127,12 +130,6 @@ impl MediaProvider for OpenAi {
 }
 
 impl OpenAi {
-    fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
-        self.upstream
-            .request(method, &self.upstream.url(path))
-            .bearer_auth(self.upstream.key())
-    }
-
     /// One synchronous image call: the upstream's request id (our record of the call) and
     /// the images, carried inline to `fetch`.
     async fn generate_images(
@@ -142,7 +139,7 @@ impl OpenAi {
         let (path, body) = image_request(call.upstream_model, call.input);
         let response = self
             .upstream
-            .send(self.authorized(Method::POST, path).json(&body))
+            .send(self.upstream.authorized(Method::POST, path).json(&body))
             .await?;
         let request_id = response
             .headers()
@@ -244,24 +241,18 @@ enum VideoRequest {
 
 /// Our input in `/v1/videos` words: `seconds` as a string, `size` from resolution and
 /// aspect ratio.
-fn video_request(model: &str, input: &Value) -> VideoRequest {
+fn video_request(model: &str, input: &JobInput) -> VideoRequest {
     let mut fields = vec![
-        (
-            "prompt",
-            input["prompt"].as_str().unwrap_or_default().to_owned(),
-        ),
+        ("prompt", input.prompt.clone()),
         ("model", model.to_owned()),
     ];
-    if let Some(seconds) = input["duration"].as_u64() {
+    if let Some(seconds) = input.duration {
         fields.push(("seconds", seconds.to_string()));
     }
     if let Some(size) = video_size(input) {
         fields.push(("size", size.to_owned()));
     }
-    let image = input["image"]
-        .as_str()
-        .or_else(|| input.pointer("/reference_images/0").and_then(Value::as_str));
-    match image {
+    match input.first_image() {
         None => VideoRequest::Form(fields),
         Some(url) => {
             let mut body: Map<String, Value> = fields
@@ -275,9 +266,9 @@ fn video_request(model: &str, input: &Value) -> VideoRequest {
 }
 
 /// Sora's sizes: 720p in both orientations, and the larger "1080p" class of Sora 2 Pro.
-fn video_size(input: &Value) -> Option<&'static str> {
-    let resolution = input["resolution"].as_str();
-    let aspect = input["aspect_ratio"].as_str();
+fn video_size(input: &JobInput) -> Option<&'static str> {
+    let resolution = input.resolution.as_deref();
+    let aspect = input.aspect_ratio.as_deref();
     if resolution.is_none() && aspect.is_none() {
         return None;
     }
@@ -305,26 +296,18 @@ fn multipart(fields: &[(&str, String)]) -> (String, String) {
 
 /// Our input in Images API words: the endpoint (edits when there are reference images)
 /// and its JSON body.
-fn image_request(model: &str, input: &Value) -> (&'static str, Value) {
+fn image_request(model: &str, input: &JobInput) -> (&'static str, Value) {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("prompt".into(), input["prompt"].clone());
-    if let Some(n) = input["n"].as_u64() {
-        body.insert("n".into(), json!(n));
-    }
-    if let Some(size) = input["aspect_ratio"].as_str().and_then(image_size) {
-        body.insert("size".into(), json!(size));
-    }
-    let images: Vec<Value> = input["image"]
-        .as_str()
-        .into_iter()
-        .chain(
-            input["reference_images"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str),
-        )
+    body.insert("prompt".into(), json!(input.prompt));
+    put(&mut body, "n", input.n);
+    put(
+        &mut body,
+        "size",
+        input.aspect_ratio.as_deref().and_then(image_size),
+    );
+    let images: Vec<Value> = input
+        .images()
         .map(|url| json!({"image_url": url}))
         .collect();
     if images.is_empty() {
@@ -377,6 +360,7 @@ fn is_moderation_code(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     fn form(request: VideoRequest) -> Vec<(&'static str, String)> {
         match request {
@@ -387,8 +371,8 @@ mod tests {
 
     #[test]
     fn video_input_maps_to_form_fields() {
-        let input = json!({"prompt": "p", "duration": 8, "resolution": "720p",
-            "aspect_ratio": "9:16"});
+        let input = typed(json!({"prompt": "p", "duration": 8, "resolution": "720p",
+            "aspect_ratio": "9:16"}));
         assert_eq!(
             form(video_request("sora-2", &input)),
             [
@@ -398,17 +382,17 @@ mod tests {
                 ("size", "720x1280".to_owned())
             ]
         );
-        let input = json!({"prompt": "p", "resolution": "1080p"});
+        let input = typed(json!({"prompt": "p", "resolution": "1080p"}));
         assert_eq!(form(video_request("sora-2-pro", &input))[2].1, "1792x1024");
         assert_eq!(
-            form(video_request("sora-2", &json!({"prompt": "p"}))).len(),
+            form(video_request("sora-2", &typed(json!({"prompt": "p"})))).len(),
             2
         );
     }
 
     #[test]
     fn an_image_makes_the_video_request_json() {
-        let input = json!({"prompt": "p", "duration": 4, "image": "https://a/1.png"});
+        let input = typed(json!({"prompt": "p", "duration": 4, "image": "https://a/1.png"}));
         let VideoRequest::Json(body) = video_request("sora-2", &input) else {
             panic!("expected JSON");
         };
@@ -440,7 +424,7 @@ mod tests {
     fn image_input_maps_to_generations_or_edits() {
         let (path, body) = image_request(
             "gpt-image-1",
-            &json!({"prompt": "p", "aspect_ratio": "3:2", "n": 2}),
+            &typed(json!({"prompt": "p", "aspect_ratio": "3:2", "n": 2})),
         );
         assert_eq!(path, "/v1/images/generations");
         assert_eq!(
@@ -449,7 +433,9 @@ mod tests {
         );
         let (path, body) = image_request(
             "gpt-image-1",
-            &json!({"prompt": "p", "reference_images": ["https://a/1.png", "https://a/2.png"]}),
+            &typed(
+                json!({"prompt": "p", "reference_images": ["https://a/1.png", "https://a/2.png"]}),
+            ),
         );
         assert_eq!(path, "/v1/images/edits");
         assert_eq!(

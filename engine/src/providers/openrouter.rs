@@ -19,12 +19,13 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
-use super::http::{Upstream, still_running};
+use super::http::{Upstream, put, still_running};
 use super::{
     CallbackRefused, ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError,
     ProviderSettings, Submitted, UpstreamOutput,
 };
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 /// Where every job's videos stream from, under the base URL.
@@ -89,11 +90,9 @@ impl MediaProvider for OpenRouter {
     }
 
     async fn submit(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
-        let url = self.upstream.url(VIDEOS_PATH);
         let request = self
             .upstream
-            .request(Method::POST, &url)
-            .bearer_auth(self.upstream.key())
+            .authorized(Method::POST, VIDEOS_PATH)
             .json(&request_body(
                 call.upstream_model,
                 call.input,
@@ -104,17 +103,8 @@ impl MediaProvider for OpenRouter {
             .json(request)
             .await
             .map_err(refusal_from_forbidden)?;
-        let id = answer["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "openrouter: the answer has no id",
-            )
-        })?;
-        Ok(Submitted::Pending {
-            upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_after(call),
-        })
+        let id = self.upstream.answer_id(&answer, "id")?;
+        Ok(self.upstream.submitted(call, id, None))
     }
 
     async fn poll(
@@ -122,12 +112,8 @@ impl MediaProvider for OpenRouter {
         call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
-        let url = self.upstream.url(&format!("{VIDEOS_PATH}/{upstream_id}"));
-        let request = self
-            .upstream
-            .request(Method::GET, &url)
-            .bearer_auth(self.upstream.key());
-        let answer = self.upstream.json(request).await?;
+        let path = format!("{VIDEOS_PATH}/{upstream_id}");
+        let answer = self.upstream.get_json(&path).await?;
         let polled = outcome(upstream_id, &answer).map_err(|mut e| {
             e.message = self.upstream.redact(&e.message);
             e
@@ -142,14 +128,8 @@ impl MediaProvider for OpenRouter {
                 "upstream reported cost"
             );
         }
-        Ok(match polled {
-            Some(outputs) => Polled::Done { outputs },
-            // The API reports no progress figure.
-            None => Polled::Pending {
-                progress: None,
-                poll_after: self.upstream.poll_after(call),
-            },
-        })
+        // The API reports no progress figure.
+        Ok(self.upstream.polled(call, polled, None))
     }
 
     /// Streams one video through OpenRouter's authenticated content endpoint.
@@ -169,11 +149,7 @@ impl MediaProvider for OpenRouter {
                 ),
             ));
         }
-        let url = self.upstream.url(&output.locator);
-        let request = self
-            .upstream
-            .request(Method::GET, &url)
-            .bearer_auth(self.upstream.key());
+        let request = self.upstream.authorized(Method::GET, &output.locator);
         self.upstream.download(request, "video/mp4").await
     }
 }
@@ -289,37 +265,25 @@ fn refusal_from_forbidden(e: ProviderError) -> ProviderError {
 
 /// Our input in OpenRouter's words: the same field names; `image` is the first frame and
 /// `reference_images` are references.
-fn request_body(model: &str, input: &Value, callback_url: Option<&str>) -> Value {
+fn request_body(model: &str, input: &JobInput, callback_url: Option<&str>) -> Value {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("prompt".into(), input["prompt"].clone());
-    if let Some(url) = callback_url {
-        body.insert("callback_url".into(), json!(url));
-    }
-    for field in [
-        "duration",
-        "resolution",
-        "aspect_ratio",
-        "size",
-        "seed",
-        "generate_audio",
-    ] {
-        if let Some(v) = input.get(field).filter(|v| !v.is_null()) {
-            body.insert(field.into(), v.clone());
-        }
-    }
+    body.insert("prompt".into(), json!(input.prompt));
+    put(&mut body, "callback_url", callback_url);
+    put(&mut body, "duration", input.duration);
+    put(&mut body, "resolution", input.resolution.as_ref());
+    put(&mut body, "aspect_ratio", input.aspect_ratio.as_ref());
+    put(&mut body, "size", input.size.map(|s| s.to_string()));
+    put(&mut body, "seed", input.seed);
+    put(&mut body, "generate_audio", input.generate_audio);
     let image_url = |url: &str| json!({"type": "image_url", "image_url": {"url": url}});
-    if let Some(first) = input["image"].as_str() {
+    if let Some(first) = &input.image {
         let mut frame = image_url(first);
         frame["frame_type"] = json!("first_frame");
         body.insert("frame_images".into(), json!([frame]));
     }
-    if let Some(references) = input["reference_images"].as_array() {
-        let references: Vec<Value> = references
-            .iter()
-            .filter_map(Value::as_str)
-            .map(image_url)
-            .collect();
+    if input.reference_images.is_some() {
+        let references: Vec<Value> = input.references().map(image_url).collect();
         body.insert("input_references".into(), json!(references));
     }
     Value::Object(body)
@@ -328,12 +292,13 @@ fn request_body(model: &str, input: &Value, callback_url: Option<&str>) -> Value
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_openrouter_fields() {
-        let input = json!({"prompt": "p", "duration": 8, "resolution": "720p",
+        let input = typed(json!({"prompt": "p", "duration": 8, "resolution": "720p",
             "aspect_ratio": "9:16", "generate_audio": true, "seed": 5,
-            "image": "https://a/start.png", "reference_images": ["https://a/r.png"]});
+            "image": "https://a/start.png", "reference_images": ["https://a/r.png"]}));
         assert_eq!(
             request_body("google/veo-3.1", &input, None),
             json!({"model": "google/veo-3.1", "prompt": "p", "duration": 8,
@@ -346,7 +311,7 @@ mod tests {
         assert_eq!(
             request_body(
                 "openai/sora-2",
-                &json!({"prompt": "p"}),
+                &typed(json!({"prompt": "p"})),
                 Some("https://gw/cb")
             ),
             json!({"model": "openai/sora-2", "prompt": "p", "callback_url": "https://gw/cb"})

@@ -18,14 +18,14 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use super::http::{Upstream, still_running};
+use super::http::{Upstream, put, still_running};
 use super::{
     CallbackRefused, ErrorClass, MediaProvider, Polled, ProviderCall, ProviderError,
     ProviderSettings, Submitted, UpstreamOutput,
 };
 use crate::ErrorCode;
-use crate::catalog::parse_size;
 use crate::ids::now_ms;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 use crate::webhooks::signature::{self, DEFAULT_TOLERANCE_SECS, Secret};
 
@@ -79,33 +79,14 @@ impl MediaProvider for Replicate {
             body["webhook"] = json!(url);
             body["webhook_events_filter"] = json!(["completed"]);
         }
-        let url = self.upstream.url(&path);
-        let mut request = self
-            .upstream
-            .request(Method::POST, &url)
-            .bearer_auth(self.upstream.key())
-            .json(&body);
+        let mut request = self.upstream.authorized(Method::POST, &path).json(&body);
         if let Some(secs) = self.wait_secs {
             request = request.header("Prefer", format!("wait={secs}"));
         }
         let prediction = self.upstream.json(request).await?;
-        let id = prediction["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "replicate: the answer has no id",
-            )
-        })?;
-        match outcome(&prediction).map_err(|e| self.redacted(e))? {
-            Some(outputs) => Ok(Submitted::Done {
-                upstream_id: id.to_owned(),
-                outputs,
-            }),
-            None => Ok(Submitted::Pending {
-                upstream_id: id.to_owned(),
-                poll_after: self.upstream.poll_after(call),
-            }),
-        }
+        let id = self.upstream.answer_id(&prediction, "id")?;
+        let outputs = outcome(&prediction).map_err(|e| self.redacted(e))?;
+        Ok(self.upstream.submitted(call, id, outputs))
     }
 
     async fn poll(
@@ -113,20 +94,11 @@ impl MediaProvider for Replicate {
         call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
-        let url = self.upstream.url(&format!("/v1/predictions/{upstream_id}"));
-        let request = self
-            .upstream
-            .request(Method::GET, &url)
-            .bearer_auth(self.upstream.key());
-        let prediction = self.upstream.json(request).await?;
-        match outcome(&prediction).map_err(|e| self.redacted(e))? {
-            Some(outputs) => Ok(Polled::Done { outputs }),
-            // Replicate reports no progress figure, only log lines.
-            None => Ok(Polled::Pending {
-                progress: None,
-                poll_after: self.upstream.poll_after(call),
-            }),
-        }
+        let path = format!("/v1/predictions/{upstream_id}");
+        let prediction = self.upstream.get_json(&path).await?;
+        let outputs = outcome(&prediction).map_err(|e| self.redacted(e))?;
+        // Replicate reports no progress figure, only log lines.
+        Ok(self.upstream.polled(call, outputs, None))
     }
 
     async fn cancel(
@@ -134,13 +106,8 @@ impl MediaProvider for Replicate {
         _call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<(), ProviderError> {
-        let url = self
-            .upstream
-            .url(&format!("/v1/predictions/{upstream_id}/cancel"));
-        let request = self
-            .upstream
-            .request(Method::POST, &url)
-            .bearer_auth(self.upstream.key());
+        let path = format!("/v1/predictions/{upstream_id}/cancel");
+        let request = self.upstream.authorized(Method::POST, &path);
         self.upstream.send(request).await.map(drop)
     }
 
@@ -188,15 +155,11 @@ impl Replicate {
         {
             return Ok(secret.clone());
         }
-        let url = self.upstream.url("/v1/webhooks/default/secret");
-        let request = self
+        let answer = self
             .upstream
-            .request(Method::GET, &url)
-            .bearer_auth(self.upstream.key());
-        let answer =
-            self.upstream.json(request).await.map_err(|e| {
-                CallbackRefused(format!("replicate: fetching the webhook secret: {e}"))
-            })?;
+            .get_json("/v1/webhooks/default/secret")
+            .await
+            .map_err(|e| CallbackRefused(format!("replicate: fetching the webhook secret: {e}")))?;
         let secret = answer["key"]
             .as_str()
             .ok_or("replicate: the webhook secret answer has no key")
@@ -325,57 +288,36 @@ fn image_inputs(model: &str) -> ImageInputs {
 
 /// Our input in Replicate's words. Most models there take our field names; a free size is
 /// `aspect_ratio: "custom"` plus width and height for FLUX, `size: "WxH"` elsewhere.
-fn request_input(model: &str, input: &Value) -> Value {
+fn request_input(model: &str, input: &JobInput) -> Value {
     let mut out = Map::new();
-    out.insert("prompt".into(), input["prompt"].clone());
-    for field in [
-        "seed",
-        "duration",
-        "resolution",
-        "aspect_ratio",
-        "generate_audio",
-    ] {
-        if let Some(v) = input.get(field).filter(|v| !v.is_null()) {
-            out.insert(field.into(), v.clone());
-        }
-    }
-    if let Some(n) = input.get("n").filter(|v| !v.is_null()) {
-        out.insert("num_outputs".into(), n.clone());
-    }
-    if let Some((w, h)) = input["size"].as_str().and_then(parse_size) {
+    out.insert("prompt".into(), json!(input.prompt));
+    put(&mut out, "seed", input.seed);
+    put(&mut out, "duration", input.duration);
+    put(&mut out, "resolution", input.resolution.as_ref());
+    put(&mut out, "aspect_ratio", input.aspect_ratio.as_ref());
+    put(&mut out, "generate_audio", input.generate_audio);
+    put(&mut out, "num_outputs", input.n);
+    if let Some(size) = input.size {
         if model.starts_with("black-forest-labs/") {
             out.insert("aspect_ratio".into(), json!("custom"));
-            out.insert("width".into(), json!(w));
-            out.insert("height".into(), json!(h));
+            out.insert("width".into(), json!(size.width));
+            out.insert("height".into(), json!(size.height));
         } else {
-            out.insert("size".into(), json!(format!("{w}x{h}")));
+            out.insert("size".into(), json!(size.to_string()));
         }
     }
-    let images: Vec<&str> = input["image"]
-        .as_str()
-        .into_iter()
-        .chain(
-            input["reference_images"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str),
-        )
-        .collect();
     match image_inputs(model) {
         ImageInputs::Ours => {
-            for field in ["image", "reference_images"] {
-                if let Some(v) = input.get(field).filter(|v| !v.is_null()) {
-                    out.insert(field.into(), v.clone());
-                }
-            }
+            put(&mut out, "image", input.image.as_ref());
+            put(
+                &mut out,
+                "reference_images",
+                input.reference_images.as_ref(),
+            );
         }
-        ImageInputs::FirstAs(field) => {
-            if let Some(first) = images.first() {
-                out.insert(field.into(), json!(first));
-            }
-        }
+        ImageInputs::FirstAs(field) => put(&mut out, field, input.first_image()),
         ImageInputs::AllAs(field) => {
+            let images: Vec<&str> = input.images().collect();
             if !images.is_empty() {
                 out.insert(field.into(), json!(images));
             }
@@ -387,19 +329,20 @@ fn request_input(model: &str, input: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_replicate_fields() {
-        let input = json!({"prompt": "p", "duration": 8, "resolution": "1080p",
+        let input = typed(json!({"prompt": "p", "duration": 8, "resolution": "1080p",
             "aspect_ratio": "16:9", "generate_audio": true, "seed": 3,
-            "image": "https://a/start.png", "reference_images": ["https://a/r.png"]});
+            "image": "https://a/start.png", "reference_images": ["https://a/r.png"]}));
         assert_eq!(
             request_input("google/veo-3.1", &input),
             json!({"prompt": "p", "duration": 8, "resolution": "1080p",
                 "aspect_ratio": "16:9", "generate_audio": true, "seed": 3,
                 "image": "https://a/start.png", "reference_images": ["https://a/r.png"]})
         );
-        let input = json!({"prompt": "p", "size": "512x768", "image": "https://a/1.png"});
+        let input = typed(json!({"prompt": "p", "size": "512x768", "image": "https://a/1.png"}));
         assert_eq!(
             request_input("black-forest-labs/flux-1.1-pro", &input),
             json!({"prompt": "p", "aspect_ratio": "custom", "width": 512, "height": 768,
@@ -408,11 +351,13 @@ mod tests {
         assert_eq!(
             request_input(
                 "recraft-ai/recraft-v3",
-                &json!({"prompt": "p", "size": "1024x1024"})
+                &typed(json!({"prompt": "p", "size": "1024x1024"}))
             ),
             json!({"prompt": "p", "size": "1024x1024"})
         );
-        let input = json!({"prompt": "p", "n": 2, "reference_images": ["https://a/1.png", "https://a/2.png"]});
+        let input = typed(
+            json!({"prompt": "p", "n": 2, "reference_images": ["https://a/1.png", "https://a/2.png"]}),
+        );
         assert_eq!(
             request_input("google/nano-banana", &input),
             json!({"prompt": "p", "num_outputs": 2,

@@ -15,6 +15,7 @@ use super::{
     UpstreamOutput,
 };
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::SetupError;
 
 /// The API version these requests and answers follow.
@@ -48,17 +49,8 @@ impl MediaProvider for Runway {
             .upstream
             .json(self.authorized(Method::POST, path).json(&body))
             .await?;
-        let id = answer["id"].as_str().ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Retryable,
-                ErrorCode::UpstreamError,
-                "runway: the answer has no id",
-            )
-        })?;
-        Ok(Submitted::Pending {
-            upstream_id: id.to_owned(),
-            poll_after: self.upstream.poll_after(call),
-        })
+        let id = self.upstream.answer_id(&answer, "id")?;
+        Ok(self.upstream.submitted(call, id, None))
     }
 
     async fn poll(
@@ -69,10 +61,7 @@ impl MediaProvider for Runway {
         let request = self.authorized(Method::GET, &format!("/v1/tasks/{upstream_id}"));
         let task = self.upstream.json(request).await?;
         task_state(&task, upstream_id).map(|state| match state {
-            TaskState::Pending { progress } => Polled::Pending {
-                progress,
-                poll_after: self.upstream.poll_after(call),
-            },
+            TaskState::Pending { progress } => self.upstream.polled(call, None, progress),
             TaskState::Done { outputs } => Polled::Done { outputs },
         })
     }
@@ -90,8 +79,7 @@ impl MediaProvider for Runway {
 impl Runway {
     fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
         self.upstream
-            .request(method, &self.upstream.url(path))
-            .bearer_auth(self.upstream.key())
+            .authorized(method, path)
             .header("X-Runway-Version", API_VERSION)
     }
 }
@@ -161,23 +149,20 @@ fn task_state(task: &Value, id: &str) -> Result<TaskState, ProviderError> {
 
 /// Our input in Runway's words: the endpoint (image to video when there is an image),
 /// `promptText`, `promptImage`, `ratio` in pixels, `duration`, `seed`.
-fn task_request(model: &str, input: &Value) -> (&'static str, Value) {
+fn task_request(model: &str, input: &JobInput) -> (&'static str, Value) {
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("promptText".into(), input["prompt"].clone());
-    if let Some(ratio) = input["aspect_ratio"].as_str().and_then(ratio) {
+    body.insert("promptText".into(), json!(input.prompt));
+    if let Some(ratio) = input.aspect_ratio.as_deref().and_then(ratio) {
         body.insert("ratio".into(), json!(ratio));
     }
-    if let Some(duration) = input.get("duration").filter(|v| !v.is_null()) {
-        body.insert("duration".into(), duration.clone());
+    if let Some(duration) = input.duration {
+        body.insert("duration".into(), json!(duration));
     }
-    if let Some(seed) = input.get("seed").filter(|v| !v.is_null()) {
-        body.insert("seed".into(), seed.clone());
+    if let Some(seed) = input.seed {
+        body.insert("seed".into(), json!(seed));
     }
-    let image = input["image"]
-        .as_str()
-        .or_else(|| input.pointer("/reference_images/0").and_then(Value::as_str));
-    match image {
+    match input.first_image() {
         Some(url) => {
             body.insert("promptImage".into(), json!(url));
             ("/v1/image_to_video", Value::Object(body))
@@ -201,12 +186,13 @@ fn ratio(aspect_ratio: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_runway_fields() {
         let (path, body) = task_request(
             "gen4.5",
-            &json!({"prompt": "p", "duration": 5, "aspect_ratio": "9:16", "seed": 3}),
+            &typed(json!({"prompt": "p", "duration": 5, "aspect_ratio": "9:16", "seed": 3})),
         );
         assert_eq!(path, "/v1/text_to_video");
         assert_eq!(
@@ -216,7 +202,7 @@ mod tests {
         );
         let (path, body) = task_request(
             "gen4_turbo",
-            &json!({"prompt": "p", "image": "https://a/1.png", "aspect_ratio": "1:1"}),
+            &typed(json!({"prompt": "p", "image": "https://a/1.png", "aspect_ratio": "1:1"})),
         );
         assert_eq!(path, "/v1/image_to_video");
         assert_eq!(

@@ -6,9 +6,11 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{Blob, Google, reference_urls};
+use super::{Blob, Google};
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::http::inline_locator;
+use crate::providers::http::put;
 use crate::providers::{ErrorClass, ProviderCall, ProviderError, UpstreamOutput};
 
 impl Google {
@@ -18,19 +20,12 @@ impl Google {
         call: &ProviderCall<'_>,
     ) -> Result<(String, Vec<UpstreamOutput>), ProviderError> {
         let model = call.upstream_model;
-        let images = self
-            .input_images(
-                call.input["image"]
-                    .as_str()
-                    .into_iter()
-                    .chain(reference_urls(call.input)),
-            )
-            .await?;
+        let images = self.input_images(call.input.images()).await?;
         let path = format!("/v1beta/models/{model}:generateContent");
         let body = gemini_request(call.input, images);
         let answer = self
             .upstream
-            .json(self.authorized(Method::POST, &path).json(&body))
+            .json(self.upstream.authorized(Method::POST, &path).json(&body))
             .await?;
         let outputs = gemini_outputs(&answer)?;
         let upstream_id = answer["responseId"]
@@ -42,8 +37,8 @@ impl Google {
 
 /// Our input in `generateContent` words: the prompt and input images as parts, an image
 /// as the only answer, in the requested aspect ratio.
-fn gemini_request(input: &Value, images: Vec<Blob>) -> Value {
-    let mut parts = vec![json!({"text": input["prompt"]})];
+fn gemini_request(input: &JobInput, images: Vec<Blob>) -> Value {
+    let mut parts = vec![json!({"text": input.prompt})];
     parts.extend(
         images.into_iter().map(
             |image| json!({"inlineData": {"mimeType": image.mime_type, "data": image.base64}}),
@@ -51,9 +46,14 @@ fn gemini_request(input: &Value, images: Vec<Blob>) -> Value {
     );
     let mut config = Map::new();
     config.insert("responseModalities".into(), json!(["IMAGE"]));
-    if let Some(ratio) = input.get("aspect_ratio").filter(|v| !v.is_null()) {
-        config.insert("imageConfig".into(), json!({"aspectRatio": ratio}));
-    }
+    put(
+        &mut config,
+        "imageConfig",
+        input
+            .aspect_ratio
+            .as_ref()
+            .map(|ratio| json!({"aspectRatio": ratio})),
+    );
     json!({"contents": [{"role": "user", "parts": parts}], "generationConfig": config})
 }
 
@@ -118,6 +118,7 @@ fn gemini_outputs(answer: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
 mod tests {
     use super::super::blob;
     use super::*;
+    use crate::jobs::input::typed;
     use crate::providers::MediaProvider;
     use crate::providers::http::inline_media;
 
@@ -125,7 +126,7 @@ mod tests {
     fn input_maps_to_generate_content_fields() {
         assert_eq!(
             gemini_request(
-                &json!({"prompt": "p", "aspect_ratio": "3:2"}),
+                &typed(json!({"prompt": "p", "aspect_ratio": "3:2"})),
                 vec![blob("AAA")]
             ),
             json!({"contents": [{"role": "user", "parts": [{"text": "p"},

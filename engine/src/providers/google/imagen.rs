@@ -8,7 +8,9 @@ use serde_json::{Map, Value, json};
 
 use super::Google;
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
 use crate::providers::http::inline_locator;
+use crate::providers::http::put;
 use crate::providers::{ErrorClass, ProviderCall, ProviderError, UpstreamOutput};
 
 impl Google {
@@ -22,7 +24,7 @@ impl Google {
         let body = imagen_request(call.input);
         let answer = self
             .upstream
-            .json(self.authorized(Method::POST, &path).json(&body))
+            .json(self.upstream.authorized(Method::POST, &path).json(&body))
             .await?;
         // `:predict` answers carry no id of their own.
         Ok((format!("imagen-{}", call.job_id), imagen_outputs(&answer)?))
@@ -30,17 +32,12 @@ impl Google {
 }
 
 /// Our input in Imagen's words; filtered images come back with their reason.
-fn imagen_request(input: &Value) -> Value {
+fn imagen_request(input: &JobInput) -> Value {
     let mut parameters = Map::new();
-    parameters.insert(
-        "sampleCount".into(),
-        json!(input["n"].as_u64().unwrap_or(1)),
-    );
-    if let Some(ratio) = input.get("aspect_ratio").filter(|v| !v.is_null()) {
-        parameters.insert("aspectRatio".into(), ratio.clone());
-    }
+    parameters.insert("sampleCount".into(), json!(input.n.unwrap_or(1)));
+    put(&mut parameters, "aspectRatio", input.aspect_ratio.as_ref());
     parameters.insert("includeRaiReason".into(), json!(true));
-    json!({"instances": [{"prompt": input["prompt"]}], "parameters": parameters})
+    json!({"instances": [{"prompt": input.prompt}], "parameters": parameters})
 }
 
 fn imagen_outputs(answer: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> {
@@ -86,13 +83,16 @@ fn imagen_outputs(answer: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::typed;
     use crate::providers::MediaProvider;
     use crate::providers::http::inline_media;
 
     #[test]
     fn input_maps_to_imagen_fields() {
         assert_eq!(
-            imagen_request(&json!({"prompt": "p", "aspect_ratio": "4:3", "n": 2, "seed": 1})),
+            imagen_request(&typed(
+                json!({"prompt": "p", "aspect_ratio": "4:3", "n": 2, "seed": 1})
+            )),
             json!({"instances": [{"prompt": "p"}], "parameters": {"sampleCount": 2,
                 "aspectRatio": "4:3", "includeRaiReason": true}})
         );

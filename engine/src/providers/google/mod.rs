@@ -12,10 +12,9 @@ mod veo;
 
 use base64::Engine as _;
 use reqwest::header::CONTENT_TYPE;
-use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 
-use super::http::{Upstream, inline_media};
+use super::http::{Auth, Upstream, inline_media};
 use super::{
     ErrorClass, Media, MediaProvider, Polled, ProviderCall, ProviderError, ProviderSettings,
     Submitted, UpstreamOutput,
@@ -71,7 +70,9 @@ impl MediaProvider for Google {
 
     fn from_settings(settings: &ProviderSettings) -> Result<Google, SetupError> {
         Ok(Google {
-            upstream: Upstream::new(Google::NAME, settings)?.reading_errors(read_error),
+            upstream: Upstream::new(Google::NAME, settings)?
+                .with_auth(Auth::Header(KEY_HEADER))
+                .reading_errors(read_error),
             image_client: egress::delivery_client(AllowList::default(), settings.timeout)?,
         })
     }
@@ -124,12 +125,6 @@ impl MediaProvider for Google {
 }
 
 impl Google {
-    fn authorized(&self, method: Method, path: &str) -> RequestBuilder {
-        self.upstream
-            .request(method, &self.upstream.url(path))
-            .header(KEY_HEADER, self.upstream.key())
-    }
-
     /// One synchronous image call: an id for it and the images, carried inline to `fetch`.
     async fn generate_images(
         &self,
@@ -202,14 +197,6 @@ impl Google {
     }
 }
 
-fn reference_urls(input: &Value) -> impl Iterator<Item = &str> {
-    input["reference_images"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-}
-
 /// Errors are google.rpc.Status with typed `details`. A key Google refuses is a 400 with
 /// an ErrorInfo reason `API_KEY_INVALID` (or another `API_KEY_*`): about our key, not the
 /// input. A 429 gives its wait as RetryInfo's `retryDelay` ("17s"), not as `Retry-After`.
@@ -264,17 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn input_images_on_private_networks_are_refused() {
-        let settings = ProviderSettings {
-            api: None,
-            base_url: "https://generativelanguage.googleapis.com".into(),
-            api_key: Some("k".into()),
-            enabled: true,
-            timeout: Duration::from_secs(2),
-            max_concurrency: 1,
-            poll_interval: Duration::from_secs(1),
-            callback_poll_interval: Duration::from_secs(30),
-            webhook_secret: None,
-        };
+        let settings = ProviderSettings::for_tests("https://generativelanguage.googleapis.com");
         let google = Google::from_settings(&settings).unwrap();
         let e = google
             .input_image("http://127.0.0.1:1/a.png")

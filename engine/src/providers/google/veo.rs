@@ -12,8 +12,10 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{Blob, Google, reference_urls};
+use super::{Blob, Google};
 use crate::ErrorCode;
+use crate::jobs::input::JobInput;
+use crate::providers::http::put;
 use crate::providers::{
     ErrorClass, Media, Polled, ProviderCall, ProviderError, Submitted, UpstreamOutput,
 };
@@ -23,16 +25,16 @@ impl Google {
         &self,
         call: &ProviderCall<'_>,
     ) -> Result<Submitted, ProviderError> {
-        let first_frame = match call.input["image"].as_str() {
+        let first_frame = match &call.input.image {
             Some(url) => Some(self.input_image(url).await?),
             None => None,
         };
-        let references = self.input_images(reference_urls(call.input)).await?;
+        let references = self.input_images(call.input.references()).await?;
         let body = veo_request(call.input, first_frame, references);
         let path = format!("/v1beta/models/{}:predictLongRunning", call.upstream_model);
         let operation = self
             .upstream
-            .json(self.authorized(Method::POST, &path).json(&body))
+            .json(self.upstream.authorized(Method::POST, &path).json(&body))
             .await?;
         let name = operation["name"].as_str().ok_or_else(|| {
             ProviderError::new(
@@ -52,7 +54,9 @@ impl Google {
         call: &ProviderCall<'_>,
         upstream_id: &str,
     ) -> Result<Polled, ProviderError> {
-        let request = self.authorized(Method::GET, &format!("/v1beta/{upstream_id}"));
+        let request = self
+            .upstream
+            .authorized(Method::GET, &format!("/v1beta/{upstream_id}"));
         let operation = self.upstream.json(request).await?;
         Ok(match operation_state(&operation)? {
             Some(outputs) => Polled::Done { outputs },
@@ -97,9 +101,9 @@ fn same_origin(url: &url::Url, base: &str) -> bool {
 }
 
 /// Our input in Veo's words: the first frame as `image`, reference images as assets.
-fn veo_request(input: &Value, first_frame: Option<Blob>, references: Vec<Blob>) -> Value {
+fn veo_request(input: &JobInput, first_frame: Option<Blob>, references: Vec<Blob>) -> Value {
     let mut instance = Map::new();
-    instance.insert("prompt".into(), input["prompt"].clone());
+    instance.insert("prompt".into(), json!(input.prompt));
     if let Some(image) = first_frame {
         instance.insert(
             "image".into(),
@@ -117,15 +121,9 @@ fn veo_request(input: &Value, first_frame: Option<Blob>, references: Vec<Blob>) 
         instance.insert("referenceImages".into(), Value::Array(assets));
     }
     let mut parameters = Map::new();
-    if let Some(ratio) = input.get("aspect_ratio").filter(|v| !v.is_null()) {
-        parameters.insert("aspectRatio".into(), ratio.clone());
-    }
-    if let Some(seconds) = input.get("duration").filter(|v| !v.is_null()) {
-        parameters.insert("durationSeconds".into(), seconds.clone());
-    }
-    if let Some(resolution) = input.get("resolution").filter(|v| !v.is_null()) {
-        parameters.insert("resolution".into(), resolution.clone());
-    }
+    put(&mut parameters, "aspectRatio", input.aspect_ratio.as_ref());
+    put(&mut parameters, "durationSeconds", input.duration);
+    put(&mut parameters, "resolution", input.resolution.as_ref());
     json!({"instances": [instance], "parameters": parameters})
 }
 
@@ -206,18 +204,19 @@ fn status_name(code: i64) -> &'static str {
 mod tests {
     use super::super::blob;
     use super::*;
+    use crate::jobs::input::typed;
 
     #[test]
     fn input_maps_to_veo_fields() {
-        let input = json!({"prompt": "p", "duration": 6, "resolution": "1080p",
-            "aspect_ratio": "9:16", "seed": 4, "generate_audio": false});
+        let input = typed(json!({"prompt": "p", "duration": 6, "resolution": "1080p",
+            "aspect_ratio": "9:16", "seed": 4, "generate_audio": false}));
         assert_eq!(
             veo_request(&input, None, Vec::new()),
             json!({"instances": [{"prompt": "p"}], "parameters": {"aspectRatio": "9:16",
                 "durationSeconds": 6, "resolution": "1080p"}})
         );
         let body = veo_request(
-            &json!({"prompt": "p"}),
+            &typed(json!({"prompt": "p"})),
             Some(blob("AAA")),
             vec![blob("BBB")],
         );

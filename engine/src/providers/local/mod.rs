@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub mod render;
@@ -23,8 +22,9 @@ use super::{
     Submitted, UpstreamOutput,
 };
 use crate::ErrorCode;
-use crate::catalog::{ASPECT_RATIOS, VIDEO_RESOLUTIONS, parse_size};
+use crate::catalog::{ASPECT_RATIOS, VIDEO_RESOLUTIONS};
 use crate::ids::now_ms;
+use crate::jobs::input::SimulatedFailure;
 use crate::jobs::watchdog;
 use crate::providers::SetupError;
 
@@ -172,21 +172,13 @@ impl RenderPool {
 struct Simulate {
     latency_ms: u64,
     progress_steps: u64,
-    fail: Fail,
+    fail: SimulatedFailure,
     fail_times: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fail {
-    None,
-    Transient,
-    Permanent,
 }
 
 impl Simulate {
     fn from_call(call: &ProviderCall<'_>) -> Self {
-        let sim = call.input.get("simulate");
-        let int = |k: &str| sim.and_then(|s| s.get(k)).and_then(Value::as_u64);
+        let sim = call.input.simulate.clone().unwrap_or_default();
         // Video takes a few seconds by default so that its progress can be watched;
         // images and music finish at submit, like synchronous upstreams.
         let default_latency = if call.upstream_model == "video" {
@@ -195,24 +187,18 @@ impl Simulate {
             0
         };
         Simulate {
-            latency_ms: int("latency_ms").unwrap_or(default_latency),
-            progress_steps: int("progress_steps").unwrap_or(if default_latency > 0 {
-                3
-            } else {
-                0
-            }),
-            fail: match sim.and_then(|s| s.get("fail")).and_then(Value::as_str) {
-                Some("transient") => Fail::Transient,
-                Some("permanent") => Fail::Permanent,
-                _ => Fail::None,
-            },
-            fail_times: int("fail_times").map_or(1, |n| n as u32),
+            latency_ms: sim.latency_ms.unwrap_or(default_latency),
+            progress_steps: sim
+                .progress_steps
+                .unwrap_or(if default_latency > 0 { 3 } else { 0 }),
+            fail: sim.fail.unwrap_or(SimulatedFailure::None),
+            fail_times: sim.fail_times.unwrap_or(1),
         }
     }
 
     /// The transient failure this call should suffer, if any.
     fn check(&self, call: &ProviderCall<'_>) -> Result<(), ProviderError> {
-        if self.fail == Fail::Transient && call.retries < self.fail_times {
+        if self.fail == SimulatedFailure::Transient && call.retries < self.fail_times {
             return Err(ProviderError::new(
                 ErrorClass::Retryable,
                 ErrorCode::UpstreamError,
@@ -243,7 +229,7 @@ impl Local {
     fn start(&self, call: &ProviderCall<'_>) -> Result<Submitted, ProviderError> {
         let sim = Simulate::from_call(call);
         sim.check(call)?;
-        if sim.fail == Fail::Permanent {
+        if sim.fail == SimulatedFailure::Permanent {
             return Err(ProviderError::new(
                 ErrorClass::Permanent,
                 ErrorCode::UpstreamRejected,
@@ -395,24 +381,25 @@ struct RenderSpec {
 impl RenderSpec {
     fn from_call(call: &ProviderCall<'_>) -> Self {
         let input = call.input;
-        let str_of = |k: &str| input.get(k).and_then(Value::as_str);
-        let aspect = str_of("aspect_ratio")
+        let aspect = input
+            .aspect_ratio
+            .as_deref()
             .and_then(|a| ASPECT_RATIOS.iter().find(|r| r.0 == a))
             .map_or((16, 9), |r| (r.1, r.2));
         let (width, height) = match call.upstream_model {
             "video" => {
-                let lines = str_of("resolution")
+                let lines = input
+                    .resolution
+                    .as_deref()
                     .and_then(|r| VIDEO_RESOLUTIONS.iter().find(|v| v.0 == r))
                     .map_or(720, |v| v.1);
                 fit(lines, aspect)
             }
-            _ => str_of("size").and_then(parse_size).unwrap_or_else(|| {
-                if str_of("aspect_ratio").is_some() {
-                    fit(1024, aspect)
-                } else {
-                    (1024, 1024)
-                }
-            }),
+            _ => match input.size {
+                Some(size) => (size.width, size.height),
+                None if input.aspect_ratio.is_some() => fit(1024, aspect),
+                None => (1024, 1024),
+            },
         };
         let default_duration = if call.upstream_model == "video" {
             4
@@ -421,12 +408,9 @@ impl RenderSpec {
         };
         RenderSpec {
             model: call.upstream_model.to_owned(),
-            prompt: str_of("prompt").unwrap_or_default().to_owned(),
-            seed: input.get("seed").and_then(Value::as_u64).unwrap_or(0),
-            duration: input
-                .get("duration")
-                .and_then(Value::as_u64)
-                .map_or(default_duration, |d| d as u32),
+            prompt: input.prompt.clone(),
+            seed: input.seed.map_or(0, u64::from),
+            duration: input.duration.unwrap_or(default_duration),
             width,
             height,
         }
@@ -461,11 +445,12 @@ fn fit(lines: u32, (aw, ah): (u32, u32)) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::input::{JobInput, typed};
     use serde_json::json;
 
     fn call<'a>(
         model: &'a str,
-        input: &'a Value,
+        input: &'a JobInput,
         retries: u32,
         submitted_at: i64,
     ) -> ProviderCall<'a> {
@@ -481,7 +466,9 @@ mod tests {
 
     #[test]
     fn transient_failures_then_success_and_permanent_rejection() {
-        let input = json!({"prompt": "p", "simulate": {"fail": "transient", "fail_times": 2, "latency_ms": 0}});
+        let input = typed(
+            json!({"prompt": "p", "simulate": {"fail": "transient", "fail_times": 2, "latency_ms": 0}}),
+        );
         for retries in 0..2 {
             let err = Local::default()
                 .start(&call("image", &input, retries, 0))
@@ -492,7 +479,7 @@ mod tests {
             Local::default().start(&call("image", &input, 2, 0)),
             Ok(Submitted::Done { .. })
         ));
-        let input = json!({"prompt": "p", "simulate": {"fail": "permanent"}});
+        let input = typed(json!({"prompt": "p", "simulate": {"fail": "permanent"}}));
         let err = Local::default()
             .start(&call("image", &input, 0, 0))
             .unwrap_err();
@@ -504,7 +491,8 @@ mod tests {
 
     #[test]
     fn progress_advances_in_steps_until_done() {
-        let input = json!({"prompt": "p", "simulate": {"latency_ms": 60_000, "progress_steps": 4}});
+        let input =
+            typed(json!({"prompt": "p", "simulate": {"latency_ms": 60_000, "progress_steps": 4}}));
         let now = now_ms();
         assert!(matches!(
             Local::default().start(&call("video", &input, 0, now)),

@@ -68,6 +68,11 @@ pub struct DeliveryConfig {
     pub per_account_concurrency: usize,
     /// Endpoints one account may register (each event fans out to every one).
     pub max_endpoints_per_account: usize,
+    /// The most destinations an event may fan out to and still have its first attempts
+    /// in the fast lane (`deliver`); larger fan-outs, retries, sweeps and endpoints known
+    /// to be failing go to the bulk lane (`deliver.1`). 0 sends everything to the bulk
+    /// lane: one queue, as if there were no lanes.
+    pub fast_lane_max_fan_out: usize,
     /// Least time between two `job.progress` events of one job.
     #[serde(rename = "progress_interval_ms", with = "crate::config::millis")]
     pub progress_interval: Duration,

@@ -15,11 +15,14 @@ use crate::tasks::{self, Deliver};
 
 /// Writes the deliveries that announce `event` (in its transaction): one to the job's own
 /// webhook if it asked for this event type, one to each enabled endpoint of the account
-/// that did. Returns their first attempts, to be dispatched once the transaction commits.
+/// that did. Returns their first attempts, to be dispatched once the transaction commits:
+/// in the fast lane if the event goes to at most `fast_lane_max_fan_out` destinations and
+/// the destination is not known to be failing, in the bulk lane otherwise.
 pub(crate) async fn fan_out(
     conn: &mut AnyConnection,
     job: &Job,
     event: &EventRow,
+    fast_lane_max_fan_out: usize,
 ) -> Result<Vec<Deliver>, sqlx::Error> {
     // (endpoint, url, known to be failing)
     let mut targets: Vec<(Option<String>, String, bool)> = Vec::new();
@@ -37,7 +40,7 @@ pub(crate) async fn fan_out(
             targets.push((Some(endpoint.id), endpoint.url, failing));
         }
     }
-    let large = targets.len() > FAST_LANE_FAN_OUT;
+    let large = targets.len() > fast_lane_max_fan_out;
     let mut tasks = Vec::with_capacity(targets.len());
     for (endpoint_id, url, failing) in &targets {
         let id = new_id(IdKind::Delivery);
@@ -60,10 +63,6 @@ pub(crate) async fn fan_out(
     }
     Ok(tasks)
 }
-
-/// The most deliveries one event may fan out to and still go in the fast lane: more
-/// than any account has under the default endpoint cap (16, plus the job's own webhook).
-const FAST_LANE_FAN_OUT: usize = 20;
 
 /// Pushes the first attempts of deliveries just committed, best effort
 /// ([`tasks::hand_off`]): a push that fails leaves the delivery due in SQL.
