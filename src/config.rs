@@ -609,6 +609,68 @@ mod tests {
     }
 
     #[test]
+    fn hosts_of_your_own_name_their_api_and_base_url() {
+        let with = |name: &str, p: ProviderConfig| {
+            let mut c = Config::default();
+            c.providers.insert(name.into(), p);
+            c.validate().map(|()| c.provider_settings().unwrap())
+        };
+        let own = ProviderConfig {
+            api: Some("openai".into()),
+            base_url: Some("http://127.0.0.1:11434/v1".into()),
+            ..ProviderConfig::default()
+        };
+        let settings = with("ollama", own.clone()).unwrap();
+        assert!(
+            settings["ollama"].enabled && settings["ollama"].api_key.is_none(),
+            "keyless"
+        );
+        let named_key = ProviderConfig {
+            api_key_env: Some("MEDIAGATE_TEST_UNSET_KEY_VAR".into()),
+            ..own.clone()
+        };
+        assert!(
+            !with("groq", named_key).unwrap()["groq"].enabled,
+            "its key is not set"
+        );
+        for (name, p, says) in [
+            (
+                "ollama",
+                ProviderConfig {
+                    base_url: None,
+                    ..own.clone()
+                },
+                "base_url",
+            ),
+            (
+                "ollama",
+                ProviderConfig {
+                    api: Some("soap".into()),
+                    ..own.clone()
+                },
+                "soap",
+            ),
+            (
+                "ollama",
+                ProviderConfig {
+                    api: Some("local".into()),
+                    ..own.clone()
+                },
+                "local",
+            ),
+            ("openai", own.clone(), "built in"),
+            (
+                "ollama",
+                ProviderConfig { api: None, ..own },
+                "unknown provider",
+            ),
+        ] {
+            let err = with(name, p).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
     fn provider_calls_must_end_within_a_step() {
         let mut c = Config::default();
         c.providers.insert("fal".into(), ProviderConfig::default());

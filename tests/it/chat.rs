@@ -3,7 +3,8 @@
 //! usage, keep-alives, errors mid-stream, fallback across providers and models, the
 //! breaker, tools passed through byte for byte, a client that leaves, bad input; then
 //! the official `openai` Python package and `curl -N` against a running mediagate.
-//! Chat touches no queue, so these run on the embedded backend.
+//! Chat touches no queue, so these run on the embedded backend, but for one that writes
+//! usage rows on both.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -16,16 +17,20 @@ use mediagate_engine::db::chat_usage::ChatUsage;
 use serde_json::{Value, json};
 
 use crate::fakes::{self, Behaviour, Fake};
-use crate::on_embedded;
 use crate::support::{Backend, TestApp, answer};
+use crate::{on_both_backends, on_embedded};
+
+// Usage rows are written to the backend's database.
+on_both_backends!(local_chat_answers_plain_and_streamed);
 
 on_embedded!(
-    local_chat_answers_plain_and_streamed,
     openai_and_openrouter_answers_are_rewritten_and_usage_recorded,
     tools_reach_the_upstream_byte_for_byte,
     keep_alives_flow_before_the_first_token,
     an_error_mid_stream_is_one_event_and_the_end,
     outages_fall_back_across_providers,
+    unreachable_upstreams_fall_back,
+    operator_hosts_speak_openai,
     outages_fall_back_across_models,
     the_breaker_skips_a_failing_provider,
     refusals_and_last_failures_keep_their_status,
@@ -574,6 +579,96 @@ async fn outages_fall_back_across_providers(_: Backend) {
             "{how}: {rows:?}"
         );
     }
+}
+
+/// A host of the operator's own: `[providers.NAME] api = "openai"`, its base URL as its
+/// clients take it, and its models in the operator's catalog file.
+async fn operator_hosts_speak_openai(_: Backend) {
+    let host = fakes::openai::start(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("models.toml");
+    std::fs::write(
+        &catalog,
+        r#"
+[[models]]
+id = "meta/llama-3.3-70b"
+name = "Llama 3.3 70B"
+modality = "text"
+context_length = 131072
+price = { unit = "million_tokens", usd = "0.59", output_usd = "0.79" }
+providers = [{ provider = "groq", model = "llama-3.3-70b-versatile" }]
+"#,
+    )
+    .unwrap();
+    let base = format!("{}/v1", host.base);
+    let app = app_with(None, None, move |c| {
+        c.catalog = Some(catalog);
+        c.providers.insert(
+            "groq".into(),
+            ProviderConfig {
+                api: Some("openai".into()),
+                ..provider(&base)
+            },
+        );
+    })
+    .await;
+    let answer = chat_ok(&app, &json!({"model": "meta/llama-3.3-70b", "messages": messages(), "provider": {"only": ["groq"]}})).await;
+    assert_eq!(
+        (answer["model"].as_str(), answer["provider"].as_str()),
+        (Some("meta/llama-3.3-70b"), Some("groq"))
+    );
+    assert_eq!(chat_requests(&host)[0]["model"], "llama-3.3-70b-versatile");
+    assert_eq!(host.state.requests()[0].path, "/v1/chat/completions");
+    let listed = app.get_json("/v1/models?output_modality=text").await;
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "meta/llama-3.3-70b",
+        "local/chat",
+        "openai/gpt-4o-mini",
+        "anthropic/claude-sonnet-4.5",
+    ] {
+        assert!(ids.contains(&id), "{id} not in {ids:?}");
+    }
+    let llama = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "meta/llama-3.3-70b")
+        .unwrap();
+    assert_eq!(llama["object"], "model");
+    assert_eq!(llama["context_length"], 131072);
+    assert_eq!(
+        llama["pricing"],
+        json!({"unit": "million_tokens", "usd": "0.59", "output_usd": "0.79"})
+    );
+    drop(dir);
+}
+
+/// An upstream that cannot be reached at all (nothing listens there) is an outage too.
+async fn unreachable_upstreams_fall_back(_: Backend) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+    let app = app_with(None, Some(&openrouter), move |c| {
+        c.providers.insert("openai".into(), provider(&nowhere));
+    })
+    .await;
+    for stream in [false, true] {
+        let body = json!({"model": "openai/gpt-4o-mini", "messages": messages(), "stream": stream});
+        let (status, _, text) = chat(&app, &body).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(r#""provider":"openrouter""#), "{text}");
+    }
+    let only = json!({"model": "openai/gpt-4o-mini", "messages": messages(), "provider": {"only": ["openai"]}});
+    let (status, _, text) = chat(&app, &only).await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("upstream_unreachable"), "{text}");
 }
 
 async fn outages_fall_back_across_models(_: Backend) {

@@ -111,6 +111,7 @@ pub fn plan(engine: &SharedEngine, request: &ChatRequest) -> Result<Vec<RouteEnt
         });
     }
     let chat = &engine.chat.providers;
+    // Chat models have one name per provider: no input picks a sibling endpoint.
     let route = routing::plan(&models, &request.provider, &JobInput::default(), |p| {
         chat.available(p)
     });
@@ -516,7 +517,7 @@ impl Attempts {
             if !self.request.include_usage {
                 chunk.remove("usage");
             }
-            self.finished_choice |= has_finish_reason(&chunk);
+            self.finished_choice = self.finished_choice || has_finish_reason(&chunk);
             push_event(&mut out, &chunk);
             return Ok(Some(out.into()));
         };
@@ -567,7 +568,14 @@ impl Attempts {
 
 fn has_finish_reason(chunk: &RawObject) -> bool {
     chunk.present("choices").is_some_and(|c| {
-        serde_json::from_str::<Vec<Value>>(c.get())
+        // Most chunks say `"finish_reason":null` for every choice: only the others are
+        // worth reading.
+        let text = c.get();
+        let said = text.matches("\"finish_reason\"").count();
+        if said == 0 || text.matches("\"finish_reason\":null").count() == said {
+            return false;
+        }
+        serde_json::from_str::<Vec<Value>>(text)
             .unwrap_or_default()
             .iter()
             .any(|c| !c["finish_reason"].is_null())
@@ -679,5 +687,44 @@ impl Ledger {
 impl Drop for Ledger {
     fn drop(&mut self) {
         self.finish("cancelled", None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_reasons_are_found_without_reading_every_chunk() {
+        let finished = |json: &str| has_finish_reason(&RawObject::parse(json).unwrap());
+        assert!(!finished(
+            r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#
+        ));
+        assert!(!finished(r#"{"choices":[]}"#));
+        assert!(!finished(r#"{"id":"x"}"#));
+        assert!(finished(
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#
+        ));
+        assert!(finished(
+            r#"{"choices":[{"delta":{},"finish_reason": "length"}]}"#
+        ));
+        assert!(finished(
+            r#"{"choices":[{"finish_reason":null},{"finish_reason":"tool_calls"}]}"#
+        ));
+    }
+
+    #[test]
+    fn events_are_sse_data_lines() {
+        let mut out = Vec::new();
+        push_event(
+            &mut out,
+            &RawObject::parse(r#"{"a": 1.50, "b":"\u00e9"}"#).unwrap(),
+        );
+        assert_eq!(
+            out,
+            br#"data: {"a":1.50,"b":"\u00e9"}
+
+"#
+        );
     }
 }
