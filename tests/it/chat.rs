@@ -17,7 +17,7 @@ use mediagate_engine::db::chat_usage::ChatUsage;
 use serde_json::{Value, json};
 
 use crate::fakes::{self, Behaviour, Fake};
-use crate::support::{Backend, TestApp, answer};
+use crate::support::{self, Backend, TestApp, answer};
 use crate::{on_both_backends, on_embedded};
 
 // Usage rows are written to the backend's database.
@@ -961,30 +961,8 @@ async fn the_openai_sdk_drives_chat(_: Backend) {
     .await;
     let openrouter = fakes::openrouter::start(Behaviour::default()).await;
     let app = app_with(Some(&openai), Some(&openrouter), |_| {}).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/chat_openai_sdk.py");
-    let url = format!("{}/v1", app.url);
-    let key = app.key.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg(url)
-            .arg(key)
-            .output()
-            .expect("python3 is installed")
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("ModuleNotFoundError"),
-        "the openai package is missing (pip install openai): {stderr}"
-    );
-    assert!(
-        out.status.success(),
-        "{stderr}\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
+    let out = support::run_openai_sdk_script(&app, "chat_openai_sdk.py").await;
+    let report: Value = serde_json::from_str(&out).expect("the script prints JSON");
     assert!(
         report["plain"].as_str().unwrap().contains("red foxes"),
         "{report}"

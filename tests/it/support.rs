@@ -631,3 +631,29 @@ impl std::ops::DerefMut for Proc {
         &mut self.0
     }
 }
+
+/// Runs the Python script `tests/it/NAME` (which drives the official `openai` package)
+/// against `app`'s `/v1` with its key, and returns what it printed. Fails the test when
+/// the package is missing or the script fails, with what it said.
+pub async fn run_openai_sdk_script(app: &TestApp, name: &str) -> String {
+    let script = format!("{}/tests/it/{name}", env!("CARGO_MANIFEST_DIR"));
+    let (url, key) = (format!("{}/v1", app.url), app.key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(url)
+            .arg(key)
+            .output()
+            .expect("python3 is installed")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("ModuleNotFoundError"),
+        "the openai package is missing (scripts/test installs it: pip install openai): {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{name} failed: {stderr}\n{stdout}");
+    stdout
+}

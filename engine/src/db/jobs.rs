@@ -595,25 +595,15 @@ impl Db {
         // The page is a run of the list, so its rows are those between its first and
         // last ids that pass the same filters; any that came meanwhile are left out, so
         // the page holds only rows that were measured.
-        let rows_sql = if f.oldest_first {
-            concat!(
-                "SELECT ",
-                job_columns!(),
-                " FROM jobs WHERE account_id = $1 \
-                 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
-                 AND ($6 IS NULL OR kind = $6) \
-                 AND id <= $4 AND id >= $5 ORDER BY id ASC"
-            )
-        } else {
-            concat!(
-                "SELECT ",
-                job_columns!(),
-                " FROM jobs WHERE account_id = $1 \
-                 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
-                 AND ($6 IS NULL OR kind = $6) \
-                 AND id <= $4 AND id >= $5 ORDER BY id DESC"
-            )
-        };
+        // (Newest first here; reversed below for oldest first.)
+        let rows_sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE account_id = $1 \
+             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR model = $3) \
+             AND ($6 IS NULL OR kind = $6) \
+             AND id <= $4 AND id >= $5 ORDER BY id DESC"
+        );
         let rows: Vec<JobRow> = sqlx::query_as(rows_sql)
             .bind(account_id)
             .bind(status)
@@ -624,11 +614,14 @@ impl Db {
             .fetch_all(self.pool())
             .await?;
         let measured: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let jobs = rows
+        let mut jobs = rows
             .into_iter()
             .filter(|r| measured.contains(r.id.as_str()))
             .map(Job::try_from)
             .collect::<Result<Vec<_>, _>>()?;
+        if f.oldest_first {
+            jobs.reverse();
+        }
         Ok((jobs, has_more))
     }
 

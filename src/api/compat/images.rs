@@ -17,12 +17,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mediagate_engine::ErrorCode;
 use mediagate_engine::catalog::{ASPECT_RATIOS, Model};
-use mediagate_engine::jobs::input::Size;
 use mediagate_engine::jobs::job::{Job, JobKind, JobStatus};
 use serde_json::{Map, Value, json};
 
 use super::{
-    client_param, invalid, model_id, model_name, named_model, request_object, string_field,
+    client_param, invalid, model_id, model_name, named_model, request_object, sides, string_field,
 };
 use crate::api::auth::Authed;
 use crate::api::error::{ApiError, ApiResult};
@@ -152,16 +151,7 @@ fn map_size(model: &Model, size: Option<&Value>, input: &mut Map<String, Value>)
         input.insert("size".into(), json!(size));
         return Ok(());
     }
-    let Some(Size {
-        width: w,
-        height: h,
-    }) = Size::parse(size)
-    else {
-        return Err(invalid(
-            "size",
-            "size must be auto or WIDTHxHEIGHT, e.g. \"1024x1024\"",
-        ));
-    };
+    let (w, h) = sides(size, "auto or WIDTHxHEIGHT, e.g. \"1024x1024\"")?;
     let ratios = model.aspect_ratios.as_deref().unwrap_or_default();
     match nearest_ratio(ratios, w, h) {
         Some(ratio) => {

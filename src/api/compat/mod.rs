@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mediagate_engine::ErrorCode;
 use mediagate_engine::catalog::{Catalog, Model};
+use mediagate_engine::jobs::input::Size;
 use mediagate_engine::jobs::job::JobKind;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -234,4 +235,12 @@ mod tests {
         );
         assert_eq!(err.param.as_deref(), Some("model"));
     }
+}
+
+/// The width and height of OpenAI's `size` (`"1280x720"`), or a 400 on `size` saying it
+/// must be `form`.
+pub fn sides(size: &str, form: &str) -> ApiResult<(u32, u32)> {
+    Size::parse(size)
+        .map(|s| (s.width, s.height))
+        .ok_or_else(|| invalid("size", format!("size must be {form}")))
 }

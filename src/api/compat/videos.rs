@@ -11,7 +11,6 @@ use mediagate_engine::ErrorCode;
 use mediagate_engine::catalog::{ASPECT_RATIOS, Model, VIDEO_RESOLUTIONS};
 use mediagate_engine::db::jobs::JobFilter;
 use mediagate_engine::ids::{IdKind, new_id, now_ms};
-use mediagate_engine::jobs::input::Size;
 use mediagate_engine::jobs::intake::{self, Cancelled};
 use mediagate_engine::jobs::job::{Job, JobKind, JobStatus};
 use mediagate_engine::media::links::upload_key;
@@ -22,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::images::nearest_ratio;
 use super::{
     bytes_response, client_param, invalid, model_id, model_name, named_model, refuse_unknown,
-    request_object, string_field, unknown,
+    request_object, sides, string_field, unknown,
 };
 use crate::api::auth::Authed;
 use crate::api::content;
@@ -262,16 +261,7 @@ fn seconds(value: &Value) -> ApiResult<i64> {
 /// as it is; otherwise the short side picks the nearest of the model's resolutions (within
 /// a quarter) and the ratio the nearest of its aspect ratios (within 5 %).
 fn map_size(model: &Model, size: &str, input: &mut Map<String, Value>) -> ApiResult<()> {
-    let Some(Size {
-        width: w,
-        height: h,
-    }) = Size::parse(size)
-    else {
-        return Err(invalid(
-            "size",
-            "size must be WIDTHxHEIGHT, e.g. \"1280x720\"",
-        ));
-    };
+    let (w, h) = sides(size, "WIDTHxHEIGHT, e.g. \"1280x720\"")?;
     if model.sizes {
         input.insert("size".into(), json!(size));
         return Ok(());
