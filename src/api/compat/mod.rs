@@ -199,6 +199,14 @@ pub fn bytes_response(content_type: &'static str, bytes: Bytes) -> Response {
     res
 }
 
+/// The width and height of OpenAI's `size` (`"1280x720"`), or a 400 on `size` saying it
+/// must be `form`.
+pub fn sides(size: &str, form: &str) -> ApiResult<(u32, u32)> {
+    Size::parse(size)
+        .map(|s| (s.width, s.height))
+        .ok_or_else(|| invalid("size", format!("size must be {form}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,12 +243,4 @@ mod tests {
         );
         assert_eq!(err.param.as_deref(), Some("model"));
     }
-}
-
-/// The width and height of OpenAI's `size` (`"1280x720"`), or a 400 on `size` saying it
-/// must be `form`.
-pub fn sides(size: &str, form: &str) -> ApiResult<(u32, u32)> {
-    Size::parse(size)
-        .map(|s| (s.width, s.height))
-        .ok_or_else(|| invalid("size", format!("size must be {form}")))
 }
