@@ -48,10 +48,7 @@ pub async fn signed_file(
         .signer
         .verify(&token, now)
         .ok_or_else(|| ApiError::not_found("file (the link is invalid or has expired)"))?;
-    let job = state
-        .engine
-        .db
-        .job(&grant.job_id)
+    let job = mediagate_engine::db::jobs::find(state.engine.db.pool(), &grant.job_id)
         .await?
         .ok_or_else(|| ApiError::not_found("file"))?;
     serve(&state, &job, grant.index, &headers).await

@@ -142,7 +142,7 @@ impl Feed {
     }
 
     async fn job_ended(&self) -> bool {
-        match self.state.engine.db.job(&self.job_id).await {
+        match mediagate_engine::db::jobs::find(self.state.engine.db.pool(), &self.job_id).await {
             Ok(job) => job.is_none_or(|j| j.status.is_terminal()),
             Err(e) => {
                 tracing::warn!(job_id = %self.job_id, error = %e, "event stream read failed");

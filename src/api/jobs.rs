@@ -105,10 +105,7 @@ pub async fn find_job(state: &AppState, account_id: &str, id: &str) -> ApiResult
     if !looks_like(IdKind::Job, id) {
         return Err(ApiError::not_found("job"));
     }
-    state
-        .engine
-        .db
-        .job_for_account(account_id, id)
+    mediagate_engine::db::jobs::find_for_account(state.engine.db.pool(), account_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("job"))
 }

@@ -178,7 +178,11 @@ async fn a_stored_input_that_does_not_read_fails_the_job(backend: Backend) {
 }
 
 async fn job_seq(app: &TestApp, id: &str) -> i64 {
-    app.engine().db.job(id).await.unwrap().unwrap().check_seq
+    mediagate_engine::db::jobs::find(app.engine().db.pool(), id)
+        .await
+        .unwrap()
+        .unwrap()
+        .check_seq
 }
 
 /// ffprobe must see one H.264 stream of about `seconds`, and ffmpeg must decode it cleanly.

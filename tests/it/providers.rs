@@ -507,10 +507,7 @@ async fn hanging_polls_time_out_and_are_retried(backend: Backend, adapter: &Adap
         "a poll that timed out is polled again, not resubmitted"
     );
     assert_eq!(job["attempts"].as_array().unwrap().len(), 1, "{job}");
-    let row = app
-        .engine()
-        .db
-        .job(job["id"].as_str().unwrap())
+    let row = mediagate_engine::db::jobs::find(app.engine().db.pool(), job["id"].as_str().unwrap())
         .await
         .unwrap()
         .unwrap();

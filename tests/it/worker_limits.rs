@@ -67,7 +67,10 @@ async fn renders_beyond_the_cores_each_run_once(backend: Backend) {
     let start = std::time::Instant::now();
     for id in &ids {
         loop {
-            let row = app.engine().db.job(id).await.unwrap().unwrap();
+            let row = mediagate_engine::db::jobs::find(app.engine().db.pool(), id)
+                .await
+                .unwrap()
+                .unwrap();
             if row.status.is_terminal() {
                 assert_eq!(row.status.as_str(), "completed", "{row:?}");
                 break;

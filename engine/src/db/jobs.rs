@@ -2,7 +2,7 @@
 //! a duplicate or late task can never move a job backwards or write a second result.
 
 use serde_json::Value;
-use sqlx::AnyConnection;
+use sqlx::{Any, AnyConnection, Executor};
 
 use super::{Db, ErrorColumns, LIST_PAGE_BYTES, fit_page, json_column};
 use crate::jobs::job::{Job, JobError, JobKind, JobStatus, StoredOutput};
@@ -510,37 +510,62 @@ pub async fn schedule_check(
     Ok(done.rows_affected() == 1)
 }
 
+/// The job `id`.
+pub async fn find<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+) -> Result<Option<Job>, sqlx::Error> {
+    let row = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    job(row)
+}
+
+/// A job as seen by `account`: another account's job does not exist.
+pub async fn find_for_account<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account_id: &str,
+    id: &str,
+) -> Result<Option<Job>, sqlx::Error> {
+    let row = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE id = $1 AND account_id = $2"
+    ))
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(db)
+    .await?;
+    job(row)
+}
+
+/// Pending jobs whose scheduled check is overdue by more than the grace period, or whose
+/// deadline has passed: their task was lost (or never pushed) and must be handed out again.
+pub async fn overdue_checks<'e>(
+    db: impl Executor<'e, Database = Any>,
+    now: i64,
+    grace_ms: i64,
+    limit: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT id, check_seq FROM jobs WHERE status IN ",
+        pending!(),
+        " AND (next_check_at < $1 OR deadline_at < $2) ORDER BY next_check_at LIMIT $3"
+    ))
+    .bind(now - grace_ms)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Units of work of more than one statement.
 impl Db {
-    pub async fn job(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
-        let row = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        job(row)
-    }
-
-    /// A job as seen by `account`: another account's job does not exist.
-    pub async fn job_for_account(
-        &self,
-        account_id: &str,
-        id: &str,
-    ) -> Result<Option<Job>, sqlx::Error> {
-        let row = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE id = $1 AND account_id = $2"
-        ))
-        .bind(id)
-        .bind(account_id)
-        .fetch_optional(self.pool())
-        .await?;
-        job(row)
-    }
-
     /// Newest first; `has_more` says whether another page follows. A page also ends
     /// early once its rows add up to [`LIST_PAGE_BYTES`] (always holding at least one), so
     /// its memory is bounded however large the rows are, including rows written before
@@ -623,26 +648,6 @@ impl Db {
             jobs.reverse();
         }
         Ok((jobs, has_more))
-    }
-
-    /// Pending jobs whose scheduled check is overdue by more than the grace period, or whose
-    /// deadline has passed: their task was lost (or never pushed) and must be handed out again.
-    pub async fn overdue_checks(
-        &self,
-        now: i64,
-        grace_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        sqlx::query_as(concat!(
-            "SELECT id, check_seq FROM jobs WHERE status IN ",
-            pending!(),
-            " AND (next_check_at < $1 OR deadline_at < $2) ORDER BY next_check_at LIMIT $3"
-        ))
-        .bind(now - grace_ms)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
     }
 
     /// Deletes a finished job of `account_id` and everything recorded about it (events,

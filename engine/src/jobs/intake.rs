@@ -269,7 +269,7 @@ pub async fn create_job(
         {
             Claim::New => {}
             Claim::Replay(job_id) => {
-                return match engine.db.job(&job_id).await? {
+                return match crate::db::jobs::find(engine.db.pool(), &job_id).await? {
                     Some(job) => Ok(Created::Replayed(job)),
                     None => Err(EngineError::Internal(format!(
                         "idempotency key points at missing job {job_id}"
@@ -339,7 +339,8 @@ pub async fn cancel_job(
     account_id: &str,
     job_id: &str,
 ) -> Result<Cancelled, EngineError> {
-    let Some(job) = engine.db.job_for_account(account_id, job_id).await? else {
+    let Some(job) = crate::db::jobs::find_for_account(engine.db.pool(), account_id, job_id).await?
+    else {
         return Ok(Cancelled::NotFound);
     };
     if job.status.is_terminal() {
@@ -353,9 +354,7 @@ pub async fn cancel_job(
         }
         None => {
             // It ended on its own between our read and our write.
-            let job = engine
-                .db
-                .job(job_id)
+            let job = crate::db::jobs::find(engine.db.pool(), job_id)
                 .await?
                 .ok_or(EngineError::Internal("job vanished".into()))?;
             Ok(Cancelled::AlreadyTerminal(job))

@@ -27,7 +27,7 @@ use crate::{Engine, EngineError};
 /// Moves the job named by `task` one step forward. Stale, duplicate and late tasks end
 /// quietly: the row says what is true.
 pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError> {
-    let Some(job) = engine.db.job(&task.job_id).await? else {
+    let Some(job) = crate::db::jobs::find(engine.db.pool(), &task.job_id).await? else {
         // Only finished jobs are deleted (`DELETE /v1/videos/{id}`), and a finished job
         // has no step left; a task for a job this database lacks was a stale one of a
         // deleted job, or pushed by another deployment sharing the queue namespace.
@@ -410,7 +410,7 @@ impl<'e> Step<'e> {
         if transition(self.engine, &job.id, change).await?.is_none() {
             // Only remove what is not the job's own result (a duplicate task may have
             // completed it with identical keys).
-            let current = self.engine.db.job(&job.id).await?;
+            let current = crate::db::jobs::find(self.engine.db.pool(), &job.id).await?;
             if current.is_none_or(|j| j.status != JobStatus::Completed) {
                 remove_outputs(self.engine, &stored).await;
             }

@@ -24,9 +24,7 @@ impl Engine {
         let mut changes = self.subscribe_changes();
         let deadline = Instant::now() + limit;
         loop {
-            let job = self
-                .db
-                .job(job_id)
+            let job = crate::db::jobs::find(self.db.pool(), job_id)
                 .await?
                 .ok_or_else(|| EngineError::Internal(format!("job {job_id} vanished")))?;
             if job.status.is_terminal() || Instant::now() >= deadline {

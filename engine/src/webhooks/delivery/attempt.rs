@@ -54,10 +54,12 @@ pub(super) async fn make_attempt(
     };
     // A job's own webhook may ask for OpenRouter's callback format (`/api/v1/videos`).
     let openrouter = delivery.endpoint_id.is_none()
-        && engine.db.job(&delivery.job_id).await?.is_some_and(|job| {
-            job.webhook
-                .is_some_and(|w| w["format"].as_str() == Some(openrouter::FORMAT))
-        });
+        && crate::db::jobs::find(engine.db.pool(), &delivery.job_id)
+            .await?
+            .is_some_and(|job| {
+                job.webhook
+                    .is_some_and(|w| w["format"].as_str() == Some(openrouter::FORMAT))
+            });
     let (payload, signing) = if openrouter {
         let ending = event.kind.strip_prefix("job.").unwrap_or(&event.kind);
         let payload = openrouter::callback_body(&engine.config.public_url, &event);
