@@ -115,7 +115,7 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             println!("{key}");
         }
         KeysCommand::List => {
-            for k in store.list_keys().await? {
+            for k in mediagate_engine::db::keys::list(store.pool()).await? {
                 let state = if k.revoked_at.is_some() {
                     "revoked"
                 } else {
@@ -128,7 +128,7 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id } => {
-            if store.revoke_key(&id).await? {
+            if mediagate_engine::db::keys::revoke(store.pool(), &id).await? {
                 eprintln!("revoked {id}");
             } else {
                 anyhow::bail!("no active key {id}");

@@ -457,8 +457,7 @@ async fn fixture(
     let storage =
         mediagate_engine::media::storage::Storage::open(storage_url, &Default::default())?;
     let key_hash = hex::encode(Sha256::digest(key.as_bytes()));
-    let caller = store
-        .caller_by_key_hash(&key_hash)
+    let caller = mediagate_engine::db::keys::caller_by_hash(store.pool(), &key_hash)
         .await?
         .context("unknown key")?;
     // Incompressible bytes, so nothing along the way can shrink them.

@@ -62,7 +62,7 @@ impl FromRequestParts<AppState> for Authed {
         // read after this, holds none). Unknown keys are not cached, so without this a
         // flood of made-up keys would be a flood of unbounded database reads.
         let _slot = state.slots.take()?;
-        match state.engine.db.caller_by_key_hash(&hash).await? {
+        match mediagate_engine::db::keys::caller_by_hash(state.engine.db.pool(), &hash).await? {
             Some(caller) => {
                 state.keys.put(hash, caller.clone());
                 Ok(Authed(caller))

@@ -76,10 +76,12 @@ pub async fn stream(
 /// start. Anything else replays the whole stream, which is always safe.
 async fn resume_after(state: &AppState, job_id: &str, last: &str) -> ApiResult<i64> {
     if looks_like(IdKind::Event, last) {
-        return Ok(match state.engine.db.event(last).await? {
-            Some(row) if row.job_id == job_id => row.seq,
-            _ => 0,
-        });
+        return Ok(
+            match mediagate_engine::db::events::find(state.engine.db.pool(), last).await? {
+                Some(row) if row.job_id == job_id => row.seq,
+                _ => 0,
+            },
+        );
     }
     Ok(fields::parse_digits::<i64>(last).unwrap_or(0))
 }

@@ -118,7 +118,8 @@ pub async fn get(
     let job = find_job(&state, &caller.account_id, &id).await?;
     let mut body = state.engine.job_json(&job);
     // The detail view also shows every provider the job tried and how each went.
-    let attempts = state.engine.db.job_attempts(&job.id).await?;
+    let attempts =
+        mediagate_engine::db::job_attempts::for_job(state.engine.db.pool(), &job.id).await?;
     let attempts: Vec<Value> = attempts
         .iter()
         .map(|a| {

@@ -92,11 +92,13 @@ pub async fn list_endpoints(
         )
         .with_param("after"));
     }
-    let (list, has_more) = state
-        .engine
-        .db
-        .endpoints_page(&caller.account_id, after, limit)
-        .await?;
+    let (list, has_more) = mediagate_engine::db::webhook_endpoints::page(
+        state.engine.db.pool(),
+        &caller.account_id,
+        after,
+        limit,
+    )
+    .await?;
     let data: Vec<Value> = list
         .iter()
         .map(|e| endpoints::endpoint_json(e, false))
@@ -118,7 +120,7 @@ pub async fn get_endpoint(
     if !looks_like(IdKind::Endpoint, &id) {
         return Err(ApiError::not_found("webhook endpoint"));
     }
-    match state.engine.db.endpoint(&id).await? {
+    match mediagate_engine::db::webhook_endpoints::find(state.engine.db.pool(), &id).await? {
         Some(e) if e.account_id == caller.account_id => {
             Ok(Json(endpoints::endpoint_json(&e, false)))
         }
@@ -132,11 +134,12 @@ pub async fn delete_endpoint(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     if looks_like(IdKind::Endpoint, &id)
-        && state
-            .engine
-            .db
-            .delete_endpoint(&caller.account_id, &id)
-            .await?
+        && mediagate_engine::db::webhook_endpoints::delete(
+            state.engine.db.pool(),
+            &caller.account_id,
+            &id,
+        )
+        .await?
     {
         return Ok(Json(
             json!({"id": id, "object": "webhook_endpoint", "deleted": true}),
@@ -152,15 +155,16 @@ pub async fn enable_endpoint(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     if !looks_like(IdKind::Endpoint, &id)
-        || !state
-            .engine
-            .db
-            .enable_endpoint(&caller.account_id, &id)
-            .await?
+        || !mediagate_engine::db::webhook_endpoints::enable(
+            state.engine.db.pool(),
+            &caller.account_id,
+            &id,
+        )
+        .await?
     {
         return Err(ApiError::not_found("webhook endpoint"));
     }
-    match state.engine.db.endpoint(&id).await? {
+    match mediagate_engine::db::webhook_endpoints::find(state.engine.db.pool(), &id).await? {
         Some(e) => Ok(Json(endpoints::endpoint_json(&e, false))),
         None => Err(ApiError::not_found("webhook endpoint")),
     }
@@ -173,7 +177,8 @@ pub async fn job_deliveries(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let job = find_job(&state, &caller.account_id, &id).await?;
-    let list = state.engine.db.deliveries_for_job(&job.id).await?;
+    let list =
+        mediagate_engine::db::webhook_deliveries::for_job(state.engine.db.pool(), &job.id).await?;
     let data: Vec<Value> = list
         .iter()
         .map(|(d, attempts)| delivery_json(d, attempts))

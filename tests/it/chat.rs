@@ -168,7 +168,10 @@ async fn usage_rows(app: &TestApp, n: usize) -> Vec<ChatUsage> {
     let account = app.account_id().await;
     let start = Instant::now();
     loop {
-        let rows = app.engine().db.chat_usage(&account, 100).await.unwrap();
+        let rows =
+            mediagate_engine::db::chat_usage::for_account(app.engine().db.pool(), &account, 100)
+                .await
+                .unwrap();
         if rows.len() >= n {
             return rows.into_iter().rev().collect();
         }

@@ -305,13 +305,14 @@ impl TestApp {
 
     /// The account behind this app's key.
     pub async fn account_id(&self) -> String {
-        self.engine()
-            .db
-            .caller_by_key_hash(&mediagate::api::auth::hash_key(&self.key))
-            .await
-            .expect("key lookup")
-            .expect("the test key exists")
-            .account_id
+        mediagate_engine::db::keys::caller_by_hash(
+            self.engine().db.pool(),
+            &mediagate::api::auth::hash_key(&self.key),
+        )
+        .await
+        .expect("key lookup")
+        .expect("the test key exists")
+        .account_id
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {

@@ -2,6 +2,7 @@
 //! writer (`chat::usage`), never on a request's path.
 
 use super::Db;
+use sqlx::{Any, Executor};
 
 /// One chat request's usage, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -29,6 +30,24 @@ pub struct ChatUsage {
     pub first_token_ms: Option<i64>,
     /// Providers tried.
     pub attempts: i64,
+}
+
+/// An account's chat usage, newest first.
+pub async fn for_account<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account_id: &str,
+    limit: i64,
+) -> Result<Vec<ChatUsage>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, created_at, account_id, key_id, model, provider, stream, status, \
+         error_code, prompt_tokens, completion_tokens, cost_micros, latency_ms, \
+         first_token_ms, attempts FROM chat_usage WHERE account_id = $1 \
+         ORDER BY created_at DESC, id DESC LIMIT $2",
+    )
+    .bind(account_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 impl Db {
@@ -62,23 +81,5 @@ impl Db {
             .await?;
         }
         tx.commit().await
-    }
-
-    /// An account's chat usage, newest first.
-    pub async fn chat_usage(
-        &self,
-        account_id: &str,
-        limit: i64,
-    ) -> Result<Vec<ChatUsage>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, created_at, account_id, key_id, model, provider, stream, status, \
-             error_code, prompt_tokens, completion_tokens, cost_micros, latency_ms, \
-             first_token_ms, attempts FROM chat_usage WHERE account_id = $1 \
-             ORDER BY created_at DESC, id DESC LIMIT $2",
-        )
-        .bind(account_id)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
     }
 }

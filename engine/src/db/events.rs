@@ -2,7 +2,7 @@
 //! change that causes it, so no outcome exists without its event.
 
 use serde_json::Value;
-use sqlx::AnyConnection;
+use sqlx::{Any, AnyConnection, Executor};
 
 use super::{Db, LIST_PAGE_BYTES, fit_page, json_column};
 use crate::ids::{IdKind, new_id};
@@ -117,19 +117,22 @@ impl TryFrom<EventRecord> for EventRow {
     }
 }
 
-impl Db {
-    pub async fn event(&self, id: &str) -> Result<Option<EventRow>, sqlx::Error> {
-        let row: Option<EventRecord> = sqlx::query_as(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM job_events WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(EventRow::try_from).transpose()
-    }
+pub async fn find<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+) -> Result<Option<EventRow>, sqlx::Error> {
+    let row: Option<EventRecord> = sqlx::query_as(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM job_events WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    row.map(EventRow::try_from).transpose()
+}
 
+impl Db {
     /// A job's events after `after_seq`, oldest first: at most `limit`, and fewer once
     /// they add up to [`LIST_PAGE_BYTES`] (at least one), since each event holds a copy of
     /// the job, which may be large. The caller asks again after the last one.

@@ -5,7 +5,7 @@
 //! bound to the job in the job's transaction. A claim whose request died is taken over
 //! after `lock_ms`; a key older than `ttl_ms` is free again.
 
-use sqlx::AnyConnection;
+use sqlx::{Any, AnyConnection, Executor};
 
 use super::Db;
 
@@ -33,6 +33,22 @@ struct KeyRow {
 pub struct KeyPolicy {
     pub lock_ms: i64,
     pub ttl_ms: i64,
+}
+
+/// Lets go of a claim whose request failed before a job existed.
+pub async fn release<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account_id: &str,
+    key: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2 AND job_id IS NULL",
+    )
+    .bind(account_id)
+    .bind(key)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 impl Db {
@@ -117,22 +133,6 @@ impl Db {
         } else {
             Claim::InFlight
         })
-    }
-
-    /// Lets go of a claim whose request failed before a job existed.
-    pub async fn release_idempotency_key(
-        &self,
-        account_id: &str,
-        key: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2 AND job_id IS NULL",
-        )
-        .bind(account_id)
-        .bind(key)
-        .execute(self.pool())
-        .await?;
-        Ok(())
     }
 }
 

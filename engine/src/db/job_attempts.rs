@@ -4,9 +4,9 @@
 //! that claims a submission) in SQL, so writers never overwrite each other's changes.
 
 use serde::Serialize;
-use sqlx::AnyConnection;
+use sqlx::{Any, AnyConnection, Executor};
 
-use super::{Db, ErrorColumns};
+use super::ErrorColumns;
 use crate::jobs::job::JobError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -86,15 +86,16 @@ pub async fn finish(
     Ok(())
 }
 
-impl Db {
-    /// The job's attempts, first to last.
-    pub async fn job_attempts(&self, job_id: &str) -> Result<Vec<JobAttempt>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT provider, model, upstream_id, status, error_code, error_message, \
-             started_at, ended_at FROM job_attempts WHERE job_id = $1 ORDER BY n",
-        )
-        .bind(job_id)
-        .fetch_all(self.pool())
-        .await
-    }
+/// The job's attempts, first to last.
+pub async fn for_job<'e>(
+    db: impl Executor<'e, Database = Any>,
+    job_id: &str,
+) -> Result<Vec<JobAttempt>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT provider, model, upstream_id, status, error_code, error_message, \
+         started_at, ended_at FROM job_attempts WHERE job_id = $1 ORDER BY n",
+    )
+    .bind(job_id)
+    .fetch_all(db)
+    .await
 }

@@ -2,6 +2,7 @@
 
 use super::Db;
 use crate::ids::{IdKind, new_id, now_ms};
+use sqlx::{Any, Executor};
 
 /// A key as listed by `mediagate keys list` (never the secret itself).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -21,6 +22,39 @@ pub struct Caller {
     #[sqlx(rename = "id")]
     pub key_id: String,
     pub account_id: String,
+}
+
+pub async fn list<'e>(db: impl Executor<'e, Database = Any>) -> Result<Vec<KeyInfo>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, account_id, name, key_prefix, created_at, revoked_at FROM api_keys ORDER BY id",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Marks a key revoked; false if there is no such active key.
+pub async fn revoke<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(id)
+            .execute(db)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The caller behind an active key hash.
+pub async fn caller_by_hash<'e>(
+    db: impl Executor<'e, Database = Any>,
+    key_hash: &str,
+) -> Result<Option<Caller>, sqlx::Error> {
+    sqlx::query_as("SELECT id, account_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+        .bind(key_hash)
+        .fetch_optional(db)
+        .await
 }
 
 impl Db {
@@ -56,34 +90,5 @@ impl Db {
         .await?;
         tx.commit().await?;
         Ok(id)
-    }
-
-    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, account_id, name, key_prefix, created_at, revoked_at FROM api_keys ORDER BY id",
-        )
-        .fetch_all(self.pool())
-        .await
-    }
-
-    /// Marks a key revoked; false if there is no such active key.
-    pub async fn revoke_key(&self, id: &str) -> Result<bool, sqlx::Error> {
-        let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now_ms())
-                .bind(id)
-                .execute(self.pool())
-                .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// The caller behind an active key hash.
-    pub async fn caller_by_key_hash(&self, key_hash: &str) -> Result<Option<Caller>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, account_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(key_hash)
-        .fetch_optional(self.pool())
-        .await
     }
 }

@@ -1,9 +1,7 @@
 //! Webhook deliveries (one per event and destination) and their attempts: the delivery
 //! log, and the state the delivery tasks move forward with guarded updates.
 
-use sqlx::AnyConnection;
-
-use super::Db;
+use sqlx::{Any, AnyConnection, Executor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryStatus {
@@ -309,98 +307,99 @@ pub async fn reissue(
     Ok(done.rows_affected() == 1)
 }
 
-impl Db {
-    pub async fn delivery(&self, id: &str) -> Result<Option<Delivery>, sqlx::Error> {
-        sqlx::query_as(concat!(
-            "SELECT ",
-            delivery_columns!(),
-            " FROM webhook_deliveries WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await
-    }
+pub async fn find<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        delivery_columns!(),
+        " FROM webhook_deliveries WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
 
-    /// A job's deliveries, oldest first, each with its attempts in order. One statement,
-    /// so the deliveries and their attempts come from the same snapshot.
-    pub async fn deliveries_for_job(
-        &self,
-        job_id: &str,
-    ) -> Result<Vec<(Delivery, Vec<Attempt>)>, sqlx::Error> {
-        let rows: Vec<DeliveryAttemptRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            delivery_columns!(d.),
-            ", a.attempt, a.started_at, a.duration_ms, a.status_code, \
-             a.error AS attempt_error, a.response_body \
-             FROM webhook_deliveries d \
-             LEFT JOIN webhook_attempts a ON a.delivery_id = d.id \
-             WHERE d.job_id = $1 ORDER BY d.id, a.attempt"
-        ))
-        .bind(job_id)
-        .fetch_all(self.pool())
-        .await?;
-        let mut out: Vec<(Delivery, Vec<Attempt>)> = Vec::new();
-        for r in rows {
-            let attempt = match (r.attempt, r.started_at, r.duration_ms) {
-                (Some(attempt), Some(started_at), Some(duration_ms)) => Some(Attempt {
-                    attempt,
-                    started_at,
-                    duration_ms,
-                    status_code: r.status_code,
-                    error: r.attempt_error,
-                    response_body: r.response_body,
-                }),
-                _ => None,
-            };
-            if out.last().is_none_or(|(d, _)| d.id != r.delivery.id) {
-                out.push((r.delivery, Vec::new()));
-            }
-            let (_, attempts) = out.last_mut().expect("pushed above");
-            attempts.extend(attempt);
+/// A job's deliveries, oldest first, each with its attempts in order. One statement,
+/// so the deliveries and their attempts come from the same snapshot.
+pub async fn for_job<'e>(
+    db: impl Executor<'e, Database = Any>,
+    job_id: &str,
+) -> Result<Vec<(Delivery, Vec<Attempt>)>, sqlx::Error> {
+    let rows: Vec<DeliveryAttemptRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        delivery_columns!(d.),
+        ", a.attempt, a.started_at, a.duration_ms, a.status_code, \
+         a.error AS attempt_error, a.response_body \
+         FROM webhook_deliveries d \
+         LEFT JOIN webhook_attempts a ON a.delivery_id = d.id \
+         WHERE d.job_id = $1 ORDER BY d.id, a.attempt"
+    ))
+    .bind(job_id)
+    .fetch_all(db)
+    .await?;
+    let mut out: Vec<(Delivery, Vec<Attempt>)> = Vec::new();
+    for r in rows {
+        let attempt = match (r.attempt, r.started_at, r.duration_ms) {
+            (Some(attempt), Some(started_at), Some(duration_ms)) => Some(Attempt {
+                attempt,
+                started_at,
+                duration_ms,
+                status_code: r.status_code,
+                error: r.attempt_error,
+                response_body: r.response_body,
+            }),
+            _ => None,
+        };
+        if out.last().is_none_or(|(d, _)| d.id != r.delivery.id) {
+            out.push((r.delivery, Vec::new()));
         }
-        Ok(out)
+        let (_, attempts) = out.last_mut().expect("pushed above");
+        attempts.extend(attempt);
     }
+    Ok(out)
+}
 
-    /// Arms a delivery for a manual redelivery now, with the schedule started over. The
-    /// new task carries the returned sequence. `None` if the account has no such delivery,
-    /// or if an attempt holds it now (being sent, or waiting for a slot): that attempt is
-    /// the redelivery, so redeliveries asked for at once coalesce into one.
-    pub async fn rearm_delivery(
-        &self,
-        account_id: &str,
-        id: &str,
-        now: i64,
-    ) -> Result<Option<Delivery>, sqlx::Error> {
-        sqlx::query_as(concat!(
-            "UPDATE webhook_deliveries SET status = 'pending', step = 0, seq = seq + 1, \
-             next_attempt_at = $1, claimed_until = 0, updated_at = $1 \
-             WHERE id = $2 AND account_id = $3 \
-             AND NOT (status = 'pending' AND claimed_until > $1) RETURNING ",
-            delivery_columns!()
-        ))
-        .bind(now)
-        .bind(id)
-        .bind(account_id)
-        .fetch_optional(self.pool())
-        .await
-    }
+/// Arms a delivery for a manual redelivery now, with the schedule started over. The
+/// new task carries the returned sequence. `None` if the account has no such delivery,
+/// or if an attempt holds it now (being sent, or waiting for a slot): that attempt is
+/// the redelivery, so redeliveries asked for at once coalesce into one.
+pub async fn rearm<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account_id: &str,
+    id: &str,
+    now: i64,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE webhook_deliveries SET status = 'pending', step = 0, seq = seq + 1, \
+         next_attempt_at = $1, claimed_until = 0, updated_at = $1 \
+         WHERE id = $2 AND account_id = $3 \
+         AND NOT (status = 'pending' AND claimed_until > $1) RETURNING ",
+        delivery_columns!()
+    ))
+    .bind(now)
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(db)
+    .await
+}
 
-    /// Pending deliveries whose attempt is overdue by more than `grace_ms` and that no
-    /// attempt holds: their task was lost (or never pushed).
-    pub async fn overdue_deliveries(
-        &self,
-        now: i64,
-        grace_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, seq FROM webhook_deliveries WHERE status = 'pending' \
-             AND next_attempt_at < $1 AND claimed_until < $2 ORDER BY next_attempt_at LIMIT $3",
-        )
-        .bind(now - grace_ms)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
-    }
+/// Pending deliveries whose attempt is overdue by more than `grace_ms` and that no
+/// attempt holds: their task was lost (or never pushed).
+pub async fn overdue<'e>(
+    db: impl Executor<'e, Database = Any>,
+    now: i64,
+    grace_ms: i64,
+    limit: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, seq FROM webhook_deliveries WHERE status = 'pending' \
+         AND next_attempt_at < $1 AND claimed_until < $2 ORDER BY next_attempt_at LIMIT $3",
+    )
+    .bind(now - grace_ms)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }

@@ -1,7 +1,7 @@
 //! Account-wide webhook endpoints: where every matching event of the account goes, each
 //! with its own signing secret and event filter.
 
-use sqlx::AnyConnection;
+use sqlx::{Any, AnyConnection, Executor};
 
 use super::{Db, json_column};
 
@@ -145,6 +145,80 @@ pub async fn disable(
     Ok(done.rows_affected() == 1)
 }
 
+pub async fn find<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+) -> Result<Option<Endpoint>, sqlx::Error> {
+    let row: Option<EndpointRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        endpoint_columns!(),
+        " FROM webhook_endpoints WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    row.map(Endpoint::try_from).transpose()
+}
+
+/// One page of the account's endpoints, oldest first, after the id `after`; and
+/// whether more follow.
+pub async fn page<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account_id: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<Endpoint>, bool), sqlx::Error> {
+    let rows: Vec<EndpointRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        endpoint_columns!(),
+        " FROM webhook_endpoints WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+    ))
+    .bind(account_id)
+    .bind(after.unwrap_or(""))
+    .bind(i64::from(limit) + 1)
+    .fetch_all(db)
+    .await?;
+    let mut list = rows
+        .into_iter()
+        .map(Endpoint::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let has_more = list.len() > limit as usize;
+    list.truncate(limit as usize);
+    Ok((list, has_more))
+}
+
+/// Deletes the endpoint; its pending deliveries fail at their next attempt. False if the
+/// account has no such endpoint.
+pub async fn delete<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account_id: &str,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1 AND account_id = $2")
+        .bind(id)
+        .bind(account_id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Enables a disabled endpoint again, with a clean failure record.
+pub async fn enable<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account_id: &str,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL, \
+         failing_since = NULL WHERE id = $1 AND account_id = $2",
+    )
+    .bind(id)
+    .bind(account_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 impl Db {
     /// Writes the endpoint unless its account already has `cap` of them; false if it has.
     /// Count and insert are one transaction, serialized per account (an advisory lock on
@@ -182,68 +256,5 @@ impl Db {
         .await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
-        let row: Option<EndpointRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            endpoint_columns!(),
-            " FROM webhook_endpoints WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(Endpoint::try_from).transpose()
-    }
-
-    /// One page of the account's endpoints, oldest first, after the id `after`; and
-    /// whether more follow.
-    pub async fn endpoints_page(
-        &self,
-        account_id: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<(Vec<Endpoint>, bool), sqlx::Error> {
-        let rows: Vec<EndpointRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            endpoint_columns!(),
-            " FROM webhook_endpoints WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3"
-        ))
-        .bind(account_id)
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.pool())
-        .await?;
-        let mut list = rows
-            .into_iter()
-            .map(Endpoint::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        let has_more = list.len() > limit as usize;
-        list.truncate(limit as usize);
-        Ok((list, has_more))
-    }
-
-    /// Deletes the endpoint; its pending deliveries fail at their next attempt. False if the
-    /// account has no such endpoint.
-    pub async fn delete_endpoint(&self, account_id: &str, id: &str) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1 AND account_id = $2")
-            .bind(id)
-            .bind(account_id)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Enables a disabled endpoint again, with a clean failure record.
-    pub async fn enable_endpoint(&self, account_id: &str, id: &str) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL, \
-             failing_since = NULL WHERE id = $1 AND account_id = $2",
-        )
-        .bind(id)
-        .bind(account_id)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 }

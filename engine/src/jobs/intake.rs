@@ -282,7 +282,7 @@ pub async fn create_job(
     }
     let result = insert_job(engine, account_id, req, key, now).await;
     if let (Err(_), Some(k)) = (&result, key) {
-        let _ = engine.db.release_idempotency_key(account_id, &k.key).await;
+        let _ = crate::db::idempotency::release(engine.db.pool(), account_id, &k.key).await;
     }
     let job = result?;
     tasks::hand_off(

@@ -47,7 +47,7 @@ pub(super) async fn make_attempt(
             return Ok(());
         }
     };
-    let Some(event) = engine.db.event(&delivery.event_id).await? else {
+    let Some(event) = crate::db::events::find(engine.db.pool(), &delivery.event_id).await? else {
         let mut conn = engine.db.pool().acquire().await?;
         deliveries::abandon(&mut conn, delivery, "event not found", now_ms()).await?;
         return Ok(());
@@ -122,7 +122,8 @@ pub(super) async fn signing_keys(
             endpoint_failing: false,
         }));
     };
-    let Some(endpoint) = engine.db.endpoint(endpoint_id).await? else {
+    let Some(endpoint) = crate::db::webhook_endpoints::find(engine.db.pool(), endpoint_id).await?
+    else {
         return Ok(Err("endpoint deleted"));
     };
     if endpoint.disabled_at.is_some() {

@@ -189,7 +189,8 @@ pub async fn redeliver(
     account_id: &str,
     delivery_id: &str,
 ) -> Result<Redelivery, EngineError> {
-    let Some(existing) = engine.db.delivery(delivery_id).await? else {
+    let Some(existing) = crate::db::webhook_deliveries::find(engine.db.pool(), delivery_id).await?
+    else {
         return Ok(Redelivery::NotFound);
     };
     if existing.account_id != account_id {
@@ -198,17 +199,18 @@ pub async fn redeliver(
     if let Err(reason) = signing_keys(engine, &existing).await? {
         return Ok(Redelivery::EndpointUnavailable(reason));
     }
-    let Some(armed) = engine
-        .db
-        .rearm_delivery(account_id, delivery_id, now_ms())
-        .await?
+    let Some(armed) =
+        crate::db::webhook_deliveries::rearm(engine.db.pool(), account_id, delivery_id, now_ms())
+            .await?
     else {
         // An attempt holds the delivery right now: it is the redelivery (a second one at
         // once would only race it).
-        return Ok(match engine.db.delivery(delivery_id).await? {
-            Some(d) if d.account_id == account_id => Redelivery::Armed(Box::new(d)),
-            _ => Redelivery::NotFound,
-        });
+        return Ok(
+            match crate::db::webhook_deliveries::find(engine.db.pool(), delivery_id).await? {
+                Some(d) if d.account_id == account_id => Redelivery::Armed(Box::new(d)),
+                _ => Redelivery::NotFound,
+            },
+        );
     };
     let task = Deliver {
         delivery_id: armed.id.clone(),

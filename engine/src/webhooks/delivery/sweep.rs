@@ -12,7 +12,7 @@ use crate::{Engine, EngineError};
 pub async fn sweep_once(engine: &Engine) -> Result<usize, EngineError> {
     let now = now_ms();
     let grace = engine.config.jobs.reaper_grace.as_millis() as i64;
-    let overdue = engine.db.overdue_deliveries(now, grace, 500).await?;
+    let overdue = crate::db::webhook_deliveries::overdue(engine.db.pool(), now, grace, 500).await?;
     let mut handed_out = 0;
     for (delivery_id, seq) in overdue {
         let mut conn = engine.db.pool().acquire().await?;
