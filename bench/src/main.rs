@@ -487,9 +487,9 @@ async fn fixture(
         .put(&new.id, 0, "video/mp4", "mp4", bytes.into())
         .await?;
     let mut tx = store.begin().await?;
-    jobs::insert(&mut tx, &new).await?;
-    jobs::claim_queued(&mut tx, &new.id, now, now).await?;
-    jobs::complete(&mut tx, &new.id, &[stored], "0.0000", now)
+    jobs::insert(&mut *tx, &new).await?;
+    jobs::claim_queued(&mut *tx, &new.id, now, now).await?;
+    jobs::complete(&mut *tx, &new.id, &[stored], "0.0000", now)
         .await?
         .context("complete fixture")?;
     tx.commit().await?;

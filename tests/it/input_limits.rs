@@ -418,8 +418,8 @@ async fn insert_huge_job(app: &TestApp, account: &str, i: usize) -> String {
         deadline_at: now + 600_000,
     };
     let mut conn = app.engine().db.pool().acquire().await.unwrap();
-    jobs::insert(&mut conn, &new).await.unwrap();
-    jobs::end(&mut conn, &new.id, JobStatus::Cancelled, None, now)
+    jobs::insert(&mut *conn, &new).await.unwrap();
+    jobs::end(&mut *conn, &new.id, JobStatus::Cancelled, None, now)
         .await
         .unwrap();
     new.id
@@ -440,7 +440,7 @@ async fn event_batches_stay_bounded_over_huge_rows(backend: Backend) {
         } else {
             "job.progress"
         };
-        events::insert(&mut conn, &id, &account, kind, now_ms(), &data)
+        events::insert(&mut *conn, &id, &account, kind, now_ms(), &data)
             .await
             .unwrap();
     }

@@ -102,7 +102,7 @@ async fn insert_without_task(app: &TestApp, input: Value) -> String {
         deadline_at: now + 600_000,
     };
     let mut tx = app.engine().db.begin().await.unwrap();
-    jobs::insert(&mut tx, &new).await.unwrap();
+    jobs::insert(&mut *tx, &new).await.unwrap();
     tx.commit().await.unwrap();
     new.id
 }

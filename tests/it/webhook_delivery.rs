@@ -551,7 +551,7 @@ async fn progress_events_are_opt_in_and_throttled(backend: Backend) {
     ] {
         let mut tx = store.begin().await.unwrap();
         let (_, announce) =
-            mediagate_engine::db::jobs::set_progress(&mut tx, id, progress, at, 1000)
+            mediagate_engine::db::jobs::set_progress(&mut *tx, id, progress, at, 1000)
                 .await
                 .unwrap()
                 .expect("in progress");

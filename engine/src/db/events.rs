@@ -2,7 +2,7 @@
 //! change that causes it, so no outcome exists without its event.
 
 use serde_json::Value;
-use sqlx::{Any, AnyConnection, Executor};
+use sqlx::{Any, Executor};
 
 use super::{Db, LIST_PAGE_BYTES, fit_page, json_column};
 use crate::ids::{IdKind, new_id};
@@ -52,8 +52,8 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
-pub async fn insert(
-    conn: &mut AnyConnection,
+pub async fn insert<'e>(
+    conn: impl Executor<'e, Database = Any>,
     job_id: &str,
     account_id: &str,
     kind: &str,

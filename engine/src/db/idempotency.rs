@@ -5,7 +5,7 @@
 //! bound to the job in the job's transaction. A claim whose request died is taken over
 //! after `lock_ms`; a key older than `ttl_ms` is free again.
 
-use sqlx::{Any, AnyConnection, Executor};
+use sqlx::{Any, Executor};
 
 use super::Db;
 
@@ -137,8 +137,8 @@ impl Db {
 }
 
 /// Binds a claimed key to its job, inside the job's insert transaction.
-pub async fn bind(
-    conn: &mut AnyConnection,
+pub async fn bind<'e>(
+    conn: impl Executor<'e, Database = Any>,
     account_id: &str,
     key: &str,
     job_id: &str,

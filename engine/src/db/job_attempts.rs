@@ -4,7 +4,7 @@
 //! that claims a submission) in SQL, so writers never overwrite each other's changes.
 
 use serde::Serialize;
-use sqlx::{Any, AnyConnection, Executor};
+use sqlx::{Any, Executor};
 
 use super::ErrorColumns;
 use crate::jobs::job::JobError;
@@ -24,8 +24,8 @@ pub struct JobAttempt {
 
 /// Opens attempt number `n` at `provider`; the write that claimed the submission gave
 /// the job its new `attempt_count`, `n`.
-pub async fn open(
-    conn: &mut AnyConnection,
+pub async fn open<'e>(
+    conn: impl Executor<'e, Database = Any>,
     job_id: &str,
     n: i64,
     provider: &str,
@@ -47,8 +47,8 @@ pub async fn open(
 }
 
 /// Records the upstream id on the current attempt.
-pub async fn set_upstream_id(
-    conn: &mut AnyConnection,
+pub async fn set_upstream_id<'e>(
+    conn: impl Executor<'e, Database = Any>,
     job_id: &str,
     upstream_id: &str,
 ) -> Result<(), sqlx::Error> {
@@ -64,8 +64,8 @@ pub async fn set_upstream_id(
 }
 
 /// Ends the current attempt, if it is still running.
-pub async fn finish(
-    conn: &mut AnyConnection,
+pub async fn finish<'e>(
+    conn: impl Executor<'e, Database = Any>,
     job_id: &str,
     status: &str,
     error: Option<&JobError>,

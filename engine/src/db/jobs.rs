@@ -140,7 +140,10 @@ pub struct JobFilter {
 }
 
 /// Inserts a queued job.
-pub async fn insert(conn: &mut AnyConnection, j: &NewJob) -> Result<Job, sqlx::Error> {
+pub async fn insert<'e>(
+    conn: impl Executor<'e, Database = Any>,
+    j: &NewJob,
+) -> Result<Job, sqlx::Error> {
     let row: JobRow = sqlx::query_as(concat!(
         "INSERT INTO jobs (id, account_id, status, kind, model, provider, input, metadata, webhook, \
          next_check_at, created_at, deadline_at, updated_at, route) \
@@ -166,8 +169,8 @@ pub async fn insert(conn: &mut AnyConnection, j: &NewJob) -> Result<Job, sqlx::E
 /// queued → in_progress, claiming the first submission (the returned job's
 /// `attempt_count` numbers it). `lease_until` marks the job as being worked on until then,
 /// so the reaper does not hand it out meanwhile.
-pub async fn claim_queued(
-    conn: &mut AnyConnection,
+pub async fn claim_queued<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     now: i64,
     lease_until: i64,
@@ -189,8 +192,8 @@ pub async fn claim_queued(
 /// Re-claims the submission of an in-progress job that has no upstream id yet, when the
 /// previous claim (`old_claim`) was released or abandoned. Returns the new attempt's
 /// number, or `None` if someone else claimed it.
-pub async fn reclaim_submission(
-    conn: &mut AnyConnection,
+pub async fn reclaim_submission<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     old_claim: i64,
     now: i64,
@@ -212,8 +215,8 @@ pub async fn reclaim_submission(
 
 /// Marks the job as being worked on by the task holding `seq` until `until` (before long
 /// steps such as copying media), so the reaper does not hand it out meanwhile.
-pub async fn lease(
-    conn: &mut AnyConnection,
+pub async fn lease<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     seq: i64,
     until: i64,
@@ -285,8 +288,8 @@ pub enum Woken {
 /// An upstream called back about the job: its next check is due now. `None` when the job
 /// is not in progress or the callback names another upstream job (one the job has moved on
 /// from). `upstream_id` is empty when the callback does not say which job it is about.
-pub async fn wake(
-    conn: &mut AnyConnection,
+pub async fn wake<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     upstream_id: &str,
     now: i64,
@@ -313,8 +316,8 @@ pub async fn wake(
 /// Counts a retryable upstream failure. With `resubmit`, the upstream id and the
 /// submission claim are cleared, so the next check submits afresh; without, it polls the
 /// same upstream job again.
-pub async fn record_retry(
-    conn: &mut AnyConnection,
+pub async fn record_retry<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     resubmit: bool,
     now: i64,
@@ -332,8 +335,8 @@ pub async fn record_retry(
 /// Raises progress (never lowers it) while the job is in progress. The second value says
 /// whether this change should be announced with a `job.progress` event: at most one per
 /// `quiet_ms` per job, decided in the same statement so concurrent steps agree.
-pub async fn set_progress(
-    conn: &mut AnyConnection,
+pub async fn set_progress<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     progress: i64,
     now: i64,
@@ -367,8 +370,8 @@ struct ProgressRow {
 }
 
 /// in_progress → completed with its outputs.
-pub async fn complete(
-    conn: &mut AnyConnection,
+pub async fn complete<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     outputs: &[StoredOutput],
     cost_usd: &str,
@@ -391,8 +394,8 @@ pub async fn complete(
 }
 
 /// Any pending status → failed, cancelled or expired.
-pub async fn end(
-    conn: &mut AnyConnection,
+pub async fn end<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     to: JobStatus,
     error: Option<&JobError>,
@@ -423,8 +426,8 @@ pub async fn end(
 /// its first submission for the caller (numbered by the returned `attempt_count`): the
 /// upstream id is cleared, the fencing sequence bumped like `schedule_check`, and the job
 /// leased until `lease_until`. `None` if the job moved on.
-pub async fn switch_route(
-    conn: &mut AnyConnection,
+pub async fn switch_route<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     seq: i64,
     index: i64,
@@ -454,8 +457,8 @@ pub async fn switch_route(
 /// Counts a failed step of a pending job; returns the job's failed steps so far, or
 /// `None` if the job is no longer pending. A bare counter, so that it can be written when
 /// the job's other writes cannot.
-pub async fn count_step_failure(
-    conn: &mut AnyConnection,
+pub async fn count_step_failure<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(concat!(
@@ -470,8 +473,8 @@ pub async fn count_step_failure(
 
 /// Fails a pending job with nothing but its status and error: the last resort for a job
 /// whose event (or row) cannot be written or read. True if the job was pending.
-pub async fn force_fail(
-    conn: &mut AnyConnection,
+pub async fn force_fail<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     error: &JobError,
     now: i64,
@@ -492,8 +495,8 @@ pub async fn force_fail(
 
 /// Hands the job's next check to a new task: bumps the fencing sequence if it is still
 /// `seq`. Tasks carrying an older sequence find it changed and stand down.
-pub async fn schedule_check(
-    conn: &mut AnyConnection,
+pub async fn schedule_check<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     seq: i64,
     at: i64,

@@ -8,7 +8,12 @@
 //!
 //! Every statement is static text (a column list shared by several statements is a
 //! `macro_rules!` spliced in with `concat!`), and every row is read by a
-//! `#[derive(sqlx::FromRow)]` struct. The `Any` driver decodes only integers, floats,
+//! `#[derive(sqlx::FromRow)]` struct. A query is one function over any executor (the
+//! pool, a connection, or the caller's transaction: `&mut *tx`), so a write can join the
+//! transaction of the state change it belongs to; a function that runs several
+//! statements takes a connection (`&mut AnyConnection`); a unit of work that needs a
+//! transaction of its own (a page measured then read, a key rotation, a batch) is a
+//! method of [`Db`]. The `Any` driver decodes only integers, floats,
 //! text and bytes, so a column holding JSON or an enum's name is read as text into a raw
 //! row and converted by its `TryFrom`.
 

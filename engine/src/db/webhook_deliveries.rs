@@ -135,7 +135,10 @@ struct DeliveryAttemptRow {
 }
 
 /// Writes a pending delivery, due at once (in the event's transaction).
-pub async fn insert(conn: &mut AnyConnection, d: &NewDelivery<'_>) -> Result<(), sqlx::Error> {
+pub async fn insert<'e>(
+    conn: impl Executor<'e, Database = Any>,
+    d: &NewDelivery<'_>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO webhook_deliveries (id, account_id, job_id, event_id, event_type, \
          endpoint_id, url, status, next_attempt_at, created_at, updated_at) \
@@ -156,8 +159,8 @@ pub async fn insert(conn: &mut AnyConnection, d: &NewDelivery<'_>) -> Result<(),
 
 /// Takes the delivery for one attempt if it is pending and still at `seq`: bumps the
 /// sequence (retiring duplicate tasks) and holds it until `lease_until`.
-pub async fn claim(
-    conn: &mut AnyConnection,
+pub async fn claim<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     seq: i64,
     lease_until: i64,
@@ -234,8 +237,8 @@ pub async fn record_attempt(
 }
 
 /// Ends a delivery without an attempt (its endpoint was deleted or disabled).
-pub async fn abandon(
-    conn: &mut AnyConnection,
+pub async fn abandon<'e>(
+    conn: impl Executor<'e, Database = Any>,
     d: &Delivery,
     reason: &str,
     now: i64,
@@ -256,7 +259,11 @@ pub async fn abandon(
 
 /// Puts a claimed delivery back without an attempt, due again at `at` (its receiver is
 /// busy). The next task carries the same `seq`. False if the delivery moved on meanwhile.
-pub async fn defer(conn: &mut AnyConnection, d: &Delivery, at: i64) -> Result<bool, sqlx::Error> {
+pub async fn defer<'e>(
+    conn: impl Executor<'e, Database = Any>,
+    d: &Delivery,
+    at: i64,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE webhook_deliveries SET next_attempt_at = $1, claimed_until = 0 \
          WHERE id = $2 AND seq = $3 AND status = 'pending'",
@@ -270,8 +277,8 @@ pub async fn defer(conn: &mut AnyConnection, d: &Delivery, at: i64) -> Result<bo
 }
 
 /// Extends the hold of a claimed delivery to `until`, if it is still held at `d.seq`.
-pub async fn renew(
-    conn: &mut AnyConnection,
+pub async fn renew<'e>(
+    conn: impl Executor<'e, Database = Any>,
     d: &Delivery,
     until: i64,
 ) -> Result<bool, sqlx::Error> {
@@ -289,8 +296,8 @@ pub async fn renew(
 
 /// Hands a pending delivery to a new task: bumps the sequence if it is still `seq` and
 /// sets when the attempt is due. The new task carries `seq + 1`.
-pub async fn reissue(
-    conn: &mut AnyConnection,
+pub async fn reissue<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     seq: i64,
     at: i64,

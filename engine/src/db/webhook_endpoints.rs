@@ -71,8 +71,8 @@ impl TryFrom<EndpointRow> for Endpoint {
 
 /// The account's enabled endpoints, read inside the transaction that writes an event so
 /// that its deliveries match the endpoints as they were at that moment.
-pub async fn enabled_for_account(
-    conn: &mut AnyConnection,
+pub async fn enabled_for_account<'e>(
+    conn: impl Executor<'e, Database = Any>,
     account_id: &str,
 ) -> Result<Vec<Endpoint>, sqlx::Error> {
     let rows: Vec<EndpointRow> = sqlx::query_as(concat!(
@@ -87,7 +87,10 @@ pub async fn enabled_for_account(
 }
 
 /// After a successful delivery: the endpoint is healthy again.
-pub async fn mark_healthy(conn: &mut AnyConnection, id: &str) -> Result<(), sqlx::Error> {
+pub async fn mark_healthy<'e>(
+    conn: impl Executor<'e, Database = Any>,
+    id: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE webhook_endpoints SET failing_since = NULL \
          WHERE id = $1 AND failing_since IS NOT NULL",
@@ -127,8 +130,8 @@ pub async fn mark_failing(
 }
 
 /// Disables the endpoint at once (it answered 410 Gone). True if it was enabled.
-pub async fn disable(
-    conn: &mut AnyConnection,
+pub async fn disable<'e>(
+    conn: impl Executor<'e, Database = Any>,
     id: &str,
     now: i64,
     reason: &str,

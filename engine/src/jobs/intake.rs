@@ -317,11 +317,11 @@ async fn insert_job(
     let Some(k) = key else {
         // One statement needs no explicit transaction: one round trip less per submit.
         let mut conn = engine.db.pool().acquire().await?;
-        return Ok(jobs::insert(&mut conn, &new).await?);
+        return Ok(jobs::insert(&mut *conn, &new).await?);
     };
     let mut tx = engine.db.begin().await?;
-    let job = jobs::insert(&mut tx, &new).await?;
-    idempotency::bind(&mut tx, account_id, &k.key, &job.id).await?;
+    let job = jobs::insert(&mut *tx, &new).await?;
+    idempotency::bind(&mut *tx, account_id, &k.key, &job.id).await?;
     tx.commit().await?;
     Ok(job)
 }

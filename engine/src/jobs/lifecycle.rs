@@ -70,11 +70,11 @@ pub async fn advance(engine: &Engine, task: &Advance) -> Result<(), EngineError>
                 let mut tx = engine.db.begin().await?;
                 let lease = lease_until(engine, now);
                 let Some(n) =
-                    jobs::reclaim_submission(&mut tx, &job.id, job.claimed_at, now, lease).await?
+                    jobs::reclaim_submission(&mut *tx, &job.id, job.claimed_at, now, lease).await?
                 else {
                     return Ok(());
                 };
-                job_attempts::open(&mut tx, &job.id, n, &job.provider, &job.model, now).await?;
+                job_attempts::open(&mut *tx, &job.id, n, &job.provider, &job.model, now).await?;
                 tx.commit().await?;
                 step.submit_or_skip(&Job {
                     claimed_at: now,
@@ -103,7 +103,7 @@ pub async fn run_step(engine: &Engine, task: &Advance) -> Result<(), EngineError
         if let Ok(mut conn) = engine.db.pool().acquire().await {
             // Best effort: a job that moved on is not leased, and the step's own guarded
             // writes then find it moved on too.
-            let _ = jobs::lease(&mut conn, &task.job_id, task.seq, until).await;
+            let _ = jobs::lease(&mut *conn, &task.job_id, task.seq, until).await;
         }
     };
     let reason = match watchdog::watched(limit, renew, advance(engine, task)).await {
@@ -120,7 +120,7 @@ pub async fn run_step(engine: &Engine, task: &Advance) -> Result<(), EngineError
 pub async fn step_failed(engine: &Engine, task: &Advance, reason: &str) -> Result<(), EngineError> {
     let job_id = task.job_id.as_str();
     let mut conn = engine.db.pool().acquire().await?;
-    let Some(failures) = jobs::count_step_failure(&mut conn, job_id).await? else {
+    let Some(failures) = jobs::count_step_failure(&mut *conn, job_id).await? else {
         return Ok(());
     };
     let cfg = &engine.config.jobs;
@@ -128,7 +128,7 @@ pub async fn step_failed(engine: &Engine, task: &Advance, reason: &str) -> Resul
         tracing::warn!(job_id, failures, reason, "job step failed; trying again");
         let delay = cfg.backoff(failures as u32);
         let at = now_ms() + delay.as_millis() as i64;
-        if jobs::schedule_check(&mut conn, job_id, task.seq, at).await? {
+        if jobs::schedule_check(&mut *conn, job_id, task.seq, at).await? {
             drop(conn);
             push_next(engine, job_id, task.seq + 1, at).await;
         }
@@ -154,7 +154,7 @@ pub async fn step_failed(engine: &Engine, task: &Advance, reason: &str) -> Resul
             // Its event cannot be written either: end the row alone, without an event.
             tracing::error!(job_id, error = %e, "could not record the failure's event; failing the job without one");
             let mut conn = engine.db.pool().acquire().await?;
-            if jobs::force_fail(&mut conn, job_id, &error, now_ms()).await? {
+            if jobs::force_fail(&mut *conn, job_id, &error, now_ms()).await? {
                 engine.announce(job_id);
             }
         }
@@ -282,7 +282,7 @@ impl<'e> Step<'e> {
                 if let Some(at) =
                     jobs::set_upstream_id(&mut tx, &job.id, &upstream_id, now_ms(), next).await?
                 {
-                    job_attempts::set_upstream_id(&mut tx, &job.id, &upstream_id).await?;
+                    job_attempts::set_upstream_id(&mut *tx, &job.id, &upstream_id).await?;
                     tx.commit().await?;
                     push_next(self.engine, &job.id, job.check_seq + 1, at).await;
                 }
@@ -309,7 +309,7 @@ impl<'e> Step<'e> {
         if stored.is_none() {
             return Ok(false);
         }
-        job_attempts::set_upstream_id(&mut tx, &job.id, upstream_id).await?;
+        job_attempts::set_upstream_id(&mut *tx, &job.id, upstream_id).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -353,7 +353,7 @@ impl<'e> Step<'e> {
                 // Copying media can take a while; keep the reaper off the job meanwhile.
                 let mut conn = self.engine.db.pool().acquire().await?;
                 let until = lease_until(self.engine, now_ms());
-                if !jobs::lease(&mut conn, &job.id, job.check_seq, until).await? {
+                if !jobs::lease(&mut *conn, &job.id, job.check_seq, until).await? {
                     return Ok(());
                 }
                 drop(conn);
@@ -439,14 +439,14 @@ impl<'e> Step<'e> {
                 // the next check submits afresh. Otherwise it polls the same job again.
                 let resubmit = release_claim || e.class.resubmits();
                 let mut tx = self.engine.db.begin().await?;
-                if jobs::record_retry(&mut tx, &job.id, resubmit, now_ms()).await? {
+                if jobs::record_retry(&mut *tx, &job.id, resubmit, now_ms()).await? {
                     if resubmit {
                         // The submission failed: the next one is a new attempt.
                         let error = JobError {
                             code: e.code,
                             message: e.message.clone(),
                         };
-                        job_attempts::finish(&mut tx, &job.id, "failed", Some(&error), now_ms())
+                        job_attempts::finish(&mut *tx, &job.id, "failed", Some(&error), now_ms())
                             .await?;
                     }
                     tx.commit().await?;
@@ -485,16 +485,16 @@ impl Step<'_> {
         let mut tx = engine.db.begin().await?;
         // The current attempt ends before the switch numbers the next one; should the
         // switch find the job moved on, the transaction is dropped, and this with it.
-        job_attempts::finish(&mut tx, &job.id, "failed", Some(&error), now).await?;
+        job_attempts::finish(&mut *tx, &job.id, "failed", Some(&error), now).await?;
         let index = job.route_index + 1;
         let lease = lease_until(engine, now);
         let Some(moved) =
-            jobs::switch_route(&mut tx, &job.id, job.check_seq, index, next, now, lease).await?
+            jobs::switch_route(&mut *tx, &job.id, job.check_seq, index, next, now, lease).await?
         else {
             return Ok(());
         };
         let n = moved.attempt_count;
-        job_attempts::open(&mut tx, &moved.id, n, &moved.provider, &moved.model, now).await?;
+        job_attempts::open(&mut *tx, &moved.id, n, &moved.provider, &moved.model, now).await?;
         tx.commit().await?;
         // Should this process die before submitting, the lease lapses and the reaper hands
         // the job out; the submission claim lapses too, so the next worker submits.
@@ -611,17 +611,17 @@ async fn transition(
     let mut tx = engine.db.begin().await?;
     let (job, event) = match change {
         Change::Start { now, lease_until } => {
-            let Some(job) = jobs::claim_queued(&mut tx, job_id, now, lease_until).await? else {
+            let Some(job) = jobs::claim_queued(&mut *tx, job_id, now, lease_until).await? else {
                 return Ok(None);
             };
             let n = job.attempt_count;
-            job_attempts::open(&mut tx, job_id, n, &job.provider, &job.model, now).await?;
+            job_attempts::open(&mut *tx, job_id, n, &job.provider, &job.model, now).await?;
             (job, Some(JobStatus::InProgress.event_type()))
         }
         Change::Progress { progress, quiet_ms } => {
             let now = now_ms();
             let Some((job, announce)) =
-                jobs::set_progress(&mut tx, job_id, progress, now, quiet_ms).await?
+                jobs::set_progress(&mut *tx, job_id, progress, now, quiet_ms).await?
             else {
                 return Ok(None);
             };
@@ -629,18 +629,18 @@ async fn transition(
         }
         Change::Complete { outputs, cost_usd } => {
             let now = now_ms();
-            let Some(job) = jobs::complete(&mut tx, job_id, outputs, cost_usd, now).await? else {
+            let Some(job) = jobs::complete(&mut *tx, job_id, outputs, cost_usd, now).await? else {
                 return Ok(None);
             };
-            job_attempts::finish(&mut tx, job_id, "succeeded", None, now).await?;
+            job_attempts::finish(&mut *tx, job_id, "succeeded", None, now).await?;
             (job, Some(JobStatus::Completed.event_type()))
         }
         Change::End { to, error } => {
             let now = now_ms();
-            let Some(job) = jobs::end(&mut tx, job_id, to, error, now).await? else {
+            let Some(job) = jobs::end(&mut *tx, job_id, to, error, now).await? else {
                 return Ok(None);
             };
-            job_attempts::finish(&mut tx, job_id, to.as_str(), error, now).await?;
+            job_attempts::finish(&mut *tx, job_id, to.as_str(), error, now).await?;
             (job, Some(to.event_type()))
         }
     };
@@ -671,7 +671,7 @@ async fn record_event(
 /// Hands the job's next check (at Unix ms `at`) to a new task.
 pub async fn schedule(engine: &Engine, job: &Job, at: i64) -> Result<(), EngineError> {
     let mut conn = engine.db.pool().acquire().await?;
-    if !jobs::schedule_check(&mut conn, &job.id, job.check_seq, at).await? {
+    if !jobs::schedule_check(&mut *conn, &job.id, job.check_seq, at).await? {
         return Ok(());
     }
     drop(conn);

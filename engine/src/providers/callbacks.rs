@@ -127,7 +127,7 @@ pub async fn receive(
         .await
         .map_err(EngineError::from)?;
     let upstream_id = upstream_id.as_deref().unwrap_or_default();
-    let woken = jobs::wake(&mut conn, &job_id, upstream_id, now_ms())
+    let woken = jobs::wake(&mut *conn, &job_id, upstream_id, now_ms())
         .await
         .map_err(EngineError::from)?;
     drop(conn);

@@ -22,7 +22,7 @@ pub async fn reap_once(engine: &Engine) -> Result<usize, EngineError> {
     for (job_id, seq) in overdue {
         let mut conn = engine.db.pool().acquire().await?;
         // Bumping the sequence retires any stray task still out there for this job.
-        if !jobs::schedule_check(&mut conn, &job_id, seq, now).await? {
+        if !jobs::schedule_check(&mut *conn, &job_id, seq, now).await? {
             continue;
         }
         drop(conn);

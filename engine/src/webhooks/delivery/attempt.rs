@@ -26,7 +26,7 @@ pub(super) async fn attempt_after_waiting(
 ) -> Result<(), EngineError> {
     let lease_until = now_ms() + (engine.config.delivery.timeout + LEASE_MARGIN).as_millis() as i64;
     let mut conn = engine.db.pool().acquire().await?;
-    if !deliveries::renew(&mut conn, delivery, lease_until).await? {
+    if !deliveries::renew(&mut *conn, delivery, lease_until).await? {
         return Ok(());
     }
     drop(conn);
@@ -43,13 +43,13 @@ pub(super) async fn make_attempt(
         Ok(signer) => signer,
         Err(reason) => {
             let mut conn = engine.db.pool().acquire().await?;
-            deliveries::abandon(&mut conn, delivery, reason, now_ms()).await?;
+            deliveries::abandon(&mut *conn, delivery, reason, now_ms()).await?;
             return Ok(());
         }
     };
     let Some(event) = crate::db::events::find(engine.db.pool(), &delivery.event_id).await? else {
         let mut conn = engine.db.pool().acquire().await?;
-        deliveries::abandon(&mut conn, delivery, "event not found", now_ms()).await?;
+        deliveries::abandon(&mut *conn, delivery, "event not found", now_ms()).await?;
         return Ok(());
     };
     // A job's own webhook may ask for OpenRouter's callback format (`/api/v1/videos`).
@@ -155,12 +155,12 @@ async fn record(
             (AfterAttempt::Delivered, _) => {
                 // Healthy endpoints (the usual case) need no write.
                 if endpoint_failing {
-                    endpoints::mark_healthy(&mut tx, endpoint_id).await?;
+                    endpoints::mark_healthy(&mut *tx, endpoint_id).await?;
                 }
                 false
             }
             (_, Some(410)) => {
-                endpoints::disable(&mut tx, endpoint_id, now, "endpoint answered 410 Gone").await?
+                endpoints::disable(&mut *tx, endpoint_id, now, "endpoint answered 410 Gone").await?
             }
             _ => {
                 let disable_before = now - cfg.disable_after.as_millis() as i64;

@@ -98,7 +98,7 @@ pub async fn attempt(
     let lease_until = now_ms() + (cfg.timeout + LEASE_MARGIN).as_millis() as i64;
     let mut conn = engine.db.pool().acquire().await?;
     let Some(delivery) =
-        deliveries::claim(&mut conn, &task.delivery_id, task.seq, lease_until).await?
+        deliveries::claim(&mut *conn, &task.delivery_id, task.seq, lease_until).await?
     else {
         return Ok(());
     };
@@ -134,7 +134,7 @@ pub async fn attempt(
         let at = now_ms()
             + jitter(places.backlog_delay(&delivery.account_id, &gate, cfg)).as_millis() as i64;
         let mut conn = engine.db.pool().acquire().await?;
-        if deliveries::defer(&mut conn, &delivery, at).await? {
+        if deliveries::defer(&mut *conn, &delivery, at).await? {
             drop(conn);
             push_attempt(engine, &delivery, at).await;
         }
@@ -144,7 +144,7 @@ pub async fn attempt(
     // again; if this process dies meanwhile, the hold lapses and the sweeper takes over.
     let hold = now_ms() + WAITING_HOLD.as_millis() as i64;
     let mut conn = engine.db.pool().acquire().await?;
-    if !deliveries::renew(&mut conn, &delivery, hold).await? {
+    if !deliveries::renew(&mut *conn, &delivery, hold).await? {
         return Ok(());
     }
     drop(conn);

@@ -16,7 +16,7 @@ pub async fn sweep_once(engine: &Engine) -> Result<usize, EngineError> {
     let mut handed_out = 0;
     for (delivery_id, seq) in overdue {
         let mut conn = engine.db.pool().acquire().await?;
-        if !deliveries::reissue(&mut conn, &delivery_id, seq, now).await? {
+        if !deliveries::reissue(&mut *conn, &delivery_id, seq, now).await? {
             continue;
         }
         drop(conn);
