@@ -960,7 +960,13 @@ async fn the_openai_sdk_drives_chat(_: Backend) {
     })
     .await;
     let openrouter = fakes::openrouter::start(Behaviour::default()).await;
-    let app = app_with(Some(&openai), Some(&openrouter), |_| {}).await;
+    let anthropic = fakes::anthropic::start(Behaviour::default()).await;
+    let anthropic_base = anthropic.base.clone();
+    let app = app_with(Some(&openai), Some(&openrouter), move |c| {
+        c.providers
+            .insert("anthropic".into(), provider(&anthropic_base));
+    })
+    .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/chat_openai_sdk.py");
     let url = format!("{}/v1", app.url);
     let key = app.key.clone();
@@ -1012,6 +1018,14 @@ async fn the_openai_sdk_drives_chat(_: Backend) {
         json!({"status": 400, "param": "model"})
     );
     assert_eq!(report["unauthorized"], 401);
+    assert_eq!(
+        report["claude"],
+        json!({"provider": "anthropic", "content": fakes::chat::DEFAULT_REPLY,
+            "finish_reason": "stop", "streamed_text": fakes::anthropic::TOOL_PREAMBLE,
+            "streamed_tool": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9,
+                "completion_tokens_details": null, "prompt_tokens_details": null}})
+    );
     // The first tool call went to OpenRouter (OpenAI's second failure), the streamed one
     // to OpenAI, each with the tools as the SDK sent them.
     for fake in [&openai, &openrouter] {
