@@ -1314,6 +1314,27 @@ async fn an_overloaded_anthropic_falls_back_to_openrouter(_: Backend) {
         let asked: Value = serde_json::from_str(&openrouter.state.requests()[0].body).unwrap();
         assert_eq!(asked["model"], "anthropic/claude-sonnet-4.5");
     }
+    // Overloaded right after message_start, before any text: nothing reached the client,
+    // so the stream still falls back.
+    let anthropic = fakes::anthropic::start(Behaviour {
+        chat_break_after: Some(0),
+        ..Behaviour::default()
+    })
+    .await;
+    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+    let app = app_with_anthropic(&anthropic, Some(&openrouter)).await;
+    let sse = stream_ok(
+        &app,
+        &json!({"model": CLAUDE, "messages": messages(), "stream": true}),
+    )
+    .await;
+    assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY);
+    assert!(
+        sse.events.iter().all(|e| e.get("error").is_none()),
+        "{:?}",
+        sse.events
+    );
+    assert_eq!(sse.events[0]["provider"], "openrouter");
     // Alone, an overloaded Anthropic is a 502 with its words; a mid-stream error event
     // ends the stream with one error event.
     let anthropic = fakes::anthropic::start(Behaviour {

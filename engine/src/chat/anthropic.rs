@@ -522,6 +522,11 @@ pub struct Translator {
     output_tokens: u64,
     /// Anthropic content block index → OpenAI tool call index.
     tool_calls: BTreeMap<u64, usize>,
+    /// The role chunk of `message_start`, held until the first chunk of the answer:
+    /// Anthropic sends `message_start` before the model has produced anything, and an
+    /// error (overloaded) may follow it; held back, that error comes before anything
+    /// reached the client, so the request can still fall back.
+    pending: Option<String>,
     /// `message_stop` arrived.
     pub ended: bool,
 }
@@ -535,6 +540,7 @@ impl Translator {
             input_usage: Value::Null,
             output_tokens: 0,
             tool_calls: BTreeMap::new(),
+            pending: None,
             ended: false,
         }
     }
@@ -549,12 +555,13 @@ impl Translator {
     /// The chunks one event gives (often none), or the error it reports.
     pub fn event(&mut self, data: &Value) -> Result<Vec<String>, ProviderError> {
         let index = data["index"].as_u64().unwrap_or(0);
-        let chunks = match data["type"].as_str().unwrap_or_default() {
+        let mut chunks = match data["type"].as_str().unwrap_or_default() {
             "message_start" => {
                 self.id = data["message"]["id"].clone();
                 self.input_usage = data["message"]["usage"].clone();
                 self.output_tokens = self.input_usage["output_tokens"].as_u64().unwrap_or(0);
-                vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
+                self.pending = Some(self.chunk(json!({"role": "assistant", "content": ""}), None));
+                Vec::new()
             }
             "content_block_start" if data["content_block"]["type"] == "tool_use" => {
                 let n = self.tool_calls.len();
@@ -612,6 +619,11 @@ impl Translator {
             // ping, content_block_stop, a text block's start, events not invented yet.
             _ => Vec::new(),
         };
+        if !chunks.is_empty()
+            && let Some(role) = self.pending.take()
+        {
+            chunks.insert(0, role);
+        }
         Ok(chunks)
     }
 }
@@ -770,6 +782,9 @@ mod tests {
         );
         assert_eq!(deltas[4]["finish_reason"], "tool_calls");
         assert!(t.ended);
+        // An error right after message_start is the first thing the relay sees.
+        let mut t = Translator::new("claude-sonnet-4-5");
+        assert_eq!(t.event(&events[0]).unwrap(), Vec::<String>::new());
         let e = t
             .event(&json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
             .unwrap_err();
