@@ -609,6 +609,22 @@ mod tests {
     }
 
     #[test]
+    fn anthropic_is_built_in_for_chat() {
+        let mut c = Config::default();
+        c.providers
+            .insert("anthropic".into(), ProviderConfig::default());
+        c.validate().unwrap();
+        let settings = c.provider_settings().unwrap();
+        assert_eq!(settings["anthropic"].base_url, "https://api.anthropic.com");
+        let engine_providers =
+            mediagate_engine::providers::Providers::from_settings(&settings).unwrap();
+        assert!(
+            !engine_providers.available("anthropic"),
+            "it serves no media"
+        );
+    }
+
+    #[test]
     fn hosts_of_your_own_name_their_api_and_base_url() {
         let with = |name: &str, p: ProviderConfig| {
             let mut c = Config::default();

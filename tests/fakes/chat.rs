@@ -233,6 +233,13 @@ pub async fn completions(State(chat): State<Chat>, headers: HeaderMap, body: Byt
         }
         pieces.push("data: [DONE]\n\n".to_owned());
     }
+    sse(&state, pieces, dialect == Dialect::OpenRouter)
+}
+
+/// An SSE answer of `pieces`, paced as the behaviour says (`keep_alive`: OpenRouter's
+/// comment first); it notes in the state whether it ran to its end.
+pub(crate) fn sse(state: &Arc<FakeState>, pieces: Vec<String>, keep_alive: bool) -> Response {
+    let behaviour = &state.behaviour;
     let stream = Paced {
         state: state.clone(),
         pieces: pieces.into_iter(),
@@ -240,7 +247,7 @@ pub async fn completions(State(chat): State<Chat>, headers: HeaderMap, body: Byt
         done: false,
         first_delay: Some(behaviour.chat_first_token_delay).filter(|d| !d.is_zero()),
         interval: behaviour.chat_token_interval,
-        keep_alive: dialect == Dialect::OpenRouter,
+        keep_alive,
     };
     let body = futures::stream::unfold(stream, |mut s| async move {
         let piece = s.next().await?;

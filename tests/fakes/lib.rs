@@ -5,6 +5,7 @@
 //! The crate `mediagate-fakes`: a dev-dependency of the integration tests, and a
 //! dependency of the bench, which measures against the same fakes.
 
+pub mod anthropic;
 pub mod bfl;
 pub mod chat;
 pub mod elevenlabs;

@@ -963,7 +963,13 @@ async fn the_openai_sdk_drives_chat(_: Backend) {
     })
     .await;
     let openrouter = fakes::openrouter::start(Behaviour::default()).await;
-    let app = app_with(Some(&openai), Some(&openrouter), |_| {}).await;
+    let anthropic = fakes::anthropic::start(Behaviour::default()).await;
+    let anthropic_base = anthropic.base.clone();
+    let app = app_with(Some(&openai), Some(&openrouter), move |c| {
+        c.providers
+            .insert("anthropic".into(), provider(&anthropic_base));
+    })
+    .await;
     let out = support::run_openai_sdk_script(&app, "chat_openai_sdk.py").await;
     let report: Value = serde_json::from_str(&out).expect("the script prints JSON");
     assert!(
@@ -993,6 +999,14 @@ async fn the_openai_sdk_drives_chat(_: Backend) {
         json!({"status": 400, "param": "model"})
     );
     assert_eq!(report["unauthorized"], 401);
+    assert_eq!(
+        report["claude"],
+        json!({"provider": "anthropic", "content": fakes::chat::DEFAULT_REPLY,
+            "finish_reason": "stop", "streamed_text": fakes::anthropic::TOOL_PREAMBLE,
+            "streamed_tool": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9,
+                "completion_tokens_details": null, "prompt_tokens_details": null}})
+    );
     // The first tool call went to OpenRouter (OpenAI's second failure), the streamed one
     // to OpenAI, each with the tools as the SDK sent them.
     for fake in [&openai, &openrouter] {
@@ -1062,4 +1076,301 @@ async fn curl_sees_tokens_arrive_one_by_one(backend: Backend) {
         "{spread:?}"
     );
     assert_eq!(lines.last().unwrap().1, "data: [DONE]");
+}
+
+// Anthropic's Messages API, through its fake, translated both ways.
+
+on_embedded!(
+    anthropic_answers_are_translated_plain_and_streamed,
+    anthropic_tool_calls_go_both_ways,
+    an_overloaded_anthropic_falls_back_to_openrouter,
+    anthropic_refuses_what_it_cannot_translate,
+);
+
+/// An app whose `anthropic` (and maybe `openrouter`) are the given fakes.
+async fn app_with_anthropic(anthropic: &Fake, openrouter: Option<&Fake>) -> TestApp {
+    let base = anthropic.base.clone();
+    app_with(None, openrouter, move |c| {
+        c.providers.insert("anthropic".into(), provider(&base));
+    })
+    .await
+}
+
+const CLAUDE: &str = "anthropic/claude-sonnet-4.5";
+
+async fn anthropic_answers_are_translated_plain_and_streamed(_: Backend) {
+    let anthropic = fakes::anthropic::start(Behaviour::default()).await;
+    let app = app_with_anthropic(&anthropic, None).await;
+    let plain = chat_ok(
+        &app,
+        &json!({"model": CLAUDE, "messages": messages(), "max_tokens": 50}),
+    )
+    .await;
+    assert_eq!(plain["object"], "chat.completion");
+    assert_eq!(
+        (plain["model"].as_str(), plain["provider"].as_str()),
+        (Some(CLAUDE), Some("anthropic"))
+    );
+    assert_eq!(
+        plain["choices"][0],
+        json!({"index": 0, "message": {"role": "assistant", "content": fakes::chat::DEFAULT_REPLY,
+            "refusal": null}, "logprobs": null, "finish_reason": "stop"})
+    );
+    // One message (the system prompt goes apart), five tokens in the fake; a token a word.
+    assert_eq!(plain["usage"]["prompt_tokens"], 5);
+    assert_eq!(plain["usage"]["completion_tokens"], 10);
+    assert_eq!(plain["usage"]["total_tokens"], 15);
+    let sent = anthropic.state.requests().last().unwrap().clone();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.header("x-api-key"), fakes::key());
+    assert_eq!(sent.header("anthropic-version"), "2023-06-01");
+    let body: Value = serde_json::from_str(&sent.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 50, "system": "be brief",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": USER}]}]})
+    );
+
+    let sse = stream_ok(
+        &app,
+        &json!({"model": CLAUDE, "messages": messages(), "stream": true,
+            "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    let sent: Value =
+        serde_json::from_str(&anthropic.state.requests().last().unwrap().body).unwrap();
+    assert_eq!(
+        (sent["stream"].clone(), sent["max_tokens"].clone()),
+        (json!(true), json!(4096))
+    );
+    assert_eq!(sse.events.last(), Some(&json!("[DONE]")));
+    let chunks = &sse.events[..sse.events.len() - 1];
+    for c in chunks {
+        assert_eq!(
+            (c["object"].as_str(), c["model"].as_str()),
+            (Some("chat.completion.chunk"), Some(CLAUDE)),
+            "{c}"
+        );
+        assert_eq!(c["id"], chunks[0]["id"]);
+    }
+    let mut expected = vec![
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
+        "logprobs": null, "finish_reason": null}]),
+    ];
+    let words = fakes::chat::DEFAULT_REPLY.split(' ').enumerate();
+    expected.extend(words.map(|(i, w)| {
+        let w = if i == 0 {
+            w.to_owned()
+        } else {
+            format!(" {w}")
+        };
+        json!([{"index": 0, "delta": {"content": w}, "logprobs": null, "finish_reason": null}])
+    }));
+    expected.push(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}]));
+    expected.push(json!([]));
+    let got: Vec<Value> = chunks.iter().map(|c| c["choices"].clone()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(
+        chunks.last().unwrap()["usage"],
+        json!({"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15})
+    );
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c.get("usage").is_none_or(Value::is_null))
+    );
+
+    // Without include_usage the usage chunk is not sent, yet usage is recorded.
+    let sse = stream_ok(
+        &app,
+        &json!({"model": CLAUDE, "messages": messages(), "stream": true}),
+    )
+    .await;
+    assert!(no_usage(&sse));
+    assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY);
+    let rows = usage_rows(&app, 3).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.provider == "anthropic" && r.prompt_tokens == 5),
+        "{rows:?}"
+    );
+}
+
+async fn anthropic_tool_calls_go_both_ways(_: Backend) {
+    let anthropic = fakes::anthropic::start(Behaviour::default()).await;
+    let app = app_with_anthropic(&anthropic, None).await;
+    let tools = json!([{"type": "function", "function": {"name": "weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let conversation = json!([
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_0", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"city\":\"Lyon\"}"}}]},
+        {"role": "tool", "tool_call_id": "toolu_0", "content": "rain"},
+    ]);
+    let plain = chat_ok(
+        &app,
+        &json!({"model": CLAUDE, "messages": conversation, "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "weather"}}}),
+    )
+    .await;
+    let sent: Value =
+        serde_json::from_str(&anthropic.state.requests().last().unwrap().body).unwrap();
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "weather", "description": "The weather in a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "weather"})
+    );
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "weather in Paris?"}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_0", "name": "weather",
+                "input": {"city": "Lyon"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_0", "content": "rain"}]},
+        ])
+    );
+    let message = &plain["choices"][0]["message"];
+    assert_eq!(message["content"], fakes::anthropic::TOOL_PREAMBLE);
+    assert_eq!(
+        message["tool_calls"],
+        json!([{"id": "toolu_fake1", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}])
+    );
+    assert_eq!(plain["choices"][0]["finish_reason"], "tool_calls");
+
+    let sse = stream_ok(
+        &app,
+        &json!({"model": CLAUDE, "messages": conversation, "tools": tools,
+        "stream": true}),
+    )
+    .await;
+    let calls: Vec<Value> = sse
+        .events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"].get("tool_calls").cloned())
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            json!([{"index": 0, "id": "toolu_fake1", "type": "function",
+                "function": {"name": "weather", "arguments": ""}}]),
+            json!([{"index": 0, "function": {"arguments": "{\"city\""}}]),
+            json!([{"index": 0, "function": {"arguments": ":\"Par"}}]),
+            json!([{"index": 0, "function": {"arguments": "is\"}"}}]),
+        ]
+    );
+    assert_eq!(streamed_text(&sse), fakes::anthropic::TOOL_PREAMBLE);
+    let finish: Vec<&str> = sse
+        .events
+        .iter()
+        .filter_map(|e| e["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["tool_calls"]);
+}
+
+async fn an_overloaded_anthropic_falls_back_to_openrouter(_: Backend) {
+    for status in [529, 500, 429] {
+        let anthropic = fakes::anthropic::start(Behaviour {
+            fail_submits: vec![status, status],
+            retry_after: Some(30),
+            ..Behaviour::default()
+        })
+        .await;
+        let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+        let app = app_with_anthropic(&anthropic, Some(&openrouter)).await;
+        let plain = chat_ok(&app, &json!({"model": CLAUDE, "messages": messages()})).await;
+        assert_eq!(plain["provider"], "openrouter", "{status}");
+        let sse = stream_ok(
+            &app,
+            &json!({"model": CLAUDE, "messages": messages(), "stream": true}),
+        )
+        .await;
+        assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY, "{status}");
+        assert_eq!(anthropic.state.requests().len(), 2, "{status}");
+        let asked: Value = serde_json::from_str(&openrouter.state.requests()[0].body).unwrap();
+        assert_eq!(asked["model"], "anthropic/claude-sonnet-4.5");
+    }
+    // Overloaded right after message_start, before any text: nothing reached the client,
+    // so the stream still falls back.
+    let anthropic = fakes::anthropic::start(Behaviour {
+        chat_break_after: Some(0),
+        ..Behaviour::default()
+    })
+    .await;
+    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+    let app = app_with_anthropic(&anthropic, Some(&openrouter)).await;
+    let sse = stream_ok(
+        &app,
+        &json!({"model": CLAUDE, "messages": messages(), "stream": true}),
+    )
+    .await;
+    assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY);
+    assert!(
+        sse.events.iter().all(|e| e.get("error").is_none()),
+        "{:?}",
+        sse.events
+    );
+    assert_eq!(sse.events[0]["provider"], "openrouter");
+    // Alone, an overloaded Anthropic is a 502 with its words; a mid-stream error event
+    // ends the stream with one error event.
+    let anthropic = fakes::anthropic::start(Behaviour {
+        fail_submits: vec![529],
+        chat_break_after: Some(3),
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_with_anthropic(&anthropic, None).await;
+    let (status, _, text) = chat(&app, &json!({"model": CLAUDE, "messages": messages()})).await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("Overloaded"), "{text}");
+    let sse = stream_ok(
+        &app,
+        &json!({"model": CLAUDE, "messages": messages(), "stream": true}),
+    )
+    .await;
+    let last = sse.events.last().unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error", "{last}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Overloaded"),
+        "{last}"
+    );
+    assert_eq!(streamed_text(&sse), "Hello from the");
+}
+
+async fn anthropic_refuses_what_it_cannot_translate(_: Backend) {
+    let anthropic = fakes::anthropic::start(Behaviour::default()).await;
+    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+    let app = app_with_anthropic(&anthropic, Some(&openrouter)).await;
+    let (status, _, text) = chat(
+        &app,
+        &json!({"model": CLAUDE, "messages": messages(), "logprobs": true,
+            "provider": {"only": ["anthropic"]}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let e: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("logprobs"),
+        "{e}"
+    );
+    assert!(anthropic.state.requests().is_empty(), "nothing was sent");
+    // A 400 from Anthropic refuses too: its words come back, OpenRouter is not asked.
+    let unauthorized = fakes::anthropic::start(Behaviour {
+        fail_submits: vec![400],
+        ..Behaviour::default()
+    })
+    .await;
+    let app = app_with_anthropic(&unauthorized, Some(&openrouter)).await;
+    let (status, _, text) = chat(&app, &json!({"model": CLAUDE, "messages": messages()})).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(openrouter.state.requests().is_empty(), "{text}");
 }

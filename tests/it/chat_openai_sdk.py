@@ -1,6 +1,7 @@
 """Drives mediagate's chat completions with the official OpenAI Python SDK, as a
 customer's code would: plain and streamed answers (with the usage chunk), fallback across
-providers and models (OpenRouter-style fields through `extra_body`), tools, and the
+providers and models (OpenRouter-style fields through `extra_body`), tools, a Claude
+model served by Anthropic's Messages API, and the
 exceptions errors become.
 
 argv: base URL (http://host:port/v1), API key. Prints what it saw as JSON."""
@@ -52,6 +53,25 @@ for chunk in client.chat.completions.create(
             name = name or tc.function.name
             arguments.append(tc.function.arguments or "")
 report["streamed_tool"] = {"name": name, "arguments": "".join(arguments)}
+
+# A Claude model, served by Anthropic's Messages API behind the same OpenAI format.
+claude = client.chat.completions.create(
+    model="anthropic/claude-haiku-4.5", messages=messages, max_tokens=64)
+name, arguments, text = None, [], []
+for chunk in client.chat.completions.create(
+        model="anthropic/claude-haiku-4.5", messages=messages, tools=tools, stream=True,
+        stream_options={"include_usage": True}):
+    for choice in chunk.choices:
+        text.append(choice.delta.content or "")
+        for tc in choice.delta.tool_calls or []:
+            name = name or tc.function.name
+            arguments.append(tc.function.arguments or "")
+report["claude"] = {"provider": claude.to_dict()["provider"],
+                    "content": claude.choices[0].message.content,
+                    "finish_reason": claude.choices[0].finish_reason,
+                    "streamed_text": "".join(text),
+                    "streamed_tool": {"name": name, "arguments": "".join(arguments)},
+                    "usage": chunk.usage.model_dump() if chunk.usage else None}
 
 # local/chat fails as an outage would: the next model of `models` serves.
 moved = client.chat.completions.create(

@@ -12,6 +12,7 @@
 //!   the breaker, keep-alives, and the rewrite of `id`, `model` and `provider`.
 //! - `usage`: one record per request, written in batches by a task of its own.
 
+pub mod anthropic;
 pub mod local;
 pub mod openai;
 pub mod relay;
@@ -55,6 +56,10 @@ pub trait ChatProvider: Sized + Send + Sync {
     const API: &'static str;
     /// The built-in provider names this adapter serves without an `api` line.
     const SERVES: &'static [&'static str];
+    /// Where a chat-only built-in provider (one no media adapter knows) lives, and the
+    /// variable its key is read from; empty for adapters whose hosts are known elsewhere.
+    const DEFAULT_BASE_URL: &'static str = "";
+    const API_KEY_ENV: &'static str = "";
 
     /// The adapter for `[providers.name]`.
     fn from_settings(name: &'static str, settings: &ProviderSettings) -> Result<Self, SetupError>;
@@ -84,6 +89,19 @@ macro_rules! chat_providers {
 
         /// The APIs a `[providers.NAME] api = "…"` line may name.
         pub const APIS: &[&str] = &[$(<$adapter as ChatProvider>::API,)+];
+
+        /// The public API and key variable of a chat-only built-in provider.
+        pub fn builtin_defaults(name: &str) -> Option<crate::providers::Defaults> {
+            $(if !<$adapter as ChatProvider>::DEFAULT_BASE_URL.is_empty()
+                && <$adapter as ChatProvider>::SERVES.contains(&name)
+            {
+                return Some(crate::providers::Defaults {
+                    base_url: <$adapter as ChatProvider>::DEFAULT_BASE_URL,
+                    api_key_env: <$adapter as ChatProvider>::API_KEY_ENV,
+                });
+            })+
+            None
+        }
 
         /// The API a built-in provider name speaks for chat, if any.
         pub fn builtin_api(name: &str) -> Option<&'static str> {
@@ -124,6 +142,7 @@ macro_rules! chat_providers {
 }
 
 chat_providers! {
+    Anthropic(anthropic::Anthropic),
     Local(local::LocalChat),
     OpenAi(openai::OpenAiCompatible),
 }

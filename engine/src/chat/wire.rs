@@ -296,6 +296,15 @@ impl ChatRequest {
         body.to_vec()
     }
 
+    /// The client's other fields (not the routing ones, `messages` or `stream`), in
+    /// order, for an adapter that translates them to another API.
+    pub fn other_fields(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.rest
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_ref()))
+    }
+
     /// The conversation as text, message by message (role, text), for the built-in model.
     pub fn texts(&self) -> Vec<(String, String)> {
         let messages: Vec<Value> = serde_json::from_str(self.messages.get()).unwrap_or_default();

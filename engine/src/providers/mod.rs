@@ -326,7 +326,7 @@ macro_rules! providers {
         /// Every provider name mediagate knows, built in or configurable.
         pub const KNOWN: &[&str] = &[$(<$adapter as MediaProvider>::NAME,)+];
 
-        /// The public API and key variable of each known provider.
+        /// The public API and key variable of each known provider (chat-only ones included).
         pub fn defaults(name: &str) -> Option<Defaults> {
             $(if name == <$adapter as MediaProvider>::NAME {
                 return Some(Defaults {
@@ -334,7 +334,7 @@ macro_rules! providers {
                     api_key_env: <$adapter as MediaProvider>::API_KEY_ENV,
                 });
             })+
-            None
+            crate::chat::builtin_defaults(name)
         }
 
         impl Provider {
@@ -524,8 +524,11 @@ impl Providers {
     ) -> Result<Providers, SetupError> {
         let mut providers = Providers::default();
         for (name, s) in settings {
-            if s.api.is_some() && !KNOWN.contains(&name.as_str()) {
-                // A chat host of the operator's own (`api = "openai"`): no media here.
+            if !KNOWN.contains(&name.as_str())
+                && (s.api.is_some() || crate::chat::builtin_api(name).is_some())
+            {
+                // A chat host of the operator's own (`api = "openai"`), or a chat-only
+                // built-in provider (`anthropic`): no media here.
                 continue;
             }
             if !KNOWN.contains(&name.as_str()) {
