@@ -142,15 +142,7 @@ impl Anthropic {
         if call.request.stream {
             request = request.header(ACCEPT, "text/event-stream");
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.upstream.transport_error(&e))?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            Err(self.upstream.status_error(response).await)
-        }
+        self.upstream.send(request).await
     }
 }
 

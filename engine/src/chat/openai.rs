@@ -101,15 +101,7 @@ impl OpenAiCompatible {
         if !self.upstream.key().is_empty() {
             request = request.bearer_auth(self.upstream.key());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.upstream.transport_error(&e))?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            Err(self.upstream.status_error(response).await)
-        }
+        self.upstream.send(request).await
     }
 }
 

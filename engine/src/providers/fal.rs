@@ -25,7 +25,7 @@ use super::{
 };
 use crate::ErrorCode;
 use crate::jobs::input::JobInput;
-use crate::providers::SetupError;
+use crate::providers::{NumberedOutputs, SetupError};
 
 #[derive(Debug, Clone)]
 pub struct Fal {
@@ -161,12 +161,7 @@ fn result_outputs(result: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
     let outputs: Vec<UpstreamOutput> = files
         .filter_map(|file| file["url"].as_str())
         .filter(|url| url.starts_with("https://") || url.starts_with("http://"))
-        .enumerate()
-        .map(|(i, url)| UpstreamOutput {
-            index: i as u32,
-            locator: url.to_owned(),
-        })
-        .collect();
+        .numbered_outputs();
     if outputs.is_empty() {
         return Err(ProviderError::new(
             ErrorClass::Retryable,

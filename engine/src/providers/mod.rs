@@ -51,6 +51,23 @@ pub struct UpstreamOutput {
     pub locator: String,
 }
 
+/// Outputs numbered in the order an upstream lists them: `.numbered_outputs()` on an
+/// iterator of locators.
+pub trait NumberedOutputs {
+    fn numbered_outputs(self) -> Vec<UpstreamOutput>;
+}
+
+impl<I: Iterator<Item = S>, S: Into<String>> NumberedOutputs for I {
+    fn numbered_outputs(self) -> Vec<UpstreamOutput> {
+        self.enumerate()
+            .map(|(i, locator)| UpstreamOutput {
+                index: i as u32,
+                locator: locator.into(),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Submitted {
     /// Accepted; poll `upstream_id` after `poll_after`.

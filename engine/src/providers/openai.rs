@@ -23,7 +23,7 @@ use super::{
 };
 use crate::ErrorCode;
 use crate::jobs::input::JobInput;
-use crate::providers::SetupError;
+use crate::providers::{NumberedOutputs, SetupError};
 
 /// The longest pause between polls an `openai-poll-after-ms` hint may ask for.
 const MAX_POLL_HINT: Duration = Duration::from_secs(60);
@@ -351,12 +351,8 @@ fn image_outputs(answer: &Value) -> Vec<UpstreamOutput> {
         .into_iter()
         .flatten()
         .filter_map(|image| image["b64_json"].as_str())
-        .enumerate()
-        .map(|(i, b64)| UpstreamOutput {
-            index: i as u32,
-            locator: inline_locator(&content_type, b64),
-        })
-        .collect()
+        .map(|b64| inline_locator(&content_type, b64))
+        .numbered_outputs()
 }
 
 /// The safety system refuses an image prompt with a 400 whose `error.code` is

@@ -26,7 +26,7 @@ use super::{
 use crate::ErrorCode;
 use crate::ids::now_ms;
 use crate::jobs::input::JobInput;
-use crate::providers::SetupError;
+use crate::providers::{NumberedOutputs, SetupError};
 use crate::webhooks::signature::{self, DEFAULT_TOLERANCE_SECS, Secret};
 
 /// The longest `Prefer: wait`: long enough for an image model to finish at submit (saving
@@ -258,12 +258,7 @@ fn output_urls(output: &Value) -> Vec<UpstreamOutput> {
     };
     urls.into_iter()
         .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-        .enumerate()
-        .map(|(i, url)| UpstreamOutput {
-            index: i as u32,
-            locator: url.to_owned(),
-        })
-        .collect()
+        .numbered_outputs()
 }
 
 /// How a model on Replicate takes reference images: most take `image` (the start image)

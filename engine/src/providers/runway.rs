@@ -16,7 +16,7 @@ use super::{
 };
 use crate::ErrorCode;
 use crate::jobs::input::JobInput;
-use crate::providers::SetupError;
+use crate::providers::{NumberedOutputs, SetupError};
 
 /// The API version these requests and answers follow.
 const API_VERSION: &str = "2024-11-06";
@@ -99,12 +99,7 @@ fn task_state(task: &Value, id: &str) -> Result<TaskState, ProviderError> {
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
-                .enumerate()
-                .map(|(i, url)| UpstreamOutput {
-                    index: i as u32,
-                    locator: url.to_owned(),
-                })
-                .collect();
+                .numbered_outputs();
             if outputs.is_empty() {
                 return Err(ProviderError::new(
                     ErrorClass::Retryable,

@@ -11,7 +11,7 @@ use crate::ErrorCode;
 use crate::jobs::input::JobInput;
 use crate::providers::http::inline_locator;
 use crate::providers::http::put;
-use crate::providers::{ErrorClass, ProviderCall, ProviderError, UpstreamOutput};
+use crate::providers::{ErrorClass, NumberedOutputs, ProviderCall, ProviderError, UpstreamOutput};
 
 impl Google {
     /// One `:generateContent` call: the answer's id and the images, inline.
@@ -76,12 +76,7 @@ fn gemini_outputs(answer: &Value) -> Result<Vec<UpstreamOutput>, ProviderError> 
                 .unwrap_or("image/png");
             Some(inline_locator(mime_type, data))
         })
-        .enumerate()
-        .map(|(i, locator)| UpstreamOutput {
-            index: i as u32,
-            locator,
-        })
-        .collect();
+        .numbered_outputs();
     if !outputs.is_empty() {
         return Ok(outputs);
     }

@@ -17,7 +17,8 @@ use crate::ErrorCode;
 use crate::jobs::input::JobInput;
 use crate::providers::http::put;
 use crate::providers::{
-    ErrorClass, Media, Polled, ProviderCall, ProviderError, Submitted, UpstreamOutput,
+    ErrorClass, Media, NumberedOutputs, Polled, ProviderCall, ProviderError, Submitted,
+    UpstreamOutput,
 };
 
 impl Google {
@@ -156,12 +157,7 @@ fn operation_state(operation: &Value) -> Result<Option<Vec<UpstreamOutput>>, Pro
         .into_iter()
         .flatten()
         .filter_map(|sample| sample.pointer("/video/uri").and_then(Value::as_str))
-        .enumerate()
-        .map(|(i, uri)| UpstreamOutput {
-            index: i as u32,
-            locator: uri.to_owned(),
-        })
-        .collect();
+        .numbered_outputs();
     if !outputs.is_empty() {
         return Ok(Some(outputs));
     }
