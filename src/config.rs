@@ -13,6 +13,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use mediagate_engine::EngineConfig;
+use mediagate_engine::billing::BillingConfig;
 use mediagate_engine::catalog::Catalog;
 use mediagate_engine::chat;
 use mediagate_engine::config::{ChatConfig, DEFAULTS, JobsConfig, RoutingConfig};
@@ -74,6 +75,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// `[chat]`: chat completions' waits, keep-alives and usage writer.
     pub chat: ChatConfig,
+    /// `[billing]`: volume tiers and chat holds.
+    pub billing: BillingConfig,
 }
 
 /// `[providers.NAME]`; each starts from `[providers."*"]`.
@@ -215,6 +218,9 @@ impl Config {
         self.bind_addr()?;
         self.webhook_allow()?;
         self.provider_settings()?;
+        self.billing
+            .check()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let w = &self.webhooks;
         if w.schedule.is_empty()
             || w.timeout.is_zero()
@@ -419,6 +425,7 @@ impl Config {
             delivery: self.webhooks.clone(),
             routing: self.routing.clone(),
             chat: self.chat.clone(),
+            billing: self.billing.clone(),
             catalog: self.catalog()?,
             providers: self.provider_settings()?,
         })

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::billing::BillingConfig;
 use crate::catalog::Catalog;
 use crate::egress::AllowList;
 use crate::providers::ProviderSettings;
@@ -44,6 +45,8 @@ pub struct EngineConfig {
     pub routing: RoutingConfig,
     /// `[chat]`: chat completions.
     pub chat: ChatConfig,
+    /// `[billing]`: volume tiers and chat holds.
+    pub billing: BillingConfig,
     /// The models jobs may ask for.
     pub catalog: Catalog,
     /// `[providers.NAME]`: how each upstream is reached.
@@ -60,6 +63,7 @@ impl Default for EngineConfig {
             delivery: DeliveryConfig::default(),
             routing: RoutingConfig::default(),
             chat: ChatConfig::default(),
+            billing: BillingConfig::default(),
             catalog: Catalog::builtin(),
             providers: BTreeMap::new(),
         }

@@ -78,6 +78,13 @@ error_codes! {
     EndpointUnavailable = "endpoint_unavailable",
     /// At capacity: retry in a moment.
     Overloaded = "overloaded",
+    // Money and limits.
+    /// A prepaid account's balance does not cover the request.
+    InsufficientCredits = "insufficient_credits",
+    /// A key's or an account's daily or monthly cap would be passed.
+    SpendCapReached = "spend_cap_reached",
+    /// The key has as many jobs in flight as it may.
+    TooManyConcurrentJobs = "too_many_concurrent_jobs",
     /// Our own fault.
     InternalError = "internal_error",
     // Why a job failed.

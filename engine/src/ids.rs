@@ -17,6 +17,8 @@ pub enum IdKind {
     Delivery,
     /// A file a client uploaded (a video's `input_reference`).
     File,
+    /// One entry of the money ledger.
+    Ledger,
 }
 
 impl IdKind {
@@ -29,6 +31,7 @@ impl IdKind {
             IdKind::Endpoint => "ep_",
             IdKind::Delivery => "dlv_",
             IdKind::File => "file_",
+            IdKind::Ledger => "led_",
         }
     }
 }

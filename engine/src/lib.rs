@@ -6,6 +6,7 @@
 //! calls these functions, and the task runtime (`mediagate-workers`) runs the tasks.
 //! Dependencies point one way: front door → engine → task runtime.
 
+pub mod billing;
 pub mod catalog;
 pub mod chat;
 pub mod config;

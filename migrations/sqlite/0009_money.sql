@@ -14,8 +14,7 @@ ALTER TABLE accounts ADD COLUMN monthly_limit_micros INTEGER;
 -- a top-up that lifts it above again).
 ALTER TABLE accounts ADD COLUMN low_balance_micros INTEGER;
 ALTER TABLE accounts ADD COLUMN low_balance_alerted INTEGER NOT NULL DEFAULT 0;
--- The volume tier: markup in basis points (4000 = 40 %) from the rolling 30-day spend.
-ALTER TABLE accounts ADD COLUMN markup_bp INTEGER NOT NULL DEFAULT 4000;
+-- The volume tier comes from the spend of the last 30 days, recomputed every few hours.
 ALTER TABLE accounts ADD COLUMN rolling_30d_micros INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE accounts ADD COLUMN tier_recomputed_at INTEGER;
 

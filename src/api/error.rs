@@ -6,6 +6,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mediagate_engine::billing::money::format_usd;
+use mediagate_engine::billing::{Period, Refusal};
 use mediagate_engine::catalog::InvalidField;
 use mediagate_engine::{EngineError, ErrorCode};
 use serde_json::json;
@@ -17,6 +19,10 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub param: Option<String>,
+    /// The limit a `402` names (`error.limit`).
+    pub limit: Option<serde_json::Value>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -32,6 +38,8 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            limit: None,
+            retry_after: None,
         }
     }
 
@@ -110,6 +118,65 @@ impl From<InvalidField> for ApiError {
     }
 }
 
+impl From<Refusal> for ApiError {
+    /// A balance or cap is `402` (which the OpenAI SDK does not retry, unlike `429`),
+    /// with the limit it would cross; a key's jobs in flight is `429`.
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Limit(hit) => {
+                let (code, message) = match hit.period {
+                    None => (
+                        ErrorCode::InsufficientCredits,
+                        format!(
+                            "the account's balance does not cover this request: {} available, {} needed; add credits",
+                            format_usd((hit.limit_micros - hit.used_micros).max(0)),
+                            format_usd(hit.requested_micros)
+                        ),
+                    ),
+                    Some(period) => (
+                        ErrorCode::SpendCapReached,
+                        format!(
+                            "this request would pass the {} {} spend cap of {} ({} used, {} requested)",
+                            hit.scope.as_str(),
+                            match period {
+                                Period::Day => "daily",
+                                Period::Month => "monthly",
+                            },
+                            format_usd(hit.limit_micros),
+                            format_usd(hit.used_micros),
+                            format_usd(hit.requested_micros)
+                        ),
+                    ),
+                };
+                let mut err =
+                    ApiError::new(StatusCode::PAYMENT_REQUIRED, "billing_error", code, message);
+                err.limit = Some(json!({
+                    "scope": hit.scope,
+                    "period": hit.period,
+                    "limit_usd": format_usd(hit.limit_micros),
+                    "used_usd": format_usd(hit.used_micros),
+                    "requested_usd": format_usd(hit.requested_micros),
+                    "resets_at": hit.resets_at,
+                }));
+                err
+            }
+            Refusal::TooManyJobs { limit } => {
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    ErrorCode::TooManyConcurrentJobs,
+                    format!(
+                        "this key already has {limit} jobs in flight, as many as it may; retry when one ends"
+                    ),
+                );
+                err.retry_after = Some(1);
+                err
+            }
+            Refusal::NoPayer => ApiError::unauthorized("unknown or revoked API key"),
+        }
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         tracing::error!(error = %e, "request failed");
@@ -127,12 +194,16 @@ impl ApiError {
     /// The body: `{"error": {type, code, message, param}}` (also a chat stream's error
     /// event).
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {
+        let mut body = json!({"error": {
             "type": self.kind,
             "code": self.code,
             "message": self.message,
             "param": self.param,
-        }})
+        }});
+        if let Some(limit) = &self.limit {
+            body["error"]["limit"] = limit.clone();
+        }
+        body
     }
 }
 
@@ -143,9 +214,13 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.code == ErrorCode::Overloaded {
+        let retry_after = match self.code {
+            ErrorCode::Overloaded => Some(1),
+            _ => self.retry_after,
+        };
+        if let Some(secs) = retry_after {
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

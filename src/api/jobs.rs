@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mediagate_engine::ErrorCode;
 use mediagate_engine::db::jobs::JobFilter;
+use mediagate_engine::db::keys::Caller;
 use mediagate_engine::ids::{IdKind, looks_like};
 use mediagate_engine::jobs::intake::{self, Cancelled, Created, IdempotencyKey};
 use mediagate_engine::jobs::job::{Job, JobStatus};
@@ -23,8 +24,7 @@ pub async fn create(
     headers: HeaderMap,
     body: JsonBody,
 ) -> ApiResult<Response> {
-    let (job, replayed) =
-        intake(&state, &caller.account_id, &headers, &body.value, &body.raw).await?;
+    let (job, replayed) = intake(&state, &caller, &headers, &body.value, &body.raw).await?;
     Ok(accepted(state.engine.job_json(&job), &job, replayed))
 }
 
@@ -33,7 +33,7 @@ pub async fn create(
 /// routing, creation. Returns the job and whether it is a replay of an earlier request.
 pub async fn intake(
     state: &AppState,
-    account_id: &str,
+    caller: &Caller,
     headers: &HeaderMap,
     body: &Value,
     raw: &[u8],
@@ -47,7 +47,8 @@ pub async fn intake(
         endpoints::check_resolved_url(url, "webhook.url", allow).await?;
     }
     let engine = &state.engine;
-    match intake::create_job(engine, account_id, request, key.as_ref()).await? {
+    match intake::create_job(engine, caller, request, key.as_ref()).await? {
+        Created::Refused(refusal) => Err(refusal.into()),
         Created::New(job) => Ok((job, false)),
         Created::Replayed(job) => Ok((job, true)),
         Created::InFlight => Err(ApiError::conflict(

@@ -195,7 +195,13 @@ impl Model {
     /// The price of a job with this input, in millionths of a dollar.
     pub fn cost_micros(&self, input: &JobInput, outputs: usize) -> i64 {
         let per_unit = parse_usd_micros(&self.price.usd).unwrap_or(0);
-        let units = match self.price.unit {
+        per_unit * self.units(input, outputs)
+    }
+
+    /// How many units of its price a job with this input makes: images, seconds of
+    /// output, or tracks.
+    pub fn units(&self, input: &JobInput, outputs: usize) -> i64 {
+        match self.price.unit {
             PriceUnit::Image => outputs.max(1) as i64,
             PriceUnit::Track => 1,
             // Chat models are priced by tokens (`token_cost_micros`), never by job.
@@ -205,8 +211,7 @@ impl Model {
                 .map(i64::from)
                 .or(self.default_duration)
                 .unwrap_or(1),
-        };
-        per_unit * units
+        }
     }
 
     /// The catalog entry as `GET /v1/models` shows it; `available` says which providers

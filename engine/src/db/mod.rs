@@ -23,6 +23,7 @@ pub mod idempotency;
 pub mod job_attempts;
 pub mod jobs;
 pub mod keys;
+pub mod money;
 pub mod settings;
 pub mod webhook_deliveries;
 pub mod webhook_endpoints;

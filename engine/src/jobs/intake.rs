@@ -6,9 +6,11 @@ use std::time::Duration;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::billing::{self, HoldKind, HoldRequest, Refusal};
 use crate::catalog::{Catalog, InvalidField};
 use crate::db::idempotency::{self, Claim, KeyPolicy};
 use crate::db::jobs::{self, NewJob};
+use crate::db::keys::Caller;
 use crate::egress::AllowList;
 use crate::fields;
 use crate::ids::{IdKind, new_id, now_ms};
@@ -229,6 +231,8 @@ pub enum Created {
     InFlight,
     /// The same key was used with another body.
     KeyMismatch,
+    /// A balance, cap or the key's jobs in flight would be passed: nothing was written.
+    Refused(Refusal),
 }
 
 /// An idempotency key and the hash of the request body it came with.
@@ -252,14 +256,16 @@ const KEY_POLICY: KeyPolicy = KeyPolicy {
     ttl_ms: 24 * 3600 * 1000,
 };
 
-/// Creates a job for `account_id`: one transaction for the job row and its key, then the
-/// first task. If that push fails the job still exists and the reaper pushes it.
+/// Creates a job for `caller`: one transaction for the job row, the hold on its money
+/// and its idempotency key, then the first task. If that push fails the job still exists
+/// and the reaper pushes it.
 pub async fn create_job(
     engine: &Engine,
-    account_id: &str,
+    caller: &Caller,
     req: JobRequest,
     key: Option<&IdempotencyKey>,
 ) -> Result<Created, EngineError> {
+    let account_id = caller.account_id.as_str();
     let now = now_ms();
     if let Some(k) = key {
         match engine
@@ -280,11 +286,14 @@ pub async fn create_job(
             Claim::Mismatch => return Ok(Created::KeyMismatch),
         }
     }
-    let result = insert_job(engine, account_id, req, key, now).await;
-    if let (Err(_), Some(k)) = (&result, key) {
+    let result = insert_job(engine, caller, req, key, now).await;
+    if let (Err(_) | Ok(Err(_)), Some(k)) = (&result, key) {
         let _ = crate::db::idempotency::release(engine.db.pool(), account_id, &k.key).await;
     }
-    let job = result?;
+    let job = match result? {
+        Ok(job) => job,
+        Err(refusal) => return Ok(Created::Refused(refusal)),
+    };
     tasks::hand_off(
         engine,
         &Advance::new(&job.id, job.check_seq),
@@ -294,16 +303,19 @@ pub async fn create_job(
     Ok(Created::New(job))
 }
 
+/// Writes the job with the hold on its money; a refused hold writes nothing.
 async fn insert_job(
     engine: &Engine,
-    account_id: &str,
+    caller: &Caller,
     req: JobRequest,
     key: Option<&IdempotencyKey>,
     now: i64,
-) -> Result<Job, EngineError> {
+) -> Result<Result<Job, Refusal>, EngineError> {
+    // The most the job can cost: any model of its route may end up serving it.
+    let list_micros = price_ceiling(&engine.config.catalog, &req);
     let new = NewJob {
         id: new_id(IdKind::Job),
-        account_id: account_id.to_owned(),
+        account_id: caller.account_id.clone(),
         kind: req.kind,
         model: req.route[0].model.clone(),
         provider: req.route[0].provider.clone(),
@@ -314,16 +326,41 @@ async fn insert_job(
         created_at: now,
         deadline_at: now + engine.config.jobs.deadline.as_millis() as i64,
     };
-    let Some(k) = key else {
-        // One statement needs no explicit transaction: one round trip less per submit.
-        let mut conn = engine.db.pool().acquire().await?;
-        return Ok(jobs::insert(&mut *conn, &new).await?);
-    };
     let mut tx = engine.db.begin().await?;
+    let hold = HoldRequest {
+        id: &new.id,
+        account_id: &caller.account_id,
+        key_id: &caller.key_id,
+        kind: HoldKind::Job,
+        model: &new.model,
+        list_micros,
+        expires_at: None,
+        now,
+    };
+    // Held first: a refusal then leaves nothing to undo but the transaction, dropped here.
+    if let Err(refusal) = billing::reserve(&mut *tx, &engine.config.billing, &hold).await? {
+        return Ok(Err(refusal));
+    }
     let job = jobs::insert(&mut *tx, &new).await?;
-    idempotency::bind(&mut *tx, account_id, &k.key, &job.id).await?;
+    if let Some(k) = key {
+        idempotency::bind(&mut *tx, &caller.account_id, &k.key, &job.id).await?;
+    }
     tx.commit().await?;
-    Ok(job)
+    Ok(Ok(job))
+}
+
+/// The list price of the dearest model of a job's route for its input.
+fn price_ceiling(catalog: &Catalog, req: &JobRequest) -> i64 {
+    let Ok(input) = JobInput::from_stored(&req.input) else {
+        return 0;
+    };
+    let outputs = input.n.unwrap_or(1) as usize;
+    req.route
+        .iter()
+        .filter_map(|entry| catalog.find(&entry.model))
+        .map(|model| model.cost_micros(&input, outputs))
+        .max()
+        .unwrap_or(0)
 }
 
 #[derive(Debug)]

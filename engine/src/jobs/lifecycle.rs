@@ -11,6 +11,7 @@ use std::time::Duration;
 use sqlx::AnyConnection;
 
 use crate::ErrorCode;
+use crate::billing;
 use crate::catalog::format_usd;
 use crate::db::{events, job_attempts, jobs};
 use crate::ids::now_ms;
@@ -396,16 +397,11 @@ impl<'e> Step<'e> {
                 }
             }
         }
-        let cost = self
-            .engine
-            .config
-            .catalog
-            .find(&job.model)
-            .map_or(0, |m| m.cost_micros(&self.input, stored.len()));
-        let cost_usd = format_usd(cost);
+        let model = self.engine.config.catalog.find(&job.model);
         let change = Change::Complete {
             outputs: &stored,
-            cost_usd: &cost_usd,
+            list_micros: model.map_or(0, |m| m.cost_micros(&self.input, stored.len())),
+            units: model.map_or(0, |m| m.units(&self.input, stored.len())),
         };
         if transition(self.engine, &job.id, change).await?.is_none() {
             // Only remove what is not the job's own result (a duplicate task may have
@@ -587,12 +583,16 @@ enum Change<'a> {
     /// Progress raised (never lowered) while in progress; announced with a
     /// `job.progress` event at most once per `quiet_ms`.
     Progress { progress: i64, quiet_ms: i64 },
-    /// in_progress → completed with its outputs; the current attempt succeeded.
+    /// in_progress → completed with its outputs; the current attempt succeeded, and its
+    /// hold is settled at the served model's list price for these outputs.
     Complete {
         outputs: &'a [StoredOutput],
-        cost_usd: &'a str,
+        list_micros: i64,
+        /// Seconds, images or tracks, for the usage ledger.
+        units: i64,
     },
-    /// Any pending status → failed, cancelled or expired; so ends the current attempt.
+    /// Any pending status → failed, cancelled or expired; so ends the current attempt,
+    /// and frees the job's hold: failed jobs cost nothing.
     End {
         to: JobStatus,
         error: Option<&'a JobError>,
@@ -627,9 +627,18 @@ async fn transition(
             };
             (job, announce.then_some("job.progress"))
         }
-        Change::Complete { outputs, cost_usd } => {
+        Change::Complete {
+            outputs,
+            list_micros,
+            units,
+        } => {
             let now = now_ms();
-            let Some(job) = jobs::complete(&mut *tx, job_id, outputs, cost_usd, now).await? else {
+            // A job from before money was kept has no hold: it shows its list price.
+            let charged = billing::settle(&mut *tx, job_id, list_micros, units, now)
+                .await?
+                .map_or(list_micros, |s| s.charged_micros);
+            let cost_usd = format_usd(charged);
+            let Some(job) = jobs::complete(&mut *tx, job_id, outputs, &cost_usd, now).await? else {
                 return Ok(None);
             };
             job_attempts::finish(&mut *tx, job_id, "succeeded", None, now).await?;
@@ -640,6 +649,7 @@ async fn transition(
             let Some(job) = jobs::end(&mut *tx, job_id, to, error, now).await? else {
                 return Ok(None);
             };
+            billing::release(&mut *tx, job_id, billing::Release::Released, now).await?;
             job_attempts::finish(&mut *tx, job_id, to.as_str(), error, now).await?;
             (job, Some(to.event_type()))
         }

@@ -123,7 +123,7 @@ pub async fn generate(
             };
         }
     }
-    let (job, _) = intake(&state, &caller.account_id, &headers, &native, &body.raw)
+    let (job, _) = intake(&state, &caller, &headers, &native, &body.raw)
         .await
         .map_err(|e| client_param(e, PARAMS))?;
     let limit = Duration::from_secs(state.config.compat.image_wait_secs);

@@ -120,7 +120,7 @@ pub async fn create(
             "format": openrouter::FORMAT,
         });
     }
-    let (job, _) = intake(&state, &caller.account_id, &headers, &native, &body.raw)
+    let (job, _) = intake(&state, &caller, &headers, &native, &body.raw)
         .await
         .map_err(|e| client_param(e, PARAMS))?;
     let answer = json!({

@@ -230,15 +230,9 @@ pub async fn create(
             native[field] = v.clone();
         }
     }
-    let (job, _) = intake(
-        &state,
-        &caller.account_id,
-        &headers,
-        &native,
-        &form.canonical,
-    )
-    .await
-    .map_err(|e| client_param(e, PARAMS))?;
+    let (job, _) = intake(&state, &caller, &headers, &native, &form.canonical)
+        .await
+        .map_err(|e| client_param(e, PARAMS))?;
     Ok(Json(video_object(&state, &job)))
 }
 
@@ -493,7 +487,7 @@ pub async fn remix(
         "input": input,
         "metadata": {"remixed_from_video_id": source.id},
     });
-    let (job, _) = intake(&state, &caller.account_id, &headers, &native, &body.raw)
+    let (job, _) = intake(&state, &caller, &headers, &native, &body.raw)
         .await
         .map_err(|e| client_param(e, PARAMS))?;
     Ok(Json(video_object(&state, &job)))
