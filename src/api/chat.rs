@@ -33,8 +33,18 @@ pub async fn completions(
         Ok(request) => request,
         Err(e) => return refused(&e.into()),
     };
+    let route = match relay::plan(engine, &request) {
+        Ok(route) => route,
+        Err(e) => return refused(&e),
+    };
+    let id = relay::completion_id();
+    match relay::hold(engine, &caller, &request, &route, &id).await {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => return ApiError::from(refusal).into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    }
     if !request.stream {
-        return match relay::complete(engine.clone(), &caller, request).await {
+        return match relay::complete(engine.clone(), &caller, request, route, id).await {
             Ok(answer) => (
                 [(
                     header::CONTENT_TYPE,
@@ -46,10 +56,7 @@ pub async fn completions(
             Err(e) => refused(&e),
         };
     }
-    let mut events = match relay::stream(engine.clone(), &caller, request) {
-        Ok(events) => Box::pin(events),
-        Err(e) => return refused(&e),
-    };
+    let mut events = Box::pin(relay::stream(engine.clone(), &caller, request, route, id));
     let first = match events.next().await {
         Some(Event::Failed(e)) => return refused(&e),
         Some(first) => first,

@@ -7,6 +7,7 @@ mod support;
 use mediagate_fakes as fakes;
 
 mod api_errors;
+mod billing;
 mod chat;
 mod compat;
 mod harness;

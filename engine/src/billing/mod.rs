@@ -385,12 +385,9 @@ pub async fn settle(
         return Ok(None);
     };
     // Money still held only if the reaper has not let go of it already.
-    let unheld = if hold.state == "held" {
-        -hold.amount_micros
-    } else {
-        0
-    };
-    apply(conn, &hold, -charged, unheld).await?;
+    let was_held = from == "held";
+    let unheld = if was_held { -hold.amount_micros } else { 0 };
+    apply(conn, &hold, was_held, -charged, unheld).await?;
     let entry = LedgerEntry {
         id: new_id(IdKind::Ledger),
         account_id: &hold.account_id,
@@ -435,7 +432,7 @@ pub async fn release(
     let Some(hold) = rows::end_reservation(&mut *conn, id, "held", state, None, now).await? else {
         return Ok(false);
     };
-    apply(conn, &hold, 0, -hold.amount_micros).await?;
+    apply(conn, &hold, true, 0, -hold.amount_micros).await?;
     let entry = LedgerEntry {
         id: new_id(IdKind::Ledger),
         account_id: &hold.account_id,
@@ -452,11 +449,38 @@ pub async fn release(
     Ok(true)
 }
 
-/// Applies a hold's end to its account, its windows and (for a job still counted) its
-/// key, in the lock order of [`reserve`].
+/// The money part of the reaper's sweep: lets go of holds whose time ran out (their
+/// process is presumed dead; a late settlement still charges), and recomputes the
+/// 30-day spend, and so the tier, of accounts last recomputed `tier_interval` ago.
+pub async fn sweep(db: &crate::db::Db, config: &BillingConfig) -> Result<usize, sqlx::Error> {
+    let now = crate::ids::now_ms();
+    let expired = rows::expired_holds(db.pool(), now, 500).await?;
+    let mut released = 0;
+    for id in &expired {
+        let mut tx = db.begin().await?;
+        if release(&mut tx, id, Release::Expired, now).await? {
+            released += 1;
+        }
+        tx.commit().await?;
+    }
+    if released > 0 {
+        tracing::warn!(
+            count = released,
+            "holds of requests that never ended were released"
+        );
+    }
+    const THIRTY_DAYS_MS: i64 = 30 * 86_400_000;
+    let interval = config.tier_interval.as_millis() as i64;
+    rows::recompute_rolling_spend(db.pool(), now - THIRTY_DAYS_MS, now, now - interval).await?;
+    Ok(released)
+}
+
+/// Applies a hold's end to its account, its windows and (for a job whose hold this
+/// ends, `was_held`) its key's jobs in flight, in the lock order of [`reserve`].
 async fn apply(
     conn: &mut AnyConnection,
     hold: &Reservation,
+    was_held: bool,
     balance_delta: i64,
     reserved_delta: i64,
 ) -> Result<(), sqlx::Error> {
@@ -487,7 +511,7 @@ async fn apply(
         rows::adjust_window(&mut *conn, key, -balance_delta, reserved_delta).await?;
     }
     // A job's slot is freed when its hold first ends (a late settlement finds it freed).
-    if hold.kind == "job" && hold.state == "held" {
+    if hold.kind == "job" && was_held {
         rows::free_job_slot(&mut *conn, &hold.key_id).await?;
     }
     Ok(())

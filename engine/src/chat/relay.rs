@@ -33,6 +33,7 @@ use tokio::time::{Instant as Deadline, sleep_until};
 
 use super::wire::{RawObject, Usage, embedded_error};
 use super::{ChatAdapter, ChatCall, ChatError, ChatRequest, ChunkStream};
+use crate::billing::{self, HoldKind, HoldRequest, Refusal};
 use crate::catalog::{InvalidField, Modality, Model};
 use crate::db::chat_usage::ChatUsage;
 use crate::db::keys::Caller;
@@ -142,14 +143,71 @@ pub fn plan(engine: &SharedEngine, request: &ChatRequest) -> Result<Vec<RouteEnt
     Err(InvalidField::new(&param, message).into())
 }
 
-/// The whole answer of an unstreamed request, as the JSON bytes to send.
+/// A new completion id (`chatcmpl-…`): the answer's `id`, its usage record's and its
+/// hold's.
+pub fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The most a request can cost at list price, for its hold: for the dearest model it may
+/// be served by, a prompt of a token per three bytes of the messages (more than any
+/// tokenizer makes of text) and the answer's `max_tokens` (or `default_max_tokens`,
+/// within the model's context).
+pub fn price_ceiling(engine: &SharedEngine, request: &ChatRequest, route: &[RouteEntry]) -> i64 {
+    let prompt = (request.messages.get().len() as u64).div_ceil(3);
+    let default_answer = engine.config.billing.chat_default_max_tokens;
+    route
+        .iter()
+        .filter_map(|entry| engine.config.catalog.find(&entry.model))
+        .map(|model| {
+            let context = model.context_length.map_or(u64::MAX, u64::from);
+            let answer = request.max_tokens.unwrap_or(default_answer).min(context);
+            model.token_cost_micros(prompt.min(context), answer)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Holds the most the request can cost (see [`price_ceiling`]) under the completion's
+/// `id`, before anything is sent upstream; it is settled or released when the request's
+/// usage is written, or by the reaper after `[billing] chat_hold_secs`.
+pub async fn hold(
+    engine: &SharedEngine,
+    caller: &Caller,
+    request: &ChatRequest,
+    route: &[RouteEntry],
+    id: &str,
+) -> Result<Result<(), Refusal>, crate::EngineError> {
+    let now = crate::ids::now_ms();
+    let billing = &engine.config.billing;
+    let hold = HoldRequest {
+        id,
+        account_id: &caller.account_id,
+        key_id: &caller.key_id,
+        kind: HoldKind::Chat,
+        model: &route[0].model,
+        list_micros: price_ceiling(engine, request, route),
+        expires_at: Some(now + billing.chat_hold.as_millis() as i64),
+        now,
+    };
+    let mut tx = engine.db.begin().await?;
+    if let Err(refusal) = billing::reserve(&mut tx, billing, &hold).await? {
+        return Ok(Err(refusal));
+    }
+    tx.commit().await?;
+    Ok(Ok(()))
+}
+
+/// The whole answer of an unstreamed request, as the JSON bytes to send. `id` is the
+/// completion's, under which its money is held.
 pub async fn complete(
     engine: SharedEngine,
     caller: &Caller,
     request: ChatRequest,
+    route: Vec<RouteEntry>,
+    id: String,
 ) -> Result<Vec<u8>, ChatError> {
-    let route = plan(&engine, &request)?;
-    let mut attempt = Attempts::new(engine, caller, request, route);
+    let mut attempt = Attempts::new(engine, caller, request, route, id);
     let timeout = attempt.engine.config.chat.timeout;
     while let Some((entry, adapter)) = attempt.next_entry() {
         let call = attempt.call(&entry);
@@ -179,17 +237,18 @@ pub fn stream(
     engine: SharedEngine,
     caller: &Caller,
     request: ChatRequest,
-) -> Result<impl futures::Stream<Item = Event> + Send + 'static, ChatError> {
-    let route = plan(&engine, &request)?;
+    route: Vec<RouteEntry>,
+    id: String,
+) -> impl futures::Stream<Item = Event> + Send + 'static {
     let keep_alive = engine.config.chat.keep_alive;
     let relay = Relay {
-        attempt: Attempts::new(engine, caller, request, route),
+        attempt: Attempts::new(engine, caller, request, route, id),
         state: State::Idle,
         keep_alive_at: Deadline::now() + keep_alive,
     };
-    Ok(futures::stream::unfold(relay, |mut relay| async move {
+    futures::stream::unfold(relay, |mut relay| async move {
         relay.next().await.map(|event| (event, relay))
-    }))
+    })
 }
 
 type Opening = Pin<Box<dyn Future<Output = Result<ChunkStream, ProviderError>> + Send>>;
@@ -413,8 +472,9 @@ impl Attempts {
         caller: &Caller,
         request: ChatRequest,
         route: Vec<RouteEntry>,
+        id: String,
     ) -> Attempts {
-        let ledger = Ledger::new(&engine, caller, &request);
+        let ledger = Ledger::new(&engine, caller, &request, id);
         Attempts {
             engine,
             request: Arc::new(request),
@@ -514,6 +574,7 @@ impl Attempts {
         self.stamp(&mut chunk, entry);
         let mut out = Vec::with_capacity(data.len() + 64);
         let Some(usage) = read_usage(&chunk) else {
+            self.ledger.answer_bytes += answer_text_len(data);
             if !self.request.include_usage {
                 chunk.remove("usage");
             }
@@ -582,6 +643,38 @@ fn has_finish_reason(chunk: &RawObject) -> bool {
     })
 }
 
+/// Bytes of answer text (content and tool-call arguments) in one chunk.
+fn answer_text_len(chunk: &str) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow, default)]
+        choices: Vec<Choice<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        delta: Option<Delta<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        content: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, default)]
+        tool_calls: Option<&'a serde_json::value::RawValue>,
+    }
+    let Ok(chunk) = serde_json::from_str::<Chunk>(chunk) else {
+        return 0;
+    };
+    chunk
+        .choices
+        .iter()
+        .filter_map(|c| c.delta.as_ref())
+        .map(|d| {
+            d.content.as_ref().map_or(0, |c| c.len()) + d.tool_calls.map_or(0, |t| t.get().len())
+        })
+        .sum::<usize>() as u64
+}
+
 fn push_event(out: &mut Vec<u8>, object: &RawObject) {
     out.extend_from_slice(b"data: ");
     serde_json::to_writer(&mut *out, object).expect("raw values serialize");
@@ -627,6 +720,10 @@ fn timed_out(entry: &RouteEntry, what: &str) -> ProviderError {
 /// ends: dropped unfinished (the client left), it is `cancelled`.
 struct Ledger {
     engine: SharedEngine,
+    /// Bytes of the request's messages and of the answer text passed on: what a request
+    /// cut off before the upstream reported its usage is charged by.
+    prompt_bytes: u64,
+    answer_bytes: u64,
     record: ChatUsage,
     started: Instant,
     usage: Usage,
@@ -634,11 +731,13 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn new(engine: &SharedEngine, caller: &Caller, request: &ChatRequest) -> Ledger {
+    fn new(engine: &SharedEngine, caller: &Caller, request: &ChatRequest, id: String) -> Ledger {
         Ledger {
             engine: engine.clone(),
+            prompt_bytes: request.messages.get().len() as u64,
+            answer_bytes: 0,
             record: ChatUsage {
-                id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
+                id,
                 created_at: crate::ids::now_ms(),
                 account_id: caller.account_id.clone(),
                 key_id: caller.key_id.clone(),
@@ -674,13 +773,19 @@ impl Ledger {
         let r = &mut self.record;
         r.status = status.to_owned();
         r.error_code = code.map(|c| c.as_str().to_owned());
+        // Cut off before the upstream told its usage, yet some answer reached the client:
+        // that much is charged, at four bytes a token (never more than was held).
+        if self.usage.completion_tokens == 0 && self.answer_bytes > 0 {
+            self.usage.prompt_tokens = self.prompt_bytes.div_ceil(4);
+            self.usage.completion_tokens = self.answer_bytes.div_ceil(4);
+        }
         r.prompt_tokens = self.usage.prompt_tokens as i64;
         r.completion_tokens = self.usage.completion_tokens as i64;
         r.cost_micros = self.engine.config.catalog.find(&r.model).map_or(0, |m| {
             m.token_cost_micros(self.usage.prompt_tokens, self.usage.completion_tokens)
         });
         r.latency_ms = self.started.elapsed().as_millis() as i64;
-        self.engine.chat.usage.record(r.clone());
+        super::usage::record(&self.engine, r.clone());
     }
 }
 

@@ -1,8 +1,9 @@
-//! Chat usage, recorded off the request path: each request hands its record to a bounded
-//! channel (no await, no database), and one writer task per API process stores what has
-//! gathered in one transaction every `usage_flush_ms`. A full channel drops records (and
-//! says how many in a warning) rather than slowing requests down; a stopping process
-//! writes what is queued before it exits.
+//! Chat usage and its money, recorded off the request path: each request hands its
+//! record to a bounded channel (no await, no database), and one writer task per API
+//! process stores what has gathered in one transaction every `usage_flush_ms`, settling
+//! each request's hold (or releasing it, when no answer came) in the same transaction. A
+//! record that finds the channel full is stored by a task of its own instead (slower, but
+//! no charge is ever lost); a stopping process writes what is queued before it exits.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::SharedEngine;
-use crate::db::chat_usage::ChatUsage;
+use crate::billing;
+use crate::db::chat_usage::{self, ChatUsage};
 
 /// Where requests leave their usage records.
 #[derive(Debug)]
@@ -20,7 +22,7 @@ pub struct UsageSink {
     tx: mpsc::Sender<ChatUsage>,
     /// Taken by the writer when it starts (one per process).
     rx: Mutex<Option<mpsc::Receiver<ChatUsage>>>,
-    dropped: AtomicU64,
+    overflowed: AtomicU64,
 }
 
 impl UsageSink {
@@ -29,25 +31,35 @@ impl UsageSink {
         UsageSink {
             tx,
             rx: Mutex::new(Some(rx)),
-            dropped: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
         }
     }
 
-    /// Queues one request's record; never waits.
-    pub fn record(&self, usage: ChatUsage) {
-        if self.tx.try_send(usage).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
+    /// Queues one request's record; never waits. A full queue hands it back.
+    fn queue(&self, usage: ChatUsage) -> Option<ChatUsage> {
+        self.tx.try_send(usage).err().map(|e| {
+            let overflowed = self.overflowed.fetch_add(1, Ordering::Relaxed) + 1;
+            if overflowed.is_power_of_two() {
                 tracing::warn!(
-                    dropped,
-                    "chat usage records dropped: the writer is behind (chat.usage_queue)"
+                    overflowed,
+                    "chat usage writer behind (chat.usage_queue): records stored one by one"
                 );
             }
-        }
+            e.into_inner()
+        })
     }
 
     fn take_receiver(&self) -> Option<mpsc::Receiver<ChatUsage>> {
         self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Records how one request ended: queued for the writer, or, with the queue full, stored
+/// by a task of its own.
+pub fn record(engine: &SharedEngine, usage: ChatUsage) {
+    if let Some(usage) = engine.chat.usage.queue(usage) {
+        let engine = engine.clone();
+        tokio::spawn(async move { store(&engine, &[usage]).await });
     }
 }
 
@@ -98,15 +110,34 @@ pub async fn write(engine: SharedEngine, stop: CancellationToken) {
 /// giving the batch up with an error in the log.
 async fn store(engine: &SharedEngine, batch: &[ChatUsage]) {
     for attempt in 0..3u32 {
-        match engine.db.insert_chat_usage(batch).await {
+        match write_batch(engine, batch).await {
             Ok(()) => return,
             Err(e) if attempt < 2 => {
                 tracing::warn!(error = %e, rows = batch.len(), "writing chat usage failed; trying again");
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
             Err(e) => {
+                // The holds stay: the reaper releases them when they expire.
                 tracing::error!(error = %e, rows = batch.len(), "chat usage lost: the database refused it");
             }
         }
     }
+}
+
+/// One transaction: the records, and each request's hold settled at its list price for
+/// the tokens used, or released if it ended with no answer. Writing a batch again (a
+/// retry after a failed commit) changes nothing: records and settlements happen once.
+async fn write_batch(engine: &SharedEngine, batch: &[ChatUsage]) -> Result<(), sqlx::Error> {
+    let mut tx = engine.db.begin().await?;
+    let now = crate::ids::now_ms();
+    for r in batch {
+        chat_usage::insert(&mut *tx, r).await?;
+        if r.status == "completed" || r.completion_tokens > 0 {
+            let units = r.prompt_tokens + r.completion_tokens;
+            billing::settle(&mut tx, &r.id, r.cost_micros, units, now).await?;
+        } else {
+            billing::release(&mut tx, &r.id, billing::Release::Released, now).await?;
+        }
+    }
+    tx.commit().await
 }

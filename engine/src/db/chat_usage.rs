@@ -1,7 +1,6 @@
 //! Chat usage: one row per chat completion request, written in batches by the usage
 //! writer (`chat::usage`), never on a request's path.
 
-use super::Db;
 use sqlx::{Any, Executor};
 
 /// One chat request's usage, as stored.
@@ -50,36 +49,34 @@ pub async fn for_account<'e>(
     .await
 }
 
-impl Db {
-    /// Stores `rows` in one transaction (one commit per batch, however many rows).
-    pub async fn insert_chat_usage(&self, rows: &[ChatUsage]) -> Result<(), sqlx::Error> {
-        let mut tx = self.begin().await?;
-        for r in rows {
-            sqlx::query(
-                "INSERT INTO chat_usage (id, created_at, account_id, key_id, model, provider, \
-                 stream, status, error_code, prompt_tokens, completion_tokens, cost_micros, \
-                 latency_ms, first_token_ms, attempts) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&r.id)
-            .bind(r.created_at)
-            .bind(&r.account_id)
-            .bind(&r.key_id)
-            .bind(&r.model)
-            .bind(&r.provider)
-            .bind(r.stream)
-            .bind(&r.status)
-            .bind(&r.error_code)
-            .bind(r.prompt_tokens)
-            .bind(r.completion_tokens)
-            .bind(r.cost_micros)
-            .bind(r.latency_ms)
-            .bind(r.first_token_ms)
-            .bind(r.attempts)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await
-    }
+/// Stores one request's record; a record stored already is left as it is.
+pub async fn insert<'e>(
+    db: impl Executor<'e, Database = Any>,
+    r: &ChatUsage,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO chat_usage (id, created_at, account_id, key_id, model, provider, \
+         stream, status, error_code, prompt_tokens, completion_tokens, cost_micros, \
+         latency_ms, first_token_ms, attempts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&r.id)
+    .bind(r.created_at)
+    .bind(&r.account_id)
+    .bind(&r.key_id)
+    .bind(&r.model)
+    .bind(&r.provider)
+    .bind(r.stream)
+    .bind(&r.status)
+    .bind(&r.error_code)
+    .bind(r.prompt_tokens)
+    .bind(r.completion_tokens)
+    .bind(r.cost_micros)
+    .bind(r.latency_ms)
+    .bind(r.first_token_ms)
+    .bind(r.attempts)
+    .execute(db)
+    .await?;
+    Ok(())
 }

@@ -307,7 +307,7 @@ pub async fn find_reservation<'e>(
 
 /// Moves a hold from `from` (`held`, or for a late settlement `expired`) to `to`, once:
 /// the guard makes a second settlement of the same hold a no-op. Returns the hold as it
-/// was before.
+/// is now (ended).
 pub async fn end_reservation<'e>(
     db: impl Executor<'e, Database = Any>,
     id: &str,
@@ -432,19 +432,23 @@ pub async fn ledger_sums<'e>(
     .await
 }
 
-/// Recomputes every account's spend of the last 30 days from its settlements.
+/// Recomputes the spend since `since` (from their settlements) of every account last
+/// recomputed before `due_before`, or never.
 pub async fn recompute_rolling_spend<'e>(
     db: impl Executor<'e, Database = Any>,
     since: i64,
     now: i64,
+    due_before: i64,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE accounts SET rolling_30d_micros = COALESCE((SELECT -SUM(l.balance_delta_micros) \
          FROM ledger l WHERE l.account_id = accounts.id AND l.kind = 'settlement' \
-         AND l.created_at >= $1), 0), tier_recomputed_at = $2",
+         AND l.created_at >= $1), 0), tier_recomputed_at = $2 \
+         WHERE tier_recomputed_at IS NULL OR tier_recomputed_at < $3",
     )
     .bind(since)
     .bind(now)
+    .bind(due_before)
     .execute(db)
     .await?;
     Ok(done.rows_affected())

@@ -338,7 +338,7 @@ async fn insert_job(
         now,
     };
     // Held first: a refusal then leaves nothing to undo but the transaction, dropped here.
-    if let Err(refusal) = billing::reserve(&mut *tx, &engine.config.billing, &hold).await? {
+    if let Err(refusal) = billing::reserve(&mut tx, &engine.config.billing, &hold).await? {
         return Ok(Err(refusal));
     }
     let job = jobs::insert(&mut *tx, &new).await?;

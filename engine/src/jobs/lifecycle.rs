@@ -634,7 +634,7 @@ async fn transition(
         } => {
             let now = now_ms();
             // A job from before money was kept has no hold: it shows its list price.
-            let charged = billing::settle(&mut *tx, job_id, list_micros, units, now)
+            let charged = billing::settle(&mut tx, job_id, list_micros, units, now)
                 .await?
                 .map_or(list_micros, |s| s.charged_micros);
             let cost_usd = format_usd(charged);
@@ -649,7 +649,7 @@ async fn transition(
             let Some(job) = jobs::end(&mut *tx, job_id, to, error, now).await? else {
                 return Ok(None);
             };
-            billing::release(&mut *tx, job_id, billing::Release::Released, now).await?;
+            billing::release(&mut tx, job_id, billing::Release::Released, now).await?;
             job_attempts::finish(&mut *tx, job_id, to.as_str(), error, now).await?;
             (job, Some(to.event_type()))
         }

@@ -1,12 +1,14 @@
 //! The reaper: finds pending jobs whose scheduled check is long overdue (the task was lost
 //! between the SQL write and the push, or with a dead worker that the queue could not
 //! recover) or whose deadline passed, and hands them a fresh task; and does the same for
-//! webhook deliveries whose attempt is overdue.
+//! webhook deliveries whose attempt is overdue; and lets go of money held by requests
+//! that never ended, and keeps accounts' volume tiers current (`billing::sweep`).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::billing;
 use crate::db::jobs;
 use crate::ids::now_ms;
 use crate::tasks::Advance;
@@ -57,6 +59,9 @@ pub async fn run(engine: &Engine, shutdown: CancellationToken) {
         }
         if let Err(e) = delivery::sweep_once(engine).await {
             tracing::warn!(error = %e, "delivery sweep failed");
+        }
+        if let Err(e) = billing::sweep(&engine.db, &engine.config.billing).await {
+            tracing::warn!(error = %e, "billing sweep failed");
         }
         if last_vacuum.elapsed() >= VACUUM_EVERY {
             last_vacuum = std::time::Instant::now();

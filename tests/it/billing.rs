@@ -1,0 +1,465 @@
+//! Money: holds at intake against the balance and every cap, exact under a burst of
+//! concurrent requests; settlement on completion, release on failure and cancellation;
+//! chat held by its ceiling and settled by its tokens; expired holds released by the
+//! reaper; and the ledger reconciling with the balance to the micro-dollar after all of it.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+use crate::support::{Backend, TestApp, answer};
+use mediagate_engine::billing::{self, HoldKind, HoldRequest, money::MICROS_PER_USD};
+use mediagate_engine::db::money::{self as rows, LedgerEntry};
+use mediagate_engine::ids::{IdKind, new_id, now_ms};
+
+on_both_backends!(
+    a_balance_covers_exactly_the_jobs_it_can_pay_for,
+    caps_of_a_key_and_an_account_hold_under_a_burst,
+    failed_and_cancelled_jobs_cost_nothing,
+    a_key_runs_at_most_its_jobs_in_flight,
+    chat_is_held_by_its_ceiling_and_charged_by_its_tokens,
+    expired_holds_are_released_and_late_answers_still_charged,
+);
+
+/// The local models with prices: an image a dollar, a million chat tokens a dollar
+/// each way (a request's hold is then easy to reckon).
+const PRICED_CATALOG: &str = r#"
+[[models]]
+id = "local/image"
+name = "Local test image (PNG)"
+modality = "image"
+sizes = true
+seed = true
+max_outputs = 10
+simulate = true
+price = { unit = "image", usd = "1" }
+providers = [{ provider = "local", model = "image" }]
+
+[[models]]
+id = "local/chat"
+name = "Local chat (built in)"
+modality = "text"
+context_length = 32768
+simulate = true
+price = { unit = "million_tokens", usd = "1", output_usd = "1" }
+providers = [{ provider = "local", model = "chat" }]
+"#;
+
+/// One dollar at the first tier's markup (40 %).
+const ONE_IMAGE: i64 = 1_400_000;
+
+async fn priced_app(backend: Backend) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.toml");
+    std::fs::write(&path, PRICED_CATALOG).unwrap();
+    let app = TestApp::start_with(backend, move |c| c.catalog = Some(path)).await;
+    (app, dir)
+}
+
+fn image_job() -> Value {
+    json!({"model": "local/image", "input": {"prompt": "a fox", "size": "64x64"}})
+}
+
+/// Makes the app's account prepaid with `micros` of credit, through the ledger.
+async fn fund(app: &TestApp, micros: i64) -> String {
+    let account = app.account_id().await;
+    let mut tx = app.engine().db.begin().await.unwrap();
+    sqlx::query("UPDATE accounts SET mode = 'prepaid' WHERE id = $1")
+        .bind(&account)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    rows::adjust_account(&mut *tx, &account, micros, 0)
+        .await
+        .unwrap();
+    let entry = LedgerEntry {
+        id: new_id(IdKind::Ledger),
+        account_id: &account,
+        kind: "topup",
+        balance_delta: micros,
+        actor: "admin",
+        created_at: now_ms(),
+        ..LedgerEntry::default()
+    };
+    rows::insert_ledger(&mut *tx, &entry).await.unwrap();
+    tx.commit().await.unwrap();
+    account
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Money {
+    balance: i64,
+    reserved: i64,
+}
+
+async fn money(app: &TestApp, account: &str) -> Money {
+    let (balance, reserved): (i64, i64) =
+        sqlx::query_as("SELECT balance_micros, reserved_micros FROM accounts WHERE id = $1")
+            .bind(account)
+            .fetch_one(app.engine().db.pool())
+            .await
+            .unwrap();
+    Money { balance, reserved }
+}
+
+/// The account's balance and held money are what its ledger adds up to; returns them.
+async fn reconciled(app: &TestApp, account: &str) -> Money {
+    let now = money(app, account).await;
+    let sums = rows::ledger_sums(app.engine().db.pool(), account)
+        .await
+        .unwrap();
+    assert_eq!(
+        (sums.balance_micros, sums.reserved_micros),
+        (now.balance, now.reserved),
+        "the ledger and the account disagree"
+    );
+    now
+}
+
+/// Fires `n` job submissions at once; the statuses, in any order.
+async fn burst(app: &TestApp, key: &str, n: usize) -> Vec<(StatusCode, Value)> {
+    let requests = (0..n).map(|_| async {
+        let res = app
+            .client
+            .post(format!("{}/v1/jobs", app.url))
+            .bearer_auth(key)
+            .json(&image_job())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json::<Value>().await.unwrap())
+    });
+    join_all(requests).await
+}
+
+/// Sends `req`: its status, headers and JSON body.
+async fn send(req: reqwest::RequestBuilder) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let res = req.send().await.unwrap();
+    let (status, headers) = (res.status(), res.headers().clone());
+    (status, headers, res.json().await.unwrap())
+}
+
+async fn wait_all_terminal(app: &TestApp, answers: &[(StatusCode, Value)]) {
+    for (status, body) in answers {
+        if *status == StatusCode::ACCEPTED {
+            let id = body["id"].as_str().unwrap();
+            app.wait_terminal(id, Duration::from_secs(60)).await;
+        }
+    }
+}
+
+fn count(answers: &[(StatusCode, Value)], status: u16) -> usize {
+    answers.iter().filter(|(s, _)| s.as_u16() == status).count()
+}
+
+async fn a_balance_covers_exactly_the_jobs_it_can_pay_for(backend: Backend) {
+    let (app, _dir) = priced_app(backend).await;
+    let account = fund(&app, 10 * ONE_IMAGE).await;
+    let answers = burst(&app, &app.key, 200).await;
+    assert_eq!(count(&answers, 202), 10, "exactly ten jobs fit the balance");
+    assert_eq!(count(&answers, 402), 190);
+    let refused = answers.iter().find(|(s, _)| s.as_u16() == 402).unwrap();
+    let error = &refused.1["error"];
+    assert_eq!(error["type"], "billing_error");
+    assert_eq!(error["code"], "insufficient_credits");
+    assert_eq!(error["limit"]["scope"], "account");
+    assert_eq!(error["limit"]["period"], Value::Null);
+    assert_eq!(error["limit"]["requested_usd"], "1.400000");
+    // Nothing was queued for a refused request: only the accepted jobs exist.
+    let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE account_id = $1")
+        .bind(&account)
+        .fetch_one(app.engine().db.pool())
+        .await
+        .unwrap();
+    assert_eq!(jobs, 10);
+    // While they run, the balance is all held and never below zero.
+    let during = reconciled(&app, &account).await;
+    assert!(during.balance >= 0 && during.reserved <= during.balance);
+    wait_all_terminal(&app, &answers).await;
+    let done = answers.iter().find(|(s, _)| s.as_u16() == 202).unwrap();
+    let job = app.job(done.1["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["usage"]["cost_usd"], "1.4000");
+    assert_eq!(
+        reconciled(&app, &account).await,
+        Money {
+            balance: 0,
+            reserved: 0
+        }
+    );
+    // Spent to the last micro: the next one is refused too.
+    assert_eq!(app.post_job(&image_job()).await.status.as_u16(), 402);
+    app.finish().await;
+}
+
+async fn set_caps(app: &TestApp, table: &str, id: &str, daily: Option<i64>, monthly: Option<i64>) {
+    let sql = match table {
+        "accounts" => {
+            "UPDATE accounts SET daily_limit_micros = $2, monthly_limit_micros = $3 WHERE id = $1"
+        }
+        _ => "UPDATE api_keys SET daily_limit_micros = $2, monthly_limit_micros = $3 WHERE id = $1",
+    };
+    sqlx::query(sql)
+        .bind(id)
+        .bind(daily)
+        .bind(monthly)
+        .execute(app.engine().db.pool())
+        .await
+        .unwrap();
+}
+
+async fn key_id(app: &TestApp, key: &str) -> String {
+    mediagate_engine::db::keys::caller_by_hash(
+        app.engine().db.pool(),
+        &mediagate::api::auth::hash_key(key),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .key_id
+}
+
+async fn caps_of_a_key_and_an_account_hold_under_a_burst(backend: Backend) {
+    let (app, _dir) = priced_app(backend).await;
+    let account = app.account_id().await;
+    // An unlimited account: no balance check, but caps apply.
+    let capped_key = app.key.clone();
+    set_caps(
+        &app,
+        "api_keys",
+        &key_id(&app, &capped_key).await,
+        Some(5 * ONE_IMAGE),
+        None,
+    )
+    .await;
+    let answers = burst(&app, &capped_key, 60).await;
+    assert_eq!(count(&answers, 202), 5, "the key's daily cap admits five");
+    let refused = answers.iter().find(|(s, _)| s.as_u16() == 402).unwrap();
+    let error = &refused.1["error"];
+    assert_eq!(error["code"], "spend_cap_reached");
+    assert_eq!(error["limit"]["scope"], "key");
+    assert_eq!(error["limit"]["period"], "day");
+    assert_eq!(error["limit"]["limit_usd"], "7.000000");
+    assert_eq!(error["limit"]["used_usd"], "7.000000");
+    let tomorrow = (now_ms() / 86_400_000 + 1) * 86_400;
+    assert_eq!(error["limit"]["resets_at"], tomorrow);
+    // A second key of the account is not bound by the first key's cap, but by the
+    // account's monthly cap: 8 in all, 5 spent by the first key → 3 more.
+    let other = crate::support::new_key(app.running.as_ref().unwrap(), &account).await;
+    set_caps(&app, "accounts", &account, None, Some(8 * ONE_IMAGE)).await;
+    let more = burst(&app, &other, 40).await;
+    assert_eq!(
+        count(&more, 202),
+        3,
+        "the account's monthly cap admits three more"
+    );
+    let refused = more.iter().find(|(s, _)| s.as_u16() == 402).unwrap();
+    assert_eq!(refused.1["error"]["limit"]["scope"], "account");
+    assert_eq!(refused.1["error"]["limit"]["period"], "month");
+    wait_all_terminal(&app, &answers).await;
+    wait_all_terminal(&app, &more).await;
+    let spent = reconciled(&app, &account).await;
+    assert_eq!(
+        spent,
+        Money {
+            balance: -8 * ONE_IMAGE,
+            reserved: 0
+        }
+    );
+    app.finish().await;
+}
+
+async fn failed_and_cancelled_jobs_cost_nothing(backend: Backend) {
+    let (app, _dir) = priced_app(backend).await;
+    let account = fund(&app, 3 * ONE_IMAGE).await;
+    let failing = json!({"model": "local/image", "input": {"prompt": "x", "size": "64x64",
+        "simulate": {"fail": "permanent"}}});
+    let failed = app.submit(failing).await;
+    let slow = json!({"model": "local/image", "input": {"prompt": "x", "size": "64x64",
+        "simulate": {"latency_ms": 30000}}});
+    let cancelled = app.submit(slow).await;
+    let done = app.submit(image_job()).await;
+    let id = cancelled["id"].as_str().unwrap();
+    app.post_expect(&format!("/v1/jobs/{id}/cancel"), 200).await;
+    let failed = app
+        .wait_terminal(failed["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(failed["status"], "failed");
+    app.wait_terminal(done["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        reconciled(&app, &account).await,
+        Money {
+            balance: 2 * ONE_IMAGE,
+            reserved: 0
+        },
+        "only the completed job is charged"
+    );
+    let kinds: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT kind, CAST(COUNT(*) AS BIGINT) FROM ledger WHERE account_id = $1 GROUP BY kind ORDER BY kind",
+    )
+    .bind(&account)
+    .fetch_all(app.engine().db.pool())
+    .await
+    .unwrap();
+    let kinds: Vec<(&str, i64)> = kinds.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("release", 2),
+            ("reservation", 3),
+            ("settlement", 1),
+            ("topup", 1)
+        ]
+    );
+    app.finish().await;
+}
+
+async fn a_key_runs_at_most_its_jobs_in_flight(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let key = key_id(&app, &app.key).await;
+    sqlx::query("UPDATE api_keys SET max_concurrent_jobs = 2 WHERE id = $1")
+        .bind(&key)
+        .execute(app.engine().db.pool())
+        .await
+        .unwrap();
+    let slow = json!({"model": "local/image", "input": {"prompt": "x", "size": "64x64",
+        "simulate": {"latency_ms": 1500}}});
+    let answers = join_all((0..6).map(|_| send(app.post("/v1/jobs").json(&slow)))).await;
+    let accepted: Vec<_> = answers.iter().filter(|a| a.0 == 202).collect();
+    assert_eq!(accepted.len(), 2);
+    let refused = answers.iter().find(|a| a.0 == 429).unwrap();
+    assert_eq!(refused.2["error"]["code"], "too_many_concurrent_jobs");
+    assert_eq!(refused.1["retry-after"], "1");
+    for a in &accepted {
+        app.wait_terminal(a.2["id"].as_str().unwrap(), Duration::from_secs(30))
+            .await;
+    }
+    // Their slots are free again.
+    let in_flight: i64 = sqlx::query_scalar("SELECT jobs_in_flight FROM api_keys WHERE id = $1")
+        .bind(&key)
+        .fetch_one(app.engine().db.pool())
+        .await
+        .unwrap();
+    assert_eq!(in_flight, 0);
+    let again = app.submit(slow).await;
+    app.wait_terminal(again["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    app.finish().await;
+}
+
+async fn chat_is_held_by_its_ceiling_and_charged_by_its_tokens(backend: Backend) {
+    let (app, _dir) = priced_app(backend).await;
+    // Room for the hold of one short request (its prompt + 4096 answer tokens at $1 a
+    // million and 40 %: under $0.006), not for one asking 100 000 answer tokens.
+    let account = fund(&app, 10_000).await;
+    let ask = |extra: Value| {
+        let mut body = json!({"model": "local/chat",
+            "messages": [{"role": "user", "content": "tell me about foxes"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let big = send(
+        app.post("/v1/chat/completions")
+            .json(&ask(json!({"max_tokens": 100_000}))),
+    )
+    .await;
+    assert_eq!(big.0, 402, "{:?}", big.2);
+    assert_eq!(big.2["error"]["code"], "insufficient_credits");
+    assert_eq!(reconciled(&app, &account).await.reserved, 0);
+    let done = answer(app.post("/v1/chat/completions").json(&ask(json!({}))))
+        .await
+        .expect(200);
+    let usage = &done["usage"];
+    let tokens =
+        usage["prompt_tokens"].as_i64().unwrap() + usage["completion_tokens"].as_i64().unwrap();
+    assert!(tokens > 0);
+    // Settled by the usage writer, at $1 a million tokens + 40 %, rounded up.
+    let expected = (tokens * 14 + 9) / 10;
+    let settled = wait_for(&app, &account, |m| m.reserved == 0).await;
+    assert_eq!(settled.balance, 10_000 - expected);
+    // Streamed: settled the same way.
+    let res = app
+        .post("/v1/chat/completions")
+        .json(&ask(json!({"stream": true})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let after = wait_for(&app, &account, |m| {
+        m.reserved == 0 && m.balance < settled.balance
+    })
+    .await;
+    assert_eq!(settled.balance - after.balance, expected);
+    app.finish().await;
+}
+
+/// Polls the account's money until `ready` holds (the usage writer settles within a
+/// flush interval), reconciling it with the ledger each time.
+async fn wait_for(app: &TestApp, account: &str, ready: impl Fn(&Money) -> bool) -> Money {
+    let start = std::time::Instant::now();
+    loop {
+        let m = reconciled(app, account).await;
+        if ready(&m) {
+            return m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "money never settled: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn expired_holds_are_released_and_late_answers_still_charged(backend: Backend) {
+    let (app, _dir) = priced_app(backend).await;
+    let account = fund(&app, MICROS_PER_USD).await;
+    let key = key_id(&app, &app.key).await;
+    let engine = app.engine();
+    // A chat hold whose process died: it expired a moment ago.
+    let hold = HoldRequest {
+        id: "chatcmpl-orphan",
+        account_id: &account,
+        key_id: &key,
+        kind: HoldKind::Chat,
+        model: "local/chat",
+        list_micros: 500_000,
+        expires_at: Some(now_ms() - 1),
+        now: now_ms(),
+    };
+    let mut tx = engine.db.begin().await.unwrap();
+    let held = billing::reserve(&mut tx, &engine.config.billing, &hold)
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(held.amount_micros, 700_000);
+    assert_eq!(money(&app, &account).await.reserved, 700_000);
+    // The reaper lets it go.
+    let freed = wait_for(&app, &account, |m| m.reserved == 0).await;
+    assert_eq!(freed.balance, MICROS_PER_USD);
+    // The answer turns up after all: it is charged, once.
+    for _ in 0..2 {
+        let mut tx = engine.db.begin().await.unwrap();
+        billing::settle(&mut tx, "chatcmpl-orphan", 100_000, 10, now_ms())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(
+        reconciled(&app, &account).await,
+        Money {
+            balance: MICROS_PER_USD - 140_000,
+            reserved: 0
+        }
+    );
+    app.finish().await;
+}
