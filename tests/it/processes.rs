@@ -389,3 +389,171 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+on_both_backends!(
+    a_balance_holds_across_two_api_processes,
+    holds_of_a_killed_api_process_come_back,
+);
+
+/// `mediagate ARGS…` in the cluster's environment; fails the test unless it succeeds, and
+/// returns what it printed.
+fn run_cli(cluster: &Cluster, args: &[&str]) -> String {
+    let out = cluster.command(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "mediagate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The account as `accounts show` prints it.
+fn account(cluster: &Cluster, id: &str) -> Value {
+    serde_json::from_str(&run_cli(cluster, &["accounts", "show", id])).unwrap()
+}
+
+/// A cluster whose local image costs a dollar (so $1.40 at the first tier).
+async fn priced_cluster(backend: Backend, extra: &[(&str, &str)]) -> Cluster {
+    let mut cluster = Cluster::new(backend).await;
+    let catalog = cluster.data_dir.join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        r#"
+[[models]]
+id = "local/image"
+name = "Local test image (PNG)"
+modality = "image"
+sizes = true
+simulate = true
+price = { unit = "image", usd = "1" }
+providers = [{ provider = "local", model = "image" }]
+
+[[models]]
+id = "local/chat"
+name = "Local chat (built in)"
+modality = "text"
+context_length = 32768
+simulate = true
+price = { unit = "million_tokens", usd = "1", output_usd = "1" }
+providers = [{ provider = "local", model = "chat" }]
+"#,
+    )
+    .unwrap();
+    cluster
+        .env
+        .push(("MEDIAGATE_CATALOG".into(), catalog.display().to_string()));
+    for (k, v) in extra {
+        cluster.env.push((k.to_string(), v.to_string()));
+    }
+    cluster
+}
+
+/// 200 submissions at once, split over two API processes, against a prepaid balance that
+/// covers exactly ten jobs: ten are accepted, 190 refused with 402, and once the ten have
+/// run the balance is spent to the micro-dollar, nothing is left held, and nothing went
+/// below zero.
+async fn a_balance_holds_across_two_api_processes(backend: Backend) {
+    let cluster = priced_cluster(backend, &[]).await;
+    run_cli(&cluster, &["accounts", "create", "acme"]);
+    run_cli(&cluster, &["credits", "add", "acme", "14"]);
+    let key = run_cli(
+        &cluster,
+        &["keys", "create", "--name", "ci", "--account", "acme"],
+    );
+    let key = key.trim().to_owned();
+    let (_api1, addr1) = cluster.spawn("api");
+    let (_api2, addr2) = cluster.spawn("api");
+    let (_worker, _) = cluster.spawn("worker");
+    let bases = [addr1.unwrap(), addr2.unwrap()].map(|a| format!("http://{a}"));
+    let client = reqwest::Client::new();
+    let requests = (0..200).map(|i| {
+        let req = client
+            .post(format!("{}/v1/jobs", bases[i % 2]))
+            .bearer_auth(&key)
+            .json(&json!({"model": "local/image", "input": {"prompt": format!("fox {i}"), "size": "64x64"}}));
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let accepted: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(accepted.len(), 10, "exactly ten fit the balance");
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 402).count(), 190);
+    for job in &accepted {
+        let id = job["id"].as_str().unwrap();
+        let start = Instant::now();
+        loop {
+            let now: Value = client
+                .get(format!("{}/v1/jobs/{id}", bases[0]))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if now["status"] == "completed" {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{now}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let acme = account(&cluster, "acme");
+    assert_eq!(acme["balance_usd"], "0.000000", "{acme}");
+    assert_eq!(acme["reserved_usd"], "0.000000", "{acme}");
+}
+
+/// An API process killed while it streams a chat answer leaves its hold behind; the
+/// reaper (in a worker) lets go of it once it expires, and the balance is whole again.
+async fn holds_of_a_killed_api_process_come_back(backend: Backend) {
+    let cluster = priced_cluster(backend, &[("MEDIAGATE_BILLING__CHAT_HOLD_SECS", "2")]).await;
+    run_cli(&cluster, &["accounts", "create", "acme"]);
+    run_cli(&cluster, &["credits", "add", "acme", "1"]);
+    let key = run_cli(
+        &cluster,
+        &["keys", "create", "--name", "ci", "--account", "acme"],
+    );
+    let key = key.trim().to_owned();
+    let (mut api, addr) = cluster.spawn("api");
+    let (_worker, _) = cluster.spawn("worker");
+    let base = format!("http://{}", addr.unwrap());
+    let stream = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "local/chat", "stream": true,
+            "messages": [{"role": "user", "content": "a long story"}],
+            "simulate": {"latency_ms": 60000}}))
+        .send();
+    let pending = tokio::spawn(stream);
+    let start = Instant::now();
+    while account(&cluster, "acme")["reserved_usd"] == "0.000000" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the chat was never held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&api, "-KILL");
+    api.wait().unwrap();
+    let _ = pending.await;
+    let start = Instant::now();
+    loop {
+        let acme = account(&cluster, "acme");
+        if acme["reserved_usd"] == "0.000000" {
+            assert_eq!(acme["balance_usd"], "1.000000", "{acme}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the hold never came back: {acme}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

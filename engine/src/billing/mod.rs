@@ -13,6 +13,7 @@
 //! the key — so two requests never wait on each other in a circle. Every move writes a
 //! ledger entry whose deltas sum to the account's balance and held money.
 
+pub mod alerts;
 pub mod money;
 
 use std::time::Duration;
@@ -353,10 +354,13 @@ pub async fn reserve(
     }))
 }
 
-/// What a settlement charged.
+/// What a settlement charged, and the alert it raised, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
     pub charged_micros: i64,
+    /// The charge took a prepaid account's available money below its threshold (for
+    /// [`alerts::write`]).
+    pub alert: Option<alerts::Alert>,
 }
 
 /// Charges the actual price of a request that ended well — `list_micros` at the hold's
@@ -387,7 +391,11 @@ pub async fn settle(
     // Money still held only if the reaper has not let go of it already.
     let was_held = from == "held";
     let unheld = if was_held { -hold.amount_micros } else { 0 };
-    apply(conn, &hold, was_held, -charged, unheld).await?;
+    let after = apply(conn, &hold, was_held, -charged, unheld).await?;
+    let alert = match after {
+        Some(after) => alerts::balance_low(conn, &hold.account_id, &after).await?,
+        None => None,
+    };
     let entry = LedgerEntry {
         id: new_id(IdKind::Ledger),
         account_id: &hold.account_id,
@@ -405,6 +413,7 @@ pub async fn settle(
     rows::insert_ledger(&mut *conn, &entry).await?;
     Ok(Some(Settled {
         charged_micros: charged,
+        alert,
     }))
 }
 
@@ -483,8 +492,9 @@ async fn apply(
     was_held: bool,
     balance_delta: i64,
     reserved_delta: i64,
-) -> Result<(), sqlx::Error> {
-    rows::adjust_account(&mut *conn, &hold.account_id, balance_delta, reserved_delta).await?;
+) -> Result<Option<rows::BalanceRow>, sqlx::Error> {
+    let after =
+        rows::adjust_account(&mut *conn, &hold.account_id, balance_delta, reserved_delta).await?;
     let windows = [
         (
             "account",
@@ -514,7 +524,7 @@ async fn apply(
     if hold.kind == "job" && was_held {
         rows::free_job_slot(&mut *conn, &hold.key_id).await?;
     }
-    Ok(())
+    Ok(after)
 }
 
 #[cfg(test)]

@@ -192,6 +192,8 @@ pub async fn hold(
     };
     let mut tx = engine.db.begin().await?;
     if let Err(refusal) = billing::reserve(&mut tx, billing, &hold).await? {
+        drop(tx);
+        billing::alerts::after_refusal(engine, &caller.account_id, &caller.key_id, &refusal).await;
         return Ok(Err(refusal));
     }
     tx.commit().await?;

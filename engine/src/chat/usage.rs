@@ -130,14 +130,21 @@ async fn store(engine: &SharedEngine, batch: &[ChatUsage]) {
 async fn write_batch(engine: &SharedEngine, batch: &[ChatUsage]) -> Result<(), sqlx::Error> {
     let mut tx = engine.db.begin().await?;
     let now = crate::ids::now_ms();
+    let fast_lane_max = engine.config.delivery.fast_lane_max_fan_out;
+    let mut outbox = Vec::new();
     for r in batch {
         chat_usage::insert(&mut *tx, r).await?;
         if r.status == "completed" || r.completion_tokens > 0 {
             let units = r.prompt_tokens + r.completion_tokens;
-            billing::settle(&mut tx, &r.id, r.cost_micros, units, now).await?;
+            let settled = billing::settle(&mut tx, &r.id, r.cost_micros, units, now).await?;
+            if let Some(alert) = settled.and_then(|s| s.alert) {
+                outbox.extend(billing::alerts::write(&mut tx, &alert, fast_lane_max).await?);
+            }
         } else {
             billing::release(&mut tx, &r.id, billing::Release::Released, now).await?;
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    crate::webhooks::delivery::dispatch(engine, outbox).await;
+    Ok(())
 }

@@ -292,7 +292,10 @@ pub async fn create_job(
     }
     let job = match result? {
         Ok(job) => job,
-        Err(refusal) => return Ok(Created::Refused(refusal)),
+        Err(refusal) => {
+            billing::alerts::after_refusal(engine, account_id, &caller.key_id, &refusal).await;
+            return Ok(Created::Refused(refusal));
+        }
     };
     tasks::hand_off(
         engine,

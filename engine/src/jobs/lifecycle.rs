@@ -609,6 +609,7 @@ async fn transition(
     change: Change<'_>,
 ) -> Result<Option<Job>, EngineError> {
     let mut tx = engine.db.begin().await?;
+    let mut alerts = Vec::new();
     let (job, event) = match change {
         Change::Start { now, lease_until } => {
             let Some(job) = jobs::claim_queued(&mut *tx, job_id, now, lease_until).await? else {
@@ -634,13 +635,16 @@ async fn transition(
         } => {
             let now = now_ms();
             // A job from before money was kept has no hold: it shows its list price.
-            let charged = billing::settle(&mut tx, job_id, list_micros, units, now)
-                .await?
-                .map_or(list_micros, |s| s.charged_micros);
+            let settled = billing::settle(&mut tx, job_id, list_micros, units, now).await?;
+            let charged = settled.as_ref().map_or(list_micros, |s| s.charged_micros);
             let cost_usd = format_usd(charged);
             let Some(job) = jobs::complete(&mut *tx, job_id, outputs, &cost_usd, now).await? else {
                 return Ok(None);
             };
+            if let Some(alert) = settled.and_then(|s| s.alert) {
+                let fast_lane_max = engine.config.delivery.fast_lane_max_fan_out;
+                alerts = billing::alerts::write(&mut tx, &alert, fast_lane_max).await?;
+            }
             job_attempts::finish(&mut *tx, job_id, "succeeded", None, now).await?;
             (job, Some(JobStatus::Completed.event_type()))
         }
@@ -654,10 +658,11 @@ async fn transition(
             (job, Some(to.event_type()))
         }
     };
-    let outbox = match event {
+    let mut outbox = match event {
         Some(kind) => record_event(engine, &mut tx, &job, kind).await?,
         None => Vec::new(),
     };
+    outbox.append(&mut alerts);
     tx.commit().await?;
     engine.announce(job_id);
     delivery::dispatch(engine, outbox).await;

@@ -15,6 +15,9 @@ use crate::{Engine, EngineError};
 
 /// Every event type a webhook can ask for.
 pub const EVENT_TYPES: &[&str] = &[
+    // Money alerts, for account endpoints that ask for them (never sent by default).
+    "account.balance_low",
+    "key.spend_cap_reached",
     "job.started",
     "job.progress",
     "job.completed",

@@ -32,7 +32,7 @@ use schedule::{jitter, push_attempt};
 
 pub use attempt::RESPONSE_BODY_LIMIT;
 pub use gates::{Destinations, Gate, Slot, Slots, Waiting, destination};
-pub(crate) use outbox::{dispatch, fan_out};
+pub(crate) use outbox::{dispatch, fan_out, fan_out_account};
 pub use sweep::sweep_once;
 
 /// Beyond the request timeout, how long an attempt holds its delivery (time to record the

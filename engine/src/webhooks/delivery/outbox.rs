@@ -24,9 +24,37 @@ pub(crate) async fn fan_out(
     event: &EventRow,
     fast_lane_max_fan_out: usize,
 ) -> Result<Vec<Deliver>, sqlx::Error> {
+    fan_out_for(
+        conn,
+        &job.account_id,
+        job.webhook.as_ref(),
+        event,
+        fast_lane_max_fan_out,
+    )
+    .await
+}
+
+/// As [`fan_out`], for an event of the account itself (its money): only its endpoints
+/// that subscribed to the event's type hear of it.
+pub(crate) async fn fan_out_account(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    event: &EventRow,
+    fast_lane_max_fan_out: usize,
+) -> Result<Vec<Deliver>, sqlx::Error> {
+    fan_out_for(conn, account_id, None, event, fast_lane_max_fan_out).await
+}
+
+async fn fan_out_for(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    own_hook: Option<&serde_json::Value>,
+    event: &EventRow,
+    fast_lane_max_fan_out: usize,
+) -> Result<Vec<Deliver>, sqlx::Error> {
     // (endpoint, url, known to be failing)
     let mut targets: Vec<(Option<String>, String, bool)> = Vec::new();
-    if let Some(hook) = &job.webhook {
+    if let Some(hook) = own_hook {
         let wants = hook["events"]
             .as_array()
             .is_some_and(|list| list.iter().any(|e| e.as_str() == Some(&event.kind)));
@@ -34,7 +62,7 @@ pub(crate) async fn fan_out(
             targets.push((None, url.to_owned(), false));
         }
     }
-    for endpoint in endpoints::enabled_for_account(&mut *conn, &job.account_id).await? {
+    for endpoint in endpoints::enabled_for_account(&mut *conn, account_id).await? {
         if endpoint.wants(&event.kind) {
             let failing = endpoint.failing_since.is_some();
             targets.push((Some(endpoint.id), endpoint.url, failing));
@@ -46,8 +74,9 @@ pub(crate) async fn fan_out(
         let id = new_id(IdKind::Delivery);
         let new = NewDelivery {
             id: id.clone(),
-            account_id: &job.account_id,
-            job_id: &job.id,
+            account_id,
+            // The event's subject: the job, or for an account's own event the account.
+            job_id: &event.job_id,
             event_id: &event.id,
             event_type: &event.kind,
             endpoint_id: endpoint_id.as_deref(),
