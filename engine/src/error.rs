@@ -76,6 +76,8 @@ error_codes! {
     ThumbnailUnavailable = "thumbnail_unavailable",
     EndpointLimitReached = "endpoint_limit_reached",
     EndpointUnavailable = "endpoint_unavailable",
+    /// The key's `requests_per_minute` is used up (`429` with `Retry-After`).
+    RateLimited = "rate_limited",
     /// At capacity: retry in a moment.
     Overloaded = "overloaded",
     // Money and limits.

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod jobs;
 pub mod media;
 pub mod providers;
+pub mod rate_limit;
 pub mod tasks;
 pub mod webhooks;
 
@@ -60,6 +61,8 @@ pub struct Engine {
     /// Webhook attempts under way in this process: slots shared fairly among accounts,
     /// and per account and destination.
     pub webhook_destinations: Destinations,
+    /// Every key's `requests_per_minute`, counted across the deployment's API processes.
+    pub rate_limiter: rate_limit::RateLimiter,
     /// Ids of jobs that just changed in this process, so live streams react at once
     /// (changes made by other processes are picked up by their polling).
     changes: broadcast::Sender<String>,
@@ -115,6 +118,7 @@ impl Engine {
         };
         let (changes, _) = broadcast::channel(4096);
         let webhook_destinations = Destinations::new(&config.delivery);
+        let rate_limiter = rate_limit::RateLimiter::new(&queue);
         Ok(Arc::new(Engine {
             db,
             queue,
@@ -128,6 +132,7 @@ impl Engine {
             callback_signer,
             webhook_client,
             webhook_destinations,
+            rate_limiter,
             changes,
         }))
     }

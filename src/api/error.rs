@@ -89,6 +89,19 @@ impl ApiError {
         )
     }
 
+    /// The key made its `limit` requests of the minute (`429`; the gate adds
+    /// `Retry-After` and the rate-limit headers).
+    pub fn rate_limited(limit: u64, retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            ErrorCode::RateLimited,
+            format!(
+                "this key is limited to {limit} requests per minute; retry in {retry_after_secs} s"
+            ),
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -5,6 +5,10 @@
 //! 2. its credentials — the key in `Authorization`, or a callback's provider and token in
 //!    the path — are checked from the head alone, so a request that may not be here is
 //!    answered (and its connection closed) without a byte of its body read;
+//!    a keyed request is then counted against its key's `requests_per_minute`, and one
+//!    past it is answered `429` as early, so a refused request costs no body read, no
+//!    slot and no database work. Every answer to a key with a limit carries its
+//!    `X-RateLimit-*` headers, whatever answered it (the gate, a handler, an error);
 //! 3. its body is read, bounded in size and in time (`413`, `408`), holding no slot;
 //! 4. only then does it take one of `max_concurrent_requests` slots (or get `503`), which
 //!    it holds while the handler works out the answer.
@@ -27,6 +31,7 @@ use super::error::ApiError;
 use super::{AppState, Path};
 use mediagate_engine::ErrorCode;
 use mediagate_engine::fields;
+use mediagate_engine::rate_limit::Decision;
 
 /// Longest request target (path and query) answered with a SPEC `414`.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -130,8 +135,47 @@ async fn keyed_within(state: &AppState, req: Request, limit: usize, next: Next) 
         Ok(Authed(caller)) => caller,
         Err(e) => return refuse(e, body),
     };
-    parts.extensions.insert(caller);
-    admit(state, Request::from_parts(parts, body), limit, next).await
+    // Keys without a limit cost no count (no Redis round trip) and get no headers.
+    let rate = match caller.requests_per_minute {
+        Some(rpm) => Some(state.engine.rate_limiter.check(&caller.key_id, rpm).await),
+        None => None,
+    };
+    let mut res = match rate {
+        Some(decision) if !decision.allowed => {
+            let e = ApiError::rate_limited(decision.limit, decision.retry_after_secs());
+            let mut res = if has_body(&parts.headers) {
+                refuse(e, body)
+            } else {
+                // Nothing to leave unread: the connection can stay open.
+                e.into_response()
+            };
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, decision.retry_after_secs().into());
+            res
+        }
+        _ => {
+            parts.extensions.insert(caller);
+            admit(state, Request::from_parts(parts, body), limit, next).await
+        }
+    };
+    if let Some(decision) = rate {
+        rate_limit_headers(&decision, res.headers_mut());
+    }
+    res
+}
+
+/// `X-RateLimit-Limit` (requests per minute), `-Remaining` (requests the key may still
+/// make at once) and `-Reset` (the Unix second by which its whole allowance is back).
+fn rate_limit_headers(decision: &Decision, headers: &mut HeaderMap) {
+    headers.insert("x-ratelimit-limit", decision.limit.into());
+    headers.insert("x-ratelimit-remaining", decision.remaining.into());
+    headers.insert("x-ratelimit-reset", decision.reset_at_secs().into());
+}
+
+/// Whether the request says a body follows (a length above zero, or chunks).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || (headers.contains_key(header::CONTENT_LENGTH) && declared_length(headers) != Some(0))
 }
 
 /// Routes open to anyone (signed file links): nothing to check before the body.

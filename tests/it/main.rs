@@ -19,6 +19,7 @@ mod lifecycle;
 mod openai_sdk;
 mod processes;
 mod providers;
+mod rate_limits;
 mod receiver;
 mod redis_restart;
 mod slow_clients;

@@ -12,13 +12,13 @@ use crate::receiver::{Receiver, Reply};
 use crate::support::{Backend, TestApp};
 
 /// A private Redis on its own port, so restarting it disturbs no other test.
-struct PrivateRedis {
-    port: u16,
+pub(crate) struct PrivateRedis {
+    pub(crate) port: u16,
     child: Child,
 }
 
 impl PrivateRedis {
-    fn start(port: u16) -> PrivateRedis {
+    pub(crate) fn start(port: u16) -> PrivateRedis {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -45,7 +45,7 @@ impl PrivateRedis {
         PrivateRedis { port, child }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -57,7 +57,7 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

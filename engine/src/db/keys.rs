@@ -22,6 +22,8 @@ pub struct Caller {
     #[sqlx(rename = "id")]
     pub key_id: String,
     pub account_id: String,
+    /// `None`: no rate limit.
+    pub requests_per_minute: Option<i64>,
 }
 
 pub async fn list<'e>(db: impl Executor<'e, Database = Any>) -> Result<Vec<KeyInfo>, sqlx::Error> {
@@ -51,10 +53,29 @@ pub async fn caller_by_hash<'e>(
     db: impl Executor<'e, Database = Any>,
     key_hash: &str,
 ) -> Result<Option<Caller>, sqlx::Error> {
-    sqlx::query_as("SELECT id, account_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-        .bind(key_hash)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT id, account_id, requests_per_minute FROM api_keys \
+         WHERE key_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(key_hash)
+    .fetch_optional(db)
+    .await
+}
+
+/// Sets a key's requests-per-minute limit (`None` lifts it); false if there is no such
+/// key. API processes trust the callers they looked up for `auth_cache_ms`, so a change
+/// reaches them within that.
+pub async fn set_requests_per_minute<'e>(
+    db: impl Executor<'e, Database = Any>,
+    key_id: &str,
+    limit: Option<i64>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE api_keys SET requests_per_minute = $1 WHERE id = $2")
+        .bind(limit)
+        .bind(key_id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 impl Db {
