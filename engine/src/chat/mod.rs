@@ -16,6 +16,7 @@ pub mod anthropic;
 pub mod local;
 pub mod openai;
 pub mod relay;
+pub mod translate;
 pub mod usage;
 pub mod wire;
 
