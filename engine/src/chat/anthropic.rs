@@ -17,11 +17,10 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, Response};
+use reqwest::Response;
 use serde_json::{Map, Value, json};
 
-use super::translate::{self, ToolChoice, Translate, broken};
+use super::translate::{self, ToolChoice, Translate};
 use super::wire::Usage;
 use super::{ChatCall, ChatProvider, ChunkStream};
 use crate::ErrorCode;
@@ -64,12 +63,7 @@ impl ChatProvider for Anthropic {
 
     async fn complete(&self, call: &ChatCall) -> Result<String, ProviderError> {
         let response = self.send(call).await?;
-        let text = response
-            .text()
-            .await
-            .map_err(|e| self.upstream.transport_error(&e))?;
-        let answer: Value = serde_json::from_str(&text)
-            .map_err(|e| broken(self.upstream.name, &format!("unreadable answer: {e}")))?;
+        let answer = translate::answer(&self.upstream, response).await?;
         Ok(completion(&answer, &call.upstream_model).to_string())
     }
 
@@ -88,28 +82,16 @@ impl Anthropic {
     /// Translates and posts the request; a non-2xx answer is a classified error.
     async fn send(&self, call: &ChatCall) -> Result<Response, ProviderError> {
         let body = request_body(call)?;
-        let mut request = self
-            .upstream
-            .request(Method::POST, &self.endpoint)
-            .header(CONTENT_TYPE, "application/json")
+        let request = translate::post(&self.upstream, &self.endpoint, &body, call.request.stream)
             .header("x-api-key", self.upstream.key())
-            .header("anthropic-version", VERSION)
-            .body(body.to_string());
-        if call.request.stream {
-            request = request.header(ACCEPT, "text/event-stream");
-        }
+            .header("anthropic-version", VERSION);
         self.upstream.send(request).await
     }
 }
 
-/// A request Anthropic cannot be sent: a 400 naming the field, with no fallback (another
-/// provider of the same model would be asked the same thing).
+/// A field the Messages API cannot be sent (see `translate::refusal`).
 fn refuse(field: &str, why: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorClass::InvalidInput,
-        ErrorCode::InvalidField,
-        format!("{field}: {why} (Anthropic's Messages API has no equivalent)"),
-    )
+    translate::refusal("Anthropic's Messages API", field, why)
 }
 
 /// The Messages request for a call.

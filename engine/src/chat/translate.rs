@@ -8,7 +8,8 @@
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use reqwest::Response;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};
 
 use super::ChunkStream;
@@ -19,6 +20,29 @@ use crate::providers::{ErrorClass, ProviderError};
 /// An adapter's refusal of a field it cannot translate: `refuse(field, why)`.
 pub type Refuse = fn(&str, &str) -> ProviderError;
 
+/// A request `api` cannot be sent: a 400 naming the field, with no fallback (another
+/// provider of the same model would be asked the same thing).
+pub fn refusal(api: &str, field: &str, why: &str) -> ProviderError {
+    ProviderError::new(
+        ErrorClass::InvalidInput,
+        ErrorCode::InvalidField,
+        format!("{field}: {why} ({api} has no equivalent)"),
+    )
+}
+
+/// A translated request's POST to `url`, asking for SSE when the call streams; the
+/// adapter adds its key and headers.
+pub fn post(upstream: &Upstream, url: &str, body: &Value, stream: bool) -> RequestBuilder {
+    let request = upstream
+        .request(Method::POST, url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body.to_string());
+    if stream {
+        return request.header(ACCEPT, "text/event-stream");
+    }
+    request
+}
+
 /// A stream that stopped making sense or stopped early: worth another try elsewhere if
 /// nothing reached the client yet.
 pub fn broken(name: &str, why: &str) -> ProviderError {
@@ -27,6 +51,16 @@ pub fn broken(name: &str, why: &str) -> ProviderError {
         ErrorCode::UpstreamError,
         format!("{name}: {why}"),
     )
+}
+
+/// An unstreamed answer's JSON.
+pub async fn answer(upstream: &Upstream, response: Response) -> Result<Value, ProviderError> {
+    let text = response
+        .text()
+        .await
+        .map_err(|e| upstream.transport_error(&e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| broken(upstream.name, &format!("unreadable answer: {e}")))
 }
 
 /// Turns one upstream's stream events into OpenAI chunks.
@@ -89,7 +123,8 @@ pub fn chunk_stream(
     Box::pin(chunks)
 }
 
-fn named(name: &str, e: ProviderError) -> ProviderError {
+/// The error with the provider's name in front, as every upstream error says it.
+pub fn named(name: &str, e: ProviderError) -> ProviderError {
     ProviderError {
         message: format!("{name}: {}", e.message),
         ..e
