@@ -8,6 +8,7 @@ use mediagate_fakes as fakes;
 
 mod api_errors;
 mod chat;
+mod chat_gemini;
 mod compat;
 mod harness;
 mod http_details;
