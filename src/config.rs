@@ -84,7 +84,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// The API a provider of a name mediagate does not know speaks: `"openai"`, an
-    /// OpenAI-compatible chat host (vLLM, Ollama, Together, Groq…).
+    /// OpenAI-compatible chat host (vLLM, Ollama, Together, Groq…), or `"anthropic"` or
+    /// `"gemini"` for a host (a proxy) of Anthropic's or Google's chat API.
     pub api: Option<String>,
     /// Defaults to the provider's public API.
     pub base_url: Option<String>,
@@ -471,7 +472,13 @@ impl Config {
                 (None, Some(api)) => {
                     return Err(ConfigError::Invalid(format!(
                         "[providers.{name}]: api = {api:?} is not an API mediagate speaks \
-                         (\"openai\")"
+                         ({})",
+                        chat::APIS
+                            .iter()
+                            .filter(|a| **a != "local")
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
                 (None, None) => {

@@ -1,5 +1,6 @@
 //! Google's Gemini API as documented, key in `x-goog-api-key` (or the `key` query
-//! parameter). Veo: `POST /v1beta/models/{model}:predictLongRunning` → `{name}`;
+//! parameter). Text models' `:generateContent` and `:streamGenerateContent` (chat) are
+//! answered by `gemini`. Veo: `POST /v1beta/models/{model}:predictLongRunning` → `{name}`;
 //! `GET /v1beta/{name}` → `{done: false}` … `{done: true, response:
 //! {generateVideoResponse: {generatedSamples: [{video: {uri}}]}}}`, or with
 //! `raiMediaFilteredReasons` and no samples when safety filters refuse; the uri
@@ -22,7 +23,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::{Behaviour, Fake, FakeState, key, media, serve};
+use super::{Behaviour, Fake, FakeState, gemini, key, media, serve};
 
 pub const VIDEO_CONTENT_TYPE: &str = "video/mp4";
 pub const IMAGE_CONTENT_TYPE: &str = "image/png";
@@ -39,7 +40,7 @@ pub async fn start(behaviour: Behaviour) -> Fake {
 }
 
 /// A google.rpc.Status error.
-fn status(code: StatusCode, word: &str, message: &str) -> Response {
+pub(crate) fn status(code: StatusCode, word: &str, message: &str) -> Response {
     (
         code,
         axum::Json(json!({"error": {"code": code.as_u16(), "message": message,
@@ -95,11 +96,14 @@ fn submit_failure(state: &FakeState) -> Option<Response> {
                 .into_response(),
         );
     }
-    Some(status(
-        code,
-        "UNAVAILABLE",
-        "The model is overloaded. Please try again later.",
-    ))
+    let message = match code.as_u16() {
+        503 => "The model is overloaded. Please try again later.",
+        500 => {
+            "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting"
+        }
+        _ => "fake: the request failed",
+    };
+    Some(status(code, gemini::status_word(code), message))
 }
 
 async fn model_call(
@@ -117,6 +121,11 @@ async fn model_call(
     };
     if let Some(failure) = submit_failure(&state) {
         return failure;
+    }
+    let streamed = action == "streamGenerateContent";
+    if (streamed || action == "generateContent") && !model.contains("image") {
+        let sse = query.get("alt").is_some_and(|alt| alt == "sse");
+        return gemini::generate(&state, model, streamed, sse, &body).await;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
     let prompt = match action {

@@ -10,6 +10,7 @@ pub mod bfl;
 pub mod chat;
 pub mod elevenlabs;
 pub mod fal;
+pub mod gemini;
 pub mod google;
 pub mod luma;
 pub mod openai;

@@ -41,13 +41,13 @@ on_embedded!(
     curl_sees_tokens_arrive_one_by_one,
 );
 
-const USER: &str = "tell me about red foxes";
+pub(crate) const USER: &str = "tell me about red foxes";
 
-fn messages() -> Value {
+pub(crate) fn messages() -> Value {
     json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": USER}])
 }
 
-fn provider(base: &str) -> ProviderConfig {
+pub(crate) fn provider(base: &str) -> ProviderConfig {
     ProviderConfig {
         base_url: Some(base.to_owned()),
         api_key_env: Some(fakes::KEY_VAR.to_owned()),
@@ -57,7 +57,7 @@ fn provider(base: &str) -> ProviderConfig {
 }
 
 /// An app whose `openai` and `openrouter` are the given fakes (either may be absent).
-async fn app_with(
+pub(crate) async fn app_with(
     openai: Option<&Fake>,
     openrouter: Option<&Fake>,
     tweak: impl FnOnce(&mut Config),
@@ -81,7 +81,7 @@ async fn app_with(
 }
 
 /// POSTs a chat request; returns the status, headers and body text.
-async fn chat(app: &TestApp, body: &Value) -> (u16, reqwest::header::HeaderMap, String) {
+pub(crate) async fn chat(app: &TestApp, body: &Value) -> (u16, reqwest::header::HeaderMap, String) {
     let res = app
         .post("/v1/chat/completions")
         .json(body)
@@ -102,7 +102,7 @@ async fn send_stream(app: &TestApp) -> reqwest::Response {
         .expect("request")
 }
 
-async fn chat_ok(app: &TestApp, body: &Value) -> Value {
+pub(crate) async fn chat_ok(app: &TestApp, body: &Value) -> Value {
     let (status, _, text) = chat(app, body).await;
     assert_eq!(status, 200, "{text}");
     serde_json::from_str(&text).expect("JSON")
@@ -110,14 +110,14 @@ async fn chat_ok(app: &TestApp, body: &Value) -> Value {
 
 /// The SSE stream of a request, read whole: its comments, and its data events
 /// (`[DONE]` as the string "[DONE]").
-struct Sse {
-    comments: Vec<String>,
-    events: Vec<Value>,
+pub(crate) struct Sse {
+    pub comments: Vec<String>,
+    pub events: Vec<Value>,
     /// The order lines came in: 'c' comment, 'd' data.
-    order: String,
+    pub order: String,
 }
 
-fn read_sse(text: &str) -> Sse {
+pub(crate) fn read_sse(text: &str) -> Sse {
     let mut sse = Sse {
         comments: Vec::new(),
         events: Vec::new(),
@@ -141,7 +141,7 @@ fn read_sse(text: &str) -> Sse {
     sse
 }
 
-async fn stream_ok(app: &TestApp, body: &Value) -> Sse {
+pub(crate) async fn stream_ok(app: &TestApp, body: &Value) -> Sse {
     let (status, headers, text) = chat(app, body).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(headers["content-type"], "text/event-stream");
@@ -149,14 +149,14 @@ async fn stream_ok(app: &TestApp, body: &Value) -> Sse {
 }
 
 /// Whether no event of a stream carries usage.
-fn no_usage(sse: &Sse) -> bool {
+pub(crate) fn no_usage(sse: &Sse) -> bool {
     sse.events
         .iter()
         .all(|e| e.get("usage").is_none_or(Value::is_null))
 }
 
 /// The text the content deltas of a stream add up to.
-fn streamed_text(sse: &Sse) -> String {
+pub(crate) fn streamed_text(sse: &Sse) -> String {
     sse.events
         .iter()
         .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
@@ -164,7 +164,7 @@ fn streamed_text(sse: &Sse) -> String {
 }
 
 /// Waits for the app's account to have `n` usage rows; returns them, oldest first.
-async fn usage_rows(app: &TestApp, n: usize) -> Vec<ChatUsage> {
+pub(crate) async fn usage_rows(app: &TestApp, n: usize) -> Vec<ChatUsage> {
     let account = app.account_id().await;
     let start = Instant::now();
     loop {
@@ -965,9 +965,12 @@ async fn the_openai_sdk_drives_chat(_: Backend) {
     let openrouter = fakes::openrouter::start(Behaviour::default()).await;
     let anthropic = fakes::anthropic::start(Behaviour::default()).await;
     let anthropic_base = anthropic.base.clone();
+    let google = fakes::google::start(Behaviour::default()).await;
+    let google_base = google.base.clone();
     let app = app_with(Some(&openai), Some(&openrouter), move |c| {
         c.providers
             .insert("anthropic".into(), provider(&anthropic_base));
+        c.providers.insert("google".into(), provider(&google_base));
     })
     .await;
     let out = support::run_openai_sdk_script(&app, "chat_openai_sdk.py").await;
@@ -1006,6 +1009,15 @@ async fn the_openai_sdk_drives_chat(_: Backend) {
             "streamed_tool": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
             "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9,
                 "completion_tokens_details": null, "prompt_tokens_details": null}})
+    );
+    // One word a token, and the fake model's thoughts counted as answer tokens.
+    let thoughts = fakes::gemini::THOUGHTS;
+    assert_eq!(
+        report["gemini"],
+        json!({"provider": "google", "content": fakes::chat::DEFAULT_REPLY,
+            "finish_reason": "stop", "streamed_text": fakes::chat::DEFAULT_REPLY,
+            "usage": {"prompt_tokens": 5, "completion_tokens": 10 + thoughts,
+                "reasoning_tokens": thoughts}})
     );
     // The first tool call went to OpenRouter (OpenAI's second failure), the streamed one
     // to OpenAI, each with the tools as the SDK sent them.
@@ -1089,11 +1101,128 @@ on_embedded!(
 
 /// An app whose `anthropic` (and maybe `openrouter`) are the given fakes.
 async fn app_with_anthropic(anthropic: &Fake, openrouter: Option<&Fake>) -> TestApp {
-    let base = anthropic.base.clone();
+    app_with_provider("anthropic", anthropic, openrouter).await
+}
+
+/// An app whose provider `name` (and maybe `openrouter`) are the given fakes.
+pub(crate) async fn app_with_provider(
+    name: &'static str,
+    fake: &Fake,
+    openrouter: Option<&Fake>,
+) -> TestApp {
+    let base = fake.base.clone();
     app_with(None, openrouter, move |c| {
-        c.providers.insert("anthropic".into(), provider(&base));
+        c.providers.insert(name.into(), provider(&base));
     })
     .await
+}
+
+/// A translating adapter's outages fall back to OpenRouter before the first token: its
+/// fake (`start`) answers each of `statuses` to its first two calls (plain, then
+/// streamed), or breaks off before its first word; OpenRouter serves `model` each time.
+pub(crate) async fn outages_fall_back_to_openrouter<F: Future<Output = Fake>>(
+    name: &'static str,
+    model: &str,
+    statuses: &[u16],
+    start: impl Fn(Behaviour) -> F,
+) {
+    for &status in statuses {
+        let fake = start(Behaviour {
+            fail_submits: vec![status, status],
+            retry_after: Some(30),
+            ..Behaviour::default()
+        })
+        .await;
+        let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+        let app = app_with_provider(name, &fake, Some(&openrouter)).await;
+        let plain = chat_ok(&app, &json!({"model": model, "messages": messages()})).await;
+        assert_eq!(plain["provider"], "openrouter", "{status}");
+        let sse = stream_ok(
+            &app,
+            &json!({"model": model, "messages": messages(), "stream": true}),
+        )
+        .await;
+        assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY, "{status}");
+        assert_eq!(sse.events[0]["provider"], "openrouter", "{status}");
+        assert_eq!(fake.state.requests().len(), 2, "{status}");
+        let asked: Value = serde_json::from_str(&openrouter.state.requests()[0].body).unwrap();
+        assert_eq!(asked["model"], model);
+    }
+    // Overloaded before any text: nothing reached the client, so the stream still falls
+    // back.
+    let fake = start(Behaviour {
+        chat_break_after: Some(0),
+        ..Behaviour::default()
+    })
+    .await;
+    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
+    let app = app_with_provider(name, &fake, Some(&openrouter)).await;
+    let sse = stream_ok(
+        &app,
+        &json!({"model": model, "messages": messages(), "stream": true}),
+    )
+    .await;
+    assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY);
+    assert!(
+        sse.events.iter().all(|e| e.get("error").is_none()),
+        "{:?}",
+        sse.events
+    );
+    assert_eq!(sse.events[0]["provider"], "openrouter");
+}
+
+/// A translated answer of `model` by `provider`: the fake's reply, finished with `stop`.
+pub(crate) fn assert_plain_reply(plain: &Value, model: &str, provider: &str) {
+    assert_eq!(plain["object"], "chat.completion");
+    assert_eq!(
+        (plain["model"].as_str(), plain["provider"].as_str()),
+        (Some(model), Some(provider))
+    );
+    assert_eq!(
+        plain["choices"],
+        json!([{"index": 0, "message": {"role": "assistant", "content": fakes::chat::DEFAULT_REPLY,
+            "refusal": null}, "logprobs": null, "finish_reason": "stop"}])
+    );
+}
+
+/// A translated stream of the fake's reply, asked with `include_usage`: chunks of `model`
+/// by `provider` under one id, the role first, a word a chunk, the finish, then the usage
+/// chunk (`usage`, the only one with usage), and `[DONE]`.
+pub(crate) fn assert_streamed_reply(sse: &Sse, model: &str, provider: &str, usage: &Value) {
+    assert_eq!(sse.events.last(), Some(&json!("[DONE]")));
+    let chunks = &sse.events[..sse.events.len() - 1];
+    for c in chunks {
+        assert_eq!(
+            (c["object"].as_str(), c["model"].as_str()),
+            (Some("chat.completion.chunk"), Some(model)),
+            "{c}"
+        );
+        assert_eq!(c["id"], chunks[0]["id"]);
+        assert_eq!(c["provider"], provider);
+    }
+    let mut expected = vec![
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
+        "logprobs": null, "finish_reason": null}]),
+    ];
+    let words = fakes::chat::DEFAULT_REPLY.split(' ').enumerate();
+    expected.extend(words.map(|(i, w)| {
+        let w = if i == 0 {
+            w.to_owned()
+        } else {
+            format!(" {w}")
+        };
+        json!([{"index": 0, "delta": {"content": w}, "logprobs": null, "finish_reason": null}])
+    }));
+    expected.push(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}]));
+    expected.push(json!([]));
+    let got: Vec<Value> = chunks.iter().map(|c| c["choices"].clone()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(&chunks.last().unwrap()["usage"], usage);
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c.get("usage").is_none_or(Value::is_null))
+    );
 }
 
 const CLAUDE: &str = "anthropic/claude-sonnet-4.5";
@@ -1106,16 +1235,7 @@ async fn anthropic_answers_are_translated_plain_and_streamed(_: Backend) {
         &json!({"model": CLAUDE, "messages": messages(), "max_tokens": 50}),
     )
     .await;
-    assert_eq!(plain["object"], "chat.completion");
-    assert_eq!(
-        (plain["model"].as_str(), plain["provider"].as_str()),
-        (Some(CLAUDE), Some("anthropic"))
-    );
-    assert_eq!(
-        plain["choices"][0],
-        json!({"index": 0, "message": {"role": "assistant", "content": fakes::chat::DEFAULT_REPLY,
-            "refusal": null}, "logprobs": null, "finish_reason": "stop"})
-    );
+    assert_plain_reply(&plain, CLAUDE, "anthropic");
     // One message (the system prompt goes apart), five tokens in the fake; a token a word.
     assert_eq!(plain["usage"]["prompt_tokens"], 5);
     assert_eq!(plain["usage"]["completion_tokens"], 10);
@@ -1143,41 +1263,11 @@ async fn anthropic_answers_are_translated_plain_and_streamed(_: Backend) {
         (sent["stream"].clone(), sent["max_tokens"].clone()),
         (json!(true), json!(4096))
     );
-    assert_eq!(sse.events.last(), Some(&json!("[DONE]")));
-    let chunks = &sse.events[..sse.events.len() - 1];
-    for c in chunks {
-        assert_eq!(
-            (c["object"].as_str(), c["model"].as_str()),
-            (Some("chat.completion.chunk"), Some(CLAUDE)),
-            "{c}"
-        );
-        assert_eq!(c["id"], chunks[0]["id"]);
-    }
-    let mut expected = vec![
-        json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
-        "logprobs": null, "finish_reason": null}]),
-    ];
-    let words = fakes::chat::DEFAULT_REPLY.split(' ').enumerate();
-    expected.extend(words.map(|(i, w)| {
-        let w = if i == 0 {
-            w.to_owned()
-        } else {
-            format!(" {w}")
-        };
-        json!([{"index": 0, "delta": {"content": w}, "logprobs": null, "finish_reason": null}])
-    }));
-    expected.push(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}]));
-    expected.push(json!([]));
-    let got: Vec<Value> = chunks.iter().map(|c| c["choices"].clone()).collect();
-    assert_eq!(got, expected);
-    assert_eq!(
-        chunks.last().unwrap()["usage"],
-        json!({"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15})
-    );
-    assert!(
-        chunks[..chunks.len() - 1]
-            .iter()
-            .all(|c| c.get("usage").is_none_or(Value::is_null))
+    assert_streamed_reply(
+        &sse,
+        CLAUDE,
+        "anthropic",
+        &json!({"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15}),
     );
 
     // Without include_usage the usage chunk is not sent, yet usage is recorded.
@@ -1274,48 +1364,12 @@ async fn anthropic_tool_calls_go_both_ways(_: Backend) {
 }
 
 async fn an_overloaded_anthropic_falls_back_to_openrouter(_: Backend) {
-    for status in [529, 500, 429] {
-        let anthropic = fakes::anthropic::start(Behaviour {
-            fail_submits: vec![status, status],
-            retry_after: Some(30),
-            ..Behaviour::default()
-        })
-        .await;
-        let openrouter = fakes::openrouter::start(Behaviour::default()).await;
-        let app = app_with_anthropic(&anthropic, Some(&openrouter)).await;
-        let plain = chat_ok(&app, &json!({"model": CLAUDE, "messages": messages()})).await;
-        assert_eq!(plain["provider"], "openrouter", "{status}");
-        let sse = stream_ok(
-            &app,
-            &json!({"model": CLAUDE, "messages": messages(), "stream": true}),
-        )
-        .await;
-        assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY, "{status}");
-        assert_eq!(anthropic.state.requests().len(), 2, "{status}");
-        let asked: Value = serde_json::from_str(&openrouter.state.requests()[0].body).unwrap();
-        assert_eq!(asked["model"], "anthropic/claude-sonnet-4.5");
-    }
-    // Overloaded right after message_start, before any text: nothing reached the client,
-    // so the stream still falls back.
-    let anthropic = fakes::anthropic::start(Behaviour {
-        chat_break_after: Some(0),
-        ..Behaviour::default()
+    // Overloaded (529) right after message_start: the role chunk is held back, so
+    // nothing has reached the client yet.
+    outages_fall_back_to_openrouter("anthropic", CLAUDE, &[529, 500, 429], |b| {
+        fakes::anthropic::start(b)
     })
     .await;
-    let openrouter = fakes::openrouter::start(Behaviour::default()).await;
-    let app = app_with_anthropic(&anthropic, Some(&openrouter)).await;
-    let sse = stream_ok(
-        &app,
-        &json!({"model": CLAUDE, "messages": messages(), "stream": true}),
-    )
-    .await;
-    assert_eq!(streamed_text(&sse), fakes::chat::DEFAULT_REPLY);
-    assert!(
-        sse.events.iter().all(|e| e.get("error").is_none()),
-        "{:?}",
-        sse.events
-    );
-    assert_eq!(sse.events[0]["provider"], "openrouter");
     // Alone, an overloaded Anthropic is a 502 with its words; a mid-stream error event
     // ends the stream with one error event.
     let anthropic = fakes::anthropic::start(Behaviour {
@@ -1328,18 +1382,25 @@ async fn an_overloaded_anthropic_falls_back_to_openrouter(_: Backend) {
     let (status, _, text) = chat(&app, &json!({"model": CLAUDE, "messages": messages()})).await;
     assert_eq!(status, 502, "{text}");
     assert!(text.contains("Overloaded"), "{text}");
+    a_break_after_three_words_is_one_error_event(&app, CLAUDE, "Overloaded").await;
+}
+
+/// A stream of `model` that its upstream breaks off after three words (`chat_break_after:
+/// Some(3)`) ends with one error event saying `says`, after the words.
+pub(crate) async fn a_break_after_three_words_is_one_error_event(
+    app: &TestApp,
+    model: &str,
+    says: &str,
+) {
     let sse = stream_ok(
-        &app,
-        &json!({"model": CLAUDE, "messages": messages(), "stream": true}),
+        app,
+        &json!({"model": model, "messages": messages(), "stream": true}),
     )
     .await;
     let last = sse.events.last().unwrap();
     assert_eq!(last["error"]["code"], "upstream_error", "{last}");
     assert!(
-        last["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Overloaded"),
+        last["error"]["message"].as_str().unwrap().contains(says),
         "{last}"
     );
     assert_eq!(streamed_text(&sse), "Hello from the");

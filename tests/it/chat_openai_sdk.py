@@ -1,8 +1,8 @@
 """Drives mediagate's chat completions with the official OpenAI Python SDK, as a
 customer's code would: plain and streamed answers (with the usage chunk), fallback across
 providers and models (OpenRouter-style fields through `extra_body`), tools, a Claude
-model served by Anthropic's Messages API, and the
-exceptions errors become.
+model served by Anthropic's Messages API, a Gemini model served by Google's Gemini API,
+and the exceptions errors become.
 
 argv: base URL (http://host:port/v1), API key. Prints what it saw as JSON."""
 
@@ -72,6 +72,25 @@ report["claude"] = {"provider": claude.to_dict()["provider"],
                     "streamed_text": "".join(text),
                     "streamed_tool": {"name": name, "arguments": "".join(arguments)},
                     "usage": chunk.usage.model_dump() if chunk.usage else None}
+
+# A Gemini model, served by Google's Gemini API behind the same OpenAI format.
+gemini = client.chat.completions.create(
+    model="google/gemini-2.5-flash", messages=messages, max_completion_tokens=64)
+text, usage = [], None
+for chunk in client.chat.completions.create(
+        model="google/gemini-2.5-flash", messages=messages, stream=True,
+        stream_options={"include_usage": True}):
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for choice in chunk.choices:
+        text.append(choice.delta.content or "")
+report["gemini"] = {"provider": gemini.to_dict()["provider"],
+                    "content": gemini.choices[0].message.content,
+                    "finish_reason": gemini.choices[0].finish_reason,
+                    "streamed_text": "".join(text),
+                    "usage": {"prompt_tokens": usage.prompt_tokens,
+                              "completion_tokens": usage.completion_tokens,
+                              "reasoning_tokens": usage.completion_tokens_details.reasoning_tokens}}
 
 # local/chat fails as an outage would: the next model of `models` serves.
 moved = client.chat.completions.create(

@@ -9,6 +9,7 @@ use mediagate_fakes as fakes;
 mod api_errors;
 mod billing;
 mod chat;
+mod chat_gemini;
 mod compat;
 mod harness;
 mod http_details;

@@ -17,12 +17,10 @@
 
 use std::collections::BTreeMap;
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, Response};
+use reqwest::Response;
 use serde_json::{Map, Value, json};
 
+use super::translate::{self, ToolChoice, Translate};
 use super::wire::Usage;
 use super::{ChatCall, ChatProvider, ChunkStream};
 use crate::ErrorCode;
@@ -65,66 +63,18 @@ impl ChatProvider for Anthropic {
 
     async fn complete(&self, call: &ChatCall) -> Result<String, ProviderError> {
         let response = self.send(call).await?;
-        let text = response
-            .text()
-            .await
-            .map_err(|e| self.upstream.transport_error(&e))?;
-        let answer: Value = serde_json::from_str(&text)
-            .map_err(|e| broken(self.upstream.name, &format!("unreadable answer: {e}")))?;
+        let answer = translate::answer(&self.upstream, response).await?;
         Ok(completion(&answer, &call.upstream_model).to_string())
     }
 
     async fn stream(&self, call: &ChatCall) -> Result<ChunkStream, ProviderError> {
         let response = self.send(call).await?;
-        let name = self.upstream.name;
-        let upstream = self.upstream.clone();
-        let events = response.bytes_stream().eventsource();
-        let state = (Some(events), Translator::new(&call.upstream_model));
-        // Each Anthropic event gives zero or more chunks; `None` once ended.
-        let chunks = futures::stream::unfold(state, move |(events, mut t)| {
-            let upstream = upstream.clone();
-            async move {
-                let mut events = events?;
-                loop {
-                    let event = match events.next().await {
-                        Some(Ok(event)) if event.data.is_empty() => continue,
-                        Some(Ok(event)) => event,
-                        Some(Err(eventsource_stream::EventStreamError::Transport(e))) => {
-                            return Some((vec![Err(upstream.transport_error(&e))], (None, t)));
-                        }
-                        Some(Err(e)) => {
-                            let e = broken(name, &format!("unreadable stream: {e}"));
-                            return Some((vec![Err(e)], (None, t)));
-                        }
-                        None if t.ended => return None,
-                        None => {
-                            let e = broken(name, "the stream ended before message_stop");
-                            return Some((vec![Err(e)], (None, t)));
-                        }
-                    };
-                    let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
-                        let e = broken(name, "an event that is not JSON");
-                        return Some((vec![Err(e)], (None, t)));
-                    };
-                    match t.event(&data) {
-                        Err(e) => {
-                            let e = ProviderError {
-                                message: format!("{name}: {}", e.message),
-                                ..e
-                            };
-                            return Some((vec![Err(e)], (None, t)));
-                        }
-                        Ok(chunks) if chunks.is_empty() => continue,
-                        Ok(chunks) => {
-                            let out = chunks.into_iter().map(Ok).collect();
-                            return Some((out, (Some(events), t)));
-                        }
-                    }
-                }
-            }
-        })
-        .flat_map(futures::stream::iter);
-        Ok(Box::pin(chunks))
+        let translator = Translator::new(&call.upstream_model);
+        Ok(translate::chunk_stream(
+            &self.upstream,
+            response,
+            translator,
+        ))
     }
 }
 
@@ -132,36 +82,16 @@ impl Anthropic {
     /// Translates and posts the request; a non-2xx answer is a classified error.
     async fn send(&self, call: &ChatCall) -> Result<Response, ProviderError> {
         let body = request_body(call)?;
-        let mut request = self
-            .upstream
-            .request(Method::POST, &self.endpoint)
-            .header(CONTENT_TYPE, "application/json")
+        let request = translate::post(&self.upstream, &self.endpoint, &body, call.request.stream)
             .header("x-api-key", self.upstream.key())
-            .header("anthropic-version", VERSION)
-            .body(body.to_string());
-        if call.request.stream {
-            request = request.header(ACCEPT, "text/event-stream");
-        }
+            .header("anthropic-version", VERSION);
         self.upstream.send(request).await
     }
 }
 
-/// A request Anthropic cannot be sent: a 400 naming the field, with no fallback (another
-/// provider of the same model would be asked the same thing).
+/// A field the Messages API cannot be sent (see `translate::refusal`).
 fn refuse(field: &str, why: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorClass::InvalidInput,
-        ErrorCode::InvalidField,
-        format!("{field}: {why} (Anthropic's Messages API has no equivalent)"),
-    )
-}
-
-fn broken(name: &str, why: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorClass::Retryable,
-        ErrorCode::UpstreamError,
-        format!("{name}: {why}"),
-    )
+    translate::refusal("Anthropic's Messages API", field, why)
 }
 
 /// The Messages request for a call.
@@ -202,12 +132,10 @@ pub fn request_body(call: &ChatCall) -> Result<Value, ProviderError> {
                 body.insert(key.into(), value);
             }
             "stop" => {
-                let stops = match value {
-                    Value::String(s) => vec![Value::String(s)],
-                    Value::Array(a) if a.iter().all(Value::is_string) => a,
-                    _ => return Err(refuse(key, "must be a string or an array of strings")),
-                };
-                body.insert("stop_sequences".into(), Value::Array(stops));
+                body.insert(
+                    "stop_sequences".into(),
+                    translate::stop_sequences(value, refuse)?,
+                );
             }
             "tools" => {
                 body.insert("tools".into(), translate_tools(&value)?);
@@ -253,24 +181,15 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<String>, Vec<Value>), P
         let role = m["role"].as_str().unwrap_or_default();
         let (role, blocks) = match role {
             "system" | "developer" => {
-                system.push(texts(&m["content"], &at)?);
+                system.push(translate::texts(&m["content"], &at, refuse)?);
                 continue;
             }
             "user" => ("user", content_blocks(&m["content"], &at)?),
             "assistant" => {
                 let mut blocks = content_blocks(&m["content"], &at)?;
-                for (j, call) in m["tool_calls"].as_array().into_iter().flatten().enumerate() {
-                    let at = format!("{at}.tool_calls[{j}]");
-                    if call["type"] != "function" {
-                        return Err(refuse(&format!("{at}.type"), "only function calls"));
-                    }
-                    let args = call["function"]["arguments"].as_str().unwrap_or("{}");
-                    let input: Value =
-                        serde_json::from_str(if args.is_empty() { "{}" } else { args }).map_err(
-                            |_| refuse(&format!("{at}.function.arguments"), "must be JSON"),
-                        )?;
-                    blocks.push(json!({"type": "tool_use", "id": call["id"],
-                        "name": call["function"]["name"], "input": input}));
+                for call in translate::tool_calls(m, &at, refuse)? {
+                    blocks.push(json!({"type": "tool_use", "id": call.id,
+                        "name": call.name, "input": call.arguments}));
                 }
                 ("assistant", blocks)
             }
@@ -278,7 +197,7 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<String>, Vec<Value>), P
                 let id = m["tool_call_id"]
                     .as_str()
                     .ok_or_else(|| refuse(&format!("{at}.tool_call_id"), "is required"))?;
-                let content = texts(&m["content"], &at)?;
+                let content = translate::texts(&m["content"], &at, refuse)?;
                 (
                     "user",
                     vec![json!({"type": "tool_result", "tool_use_id": id, "content": content})],
@@ -301,28 +220,6 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<String>, Vec<Value>), P
         .map(|(role, content)| json!({"role": role, "content": content}))
         .collect();
     Ok((system, turns))
-}
-
-/// A message's content as text: a string, or its text parts joined.
-fn texts(content: &Value, at: &str) -> Result<String, ProviderError> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        Value::Array(parts) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, p)| {
-                p["text"].as_str().map(str::to_owned).ok_or_else(|| {
-                    refuse(&format!("{at}.content[{j}]"), "only text parts can go here")
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|t| t.join("\n")),
-        _ => Err(refuse(
-            &format!("{at}.content"),
-            "must be a string or parts",
-        )),
-    }
 }
 
 /// A user or assistant message's content as Anthropic blocks.
@@ -364,55 +261,38 @@ fn content_blocks(content: &Value, at: &str) -> Result<Vec<Value>, ProviderError
 
 /// An image's `source`: its URL, or the bytes of a base64 `data:` URL.
 fn image_source(url: &str, at: &str) -> Result<Value, ProviderError> {
-    let Some(data) = url.strip_prefix("data:") else {
-        return Ok(json!({"type": "url", "url": url}));
-    };
-    let (media_type, base64) = data
-        .split_once(";base64,")
-        .ok_or_else(|| refuse(&format!("{at}.image_url.url"), "a data: URL must be base64"))?;
-    Ok(json!({"type": "base64", "media_type": media_type, "data": base64}))
+    Ok(
+        match translate::base64_data(url, &format!("{at}.image_url.url"), refuse)? {
+            None => json!({"type": "url", "url": url}),
+            Some((media_type, base64)) => {
+                json!({"type": "base64", "media_type": media_type, "data": base64})
+            }
+        },
+    )
 }
 
 /// OpenAI function tools as Anthropic tools.
 fn translate_tools(tools: &Value) -> Result<Value, ProviderError> {
-    let tools = tools
-        .as_array()
-        .ok_or_else(|| refuse("tools", "must be an array"))?;
-    tools
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            if t["type"] != "function" {
-                return Err(refuse(&format!("tools[{i}].type"), "only function tools"));
-            }
-            let f = &t["function"];
-            let mut tool = json!({"name": f["name"],
-                "input_schema": if f["parameters"].is_object() { f["parameters"].clone() }
-                    else { json!({"type": "object", "properties": {}}) }});
-            if let Some(d) = f["description"].as_str() {
-                tool["description"] = json!(d);
-            }
-            Ok(tool)
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Value::Array)
+    let tools = translate::function_tools(tools, refuse)?;
+    let tools = tools.into_iter().map(|f| {
+        let mut tool = json!({"name": f["name"],
+            "input_schema": if f["parameters"].is_object() { f["parameters"].clone() }
+                else { json!({"type": "object", "properties": {}}) }});
+        if let Some(d) = f["description"].as_str() {
+            tool["description"] = json!(d);
+        }
+        tool
+    });
+    Ok(Value::Array(tools.collect()))
 }
 
 fn translate_tool_choice(choice: &Value) -> Result<Value, ProviderError> {
-    match choice {
-        Value::String(s) if s == "auto" => Ok(json!({"type": "auto"})),
-        Value::String(s) if s == "none" => Ok(json!({"type": "none"})),
-        Value::String(s) if s == "required" => Ok(json!({"type": "any"})),
-        Value::Object(_)
-            if choice["type"] == "function" && choice["function"]["name"].is_string() =>
-        {
-            Ok(json!({"type": "tool", "name": choice["function"]["name"]}))
-        }
-        _ => Err(refuse(
-            "tool_choice",
-            "must be auto, none, required or a function",
-        )),
-    }
+    Ok(match translate::tool_choice(choice, refuse)? {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+    })
 }
 
 /// OpenAI's `finish_reason` for Anthropic's `stop_reason`.
@@ -543,9 +423,10 @@ impl Translator {
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
         .to_string()
     }
+}
 
-    /// The chunks one event gives (often none), or the error it reports.
-    pub fn event(&mut self, data: &Value) -> Result<Vec<String>, ProviderError> {
+impl Translate for Translator {
+    fn event(&mut self, data: &Value) -> Result<Vec<String>, ProviderError> {
         let index = data["index"].as_u64().unwrap_or(0);
         let mut chunks = match data["type"].as_str().unwrap_or_default() {
             "message_start" => {
@@ -617,6 +498,17 @@ impl Translator {
             chunks.insert(0, role);
         }
         Ok(chunks)
+    }
+
+    fn end(&mut self) -> Result<Vec<String>, ProviderError> {
+        if !self.ended {
+            return Err(ProviderError::new(
+                ErrorClass::Retryable,
+                ErrorCode::UpstreamError,
+                "the stream ended before message_stop",
+            ));
+        }
+        Ok(Vec::new())
     }
 }
 

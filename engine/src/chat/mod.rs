@@ -5,17 +5,21 @@
 //! - the `ChatProvider` seam (here): one implementation per upstream API, `complete` and
 //!   `stream`, dispatched by the `ChatAdapter` enum written from one list
 //!   (`chat_providers!`). `openai` serves every OpenAI-compatible host (OpenAI,
-//!   OpenRouter, and any `[providers.NAME] api = "openai"`); `local` is the built-in
-//!   `local/chat`. An API that is not OpenAI's (Anthropic, Gemini) is one more file that
-//!   translates to and from these types, and one more line in the list.
+//!   OpenRouter, and any `[providers.NAME] api = "openai"`); `anthropic` (Anthropic's
+//!   Messages API) and `gemini` (Google's Gemini API, for the `google` provider) translate
+//!   to and from these types, sharing what such a translation needs (`translate`); `local`
+//!   is the built-in `local/chat`. Another API is one more file and one more line in the
+//!   list.
 //! - `relay`: one request's route (models × providers), fallback before the first token,
 //!   the breaker, keep-alives, and the rewrite of `id`, `model` and `provider`.
 //! - `usage`: one record per request, written in batches by a task of its own.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod local;
 pub mod openai;
 pub mod relay;
+pub mod translate;
 pub mod usage;
 pub mod wire;
 
@@ -143,6 +147,7 @@ macro_rules! chat_providers {
 
 chat_providers! {
     Anthropic(anthropic::Anthropic),
+    Gemini(gemini::Gemini),
     Local(local::LocalChat),
     OpenAi(openai::OpenAiCompatible),
 }

@@ -1,7 +1,8 @@
 //! Google's Gemini API, with the key in `x-goog-api-key`; errors are google.rpc.Status,
-//! `{"error": {code, message, status}}`. One key reaches three APIs, a file each: Veo
+//! `{"error": {code, message, status}}`. One key reaches three media APIs, a file each: Veo
 //! (`veo.rs`, long-running operations), Imagen (`imagen.rs`) and the Gemini image models
-//! such as Nano Banana (`gemini.rs`), both of which answer at once with the images.
+//! such as Nano Banana (`gemini.rs`), both of which answer at once with the images. The
+//! same key, header and error reading serve Gemini's chat models (`chat::gemini`).
 //!
 //! The Gemini API takes input images as bytes, not links: they are downloaded first,
 //! through the same guard that keeps webhooks off private networks.
@@ -23,7 +24,8 @@ use crate::ErrorCode;
 use crate::egress::{self, AllowList};
 use crate::providers::SetupError;
 
-const KEY_HEADER: &str = "x-goog-api-key";
+/// The header the key goes in, for media and chat (`chat::gemini`) alike.
+pub(crate) const KEY_HEADER: &str = "x-goog-api-key";
 
 /// The largest input image sent inline (the API's limit for a whole request is 20 MB).
 const MAX_INPUT_IMAGE_BYTES: usize = 15 * 1024 * 1024;
@@ -200,7 +202,7 @@ impl Google {
 /// Errors are google.rpc.Status with typed `details`. A key Google refuses is a 400 with
 /// an ErrorInfo reason `API_KEY_INVALID` (or another `API_KEY_*`): about our key, not the
 /// input. A 429 gives its wait as RetryInfo's `retryDelay` ("17s"), not as `Retry-After`.
-fn read_error(body: &Value) -> Option<(ErrorClass, ErrorCode)> {
+pub(crate) fn read_error(body: &Value) -> Option<(ErrorClass, ErrorCode)> {
     let details = body.pointer("/error/details")?.as_array()?;
     details.iter().find_map(|detail| {
         let kind = detail["@type"].as_str()?;
