@@ -22,6 +22,7 @@ on_both_backends!(
     a_key_runs_at_most_its_jobs_in_flight,
     chat_is_held_by_its_ceiling_and_charged_by_its_tokens,
     expired_holds_are_released_and_late_answers_still_charged,
+    money_alerts_reach_the_endpoints_that_asked_once,
 );
 
 /// The local models with prices: an image a dollar, a million chat tokens a dollar
@@ -461,5 +462,86 @@ async fn expired_holds_are_released_and_late_answers_still_charged(backend: Back
             reserved: 0
         }
     );
+    app.finish().await;
+}
+
+/// `account.balance_low` when a charge takes the balance under its threshold, and
+/// `key.spend_cap_reached` when the key's cap first refuses it, each once, signed, to
+/// the endpoint that subscribed (and no job events, which it did not ask for).
+async fn money_alerts_reach_the_endpoints_that_asked_once(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.toml");
+    std::fs::write(&path, PRICED_CATALOG).unwrap();
+    let app = TestApp::start_with(backend, move |c| {
+        c.catalog = Some(path);
+        c.webhook_allow_cidrs = "127.0.0.0/8".to_owned();
+    })
+    .await;
+    let rx = crate::receiver::Receiver::start(|_, _| crate::receiver::Reply::ok()).await;
+    let endpoint = answer(app.post("/v1/webhook-endpoints").json(&json!({
+        "url": rx.url("/money"),
+        "events": ["account.balance_low", "key.spend_cap_reached"],
+    })))
+    .await
+    .expect(201);
+    let secret = endpoint["secret"].as_str().unwrap().to_owned();
+    let account = fund(&app, 5 * ONE_IMAGE).await;
+    sqlx::query("UPDATE accounts SET low_balance_micros = $2 WHERE id = $1")
+        .bind(&account)
+        .bind(3 * ONE_IMAGE + 1)
+        .execute(app.engine().db.pool())
+        .await
+        .unwrap();
+    set_caps(
+        &app,
+        "api_keys",
+        &key_id(&app, &app.key).await,
+        Some(3 * ONE_IMAGE),
+        None,
+    )
+    .await;
+    // Two jobs: the second leaves 3 images' worth, under the threshold.
+    for _ in 0..2 {
+        let job = app.submit(image_job()).await;
+        app.wait_terminal(job["id"].as_str().unwrap(), Duration::from_secs(30))
+            .await;
+    }
+    // The third fits the cap; the fourth and fifth are refused by it.
+    let job = app.submit(image_job()).await;
+    app.wait_terminal(job["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    for _ in 0..2 {
+        assert_eq!(app.post_job(&image_job()).await.status.as_u16(), 402);
+    }
+    let hits = rx.wait_hits(2, Duration::from_secs(30)).await;
+    // Nothing more comes: each alert is sent once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits = if rx.hits().len() > hits.len() {
+        rx.hits()
+    } else {
+        hits
+    };
+    let mut types: Vec<String> = hits
+        .iter()
+        .map(|h| h.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    types.sort();
+    assert_eq!(types, ["account.balance_low", "key.spend_cap_reached"]);
+    for hit in &hits {
+        assert!(hit.verifies_with(&secret));
+        let data = &hit.json()["data"];
+        match hit.json()["type"].as_str().unwrap() {
+            "account.balance_low" => {
+                assert_eq!(data["id"], account.as_str());
+                assert_eq!(data["available_usd"], "4.200000");
+                assert_eq!(data["threshold_usd"], "4.200001");
+            }
+            _ => {
+                assert_eq!(data["period"], "day");
+                assert_eq!(data["limit_usd"], "4.200000");
+                assert_eq!(data["used_usd"], "4.200000");
+            }
+        }
+    }
     app.finish().await;
 }
