@@ -25,6 +25,8 @@ on_both_backends!(
     money_alerts_reach_the_endpoints_that_asked_once,
 );
 
+crate::on_embedded!(with_billing_off_nothing_is_held_or_refused);
+
 /// The local models with prices: an image a dollar, a million chat tokens a dollar
 /// each way (a request's hold is then easy to reckon).
 const PRICED_CATALOG: &str = r#"
@@ -543,5 +545,37 @@ async fn money_alerts_reach_the_endpoints_that_asked_once(backend: Backend) {
             }
         }
     }
+    app.finish().await;
+}
+
+/// `[billing] enabled = false`: an empty prepaid account still runs jobs, nothing is held
+/// or written to the ledger, and a job shows its list price.
+async fn with_billing_off_nothing_is_held_or_refused(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.toml");
+    std::fs::write(&path, PRICED_CATALOG).unwrap();
+    let app = TestApp::start_with(backend, move |c| {
+        c.catalog = Some(path);
+        c.billing.enabled = false;
+    })
+    .await;
+    let account = fund(&app, 0).await;
+    let job = app.submit(image_job()).await;
+    let job = app
+        .wait_terminal(job["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(job["usage"]["cost_usd"], "1.0000");
+    let holds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reservations")
+        .fetch_one(app.engine().db.pool())
+        .await
+        .unwrap();
+    assert_eq!(holds, 0);
+    assert_eq!(
+        reconciled(&app, &account).await,
+        Money {
+            balance: 0,
+            reserved: 0
+        }
+    );
     app.finish().await;
 }

@@ -30,6 +30,8 @@ use money::with_markup;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BillingConfig {
+    /// Off: requests are neither held nor charged (see config.default.toml).
+    pub enabled: bool,
     /// Markup on list prices by an account's spend over the last 30 days; the first tier
     /// starts at zero, each next one higher.
     pub tiers: Vec<Tier>,
@@ -256,13 +258,20 @@ pub struct LimitHit {
 }
 
 /// Holds a request's money against the balance and every cap, and (for a job) a slot of
-/// the key's jobs in flight. On `Ok(Err(_))` the transaction has partly written and must
+/// the key's jobs in flight (with billing off: nothing, and nothing is refused). On `Ok(Err(_))` the transaction has partly written and must
 /// be dropped (rolled back), never committed.
 pub async fn reserve(
     conn: &mut AnyConnection,
     config: &BillingConfig,
     req: &HoldRequest<'_>,
 ) -> Result<Result<Held, Refusal>, sqlx::Error> {
+    if !config.enabled {
+        // Nothing held, so nothing to settle: the request's end finds no hold.
+        return Ok(Ok(Held {
+            amount_micros: 0,
+            markup_bp: 0,
+        }));
+    }
     let Some(payer) = rows::payer(&mut *conn, req.account_id, req.key_id).await? else {
         return Ok(Err(Refusal::NoPayer));
     };
