@@ -23,6 +23,7 @@ on_both_backends!(
     chat_is_held_by_its_ceiling_and_charged_by_its_tokens,
     expired_holds_are_released_and_late_answers_still_charged,
     money_alerts_reach_the_endpoints_that_asked_once,
+    a_chat_client_that_leaves_pays_for_what_it_was_sent,
 );
 
 crate::on_embedded!(with_billing_off_nothing_is_held_or_refused);
@@ -577,5 +578,60 @@ async fn with_billing_off_nothing_is_held_or_refused(backend: Backend) {
             reserved: 0
         }
     );
+    app.finish().await;
+}
+
+/// A streamed chat whose client leaves after a few words pays for those words (and the
+/// prompt), not for the answer it never got; one that leaves before any word pays nothing.
+async fn a_chat_client_that_leaves_pays_for_what_it_was_sent(backend: Backend) {
+    use futures::StreamExt;
+    let (app, _dir) = priced_app(backend).await;
+    let account = fund(&app, MICROS_PER_USD).await;
+    let slow = |latency_ms: u64| {
+        json!({"model": "local/chat", "stream": true,
+            "messages": [{"role": "user", "content": "tell me a long story about a fox"}],
+            "simulate": {"latency_ms": latency_ms, "token_interval_ms": 300}})
+    };
+    // Leaves before the first word: the hold is released whole.
+    let early = tokio::time::timeout(
+        Duration::from_millis(300),
+        app.post("/v1/chat/completions").json(&slow(5_000)).send(),
+    )
+    .await;
+    assert!(early.is_err(), "the answer cannot have begun yet");
+    let untouched = wait_for(&app, &account, |m| m.reserved == 0).await;
+    assert_eq!(untouched.balance, MICROS_PER_USD);
+    // Reads three words, then leaves.
+    let res = app
+        .post("/v1/chat/completions")
+        .json(&slow(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("\"content\"").count() < 4 {
+        let chunk = body.next().await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(body);
+    let charged = wait_for(&app, &account, |m| {
+        m.reserved == 0 && m.balance < MICROS_PER_USD
+    })
+    .await;
+    let paid = MICROS_PER_USD - charged.balance;
+    // A prompt of ~80 bytes and three words: a few dozen tokens at $1.40 a million, far
+    // under the hold of 4096 answer tokens (about $0.0058).
+    assert!(paid > 0 && paid < 100, "paid {paid} micros");
+    let (status, tokens): (String, i64) = sqlx::query_as(
+        "SELECT status, completion_tokens FROM chat_usage WHERE account_id = $1 AND completion_tokens > 0",
+    )
+    .bind(&account)
+    .fetch_one(app.engine().db.pool())
+    .await
+    .unwrap();
+    assert_eq!(status, "cancelled");
+    assert!(tokens > 0 && tokens < 20, "{tokens} tokens");
     app.finish().await;
 }
