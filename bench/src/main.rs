@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use tokio::sync::Mutex;
 
+mod chat;
 mod providers;
 mod slow;
 mod webhooks;
@@ -164,6 +165,33 @@ enum Command {
     /// Upstream providers against the tests' fakes, served from this process: webhook lag
     /// with callbacks or polling, or the fallback after a 5xx. Writes where the fakes
     /// listen to `--ready-file` (as `export` lines for mediagate), then waits for the API.
+    /// Serves the fake OpenAI chat API until killed; writes where it listens to
+    /// `--ready-file` (as `export` lines).
+    ChatUpstream {
+        #[arg(long)]
+        ready_file: std::path::PathBuf,
+        /// Pause between two words of a streamed answer.
+        #[arg(long, default_value_t = 0)]
+        token_interval_ms: u64,
+    },
+    /// Open-loop chat completions against `--base` (up to `/chat/completions`).
+    Chat {
+        #[arg(long)]
+        base: String,
+        #[arg(long, default_value = "")]
+        key: String,
+        #[arg(long, default_value = "openai/gpt-4o-mini")]
+        model: String,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        stream: bool,
+        /// Names the run in the report.
+        #[arg(long, default_value = "chat")]
+        label: String,
+    },
     Providers {
         #[arg(long, value_enum)]
         mode: providers::Mode,
@@ -264,6 +292,30 @@ async fn main() -> anyhow::Result<()> {
                 seconds,
                 uploads,
                 body,
+            })
+            .await
+        }
+        Command::ChatUpstream {
+            ready_file,
+            token_interval_ms,
+        } => chat::upstream(&ready_file, token_interval_ms).await,
+        Command::Chat {
+            base,
+            key,
+            model,
+            rate,
+            seconds,
+            stream,
+            label,
+        } => {
+            chat::load(chat::Load {
+                base,
+                key,
+                model,
+                rate,
+                seconds,
+                stream,
+                label,
             })
             .await
         }

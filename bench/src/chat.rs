@@ -1,0 +1,141 @@
+//! Chat completions: what a gateway adds to a request. `chat-upstream` serves the tests'
+//! fake OpenAI chat API (answers at once, or streams one word per `--token-interval-ms`);
+//! `chat` fires an open-loop load of `POST …/chat/completions` at any base URL — the fake
+//! itself, mediagate in front of it, or another gateway in front of it — and reports the
+//! latency from each request's due time to its whole answer (unstreamed) or to its first
+//! content chunk and to its end (streamed). The difference between a gateway's numbers and
+//! the fake's own, measured in the same run, is what the gateway adds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use mediagate_fakes::{self as fakes, Behaviour};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::{histogram, report};
+
+/// Serves the fake OpenAI chat API until killed; writes `export` lines pointing mediagate
+/// at it to `ready_file`.
+pub async fn upstream(ready_file: &std::path::Path, token_interval_ms: u64) -> anyhow::Result<()> {
+    let fake = fakes::openai::start(Behaviour {
+        chat_token_interval: Duration::from_millis(token_interval_ms),
+        ..Behaviour::default()
+    })
+    .await;
+    let env = format!(
+        "export MEDIAGATE_PROVIDERS__OPENAI__BASE_URL={base}\nexport CHAT_UPSTREAM={base}/v1\n",
+        base = fake.base
+    );
+    let tmp = ready_file.with_extension("tmp");
+    std::fs::write(&tmp, env)?;
+    std::fs::rename(&tmp, ready_file)?;
+    // The fake keeps every request it saw; a long run must not grow without bound.
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fake.state.requests.lock().unwrap().clear();
+    }
+}
+
+/// One load run.
+pub struct Load {
+    /// Up to, not including, `/chat/completions`.
+    pub base: String,
+    pub key: String,
+    pub model: String,
+    pub rate: u64,
+    pub seconds: u64,
+    pub stream: bool,
+    pub label: String,
+}
+
+pub async fn load(run: Load) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(4096)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let body = json!({
+        "model": run.model,
+        "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+        "stream": run.stream,
+        "max_tokens": 64,
+    });
+    let endpoint = format!("{}/chat/completions", run.base);
+    let total = run.rate * run.seconds;
+    let interval = Duration::from_secs_f64(1.0 / run.rate as f64);
+    let whole = Arc::new(Mutex::new(histogram()));
+    let first = Arc::new(Mutex::new(histogram()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let req = client.post(&endpoint).bearer_auth(&run.key).json(&body);
+        let (whole, first, failed) = (whole.clone(), first.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            match one(req, due).await {
+                Ok((to_first, to_end)) => {
+                    record(&whole, to_end).await;
+                    if let Some(t) = to_first {
+                        record(&first, t).await;
+                    }
+                }
+                Err(e) => {
+                    if failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("{e:#}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let took = start.elapsed();
+    println!(
+        "{}: offered {}/s for {}s ({}), {} failed, done in {:.2}s",
+        run.label,
+        run.rate,
+        run.seconds,
+        if run.stream { "streamed" } else { "unstreamed" },
+        failed.load(Ordering::Relaxed),
+        took.as_secs_f64()
+    );
+    if run.stream {
+        report(&format!("{} first token", run.label), &*first.lock().await);
+    }
+    report(&format!("{} whole answer", run.label), &*whole.lock().await);
+    Ok(())
+}
+
+async fn record(h: &Mutex<Histogram<u64>>, d: Duration) {
+    h.lock().await.record(d.as_micros().max(1) as u64).ok();
+}
+
+/// Sends one request and reads its answer: (to the first content chunk, to the end).
+async fn one(
+    req: reqwest::RequestBuilder,
+    due: Instant,
+) -> anyhow::Result<(Option<Duration>, Duration)> {
+    let res = req.send().await.context("request")?;
+    let status = res.status();
+    if !status.is_success() {
+        let text = res.text().await.unwrap_or_default();
+        anyhow::bail!("unexpected {status}: {text}");
+    }
+    let mut to_first = None;
+    let mut body = res.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("answer body")?;
+        if to_first.is_none() && chunk.windows(10).any(|w| w == b"\"content\":") {
+            to_first = Some(due.elapsed());
+        }
+    }
+    Ok((to_first, due.elapsed()))
+}
