@@ -26,6 +26,8 @@ on_both_backends!(
     a_chat_client_that_leaves_pays_for_what_it_was_sent,
 );
 
+crate::on_embedded!(the_openai_sdk_gets_a_402_it_does_not_retry);
+
 crate::on_embedded!(with_billing_off_nothing_is_held_or_refused);
 
 /// The local models with prices: an image a dollar, a million chat tokens a dollar
@@ -633,5 +635,40 @@ async fn a_chat_client_that_leaves_pays_for_what_it_was_sent(backend: Backend) {
     .unwrap();
     assert_eq!(status, "cancelled");
     assert!(tokens > 0 && tokens < 20, "{tokens} tokens");
+    app.finish().await;
+}
+
+/// Runs `billing_openai_sdk.py`: the SDK, retries on, meets a 402 for chat and images,
+/// raises it with the limit, and sends each request once (the key's rate limit counts
+/// them: two requests, then this test's own).
+async fn the_openai_sdk_gets_a_402_it_does_not_retry(backend: Backend) {
+    let (app, _dir) = priced_app(backend).await;
+    let account = fund(&app, 10_000).await;
+    let key = key_id(&app, &app.key).await;
+    mediagate_engine::db::keys::set_requests_per_minute(app.engine().db.pool(), &key, Some(100))
+        .await
+        .unwrap();
+    let out = crate::support::run_openai_sdk_script(&app, "billing_openai_sdk.py").await;
+    let report: Value = serde_json::from_str(&out).expect("the script prints JSON");
+    for call in ["chat", "image"] {
+        let seen = &report[call];
+        assert_eq!(seen["status"], 402, "{report}");
+        assert_eq!(seen["class"], "APIStatusError", "{report}");
+        assert_eq!(seen["body"]["code"], "insufficient_credits", "{report}");
+        assert_eq!(seen["body"]["limit"]["scope"], "account", "{report}");
+    }
+    let res = app.get("/v1/models").send().await.unwrap();
+    assert_eq!(
+        res.headers()["x-ratelimit-remaining"],
+        "97",
+        "the SDK sent each refused request once"
+    );
+    assert_eq!(
+        reconciled(&app, &account).await,
+        Money {
+            balance: 10_000,
+            reserved: 0
+        }
+    );
     app.finish().await;
 }
