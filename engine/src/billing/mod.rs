@@ -296,6 +296,38 @@ pub async fn reserve(
         };
         (scope, period, cap, key)
     });
+    // The new rows first: nobody else waits on them. Then the guarded updates of the
+    // rows every request of the account shares, in the one lock order.
+    let hold = Reservation {
+        id: req.id.to_owned(),
+        account_id: req.account_id.to_owned(),
+        key_id: req.key_id.to_owned(),
+        kind: req.kind.as_str().to_owned(),
+        model: req.model.to_owned(),
+        amount_micros: amount,
+        markup_bp,
+        day_starts_at: windows[0].3.starts_at,
+        month_starts_at: windows[1].3.starts_at,
+        state: "held".to_owned(),
+        settled_micros: None,
+        created_at: req.now,
+        expires_at: req.expires_at,
+        ended_at: None,
+    };
+    rows::insert_reservation(&mut *conn, &hold).await?;
+    let entry = LedgerEntry {
+        id: new_id(IdKind::Ledger),
+        account_id: req.account_id,
+        key_id: Some(req.key_id),
+        kind: "reservation",
+        reserved_delta: amount,
+        reservation_id: Some(req.id),
+        model: Some(req.model),
+        actor: "system",
+        created_at: req.now,
+        ..LedgerEntry::default()
+    };
+    rows::insert_ledger(&mut *conn, &entry).await?;
     if !rows::hold_balance(&mut *conn, req.account_id, amount).await? {
         return Ok(Err(Refusal::Limit(LimitHit {
             period: None,
@@ -327,36 +359,6 @@ pub async fn reserve(
             limit: payer.max_concurrent_jobs.unwrap_or(0),
         }));
     }
-    let hold = Reservation {
-        id: req.id.to_owned(),
-        account_id: req.account_id.to_owned(),
-        key_id: req.key_id.to_owned(),
-        kind: req.kind.as_str().to_owned(),
-        model: req.model.to_owned(),
-        amount_micros: amount,
-        markup_bp,
-        day_starts_at: windows[0].3.starts_at,
-        month_starts_at: windows[1].3.starts_at,
-        state: "held".to_owned(),
-        settled_micros: None,
-        created_at: req.now,
-        expires_at: req.expires_at,
-        ended_at: None,
-    };
-    rows::insert_reservation(&mut *conn, &hold).await?;
-    let entry = LedgerEntry {
-        id: new_id(IdKind::Ledger),
-        account_id: req.account_id,
-        key_id: Some(req.key_id),
-        kind: "reservation",
-        reserved_delta: amount,
-        reservation_id: Some(req.id),
-        model: Some(req.model),
-        actor: "system",
-        created_at: req.now,
-        ..LedgerEntry::default()
-    };
-    rows::insert_ledger(&mut *conn, &entry).await?;
     Ok(Ok(Held {
         amount_micros: amount,
         markup_bp,
@@ -370,6 +372,20 @@ pub struct Settled {
     /// The charge took a prepaid account's available money below its threshold (for
     /// [`alerts::write`]).
     pub alert: Option<alerts::Alert>,
+}
+
+/// What [`settle`] will charge for `list_micros` under hold `id` (its markup), without
+/// locking anything; a request with no hold (from before money was kept, or with billing
+/// off) is shown at list price.
+pub async fn charge_for(
+    conn: &mut AnyConnection,
+    id: &str,
+    list_micros: i64,
+) -> Result<i64, sqlx::Error> {
+    Ok(match rows::find_reservation(&mut *conn, id).await? {
+        Some(hold) => with_markup(list_micros.max(0), hold.markup_bp),
+        None => list_micros,
+    })
 }
 
 /// Charges the actual price of a request that ended well — `list_micros` at the hold's

@@ -340,13 +340,15 @@ async fn insert_job(
         expires_at: None,
         now,
     };
-    // Held first: a refusal then leaves nothing to undo but the transaction, dropped here.
-    if let Err(refusal) = billing::reserve(&mut tx, &engine.config.billing, &hold).await? {
-        return Ok(Err(refusal));
-    }
     let job = jobs::insert(&mut *tx, &new).await?;
     if let Some(k) = key {
         idempotency::bind(&mut *tx, &caller.account_id, &k.key, &job.id).await?;
+    }
+    // Held last, just before the commit: the account's rows it locks are every request's
+    // of that account, so they are held for as short a time as can be. A refusal drops
+    // the transaction, and the job with it.
+    if let Err(refusal) = billing::reserve(&mut tx, &engine.config.billing, &hold).await? {
+        return Ok(Err(refusal));
     }
     tx.commit().await?;
     Ok(Ok(job))

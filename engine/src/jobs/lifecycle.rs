@@ -634,13 +634,14 @@ async fn transition(
             units,
         } => {
             let now = now_ms();
-            // A job from before money was kept has no hold: it shows its list price.
-            let settled = billing::settle(&mut tx, job_id, list_micros, units, now).await?;
-            let charged = settled.as_ref().map_or(list_micros, |s| s.charged_micros);
+            // The job row is locked before its hold and the account's rows, as every
+            // other change of the job does, so the two never wait on each other in turn.
+            let charged = billing::charge_for(&mut tx, job_id, list_micros).await?;
             let cost_usd = format_usd(charged);
             let Some(job) = jobs::complete(&mut *tx, job_id, outputs, &cost_usd, now).await? else {
                 return Ok(None);
             };
+            let settled = billing::settle(&mut tx, job_id, list_micros, units, now).await?;
             if let Some(alert) = settled.and_then(|s| s.alert) {
                 let fast_lane_max = engine.config.delivery.fast_lane_max_fan_out;
                 alerts = billing::alerts::write(&mut tx, &alert, fast_lane_max).await?;
