@@ -24,6 +24,7 @@ on_both_backends!(
     expired_holds_are_released_and_late_answers_still_charged,
     money_alerts_reach_the_endpoints_that_asked_once,
     a_chat_client_that_leaves_pays_for_what_it_was_sent,
+    a_mixed_run_reconciles_to_the_micro,
 );
 
 crate::on_embedded!(the_openai_sdk_gets_a_402_it_does_not_retry);
@@ -671,4 +672,72 @@ async fn the_openai_sdk_gets_a_402_it_does_not_retry(backend: Backend) {
         }
     );
     app.finish().await;
+}
+
+/// Everything at once — jobs that complete, fail, retry, fall back and are cancelled,
+/// chats plain and streamed — and afterwards: nothing held, one settlement per job that
+/// completed and per chat, none for the rest, and the ledger equal to the balance.
+async fn a_mixed_run_reconciles_to_the_micro(backend: Backend) {
+    let (app, _dir) = priced_app(backend).await;
+    let account = fund(&app, 100 * MICROS_PER_USD).await;
+    let image = |simulate: Value| {
+        json!({"models": ["local/image", "local/image"],
+            "input": {"prompt": "x", "size": "64x64", "simulate": simulate}})
+    };
+    let bodies = [
+        image(json!({})),
+        image(json!({"fail": "permanent"})),
+        // Fails once: the second entry of the route serves it.
+        image(json!({"fail": "transient", "fail_times": 1})),
+        image(json!({"latency_ms": 20000})),
+        image(json!({})),
+    ];
+    let jobs = join_all(bodies.iter().map(|b| app.submit(b.clone()))).await;
+    let to_cancel = jobs[3]["id"].as_str().unwrap();
+    app.post_expect(&format!("/v1/jobs/{to_cancel}/cancel"), 200)
+        .await;
+    let chat = |stream: bool| {
+        json!({"model": "local/chat", "stream": stream,
+            "messages": [{"role": "user", "content": "foxes"}]})
+    };
+    let app = &app;
+    let chats = join_all((0..6).map(|i| async move {
+        let res = app
+            .post("/v1/chat/completions")
+            .json(&chat(i % 2 == 0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap()
+    }))
+    .await;
+    assert_eq!(chats.len(), 6);
+    let mut completed = 0;
+    for job in &jobs {
+        let done = app
+            .wait_terminal(job["id"].as_str().unwrap(), Duration::from_secs(60))
+            .await;
+        completed += i64::from(done["status"] == "completed");
+    }
+    assert_eq!(completed, 3, "the plain two and the fallback");
+    let settled = wait_for(&app, &account, |m| m.reserved == 0).await;
+    let count = |kind: &'static str| {
+        let pool = app.engine().db.pool().clone();
+        let account = account.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM ledger WHERE account_id = $1 AND kind = $2",
+            )
+            .bind(&account)
+            .bind(kind)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(count("reservation").await, 5 + 6);
+    assert_eq!(count("settlement").await, completed + 6);
+    assert_eq!(count("release").await, 5 - completed);
+    assert!(settled.balance < 100 * MICROS_PER_USD - 3 * ONE_IMAGE + 1);
 }
