@@ -57,7 +57,12 @@ CREATE TABLE reservations (
     created_at      INTEGER NOT NULL,
     -- A chat hold whose process died is released by the reaper after this.
     expires_at      INTEGER,
-    ended_at        INTEGER
+    ended_at        INTEGER,
+    -- Which shared counters this hold took from (only those that guard something: the
+    -- balance of a prepaid account, windows with a cap, a key's jobs in flight with a
+    -- limit): 1 balance, 2 account day, 4 account month, 8 key day, 16 key month, 32 the
+    -- key's jobs in flight. Its end gives back to those, and only those.
+    held_mask       INTEGER NOT NULL
 );
 CREATE INDEX reservations_held ON reservations (state, expires_at);
 

@@ -113,13 +113,22 @@ async fn money(app: &TestApp, account: &str) -> Money {
 }
 
 /// The account's balance and held money are what its ledger adds up to; returns them.
+/// One statement reads both, so a settlement committing meanwhile cannot split them.
 async fn reconciled(app: &TestApp, account: &str) -> Money {
-    let now = money(app, account).await;
-    let sums = rows::ledger_sums(app.engine().db.pool(), account)
+    let (balance, reserved, ledger_balance, ledger_reserved): (i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT a.balance_micros, a.reserved_micros, \
+             CAST(COALESCE((SELECT SUM(balance_delta_micros) FROM ledger l WHERE l.account_id = a.id), 0) AS BIGINT), \
+             CAST(COALESCE((SELECT SUM(reserved_delta_micros) FROM ledger l WHERE l.account_id = a.id), 0) AS BIGINT) \
+             FROM accounts a WHERE a.id = $1",
+        )
+        .bind(account)
+        .fetch_one(app.engine().db.pool())
         .await
         .unwrap();
+    let now = Money { balance, reserved };
     assert_eq!(
-        (sums.balance_micros, sums.reserved_micros),
+        (ledger_balance, ledger_reserved),
         (now.balance, now.reserved),
         "the ledger and the account disagree"
     );
@@ -255,7 +264,9 @@ async fn caps_of_a_key_and_an_account_hold_under_a_burst(backend: Backend) {
     let tomorrow = (now_ms() / 86_400_000 + 1) * 86_400;
     assert_eq!(error["limit"]["resets_at"], tomorrow);
     // A second key of the account is not bound by the first key's cap, but by the
-    // account's monthly cap: 8 in all, 5 spent by the first key → 3 more.
+    // account's monthly cap: 8 in all, 5 spent by the first key → 3 more. (A cap counts
+    // what was spent before it was set, and what is held from then on.)
+    wait_all_terminal(&app, &answers).await;
     let other = crate::support::new_key(app.running.as_ref().unwrap(), &account).await;
     set_caps(&app, "accounts", &account, None, Some(8 * ONE_IMAGE)).await;
     let more = burst(&app, &other, 40).await;
@@ -267,7 +278,6 @@ async fn caps_of_a_key_and_an_account_hold_under_a_burst(backend: Backend) {
     let refused = more.iter().find(|(s, _)| s.as_u16() == 402).unwrap();
     assert_eq!(refused.1["error"]["limit"]["scope"], "account");
     assert_eq!(refused.1["error"]["limit"]["period"], "month");
-    wait_all_terminal(&app, &answers).await;
     wait_all_terminal(&app, &more).await;
     let spent = reconciled(&app, &account).await;
     assert_eq!(
@@ -719,7 +729,7 @@ async fn a_mixed_run_reconciles_to_the_micro(backend: Backend) {
         completed += i64::from(done["status"] == "completed");
     }
     assert_eq!(completed, 3, "the plain two and the fallback");
-    let settled = wait_for(&app, &account, |m| m.reserved == 0).await;
+    let settled = wait_for(app, &account, |m| m.reserved == 0).await;
     let count = |kind: &'static str| {
         let pool = app.engine().db.pool().clone();
         let account = account.clone();

@@ -193,6 +193,18 @@ impl Period {
     }
 }
 
+/// The shared counters a hold may take from, as bits of `reservations.held_mask`. A hold
+/// takes only from those that guard something — the balance of a prepaid account, a
+/// window with a cap, the jobs in flight of a key with a limit — since each is a row every
+/// request of the account (or key) must lock in turn: an unlimited account without caps
+/// holds without locking any row another request needs.
+pub mod held {
+    pub const BALANCE: i64 = 1;
+    /// The windows, in lock order: account day, account month, key day, key month.
+    pub const WINDOWS: [i64; 4] = [2, 4, 8, 16];
+    pub const JOB_SLOT: i64 = 32;
+}
+
 /// What a request's money is asked of.
 #[derive(Debug, Clone, Copy)]
 pub struct HoldRequest<'a> {
@@ -296,6 +308,18 @@ pub async fn reserve(
         };
         (scope, period, cap, key)
     });
+    let mut mask = 0;
+    if payer.mode == "prepaid" {
+        mask |= held::BALANCE;
+    }
+    for (bit, (_, _, cap, _)) in held::WINDOWS.iter().zip(&windows) {
+        if cap.is_some() {
+            mask |= bit;
+        }
+    }
+    if req.kind == HoldKind::Job && payer.max_concurrent_jobs.is_some() {
+        mask |= held::JOB_SLOT;
+    }
     // The new rows first: nobody else waits on them. Then the guarded updates of the
     // rows every request of the account shares, in the one lock order.
     let hold = Reservation {
@@ -313,6 +337,7 @@ pub async fn reserve(
         created_at: req.now,
         expires_at: req.expires_at,
         ended_at: None,
+        held_mask: mask,
     };
     rows::insert_reservation(&mut *conn, &hold).await?;
     let entry = LedgerEntry {
@@ -320,7 +345,7 @@ pub async fn reserve(
         account_id: req.account_id,
         key_id: Some(req.key_id),
         kind: "reservation",
-        reserved_delta: amount,
+        reserved_delta: if mask & held::BALANCE != 0 { amount } else { 0 },
         reservation_id: Some(req.id),
         model: Some(req.model),
         actor: "system",
@@ -328,7 +353,7 @@ pub async fn reserve(
         ..LedgerEntry::default()
     };
     rows::insert_ledger(&mut *conn, &entry).await?;
-    if !rows::hold_balance(&mut *conn, req.account_id, amount).await? {
+    if mask & held::BALANCE != 0 && !rows::hold_balance(&mut *conn, req.account_id, amount).await? {
         return Ok(Err(Refusal::Limit(LimitHit {
             period: None,
             scope: Scope::Account,
@@ -339,22 +364,22 @@ pub async fn reserve(
         })));
     }
     for (scope, period, cap, key) in windows {
-        let fits_alone = cap.is_none_or(|c| amount <= c);
-        if !fits_alone || !rows::hold_window(&mut *conn, key, amount, cap).await? {
+        let Some(cap) = cap else { continue };
+        if amount > cap || !rows::hold_window(&mut *conn, key, amount, Some(cap)).await? {
             let used = rows::window(&mut *conn, key)
                 .await?
                 .map_or(0, |w| w.spent_micros + w.reserved_micros);
             return Ok(Err(Refusal::Limit(LimitHit {
                 period: Some(period),
                 scope,
-                limit_micros: cap.unwrap_or(0),
+                limit_micros: cap,
                 used_micros: used,
                 requested_micros: amount,
                 resets_at: Some(period.end(key.starts_at) / 1000),
             })));
         }
     }
-    if req.kind == HoldKind::Job && !rows::take_job_slot(&mut *conn, req.key_id).await? {
+    if mask & held::JOB_SLOT != 0 && !rows::take_job_slot(&mut *conn, req.key_id).await? {
         return Ok(Err(Refusal::TooManyJobs {
             limit: payer.max_concurrent_jobs.unwrap_or(0),
         }));
@@ -415,8 +440,8 @@ pub async fn settle(
     };
     // Money still held only if the reaper has not let go of it already.
     let was_held = from == "held";
-    let unheld = if was_held { -hold.amount_micros } else { 0 };
-    let after = apply(conn, &hold, was_held, -charged, unheld).await?;
+    let after = apply(conn, &hold, was_held, -charged).await?;
+    let unheld = if was_held { balance_held(&hold) } else { 0 };
     let alert = match after {
         Some(after) => alerts::balance_low(conn, &hold.account_id, &after).await?,
         None => None,
@@ -427,7 +452,7 @@ pub async fn settle(
         key_id: Some(&hold.key_id),
         kind: "settlement",
         balance_delta: -charged,
-        reserved_delta: unheld,
+        reserved_delta: -unheld,
         reservation_id: Some(id),
         model: Some(&hold.model),
         units: Some(units),
@@ -466,13 +491,13 @@ pub async fn release(
     let Some(hold) = rows::end_reservation(&mut *conn, id, "held", state, None, now).await? else {
         return Ok(false);
     };
-    apply(conn, &hold, true, 0, -hold.amount_micros).await?;
+    apply(conn, &hold, true, 0).await?;
     let entry = LedgerEntry {
         id: new_id(IdKind::Ledger),
         account_id: &hold.account_id,
         key_id: Some(&hold.key_id),
         kind,
-        reserved_delta: -hold.amount_micros,
+        reserved_delta: -balance_held(&hold),
         reservation_id: Some(id),
         model: Some(&hold.model),
         actor: "system",
@@ -509,17 +534,38 @@ pub async fn sweep(db: &crate::db::Db, config: &BillingConfig) -> Result<usize, 
     Ok(released)
 }
 
-/// Applies a hold's end to its account, its windows and (for a job whose hold this
-/// ends, `was_held`) its key's jobs in flight, in the lock order of [`reserve`].
+/// What a hold took from its account's balance (nothing for an unlimited account's).
+fn balance_held(hold: &Reservation) -> i64 {
+    if hold.held_mask & held::BALANCE != 0 {
+        hold.amount_micros
+    } else {
+        0
+    }
+}
+
+/// Applies a hold's end — `charged` spent, and if it `was_held` still, what it held given
+/// back — to the counters it took from, in the lock order of [`reserve`]: the account,
+/// its windows (spending is added to every window, capped or not, for usage), and the
+/// key's jobs in flight. Returns the account's money after, when the account changed.
 async fn apply(
     conn: &mut AnyConnection,
     hold: &Reservation,
     was_held: bool,
     balance_delta: i64,
-    reserved_delta: i64,
 ) -> Result<Option<rows::BalanceRow>, sqlx::Error> {
-    let after =
-        rows::adjust_account(&mut *conn, &hold.account_id, balance_delta, reserved_delta).await?;
+    let given_back = |bit: i64| {
+        if was_held && hold.held_mask & bit != 0 {
+            -hold.amount_micros
+        } else {
+            0
+        }
+    };
+    let reserved_delta = given_back(held::BALANCE);
+    let after = if balance_delta != 0 || reserved_delta != 0 {
+        rows::adjust_account(&mut *conn, &hold.account_id, balance_delta, reserved_delta).await?
+    } else {
+        None
+    };
     let windows = [
         (
             "account",
@@ -536,17 +582,21 @@ async fn apply(
         ("key", hold.key_id.as_str(), "day", hold.day_starts_at),
         ("key", hold.key_id.as_str(), "month", hold.month_starts_at),
     ];
-    for (scope, owner_id, period, starts_at) in windows {
+    for (bit, (scope, owner_id, period, starts_at)) in held::WINDOWS.into_iter().zip(windows) {
         let key = WindowKey {
             scope,
             owner_id,
             period,
             starts_at,
         };
-        rows::adjust_window(&mut *conn, key, -balance_delta, reserved_delta).await?;
+        let reserved = given_back(bit);
+        if reserved != 0 {
+            rows::adjust_window(&mut *conn, key, -balance_delta, reserved).await?;
+        } else if balance_delta != 0 {
+            rows::add_spent(&mut *conn, key, -balance_delta).await?;
+        }
     }
-    // A job's slot is freed when its hold first ends (a late settlement finds it freed).
-    if hold.kind == "job" && was_held {
+    if was_held && hold.held_mask & held::JOB_SLOT != 0 {
         rows::free_job_slot(&mut *conn, &hold.key_id).await?;
     }
     Ok(after)

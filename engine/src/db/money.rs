@@ -145,6 +145,29 @@ pub async fn adjust_window<'e>(
     .await
 }
 
+/// Adds spending to a window that held nothing for it (it had no cap), making its row
+/// if need be: usage is kept for every window, capped or not.
+pub async fn add_spent<'e>(
+    db: impl Executor<'e, Database = Any>,
+    w: WindowKey<'_>,
+    spent: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO spend_windows (scope, owner_id, period, starts_at, spent_micros, reserved_micros) \
+         VALUES ($1, $2, $3, $4, $5, 0) \
+         ON CONFLICT (scope, owner_id, period, starts_at) DO UPDATE \
+         SET spent_micros = spend_windows.spent_micros + excluded.spent_micros",
+    )
+    .bind(w.scope)
+    .bind(w.owner_id)
+    .bind(w.period)
+    .bind(w.starts_at)
+    .bind(spent)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Marks a window's cap alert sent; false if it had been already.
 pub async fn mark_window_alerted<'e>(
     db: impl Executor<'e, Database = Any>,
@@ -254,12 +277,14 @@ pub struct Reservation {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub ended_at: Option<i64>,
+    /// The counters it took from (see the migration; `billing::held`).
+    pub held_mask: i64,
 }
 
 macro_rules! reservation_columns {
     () => {
         "id, account_id, key_id, kind, model, amount_micros, markup_bp, day_starts_at, \
-         month_starts_at, state, settled_micros, created_at, expires_at, ended_at"
+         month_starts_at, state, settled_micros, created_at, expires_at, ended_at, held_mask"
     };
 }
 
@@ -270,7 +295,7 @@ pub async fn insert_reservation<'e>(
     sqlx::query(concat!(
         "INSERT INTO reservations (",
         reservation_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     ))
     .bind(&r.id)
     .bind(&r.account_id)
@@ -286,6 +311,7 @@ pub async fn insert_reservation<'e>(
     .bind(r.created_at)
     .bind(r.expires_at)
     .bind(r.ended_at)
+    .bind(r.held_mask)
     .execute(db)
     .await?;
     Ok(())
