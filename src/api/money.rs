@@ -114,16 +114,17 @@ fn amount(
     }
 }
 
-/// `obj[name]` as a whole number from 1 to [`MAX_RATE`], or `null` to clear.
+/// `obj[name]` as a whole number from 0 (which refuses every request, or every job) to
+/// [`MAX_RATE`], or `null` to clear.
 fn rate(obj: &Map<String, Value>, name: &str, param: &str) -> ApiResult<Change<i64>> {
     match obj.get(name) {
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),
         Some(v) => match v.as_i64() {
-            Some(n) if (1..=MAX_RATE).contains(&n) => Ok(Some(Some(n))),
+            Some(n) if (0..=MAX_RATE).contains(&n) => Ok(Some(Some(n))),
             _ => Err(invalid(
                 param,
-                format!("{param} must be a whole number from 1 to {MAX_RATE}, or null"),
+                format!("{param} must be a whole number from 0 to {MAX_RATE}, or null"),
             )),
         },
     }
@@ -729,6 +730,9 @@ mod tests {
 
     #[test]
     fn limits_clear_with_null_and_refuse_strangers() {
+        // Zero is a limit too: it refuses every request (or job) of the key.
+        let zero = key_changes(&json!({"limits": {"max_concurrent_jobs": 0}})).unwrap();
+        assert_eq!(zero.max_concurrent_jobs, Some(Some(0)));
         let changes =
             key_changes(&json!({"limits": {"daily_usd": null, "requests_per_minute": 60}}))
                 .unwrap();
@@ -737,13 +741,7 @@ mod tests {
         assert_eq!(changes.requests_per_minute, Some(Some(60)));
         let err = key_changes(&json!({"limits": {"rpm": 5}})).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("limits.rpm"));
-        for bad in [
-            json!(0),
-            json!(-1),
-            json!(1.5),
-            json!("60"),
-            json!(MAX_RATE + 1),
-        ] {
+        for bad in [json!(-1), json!(1.5), json!("60"), json!(MAX_RATE + 1)] {
             let body = json!({"limits": {"max_concurrent_jobs": bad}});
             assert!(key_changes(&body).is_err(), "{body}");
         }
