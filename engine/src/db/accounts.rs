@@ -262,13 +262,8 @@ impl Db {
                     Some(_) => return Ok(Credited::KeyReused),
                 }
             }
-            let Some(account) = add_to_balance(&mut *tx, c.account_id, c.amount_micros).await?
-            else {
-                return Ok(match find(&mut *tx, c.account_id).await? {
-                    Some(account) => Credited::Refused(account),
-                    None => Credited::NoAccount,
-                });
-            };
+            // The new ledger row first, the account's shared row last, as holds take them:
+            // one lock order, and the account locked only for the end of the transaction.
             let entry = LedgerEntry {
                 id: new_id(IdKind::Ledger),
                 account_id: c.account_id,
@@ -296,6 +291,14 @@ impl Db {
                 }
                 Err(e) => return Err(e),
             }
+            // Refused or no account: the entry is rolled back with the transaction.
+            let Some(account) = add_to_balance(&mut *tx, c.account_id, c.amount_micros).await?
+            else {
+                return Ok(match find(&mut *tx, c.account_id).await? {
+                    Some(account) => Credited::Refused(account),
+                    None => Credited::NoAccount,
+                });
+            };
             tx.commit().await?;
             return Ok(Credited::Done(account));
         }
