@@ -77,6 +77,19 @@ pub struct Config {
     pub chat: ChatConfig,
     /// `[billing]`: volume tiers and chat holds.
     pub billing: BillingConfig,
+    /// Bearer token of the admin API (`/v1/admin/*`); unset or blank: no admin API.
+    pub admin_token: Option<Secret>,
+}
+
+/// A secret setting: kept as given, never shown by `Debug` (so never in a log line).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// `[providers.NAME]`; each starts from `[providers."*"]`.
@@ -328,6 +341,14 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// `MEDIAGATE_ADMIN_TOKEN`, unless unset or blank.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token
+            .as_ref()
+            .map(|s| s.0.as_str())
+            .filter(|t| !t.trim().is_empty())
     }
 
     /// The listen address, with `:PORT` meaning every interface.

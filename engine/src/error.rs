@@ -75,6 +75,8 @@ error_codes! {
     /// A video whose thumbnail cannot be made (not H.264 in MP4).
     ThumbnailUnavailable = "thumbnail_unavailable",
     EndpointLimitReached = "endpoint_limit_reached",
+    /// An account with the id asked for exists already.
+    AccountExists = "account_exists",
     EndpointUnavailable = "endpoint_unavailable",
     /// The key's `requests_per_minute` is used up (`429` with `Retry-After`).
     RateLimited = "rate_limited",

@@ -212,7 +212,7 @@ pub fn callback_max_body(max_body_bytes: usize) -> usize {
 
 /// Steps 3 and 4: read the body within `limit` bytes and the body timeout, then take a
 /// slot for the handler's work.
-async fn admit(state: &AppState, req: Request, limit: usize, next: Next) -> Response {
+pub(super) async fn admit(state: &AppState, req: Request, limit: usize, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     if declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
         return refuse(too_large(), body);
@@ -274,7 +274,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// rest of the body is never waited for; for [`LINGER`] what arrives is read and dropped,
 /// since closing a socket with unread data sends a reset, and a client that sent its body
 /// in one go could lose the answer to it.
-fn refuse(e: ApiError, body: Body) -> Response {
+pub(super) fn refuse(e: ApiError, body: Body) -> Response {
     tokio::spawn(async move {
         let mut body = body;
         let drain = async { while let Some(Ok(_)) = body.frame().await {} };

@@ -79,7 +79,7 @@ fn accepted(body: Value, job: &Job, replayed: bool) -> Response {
 }
 
 /// A present `Idempotency-Key` must be 1–255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

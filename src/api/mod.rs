@@ -2,6 +2,7 @@
 //! bad input into a SPEC error. Handlers are thin: they parse, call an engine function
 //! and shape the answer.
 
+pub mod admin;
 pub mod auth;
 mod callbacks;
 mod chat;
@@ -12,7 +13,9 @@ mod events;
 pub mod gate;
 mod health;
 mod jobs;
+mod key;
 mod models;
+pub mod money;
 pub mod serve;
 mod webhooks;
 
@@ -88,7 +91,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             gate::callback,
         ));
-    Router::new()
+    let mut api = Router::new()
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
@@ -113,9 +116,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}/deliveries", get(webhooks::job_deliveries))
         .route("/v1/deliveries/{id}/redeliver", post(webhooks::redeliver))
+        .route("/v1/key", get(key::show))
+        .route("/v1/usage", get(key::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), gate::keyed))
-        .merge(compat::router(&state))
-        .merge(open)
+        .merge(compat::router(&state));
+    // Without an admin token there are no admin routes: each path is a plain 404.
+    if let Some(admin) = admin::router(&state) {
+        api = api.merge(admin);
+    }
+    api.merge(open)
         .merge(callbacks)
         // Before any gate: a path no database can store is refused from the path alone.
         .route_layer(middleware::from_fn(refuse_unstorable_path))

@@ -6,6 +6,7 @@ mod support;
 
 use mediagate_fakes as fakes;
 
+mod admin;
 mod api_errors;
 mod billing;
 mod chat;

@@ -1,5 +1,5 @@
 //! The database: the one source of truth for jobs, events, webhook deliveries, keys,
-//! idempotency and chat usage.
+//! accounts and their money, idempotency and chat usage.
 //!
 //! One set of SQL text serves both SQLite (embedded) and Postgres (production) through
 //! sqlx's `Any` driver: the statements stick to the common dialect (`$N` parameters,
@@ -17,6 +17,7 @@
 //! text and bytes, so a column holding JSON or an enum's name is read as text into a raw
 //! row and converted by its `TryFrom`.
 
+pub mod accounts;
 pub mod chat_usage;
 pub mod events;
 pub mod idempotency;

@@ -56,6 +56,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state.clone(), gate::keyed));
     let openrouter = Router::new()
         .route("/api/v1/models", get(models::openrouter_list))
+        .route("/api/v1/key", get(super::key::openrouter_show))
         .route("/api/v1/videos", post(openrouter::create))
         .route("/api/v1/videos/{id}", get(openrouter::retrieve))
         .route("/api/v1/videos/{id}/content", get(openrouter::content))
