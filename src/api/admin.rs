@@ -19,6 +19,7 @@ use mediagate_engine::db::Db;
 use mediagate_engine::db::accounts::{self, Credit, Credited, NewAccount};
 use mediagate_engine::db::keys::{self, NewKey};
 use mediagate_engine::ids::{IdKind, looks_like, now_ms};
+use mediagate_engine::jobs::intake::IdempotencyKey;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -137,7 +138,7 @@ pub async fn credit_op(
     let (account, replayed) = match db.credit(&credit).await? {
         Credited::Done(a) => (a, false),
         Credited::Replayed(a) => (a, true),
-        Credited::KeyReused => return Err(money::key_reused()),
+        Credited::KeyReused => return Err(ApiError::idempotency_key_reused()),
         Credited::NoAccount => return Err(money::no_account(None)),
         Credited::Refused(a) => return Err(money::credit_refused(amount, &a)),
     };
@@ -210,9 +211,11 @@ async fn add_credits(
     headers: HeaderMap,
     body: JsonBody,
 ) -> ApiResult<Response> {
-    let key = super::jobs::idempotency_key(&headers)?;
-    let hash = hex::encode(Sha256::digest(&body.raw));
-    let idempotency = key.as_deref().map(|k| (k, hash.as_str()));
+    // The same key and body hash as a job's (`IdempotencyKey`).
+    let key = super::jobs::idempotency_key(&headers)?.map(|k| IdempotencyKey::new(&k, &body.raw));
+    let idempotency = key
+        .as_ref()
+        .map(|k| (k.key.as_str(), k.request_hash.as_str()));
     let (account, replayed) = credit_op(
         &state.engine.db,
         billing(&state),

@@ -52,6 +52,21 @@ impl ApiError {
         )
     }
 
+    /// A 400 `invalid_field` naming `param`.
+    pub fn invalid_field(param: &str, message: impl Into<String>) -> Self {
+        Self::invalid(ErrorCode::InvalidField, message).with_param(param)
+    }
+
+    /// `422` for an `Idempotency-Key` used before with another request body.
+    pub fn idempotency_key_reused() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_error",
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was already used with a different request body",
+        )
+    }
+
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self

@@ -55,12 +55,7 @@ pub async fn intake(
             ErrorCode::IdempotencyKeyInUse,
             "a request with this Idempotency-Key is still being handled; retry shortly",
         )),
-        Created::KeyMismatch => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_error",
-            ErrorCode::IdempotencyKeyReused,
-            "this Idempotency-Key was already used with a different request body",
-        )),
+        Created::KeyMismatch => Err(ApiError::idempotency_key_reused()),
     }
 }
 

@@ -5,7 +5,6 @@
 //! Amounts are decimal strings of dollars both ways (`"12.340000"` out, `"25"`, `"25.5"`
 //! in): a JSON number is refused, since a float cannot hold every cent.
 
-use axum::http::StatusCode;
 use chrono::{Datelike, TimeZone, Utc};
 use mediagate_engine::ErrorCode;
 use mediagate_engine::billing::money::{AmountError, format_usd, parse_usd};
@@ -33,10 +32,6 @@ const MAX_TIME_SECS: i64 = 253_402_300_799;
 /// The usage report's default span, back from `to`.
 const DEFAULT_USAGE_SPAN_MS: i64 = 30 * 86_400_000;
 
-fn invalid(param: &str, message: impl Into<String>) -> ApiError {
-    ApiError::invalid(ErrorCode::InvalidField, message).with_param(param)
-}
-
 /// Whether `id` may name an account: 1 to 64 of `A-Z a-z 0-9 . _ -`.
 pub fn valid_account_id(id: &str) -> bool {
     !id.is_empty()
@@ -50,14 +45,14 @@ pub fn valid_account_id(id: &str) -> bool {
 fn account_id(obj: &Map<String, Value>, name: &str) -> ApiResult<String> {
     match obj.get(name) {
         Some(Value::String(id)) if valid_account_id(id) => Ok(id.clone()),
-        Some(_) => Err(invalid(
+        Some(_) => Err(ApiError::invalid_field(
             name,
             format!(
                 "{name} must be an account id: 1 to {MAX_ACCOUNT_ID_CHARS} characters of \
                  A-Z, a-z, 0-9, '.', '_' and '-'"
             ),
         )),
-        None => Err(invalid(
+        None => Err(ApiError::invalid_field(
             name,
             format!("{name} is required: the account's id, such as \"acme\""),
         )),
@@ -95,16 +90,16 @@ fn amount(
                 }
                 other => format!("{param} {other}"),
             };
-            invalid(param, why)
+            ApiError::invalid_field(param, why)
         }),
-        Some(Value::Number(_)) => Err(invalid(
+        Some(Value::Number(_)) => Err(ApiError::invalid_field(
             param,
             format!(
                 "{param} must be sent as a decimal string of US dollars, such as \"25.00\", \
                  not a JSON number (a number cannot hold every cent exactly)"
             ),
         )),
-        Some(_) => Err(invalid(
+        Some(_) => Err(ApiError::invalid_field(
             param,
             format!(
                 "{param} must be a decimal string of US dollars, such as \"25.00\"{}",
@@ -122,7 +117,7 @@ fn rate(obj: &Map<String, Value>, name: &str, param: &str) -> ApiResult<Change<i
         Some(Value::Null) => Ok(Some(None)),
         Some(v) => match v.as_i64() {
             Some(n) if (0..=MAX_RATE).contains(&n) => Ok(Some(Some(n))),
-            _ => Err(invalid(
+            _ => Err(ApiError::invalid_field(
                 param,
                 format!("{param} must be a whole number from 0 to {MAX_RATE}, or null"),
             )),
@@ -143,7 +138,7 @@ fn text(
         Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= max => {
             Ok(Some(Some(s.clone())))
         }
-        Some(_) => Err(invalid(
+        Some(_) => Err(ApiError::invalid_field(
             name,
             format!("{name} must be a string of 1 to {max} characters"),
         )),
@@ -155,7 +150,10 @@ fn required<T>(change: Change<T>, name: &str) -> ApiResult<Option<T>> {
     match change {
         None => Ok(None),
         Some(Some(v)) => Ok(Some(v)),
-        Some(None) => Err(invalid(name, format!("{name} cannot be null"))),
+        Some(None) => Err(ApiError::invalid_field(
+            name,
+            format!("{name} cannot be null"),
+        )),
     }
 }
 
@@ -166,7 +164,9 @@ fn mode(obj: &Map<String, Value>) -> ApiResult<Option<AccountMode>> {
             .as_str()
             .and_then(AccountMode::parse)
             .map(Some)
-            .ok_or_else(|| invalid("mode", "mode must be \"prepaid\" or \"unlimited\"")),
+            .ok_or_else(|| {
+                ApiError::invalid_field("mode", "mode must be \"prepaid\" or \"unlimited\"")
+            }),
     }
 }
 
@@ -181,7 +181,7 @@ fn account_limits(obj: &Map<String, Value>) -> ApiResult<(Change<i64>, Change<i6
                 amount(limits, "monthly_usd", "limits.monthly_usd", false, true)?,
             ))
         }
-        Some(_) => Err(invalid(
+        Some(_) => Err(ApiError::invalid_field(
             "limits",
             "limits must be an object: {\"daily_usd\": \"50\", \"monthly_usd\": \"500\"}",
         )),
@@ -237,10 +237,15 @@ pub fn account_changes(body: &Value) -> ApiResult<AccountChanges> {
 pub fn credit_request(body: &Value) -> ApiResult<(i64, Option<String>)> {
     let obj = object(body, &["amount_usd", "note"])?;
     let amount = match amount(obj, "amount_usd", "amount_usd", true, false)? {
-        Some(Some(0)) => return Err(invalid("amount_usd", "amount_usd must not be zero")),
+        Some(Some(0)) => {
+            return Err(ApiError::invalid_field(
+                "amount_usd",
+                "amount_usd must not be zero",
+            ));
+        }
         Some(Some(m)) => m,
         _ => {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 "amount_usd",
                 "amount_usd is required: a decimal string of US dollars, such as \"25.00\" \
                  (negative to correct)",
@@ -271,7 +276,7 @@ fn key_limits(obj: &Map<String, Value>) -> ApiResult<[Change<i64>; 4]> {
                 rate(limits, "max_concurrent_jobs", "limits.max_concurrent_jobs")?,
             ])
         }
-        Some(_) => Err(invalid(
+        Some(_) => Err(ApiError::invalid_field(
             "limits",
             format!(
                 "limits must be an object of {}",
@@ -294,7 +299,7 @@ pub fn key_request(body: &Value) -> ApiResult<KeyRequest> {
     let obj = object(body, &["account", "name", "limits"])?;
     let account = account_id(obj, "account")?;
     let name = required(text(obj, "name", MAX_NAME_CHARS, false)?, "name")?.ok_or_else(|| {
-        invalid(
+        ApiError::invalid_field(
             "name",
             "name is required: what the key is for, such as \"ci\"",
         )
@@ -588,7 +593,7 @@ pub fn usage_query(params: &Params, across_accounts: bool, now: i64) -> ApiResul
         "day" => UsageGroup::Day,
         "account" if across_accounts => UsageGroup::Account,
         _ => {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 "group_by",
                 format!("group_by must be one of {}", groups.join(", ")),
             ));
@@ -597,14 +602,14 @@ pub fn usage_query(params: &Params, across_accounts: bool, now: i64) -> ApiResul
     let time = |name: &str| -> ApiResult<Option<i64>> {
         let what = format!("{name} must be a time in Unix seconds, up to {MAX_TIME_SECS}");
         match params.digits::<i64>(name, &what)? {
-            Some(s) if s > MAX_TIME_SECS => Err(invalid(name, what)),
+            Some(s) if s > MAX_TIME_SECS => Err(ApiError::invalid_field(name, what)),
             other => Ok(other.map(|s| s * 1000)),
         }
     };
     let to = time("to")?.unwrap_or(now + 1);
     let from = time("from")?.unwrap_or((to - DEFAULT_USAGE_SPAN_MS).max(0));
     if from >= to {
-        return Err(invalid("from", "from must be before to"));
+        return Err(ApiError::invalid_field("from", "from must be before to"));
     }
     Ok(UsageQuery { group, from, to })
 }
@@ -666,7 +671,7 @@ pub fn account_exists(id: &str) -> ApiError {
 /// a top-up past the largest balance kept.
 pub fn credit_refused(amount: i64, a: &Account) -> ApiError {
     if amount > 0 {
-        return invalid(
+        return ApiError::invalid_field(
             "amount_usd",
             format!(
                 "this top-up would take the balance past {} dollars, the most an account holds",
@@ -674,7 +679,7 @@ pub fn credit_refused(amount: i64, a: &Account) -> ApiError {
             ),
         );
     }
-    invalid(
+    ApiError::invalid_field(
         "amount_usd",
         format!(
             "this correction of {} would take the account below zero: its balance is {} with {} held for requests in flight",
@@ -682,17 +687,6 @@ pub fn credit_refused(amount: i64, a: &Account) -> ApiError {
             format_usd(a.balance_micros),
             format_usd(a.reserved_micros)
         ),
-    )
-}
-
-/// `422` for an `Idempotency-Key` used before with another request, as on `POST
-/// /v1/jobs`.
-pub fn key_reused() -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency_error",
-        ErrorCode::IdempotencyKeyReused,
-        "this Idempotency-Key was already used with a different request body",
     )
 }
 

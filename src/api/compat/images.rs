@@ -20,9 +20,7 @@ use mediagate_engine::catalog::{ASPECT_RATIOS, Model};
 use mediagate_engine::jobs::job::{Job, JobKind, JobStatus};
 use serde_json::{Map, Value, json};
 
-use super::{
-    client_param, invalid, model_id, model_name, named_model, request_object, sides, string_field,
-};
+use super::{client_param, model_id, model_name, named_model, request_object, sides, string_field};
 use crate::api::auth::Authed;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::jobs::intake;
@@ -78,7 +76,7 @@ pub async fn generate(
             "b64_json" => false,
             "url" => true,
             _ => {
-                return Err(invalid(
+                return Err(ApiError::invalid_field(
                     "response_format",
                     "response_format must be url or b64_json",
                 ));
@@ -89,7 +87,7 @@ pub async fn generate(
         .get("stream")
         .is_some_and(|v| v != &json!(false) && !v.is_null())
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "stream",
             "streamed image generation is not supported; leave stream unset",
         ));
@@ -158,11 +156,11 @@ fn map_size(model: &Model, size: Option<&Value>, input: &mut Map<String, Value>)
             input.insert("aspect_ratio".into(), json!(ratio));
             Ok(())
         }
-        None if ratios.is_empty() => Err(invalid(
+        None if ratios.is_empty() => Err(ApiError::invalid_field(
             "size",
             format!("{} takes no size; leave size unset or auto", model.id),
         )),
-        None => Err(invalid(
+        None => Err(ApiError::invalid_field(
             "size",
             format!(
                 "{} makes the aspect ratios {}; {size} is none of them",
@@ -202,7 +200,7 @@ fn check_looks(model: &Model, obj: &Map<String, Value>) -> ApiResult<()> {
     if let Some(q) = given("quality")?
         && q != "auto"
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "quality",
             format!(
                 "{} has one quality; quality must be auto (or unset), not {q:?}",
@@ -213,7 +211,7 @@ fn check_looks(model: &Model, obj: &Map<String, Value>) -> ApiResult<()> {
     if let Some(f) = given("output_format")?
         && Some(f) != format
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "output_format",
             match format {
                 Some(native) => format!(
@@ -231,7 +229,7 @@ fn check_looks(model: &Model, obj: &Map<String, Value>) -> ApiResult<()> {
         && b != "auto"
         && !(b == "opaque" && format.is_some())
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "background",
             format!(
                 "{} cannot make a {b} background; background must be auto (or unset)",
@@ -242,7 +240,7 @@ fn check_looks(model: &Model, obj: &Map<String, Value>) -> ApiResult<()> {
     if let Some(m) = given("moderation")?
         && m != "auto"
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "moderation",
             "moderation is the provider's own; it must be auto (or unset)",
         ));

@@ -111,7 +111,10 @@ pub fn client_param(mut err: ApiError, names: &[(&str, &str)]) -> ApiError {
 /// The request body as a JSON object whose every field is one of `known`.
 pub fn request_object<'a>(value: &'a Value, known: &[&str]) -> ApiResult<&'a Map<String, Value>> {
     let Some(obj) = value.as_object() else {
-        return Err(invalid("", "the request body must be a JSON object"));
+        return Err(ApiError::invalid_field(
+            "",
+            "the request body must be a JSON object",
+        ));
     };
     refuse_unknown(obj, known)?;
     Ok(obj)
@@ -130,7 +133,7 @@ pub fn model_name<'a>(obj: &'a Map<String, Value>, default: Option<&'a str>) -> 
     match (obj.get("model"), default) {
         (Some(v), _) => string_field(v, "model"),
         (None, Some(default)) => Ok(default),
-        (None, None) => Err(invalid(
+        (None, None) => Err(ApiError::invalid_field(
             "model",
             "model is required (GET /v1/models lists them)",
         )),
@@ -145,7 +148,7 @@ pub fn named_model<'a>(
     kind: JobKind,
 ) -> ApiResult<Option<&'a Model>> {
     match resolve_model(catalog, name) {
-        Some(m) if m.kind() != Some(kind) => Err(invalid(
+        Some(m) if m.kind() != Some(kind) => Err(ApiError::invalid_field(
             "model",
             format!(
                 "{} makes {}, not {}",
@@ -164,11 +167,6 @@ pub fn string_field<'a>(value: &'a Value, name: &str) -> Result<&'a str, ApiErro
         ApiError::invalid(ErrorCode::InvalidField, format!("{name} must be a string"))
             .with_param(name)
     })
-}
-
-/// A 400 naming `param`.
-pub fn invalid(param: &str, message: impl Into<String>) -> ApiError {
-    ApiError::invalid(ErrorCode::InvalidField, message).with_param(param)
 }
 
 /// A field this route does not take, refused by name (never dropped).
@@ -205,7 +203,7 @@ pub fn bytes_response(content_type: &'static str, bytes: Bytes) -> Response {
 pub fn sides(size: &str, form: &str) -> ApiResult<(u32, u32)> {
     Size::parse(size)
         .map(|s| (s.width, s.height))
-        .ok_or_else(|| invalid("size", format!("size must be {form}")))
+        .ok_or_else(|| ApiError::invalid_field("size", format!("size must be {form}")))
 }
 
 #[cfg(test)]

@@ -15,9 +15,7 @@ use mediagate_engine::webhooks::openrouter;
 use serde_json::{Map, Value, json};
 
 use super::videos::find_video;
-use super::{
-    client_param, invalid, model_id, model_name, named_model, request_object, string_field,
-};
+use super::{client_param, model_id, model_name, named_model, request_object, string_field};
 use crate::api::auth::Authed;
 use crate::api::content;
 use crate::api::error::{ApiError, ApiResult};
@@ -97,7 +95,7 @@ pub async fn create(
     let references = image_urls(obj.get("input_references"), "input_references")?;
     if let Some((url, kind)) = frames.first() {
         if frames.len() > 1 || kind.as_deref().is_some_and(|k| k != "first_frame") {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 "frame_images",
                 "only a first_frame image is supported here",
             ));
@@ -137,14 +135,17 @@ fn image_urls(value: Option<&Value>, param: &str) -> ApiResult<Vec<(String, Opti
         return Ok(Vec::new());
     };
     let Some(items) = value.as_array() else {
-        return Err(invalid(param, format!("{param} must be an array")));
+        return Err(ApiError::invalid_field(
+            param,
+            format!("{param} must be an array"),
+        ));
     };
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
             let url = item["image_url"]["url"].as_str().ok_or_else(|| {
-                invalid(
+                ApiError::invalid_field(
                     &format!("{param}[{i}]"),
                     format!("{param}[{i}] must be {{\"type\": \"image_url\", \"image_url\": {{\"url\": …}}}}"),
                 )

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::images::nearest_ratio;
 use super::{
-    bytes_response, client_param, invalid, model_id, model_name, named_model, refuse_unknown,
+    bytes_response, client_param, model_id, model_name, named_model, refuse_unknown,
     request_object, sides, string_field, unknown,
 };
 use crate::api::auth::Authed;
@@ -82,7 +82,10 @@ impl<S: Send + Sync> FromRequest<S> for VideoForm {
         if !multipart {
             let body = JsonBody::from_request(req, state).await?;
             let Value::Object(fields) = body.value else {
-                return Err(invalid("", "the request body must be a JSON object"));
+                return Err(ApiError::invalid_field(
+                    "",
+                    "the request body must be a JSON object",
+                ));
             };
             let canonical = body.raw.to_vec();
             return Ok(VideoForm {
@@ -166,7 +169,7 @@ fn image_extension(content_type: &str, bytes: &[u8]) -> ApiResult<&'static str> 
         _ => None,
     };
     sniffed.or(declared).ok_or_else(|| {
-        invalid(
+        ApiError::invalid_field(
             "input_reference",
             "input_reference must be a PNG, JPEG or WebP image",
         )
@@ -183,7 +186,7 @@ pub async fn create(
     let fields = &form.fields;
     refuse_unknown(fields, CREATE_FIELDS)?;
     if fields.contains_key("input_reference") {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "input_reference",
             "input_reference must be an image file part of a multipart form",
         ));
@@ -202,7 +205,9 @@ pub async fn create(
         let seed = match seed {
             Value::String(text) => mediagate_engine::fields::parse_digits::<u64>(text)
                 .map(Value::from)
-                .ok_or_else(|| invalid("seed", "seed must be a non-negative integer"))?,
+                .ok_or_else(|| {
+                    ApiError::invalid_field("seed", "seed must be a non-negative integer")
+                })?,
             other => other.clone(),
         };
         input.insert("seed".into(), seed);
@@ -213,7 +218,7 @@ pub async fn create(
         }
         if let Some(file) = &form.file {
             if model.reference_images == 0 {
-                return Err(invalid(
+                return Err(ApiError::invalid_field(
                     "input_reference",
                     format!(
                         "{} takes no reference image; leave input_reference out",
@@ -244,7 +249,7 @@ fn seconds(value: &Value) -> ApiResult<i64> {
         _ => None,
     };
     parsed.ok_or_else(|| {
-        invalid(
+        ApiError::invalid_field(
             "seconds",
             "seconds must be a whole number of seconds, e.g. \"4\"",
         )
@@ -261,7 +266,7 @@ fn map_size(model: &Model, size: &str, input: &mut Map<String, Value>) -> ApiRes
         return Ok(());
     }
     let (Some(resolutions), Some(ratios)) = (&model.resolutions, &model.aspect_ratios) else {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "size",
             format!("{} takes no size; leave size out", model.id),
         ));
@@ -283,7 +288,7 @@ fn map_size(model: &Model, size: &str, input: &mut Map<String, Value>) -> ApiRes
             input.insert("aspect_ratio".into(), json!(ratio));
             Ok(())
         }
-        _ => Err(invalid(
+        _ => Err(ApiError::invalid_field(
             "size",
             format!(
                 "{} makes {} in {}; {size} is none of them",
@@ -362,7 +367,12 @@ pub async fn list(
     filter.oldest_first = match params.get("order") {
         None | Some("desc") => false,
         Some("asc") => true,
-        Some(_) => return Err(invalid("order", "order must be asc or desc")),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "order",
+                "order must be asc or desc",
+            ));
+        }
     };
     page_params(&params, &mut filter, "video")?;
     list_page(&state, &caller.account_id, &filter, |j| {
@@ -448,11 +458,14 @@ pub async fn content(
             )),
             Err(ThumbnailError::Engine(e)) => Err(e.into()),
         },
-        "spritesheet" => Err(invalid(
+        "spritesheet" => Err(ApiError::invalid_field(
             "variant",
             "spritesheets are not made here; variant must be video or thumbnail",
         )),
-        _ => Err(invalid("variant", "variant must be video or thumbnail")),
+        _ => Err(ApiError::invalid_field(
+            "variant",
+            "variant must be video or thumbnail",
+        )),
     }
 }
 
@@ -480,7 +493,7 @@ pub async fn remix(
     let mut input = source.input.clone();
     input["prompt"] = obj.get("prompt").cloned().unwrap_or(Value::Null);
     if input["prompt"].is_null() {
-        return Err(invalid("prompt", "prompt is required"));
+        return Err(ApiError::invalid_field("prompt", "prompt is required"));
     }
     let native = json!({
         "model": source.model,
