@@ -19,6 +19,8 @@ pub enum IdKind {
     File,
     /// One entry of the money ledger.
     Ledger,
+    /// Money a process holds for a key's chat requests (`billing::lease`).
+    Lease,
 }
 
 impl IdKind {
@@ -32,6 +34,7 @@ impl IdKind {
             IdKind::Delivery => "dlv_",
             IdKind::File => "file_",
             IdKind::Ledger => "led_",
+            IdKind::Lease => "lease_",
         }
     }
 }

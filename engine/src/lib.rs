@@ -115,6 +115,7 @@ impl Engine {
             providers: chat::ChatProviders::from_settings(&config.providers, &config.catalog)
                 .map_err(|e| EngineError::Internal(e.to_string()))?,
             usage: chat::usage::UsageSink::new(config.chat.usage_queue),
+            leases: billing::lease::Leases::default(),
         };
         let (changes, _) = broadcast::channel(4096);
         let webhook_destinations = Destinations::new(&config.delivery);

@@ -37,14 +37,13 @@ pub async fn completions(
         Ok(route) => route,
         Err(e) => return refused(&e),
     };
-    let id = relay::completion_id();
-    match relay::hold(engine, &caller, &request, &route, &id).await {
-        Ok(Ok(())) => {}
+    let admitted = match relay::hold(engine, &caller, &request, &route).await {
+        Ok(Ok(admitted)) => admitted,
         Ok(Err(refusal)) => return ApiError::from(refusal).into_response(),
         Err(e) => return ApiError::from(e).into_response(),
-    }
+    };
     if !request.stream {
-        return match relay::complete(engine.clone(), &caller, request, route, id).await {
+        return match relay::complete(engine.clone(), &caller, request, route, admitted).await {
             Ok(answer) => (
                 [(
                     header::CONTENT_TYPE,
@@ -56,7 +55,13 @@ pub async fn completions(
             Err(e) => refused(&e),
         };
     }
-    let mut events = Box::pin(relay::stream(engine.clone(), &caller, request, route, id));
+    let mut events = Box::pin(relay::stream(
+        engine.clone(),
+        &caller,
+        request,
+        route,
+        admitted,
+    ));
     let first = match events.next().await {
         Some(Event::Failed(e)) => return refused(&e),
         Some(first) => first,

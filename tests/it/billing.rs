@@ -21,6 +21,7 @@ on_both_backends!(
     failed_and_cancelled_jobs_cost_nothing,
     a_key_runs_at_most_its_jobs_in_flight,
     chat_is_held_by_its_ceiling_and_charged_by_its_tokens,
+    chat_requests_share_a_lease,
     expired_holds_are_released_and_late_answers_still_charged,
     money_alerts_reach_the_endpoints_that_asked_once,
     a_chat_client_that_leaves_pays_for_what_it_was_sent,
@@ -59,10 +60,22 @@ providers = [{ provider = "local", model = "chat" }]
 const ONE_IMAGE: i64 = 1_400_000;
 
 async fn priced_app(backend: Backend) -> (TestApp, tempfile::TempDir) {
+    // Chat leases finish within a second, so the tests see their money come back.
+    priced_app_with_leases(backend, Duration::from_secs(1)).await
+}
+
+async fn priced_app_with_leases(
+    backend: Backend,
+    chat_lease: Duration,
+) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.toml");
     std::fs::write(&path, PRICED_CATALOG).unwrap();
-    let app = TestApp::start_with(backend, move |c| c.catalog = Some(path)).await;
+    let app = TestApp::start_with(backend, move |c| {
+        c.catalog = Some(path);
+        c.billing.chat_lease = chat_lease;
+    })
+    .await;
     (app, dir)
 }
 
@@ -420,6 +433,42 @@ async fn chat_is_held_by_its_ceiling_and_charged_by_its_tokens(backend: Backend)
     app.finish().await;
 }
 
+/// Chat requests take their holds from a lease of money, not each from the database:
+/// twenty requests make a few holds, not twenty; each is charged once, against its
+/// lease; and once the lease finishes, nothing is held and the balance is less exactly
+/// what the answers cost.
+async fn chat_requests_share_a_lease(backend: Backend) {
+    let (app, _dir) = priced_app_with_leases(backend, Duration::from_secs(5)).await;
+    let account = fund(&app, MICROS_PER_USD).await;
+    let mut cost = 0;
+    for i in 0..20 {
+        let done = answer(app.post("/v1/chat/completions").json(&json!({
+            "model": "local/chat", "max_tokens": 200,
+            "messages": [{"role": "user", "content": format!("fox {i}")}]})))
+        .await
+        .expect(200);
+        let tokens = done["usage"]["prompt_tokens"].as_i64().unwrap()
+            + done["usage"]["completion_tokens"].as_i64().unwrap();
+        cost += (tokens * 14 + 9) / 10;
+    }
+    let after = wait_for(&app, &account, |m| m.reserved == 0).await;
+    assert_eq!(after.balance, MICROS_PER_USD - cost);
+    let entries = |kind: &'static str| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM ledger WHERE account_id = $1 AND kind = $2 \
+             AND reservation_id LIKE 'lease_%'",
+        )
+        .bind(account.clone())
+        .bind(kind)
+        .fetch_one(app.engine().db.pool())
+    };
+    let leases = entries("reservation").await.unwrap();
+    assert!((1..10).contains(&leases), "{leases} leases for 20 requests");
+    assert_eq!(entries("settlement").await.unwrap(), 20);
+    assert_eq!(entries("release").await.unwrap(), leases);
+    app.finish().await;
+}
+
 /// Polls the account's money until `ready` holds (the usage writer settles within a
 /// flush interval), reconciling it with the ledger each time.
 async fn wait_for(app: &TestApp, account: &str, ready: impl Fn(&Money) -> bool) -> Money {
@@ -731,22 +780,31 @@ async fn a_mixed_run_reconciles_to_the_micro(backend: Backend) {
     }
     assert_eq!(completed, 3, "the plain two and the fallback");
     let settled = wait_for(app, &account, |m| m.reserved == 0).await;
-    let count = |kind: &'static str| {
+    // Ledger entries of a kind, for the jobs' holds or the chats' leases.
+    let count = |kind: &'static str, hold: &'static str| {
         let pool = app.engine().db.pool().clone();
         let account = account.clone();
         async move {
             sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM ledger WHERE account_id = $1 AND kind = $2",
+                "SELECT COUNT(*) FROM ledger WHERE account_id = $1 AND kind = $2 \
+                 AND reservation_id LIKE $3",
             )
             .bind(&account)
             .bind(kind)
+            .bind(format!("{hold}%"))
             .fetch_one(&pool)
             .await
             .unwrap()
         }
     };
-    assert_eq!(count("reservation").await, 5 + 6);
-    assert_eq!(count("settlement").await, completed + 6);
-    assert_eq!(count("release").await, 5 - completed);
+    assert_eq!(count("reservation", "job_").await, 5);
+    assert_eq!(count("settlement", "job_").await, completed);
+    assert_eq!(count("release", "job_").await, 5 - completed);
+    // The six chats took from leases (a few at most: they ran at once), each charged once,
+    // and every lease let go of what it had left.
+    let leases = count("reservation", "lease_").await;
+    assert!((1..=6).contains(&leases), "{leases} leases");
+    assert_eq!(count("settlement", "lease_").await, 6);
+    assert_eq!(count("release", "lease_").await, leases);
     assert!(settled.balance < 100 * MICROS_PER_USD - 3 * ONE_IMAGE + 1);
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::on_both_backends;
 use crate::receiver::{Receiver, Reply};
 use crate::support::{Backend, Proc, process_env};
+use mediagate_engine::billing::money::format_usd;
 
 on_both_backends!(
     jobs_survive_killed_and_stopped_workers,
@@ -393,6 +394,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 on_both_backends!(
     a_balance_holds_across_two_api_processes,
     holds_of_a_killed_api_process_come_back,
+    chat_leases_hold_across_two_api_processes,
 );
 
 /// `mediagate ARGS…` in the cluster's environment; fails the test unless it succeeds, and
@@ -413,6 +415,17 @@ fn account(cluster: &Cluster, id: &str) -> Value {
 }
 
 /// A cluster whose local image costs a dollar (so $1.40 at the first tier).
+/// Account `acme`, topped up with `usd` dollars through the CLI, and a key of it.
+fn funded_key(cluster: &Cluster, usd: &str) -> String {
+    run_cli(cluster, &["accounts", "create", "acme"]);
+    run_cli(cluster, &["credits", "add", "acme", usd]);
+    let key = run_cli(
+        cluster,
+        &["keys", "create", "--name", "ci", "--account", "acme"],
+    );
+    key.trim().to_owned()
+}
+
 async fn priced_cluster(backend: Backend, extra: &[(&str, &str)]) -> Cluster {
     let mut cluster = Cluster::new(backend).await;
     let catalog = cluster.data_dir.join("catalog.toml");
@@ -454,13 +467,7 @@ providers = [{ provider = "local", model = "chat" }]
 /// below zero.
 async fn a_balance_holds_across_two_api_processes(backend: Backend) {
     let cluster = priced_cluster(backend, &[]).await;
-    run_cli(&cluster, &["accounts", "create", "acme"]);
-    run_cli(&cluster, &["credits", "add", "acme", "14"]);
-    let key = run_cli(
-        &cluster,
-        &["keys", "create", "--name", "ci", "--account", "acme"],
-    );
-    let key = key.trim().to_owned();
+    let key = funded_key(&cluster, "14");
     let (_api1, addr1) = cluster.spawn("api");
     let (_api2, addr2) = cluster.spawn("api");
     let (_worker, _) = cluster.spawn("worker");
@@ -510,17 +517,83 @@ async fn a_balance_holds_across_two_api_processes(backend: Backend) {
     assert_eq!(acme["reserved_usd"], "0.000000", "{acme}");
 }
 
-/// An API process killed while it streams a chat answer leaves its hold behind; the
-/// reaper (in a worker) lets go of it once it expires, and the balance is whole again.
+/// 200 chat requests at once, split over two API processes, against a balance that
+/// covers exactly ten of their ceilings: the leases of money the two processes hold add
+/// up to no more than the balance, so exactly ten are answered and 190 refused with 402;
+/// once the leases finish nothing is held, and the balance is less exactly what the ten
+/// answers cost.
+async fn chat_leases_hold_across_two_api_processes(backend: Backend) {
+    let cluster = priced_cluster(backend, &[("MEDIAGATE_BILLING__CHAT_LEASE_SECS", "1")]).await;
+    let messages = json!([{"role": "user", "content": "foxes"}]);
+    let max_tokens = 1000;
+    // One request's ceiling: a token per three bytes of its messages and its max_tokens,
+    // at $1 a million tokens and the first tier's 40 %, rounded up.
+    let list =
+        (serde_json::to_string(&messages).unwrap().len() as u64).div_ceil(3) as i64 + max_tokens;
+    let ceiling = (list * 14 + 9) / 10;
+    let funded = 10 * ceiling;
+    let key = funded_key(&cluster, &format_usd(funded));
+    let (_api1, addr1) = cluster.spawn("api");
+    let (_api2, addr2) = cluster.spawn("api");
+    let bases = [addr1.unwrap(), addr2.unwrap()].map(|a| format!("http://{a}"));
+    let client = reqwest::Client::new();
+    let requests = (0..200).map(|i| {
+        // Slow answers: none ends (and gives back what it did not use) during the burst.
+        let req = client
+            .post(format!("{}/v1/chat/completions", bases[i % 2]))
+            .bearer_auth(&key)
+            .json(&json!({"model": "local/chat", "messages": messages,
+                "max_tokens": max_tokens, "simulate": {"latency_ms": 3000}}));
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let answered: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(answered.len(), 10, "exactly ten fit the balance");
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 402).count(), 190);
+    let cost: i64 = answered
+        .iter()
+        .map(|a| {
+            let tokens = a["usage"]["prompt_tokens"].as_i64().unwrap()
+                + a["usage"]["completion_tokens"].as_i64().unwrap();
+            (tokens * 14 + 9) / 10
+        })
+        .sum();
+    let start = Instant::now();
+    loop {
+        let acme = account(&cluster, "acme");
+        if acme["reserved_usd"] == "0.000000" {
+            assert_eq!(acme["balance_usd"], format_usd(funded - cost), "{acme}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the leases never finished: {acme}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An API process killed while it streams a chat answer leaves its lease of money
+/// behind; the reaper (in a worker) lets go of it once it expires, and the balance is
+/// whole again.
 async fn holds_of_a_killed_api_process_come_back(backend: Backend) {
-    let cluster = priced_cluster(backend, &[("MEDIAGATE_BILLING__CHAT_HOLD_SECS", "2")]).await;
-    run_cli(&cluster, &["accounts", "create", "acme"]);
-    run_cli(&cluster, &["credits", "add", "acme", "1"]);
-    let key = run_cli(
-        &cluster,
-        &["keys", "create", "--name", "ci", "--account", "acme"],
-    );
-    let key = key.trim().to_owned();
+    let cluster = priced_cluster(
+        backend,
+        &[
+            ("MEDIAGATE_BILLING__CHAT_HOLD_SECS", "2"),
+            ("MEDIAGATE_BILLING__CHAT_LEASE_SECS", "2"),
+        ],
+    )
+    .await;
+    let key = funded_key(&cluster, "1");
     let (mut api, addr) = cluster.spawn("api");
     let (_worker, _) = cluster.spawn("worker");
     let base = format!("http://{}", addr.unwrap());

@@ -12,6 +12,7 @@ use sqlx::AnyConnection;
 use super::money::format_usd;
 use super::{LimitHit, Refusal, Scope};
 use crate::Engine;
+use crate::db::accounts::AccountMode;
 use crate::db::events;
 use crate::db::money::{self as rows, BalanceRow, WindowKey};
 use crate::ids::now_ms;
@@ -39,7 +40,10 @@ pub(super) async fn balance_low(
         return Ok(None);
     };
     let available = after.balance_micros - after.reserved_micros;
-    if after.mode != "prepaid" || available >= threshold || after.low_balance_alerted != 0 {
+    if after.mode != AccountMode::Prepaid
+        || available >= threshold
+        || after.low_balance_alerted != 0
+    {
         return Ok(None);
     }
     if !rows::set_low_balance_alerted(&mut *conn, account_id, true).await? {
@@ -94,7 +98,7 @@ async fn cap_reached(
     };
     let mut tx = db.begin().await?;
     // The window's row may not exist yet (a request bigger than the cap on its own).
-    rows::hold_window(&mut *tx, window, 0, None).await?;
+    rows::add_spent(&mut *tx, window, 0).await?;
     if !rows::mark_window_alerted(&mut *tx, window, now).await? {
         return Ok(Vec::new());
     }

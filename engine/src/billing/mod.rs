@@ -14,6 +14,7 @@
 //! ledger entry whose deltas sum to the account's balance and held money.
 
 pub mod alerts;
+pub mod lease;
 pub mod money;
 
 use std::time::Duration;
@@ -22,7 +23,8 @@ use chrono::{Datelike, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
-use crate::db::money::{self as rows, LedgerEntry, Reservation, WindowKey};
+use crate::db::accounts::AccountMode;
+use crate::db::money::{self as rows, LedgerEntry, PayerRow, Reservation, WindowKey};
 use crate::ids::{IdKind, new_id};
 use money::with_markup;
 
@@ -43,6 +45,13 @@ pub struct BillingConfig {
     pub chat_hold: Duration,
     /// Answer tokens a chat hold covers when the request sets no `max_tokens`.
     pub chat_default_max_tokens: u64,
+    /// How long a process takes a key's chat requests from one lease of money before it
+    /// asks the database for a new one (see `lease`).
+    #[serde(rename = "chat_lease_secs", with = "crate::config::secs")]
+    pub chat_lease: Duration,
+    /// How many chat requests' ceilings one lease holds at most (never more than a
+    /// quarter of what the account or key has left).
+    pub chat_lease_requests: u32,
 }
 
 impl Default for BillingConfig {
@@ -270,8 +279,9 @@ pub struct LimitHit {
 }
 
 /// Holds a request's money against the balance and every cap, and (for a job) a slot of
-/// the key's jobs in flight (with billing off: nothing, and nothing is refused). On `Ok(Err(_))` the transaction has partly written and must
-/// be dropped (rolled back), never committed.
+/// the key's jobs in flight (with billing off: nothing, and nothing is refused). On
+/// `Ok(Err(_))` the transaction has partly written and must be dropped (rolled back),
+/// never committed.
 pub async fn reserve(
     conn: &mut AnyConnection,
     config: &BillingConfig,
@@ -289,13 +299,22 @@ pub async fn reserve(
     };
     let (markup_bp, _) = config.tier_for(payer.rolling_30d_micros);
     let amount = with_markup(req.list_micros.max(0), markup_bp);
+    hold(conn, &payer, req, amount, markup_bp).await
+}
+
+/// The four spend windows a request of this key falls in, in lock order (account day,
+/// account month, key day, key month), each with its cap if it has one.
+fn windows<'a>(
+    payer: &PayerRow,
+    req: &HoldRequest<'a>,
+) -> [(Scope, Period, Option<i64>, WindowKey<'a>); 4] {
     let caps = [
         (Scope::Account, Period::Day, payer.account_daily_micros),
         (Scope::Account, Period::Month, payer.account_monthly_micros),
         (Scope::Key, Period::Day, payer.key_daily_micros),
         (Scope::Key, Period::Month, payer.key_monthly_micros),
     ];
-    let windows = caps.map(|(scope, period, cap)| {
+    caps.map(|(scope, period, cap)| {
         let owner = match scope {
             Scope::Account => req.account_id,
             Scope::Key => req.key_id,
@@ -307,12 +326,22 @@ pub async fn reserve(
             starts_at: period.start(req.now),
         };
         (scope, period, cap, key)
-    });
+    })
+}
+
+/// The counters a hold of this request takes from (see [`held`]).
+fn held_mask(payer: &PayerRow, req: &HoldRequest<'_>) -> i64 {
     let mut mask = 0;
-    if payer.mode == "prepaid" {
+    if payer.mode == AccountMode::Prepaid {
         mask |= held::BALANCE;
     }
-    for (bit, (_, _, cap, _)) in held::WINDOWS.iter().zip(&windows) {
+    let caps = [
+        payer.account_daily_micros,
+        payer.account_monthly_micros,
+        payer.key_daily_micros,
+        payer.key_monthly_micros,
+    ];
+    for (bit, cap) in held::WINDOWS.iter().zip(caps) {
         if cap.is_some() {
             mask |= bit;
         }
@@ -320,6 +349,41 @@ pub async fn reserve(
     if req.kind == HoldKind::Job && payer.max_concurrent_jobs.is_some() {
         mask |= held::JOB_SLOT;
     }
+    mask
+}
+
+/// What the request could still hold before a guarded counter refuses it: the least of
+/// a prepaid balance's money not held and each capped window's room; `None` when nothing
+/// guards it (an unlimited account without caps). Read without locks, so only a guide
+/// for how much to ask for; the guarded updates of [`hold`] decide.
+pub(crate) async fn headroom(
+    conn: &mut AnyConnection,
+    payer: &PayerRow,
+    req: &HoldRequest<'_>,
+) -> Result<Option<i64>, sqlx::Error> {
+    let mut room =
+        (payer.mode == AccountMode::Prepaid).then(|| payer.balance_micros - payer.reserved_micros);
+    for (_, _, cap, key) in windows(payer, req) {
+        let Some(cap) = cap else { continue };
+        let used = rows::window(&mut *conn, key)
+            .await?
+            .map_or(0, |w| w.spent_micros + w.reserved_micros);
+        room = Some(room.map_or(cap - used, |r| r.min(cap - used)));
+    }
+    Ok(room.map(|r| r.max(0)))
+}
+
+/// Holds `amount` (markup included) for the request against every counter that guards
+/// it, in the one lock order; see [`reserve`].
+pub(crate) async fn hold(
+    conn: &mut AnyConnection,
+    payer: &PayerRow,
+    req: &HoldRequest<'_>,
+    amount: i64,
+    markup_bp: i64,
+) -> Result<Result<Held, Refusal>, sqlx::Error> {
+    let windows = windows(payer, req);
+    let mask = held_mask(payer, req);
     // The new rows first: nobody else waits on them. Then the guarded updates of the
     // rows every request of the account shares, in the one lock order.
     let hold = Reservation {
@@ -365,7 +429,7 @@ pub async fn reserve(
     }
     for (scope, period, cap, key) in windows {
         let Some(cap) = cap else { continue };
-        if amount > cap || !rows::hold_window(&mut *conn, key, amount, Some(cap)).await? {
+        if amount > cap || !rows::hold_window(&mut *conn, key, amount, cap).await? {
             let used = rows::window(&mut *conn, key)
                 .await?
                 .map_or(0, |w| w.spent_micros + w.reserved_micros);
@@ -440,7 +504,8 @@ pub async fn settle(
     };
     // Money still held only if the reaper has not let go of it already.
     let was_held = from == "held";
-    let after = apply(conn, &hold, was_held, -charged).await?;
+    let given_back = if was_held { hold.amount_micros } else { 0 };
+    let after = apply(conn, &hold, given_back, -charged, was_held).await?;
     let unheld = if was_held { balance_held(&hold) } else { 0 };
     let alert = match after {
         Some(after) => alerts::balance_low(conn, &hold.account_id, &after).await?,
@@ -491,7 +556,7 @@ pub async fn release(
     let Some(hold) = rows::end_reservation(&mut *conn, id, "held", state, None, now).await? else {
         return Ok(false);
     };
-    apply(conn, &hold, true, 0).await?;
+    apply(conn, &hold, hold.amount_micros, 0, true).await?;
     let entry = LedgerEntry {
         id: new_id(IdKind::Ledger),
         account_id: &hold.account_id,
@@ -508,10 +573,9 @@ pub async fn release(
     Ok(true)
 }
 
-/// The money part of the reaper's sweep: lets go of holds whose time ran out (their
-/// process is presumed dead; a late settlement still charges), and recomputes the
-/// 30-day spend, and so the tier, of accounts last recomputed `tier_interval` ago.
-pub async fn sweep(db: &crate::db::Db, config: &BillingConfig) -> Result<usize, sqlx::Error> {
+/// Lets go of holds whose time ran out (their process is presumed dead; a late
+/// settlement still charges); the reaper calls it every sweep.
+pub async fn expire_holds(db: &crate::db::Db) -> Result<usize, sqlx::Error> {
     let now = crate::ids::now_ms();
     let expired = rows::expired_holds(db.pool(), now, 500).await?;
     let mut released = 0;
@@ -528,10 +592,21 @@ pub async fn sweep(db: &crate::db::Db, config: &BillingConfig) -> Result<usize, 
             "holds of requests that never ended were released"
         );
     }
+    Ok(released)
+}
+
+/// Recomputes the 30-day spend, and so the tier, of accounts last recomputed
+/// `tier_interval` ago; the reaper calls it four times a `tier_interval`, so no account
+/// waits much past its due time.
+pub async fn recompute_tiers(
+    db: &crate::db::Db,
+    config: &BillingConfig,
+) -> Result<(), sqlx::Error> {
     const THIRTY_DAYS_MS: i64 = 30 * 86_400_000;
+    let now = crate::ids::now_ms();
     let interval = config.tier_interval.as_millis() as i64;
     rows::recompute_rolling_spend(db.pool(), now - THIRTY_DAYS_MS, now, now - interval).await?;
-    Ok(released)
+    Ok(())
 }
 
 /// What a hold took from its account's balance (nothing for an unlimited account's).
@@ -543,24 +618,26 @@ fn balance_held(hold: &Reservation) -> i64 {
     }
 }
 
-/// Applies a hold's end — `charged` spent, and if it `was_held` still, what it held given
-/// back — to the counters it took from, in the lock order of [`reserve`]: the account,
-/// its windows (spending is added to every window, capped or not, for usage), and the
-/// key's jobs in flight. Returns the account's money after, when the account changed.
+/// Applies a charge or a hold's end to the counters the hold took from, in the lock
+/// order of [`reserve`]: `balance_delta` (minus what was charged) to the account and as
+/// spending to every window, capped or not (usage counts them all); `given_back` of what
+/// the hold still held returned to each counter it held from; and, if `free_slot`, the
+/// key's job slot. Returns the account's money after, when the account changed.
 async fn apply(
     conn: &mut AnyConnection,
     hold: &Reservation,
-    was_held: bool,
+    given_back: i64,
     balance_delta: i64,
+    free_slot: bool,
 ) -> Result<Option<rows::BalanceRow>, sqlx::Error> {
-    let given_back = |bit: i64| {
-        if was_held && hold.held_mask & bit != 0 {
-            -hold.amount_micros
+    let returned = |bit: i64| {
+        if hold.held_mask & bit != 0 {
+            -given_back
         } else {
             0
         }
     };
-    let reserved_delta = given_back(held::BALANCE);
+    let reserved_delta = returned(held::BALANCE);
     let after = if balance_delta != 0 || reserved_delta != 0 {
         rows::adjust_account(&mut *conn, &hold.account_id, balance_delta, reserved_delta).await?
     } else {
@@ -589,14 +666,14 @@ async fn apply(
             period,
             starts_at,
         };
-        let reserved = given_back(bit);
+        let reserved = returned(bit);
         if reserved != 0 {
             rows::adjust_window(&mut *conn, key, -balance_delta, reserved).await?;
         } else if balance_delta != 0 {
             rows::add_spent(&mut *conn, key, -balance_delta).await?;
         }
     }
-    if was_held && hold.held_mask & held::JOB_SLOT != 0 {
+    if free_slot && hold.held_mask & held::JOB_SLOT != 0 {
         rows::free_job_slot(&mut *conn, &hold.key_id).await?;
     }
     Ok(after)

@@ -157,6 +157,8 @@ chat_providers! {
 pub struct Chat {
     pub providers: ChatProviders,
     pub usage: usage::UsageSink,
+    /// This process's leases of money for chat requests.
+    pub leases: crate::billing::lease::Leases,
 }
 
 /// The chat upstreams this deployment can use, by provider name, and every name a

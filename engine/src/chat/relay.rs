@@ -33,7 +33,8 @@ use tokio::time::{Instant as Deadline, sleep_until};
 
 use super::wire::{RawObject, Usage, embedded_error};
 use super::{ChatAdapter, ChatCall, ChatError, ChatRequest, ChunkStream};
-use crate::billing::{self, HoldKind, HoldRequest, Refusal};
+use crate::billing::lease::Taken;
+use crate::billing::{self, Refusal};
 use crate::catalog::{InvalidField, Modality, Model};
 use crate::db::chat_usage::ChatUsage;
 use crate::db::keys::Caller;
@@ -143,10 +144,13 @@ pub fn plan(engine: &SharedEngine, request: &ChatRequest) -> Result<Vec<RouteEnt
     Err(InvalidField::new(&param, message).into())
 }
 
-/// A new completion id (`chatcmpl-…`): the answer's `id`, its usage record's and its
-/// hold's.
-pub fn completion_id() -> String {
-    format!("chatcmpl-{}", uuid::Uuid::now_v7().simple())
+/// A request let through with its money held: the completion's id (`chatcmpl-…`: the
+/// answer's `id` and its usage record's) and its share of its key's lease of money
+/// (none with billing off).
+#[derive(Debug)]
+pub struct Admitted {
+    pub id: String,
+    money: Option<Taken>,
 }
 
 /// The most a request can cost at list price, for its hold: for the dearest model it may
@@ -168,48 +172,49 @@ pub fn price_ceiling(engine: &SharedEngine, request: &ChatRequest, route: &[Rout
         .unwrap_or(0)
 }
 
-/// Holds the most the request can cost (see [`price_ceiling`]) under the completion's
-/// `id`, before anything is sent upstream; it is settled or released when the request's
-/// usage is written, or by the reaper after `[billing] chat_hold_secs`.
+/// Holds the most the request can cost (see [`price_ceiling`]) before anything is sent
+/// upstream, from the key's lease of money (`billing::lease`: no database round trip
+/// while the lease lasts); the request's usage record settles it.
 pub async fn hold(
     engine: &SharedEngine,
     caller: &Caller,
     request: &ChatRequest,
     route: &[RouteEntry],
-    id: &str,
-) -> Result<Result<(), Refusal>, crate::EngineError> {
-    let now = crate::ids::now_ms();
-    let billing = &engine.config.billing;
-    let hold = HoldRequest {
-        id,
-        account_id: &caller.account_id,
-        key_id: &caller.key_id,
-        kind: HoldKind::Chat,
-        model: &route[0].model,
-        list_micros: price_ceiling(engine, request, route),
-        expires_at: Some(now + billing.chat_hold.as_millis() as i64),
-        now,
-    };
-    let mut tx = engine.db.begin().await?;
-    if let Err(refusal) = billing::reserve(&mut tx, billing, &hold).await? {
-        drop(tx);
-        billing::alerts::after_refusal(engine, &caller.account_id, &caller.key_id, &refusal).await;
-        return Ok(Err(refusal));
+) -> Result<Result<Admitted, Refusal>, crate::EngineError> {
+    let ceiling = price_ceiling(engine, request, route);
+    let taken = engine
+        .chat
+        .leases
+        .take(
+            engine,
+            &caller.account_id,
+            &caller.key_id,
+            &route[0].model,
+            ceiling,
+        )
+        .await?;
+    match taken {
+        Ok(money) => Ok(Ok(Admitted {
+            id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
+            money,
+        })),
+        Err(refusal) => {
+            billing::alerts::after_refusal(engine, &caller.account_id, &caller.key_id, &refusal)
+                .await;
+            Ok(Err(refusal))
+        }
     }
-    tx.commit().await?;
-    Ok(Ok(()))
 }
 
-/// The whole answer of an unstreamed request, as the JSON bytes to send. `id` is the
-/// completion's, under which its money is held.
+/// The whole answer of an unstreamed request, as the JSON bytes to send.
 pub async fn complete(
     engine: SharedEngine,
     caller: &Caller,
     request: ChatRequest,
     route: Vec<RouteEntry>,
-    id: String,
+    admitted: Admitted,
 ) -> Result<Vec<u8>, ChatError> {
-    let mut attempt = Attempts::new(engine, caller, request, route, id);
+    let mut attempt = Attempts::new(engine, caller, request, route, admitted);
     let timeout = attempt.engine.config.chat.timeout;
     while let Some((entry, adapter)) = attempt.next_entry() {
         let call = attempt.call(&entry);
@@ -240,11 +245,11 @@ pub fn stream(
     caller: &Caller,
     request: ChatRequest,
     route: Vec<RouteEntry>,
-    id: String,
+    admitted: Admitted,
 ) -> impl futures::Stream<Item = Event> + Send + 'static {
     let keep_alive = engine.config.chat.keep_alive;
     let relay = Relay {
-        attempt: Attempts::new(engine, caller, request, route, id),
+        attempt: Attempts::new(engine, caller, request, route, admitted),
         state: State::Idle,
         keep_alive_at: Deadline::now() + keep_alive,
     };
@@ -474,9 +479,9 @@ impl Attempts {
         caller: &Caller,
         request: ChatRequest,
         route: Vec<RouteEntry>,
-        id: String,
+        admitted: Admitted,
     ) -> Attempts {
-        let ledger = Ledger::new(&engine, caller, &request, id);
+        let ledger = Ledger::new(&engine, caller, &request, admitted);
         Attempts {
             engine,
             request: Arc::new(request),
@@ -727,13 +732,20 @@ struct Ledger {
     prompt_bytes: u64,
     answer_bytes: u64,
     record: ChatUsage,
+    money: Option<Taken>,
     started: Instant,
     usage: Usage,
     finished: bool,
 }
 
 impl Ledger {
-    fn new(engine: &SharedEngine, caller: &Caller, request: &ChatRequest, id: String) -> Ledger {
+    fn new(
+        engine: &SharedEngine,
+        caller: &Caller,
+        request: &ChatRequest,
+        admitted: Admitted,
+    ) -> Ledger {
+        let Admitted { id, money } = admitted;
         Ledger {
             engine: engine.clone(),
             prompt_bytes: request.messages.get().len() as u64,
@@ -755,6 +767,7 @@ impl Ledger {
                 first_token_ms: None,
                 attempts: 0,
             },
+            money,
             started: Instant::now(),
             usage: Usage::default(),
             finished: false,
@@ -787,7 +800,14 @@ impl Ledger {
             m.token_cost_micros(self.usage.prompt_tokens, self.usage.completion_tokens)
         });
         r.latency_ms = self.started.elapsed().as_millis() as i64;
-        super::usage::record(&self.engine, r.clone());
+        // What it costs: nothing unless some answer came.
+        let mut money = self.money.take();
+        if let Some(taken) = &mut money {
+            let answered = status == "completed" || r.completion_tokens > 0;
+            taken.settle(if answered { r.cost_micros } else { 0 });
+        }
+        let usage = r.clone();
+        super::usage::record(&self.engine, super::usage::Record { usage, money });
     }
 }
 

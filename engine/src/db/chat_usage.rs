@@ -49,12 +49,12 @@ pub async fn for_account<'e>(
     .await
 }
 
-/// Stores one request's record; a record stored already is left as it is.
+/// Stores one request's record; a record stored already is left as it is (false).
 pub async fn insert<'e>(
     db: impl Executor<'e, Database = Any>,
     r: &ChatUsage,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
         "INSERT INTO chat_usage (id, created_at, account_id, key_id, model, provider, \
          stream, status, error_code, prompt_tokens, completion_tokens, cost_micros, \
          latency_ms, first_token_ms, attempts) \
@@ -78,5 +78,5 @@ pub async fn insert<'e>(
     .bind(r.attempts)
     .execute(db)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }

@@ -5,10 +5,13 @@
 
 use sqlx::{Any, Executor};
 
+use crate::db::accounts::AccountMode;
+
 /// What a hold needs to know about the paying key and its account, read in one query.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PayerRow {
-    pub mode: String,
+    #[sqlx(try_from = "String")]
+    pub mode: AccountMode,
     pub balance_micros: i64,
     pub reserved_micros: i64,
     pub rolling_30d_micros: i64,
@@ -77,21 +80,21 @@ pub struct WindowRow {
     pub alerted_at: Option<i64>,
 }
 
-/// Holds `amount` in a window while spent + reserved + amount stays within `cap` (no cap:
-/// always). The window's row is made on its first hold; the caller has checked that
-/// `amount` alone fits the cap, which is all a new row needs.
+/// Holds `amount` in a window while spent + reserved + amount stays within `cap`. The
+/// window's row is made on its first hold; the caller has checked that `amount` alone
+/// fits the cap, which is all a new row needs.
 pub async fn hold_window<'e>(
     db: impl Executor<'e, Database = Any>,
     w: WindowKey<'_>,
     amount: i64,
-    cap: Option<i64>,
+    cap: i64,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO spend_windows (scope, owner_id, period, starts_at, spent_micros, reserved_micros) \
          VALUES ($1, $2, $3, $4, 0, $5) \
          ON CONFLICT (scope, owner_id, period, starts_at) DO UPDATE \
          SET reserved_micros = spend_windows.reserved_micros + excluded.reserved_micros \
-         WHERE $6 < 0 OR spend_windows.spent_micros + spend_windows.reserved_micros \
+         WHERE spend_windows.spent_micros + spend_windows.reserved_micros \
                + excluded.reserved_micros <= $6",
     )
     .bind(w.scope)
@@ -99,8 +102,7 @@ pub async fn hold_window<'e>(
     .bind(w.period)
     .bind(w.starts_at)
     .bind(amount)
-    // No cap is -1: a typed value, where a NULL parameter would leave Postgres guessing.
-    .bind(cap.unwrap_or(-1))
+    .bind(cap)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -128,12 +130,11 @@ pub async fn adjust_window<'e>(
     w: WindowKey<'_>,
     spent_delta: i64,
     reserved_delta: i64,
-) -> Result<Option<WindowRow>, sqlx::Error> {
-    sqlx::query_as(
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
         "UPDATE spend_windows SET spent_micros = spent_micros + $5, \
          reserved_micros = reserved_micros + $6 \
-         WHERE scope = $1 AND owner_id = $2 AND period = $3 AND starts_at = $4 \
-         RETURNING spent_micros, reserved_micros, alerted_at",
+         WHERE scope = $1 AND owner_id = $2 AND period = $3 AND starts_at = $4",
     )
     .bind(w.scope)
     .bind(w.owner_id)
@@ -141,8 +142,9 @@ pub async fn adjust_window<'e>(
     .bind(w.starts_at)
     .bind(spent_delta)
     .bind(reserved_delta)
-    .fetch_optional(db)
-    .await
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Adds spending to a window that held nothing for it (it had no cap), making its row
@@ -218,7 +220,8 @@ pub async fn free_job_slot<'e>(
 /// An account's money after a change, with what its low-balance alert needs.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BalanceRow {
-    pub mode: String,
+    #[sqlx(try_from = "String")]
+    pub mode: AccountMode,
     pub balance_micros: i64,
     pub reserved_micros: i64,
     pub low_balance_micros: Option<i64>,
@@ -352,6 +355,29 @@ pub async fn end_reservation<'e>(
     .bind(to)
     .bind(settled_micros)
     .bind(now)
+    .fetch_optional(db)
+    .await
+}
+
+/// Turns `given_back` of a held lease's money into the request's charge of `charged`
+/// (which may be more, when an answer ran past what was held for it): the lease holds
+/// that much less and has settled that much more. `None` if the lease is no longer held
+/// (the reaper let go of it), or holds less than `given_back`.
+pub async fn draw_from_lease<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+    given_back: i64,
+    charged: i64,
+) -> Result<Option<Reservation>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE reservations SET amount_micros = amount_micros - $2, \
+         settled_micros = COALESCE(settled_micros, 0) + $3 \
+         WHERE id = $1 AND state = 'held' AND amount_micros >= $2 RETURNING ",
+        reservation_columns!()
+    ))
+    .bind(id)
+    .bind(given_back)
+    .bind(charged)
     .fetch_optional(db)
     .await
 }

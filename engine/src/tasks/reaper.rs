@@ -2,7 +2,7 @@
 //! between the SQL write and the push, or with a dead worker that the queue could not
 //! recover) or whose deadline passed, and hands them a fresh task; and does the same for
 //! webhook deliveries whose attempt is overdue; and lets go of money held by requests
-//! that never ended, and keeps accounts' volume tiers current (`billing::sweep`).
+//! that never ended, and keeps accounts' volume tiers current (`billing::expire_holds`, `billing::recompute_tiers`).
 
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ const VACUUM_EVERY: Duration = Duration::from_secs(300);
 /// Sweeps every `reaper_interval` until `shutdown`.
 pub async fn run(engine: &Engine, shutdown: CancellationToken) {
     let mut last_vacuum = std::time::Instant::now();
+    // None: recompute at the first sweep (accounts due since the last process ran).
+    let mut last_tiers: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -60,8 +62,14 @@ pub async fn run(engine: &Engine, shutdown: CancellationToken) {
         if let Err(e) = delivery::sweep_once(engine).await {
             tracing::warn!(error = %e, "delivery sweep failed");
         }
-        if let Err(e) = billing::sweep(&engine.db, &engine.config.billing).await {
-            tracing::warn!(error = %e, "billing sweep failed");
+        if let Err(e) = billing::expire_holds(&engine.db).await {
+            tracing::warn!(error = %e, "expiring holds failed");
+        }
+        if last_tiers.is_none_or(|t| t.elapsed() >= engine.config.billing.tier_interval / 4) {
+            last_tiers = Some(std::time::Instant::now());
+            if let Err(e) = billing::recompute_tiers(&engine.db, &engine.config.billing).await {
+                tracing::warn!(error = %e, "recomputing volume tiers failed");
+            }
         }
         if last_vacuum.elapsed() >= VACUUM_EVERY {
             last_vacuum = std::time::Instant::now();
