@@ -29,7 +29,8 @@ pub async fn completions(
 ) -> Response {
     let engine = &state.engine;
     let providers = &engine.chat.providers;
-    let request = match ChatRequest::parse(&body, &|n| providers.is_name(n), providers.names()) {
+    let mut request = match ChatRequest::parse(&body, &|n| providers.is_name(n), providers.names())
+    {
         Ok(request) => request,
         Err(e) => return refused(&e.into()),
     };
@@ -37,7 +38,7 @@ pub async fn completions(
         Ok(route) => route,
         Err(e) => return refused(&e),
     };
-    let admitted = match relay::hold(engine, &caller, &request, &route).await {
+    let admitted = match relay::hold(engine, &caller, &mut request, &route).await {
         Ok(Ok(admitted)) => admitted,
         Ok(Err(refusal)) => return ApiError::from(refusal).into_response(),
         Err(e) => return ApiError::from(e).into_response(),

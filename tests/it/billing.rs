@@ -22,6 +22,7 @@ on_both_backends!(
     a_key_runs_at_most_its_jobs_in_flight,
     chat_is_held_by_its_ceiling_and_charged_by_its_tokens,
     chat_requests_share_a_lease,
+    a_chat_without_max_tokens_is_limited_to_its_hold,
     expired_holds_are_released_and_late_answers_still_charged,
     money_alerts_reach_the_endpoints_that_asked_once,
     a_chat_client_that_leaves_pays_for_what_it_was_sent,
@@ -60,20 +61,22 @@ providers = [{ provider = "local", model = "chat" }]
 const ONE_IMAGE: i64 = 1_400_000;
 
 async fn priced_app(backend: Backend) -> (TestApp, tempfile::TempDir) {
-    // Chat leases finish within a second, so the tests see their money come back.
-    priced_app_with_leases(backend, Duration::from_secs(1)).await
+    priced_app_with(backend, |_| {}).await
 }
 
-async fn priced_app_with_leases(
+/// [`priced_app`] with more settings. Chat leases finish within a second unless `tweak`
+/// says otherwise, so the tests see their money come back.
+async fn priced_app_with(
     backend: Backend,
-    chat_lease: Duration,
+    tweak: impl FnOnce(&mut mediagate::config::Config),
 ) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.toml");
     std::fs::write(&path, PRICED_CATALOG).unwrap();
     let app = TestApp::start_with(backend, move |c| {
         c.catalog = Some(path);
-        c.billing.chat_lease = chat_lease;
+        c.billing.chat_lease = Duration::from_secs(1);
+        tweak(c);
     })
     .await;
     (app, dir)
@@ -438,7 +441,8 @@ async fn chat_is_held_by_its_ceiling_and_charged_by_its_tokens(backend: Backend)
 /// lease; and once the lease finishes, nothing is held and the balance is less exactly
 /// what the answers cost.
 async fn chat_requests_share_a_lease(backend: Backend) {
-    let (app, _dir) = priced_app_with_leases(backend, Duration::from_secs(5)).await;
+    let (app, _dir) =
+        priced_app_with(backend, |c| c.billing.chat_lease = Duration::from_secs(5)).await;
     let account = fund(&app, MICROS_PER_USD).await;
     let mut cost = 0;
     for i in 0..20 {
@@ -466,6 +470,28 @@ async fn chat_requests_share_a_lease(backend: Backend) {
     assert!((1..10).contains(&leases), "{leases} leases for 20 requests");
     assert_eq!(entries("settlement").await.unwrap(), 20);
     assert_eq!(entries("release").await.unwrap(), leases);
+    app.finish().await;
+}
+
+/// A chat without `max_tokens` on an account whose money is guarded (prepaid) is
+/// limited upstream to the answer its hold covers, so it cannot cost more than was held;
+/// an unlimited account without caps has nothing to overspend, and is not limited.
+async fn a_chat_without_max_tokens_is_limited_to_its_hold(backend: Backend) {
+    let (app, _dir) = priced_app_with(backend, |c| c.billing.chat_default_max_tokens = 3).await;
+    let ask = || {
+        app.post("/v1/chat/completions").json(&json!({"model": "local/chat",
+            "messages": [{"role": "user", "content": "tell me all about the red foxes of the north"}]}))
+    };
+    let free = answer(ask()).await.expect(200);
+    assert_eq!(free["choices"][0]["finish_reason"], "stop", "{free}");
+    assert!(free["usage"]["completion_tokens"].as_i64().unwrap() > 3);
+    let account = fund(&app, MICROS_PER_USD).await;
+    // The unlimited account's lease lasts a second; the next one is the prepaid account's.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = answer(ask()).await.expect(200);
+    assert_eq!(held["choices"][0]["finish_reason"], "length", "{held}");
+    assert_eq!(held["usage"]["completion_tokens"], 3, "{held}");
+    wait_for(&app, &account, |m| m.reserved == 0).await;
     app.finish().await;
 }
 

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sqlx::AnyConnection;
 
 use super::money::with_markup;
-use super::{HoldKind, HoldRequest, Refusal, alerts, apply, headroom, held, hold, periods};
+use super::{
+    HoldKind, HoldRequest, Refusal, alerts, apply, headroom, held, held_mask, hold, periods,
+};
 use crate::db::money::{self as rows, LedgerEntry};
 use crate::ids::{IdKind, new_id, now_ms};
 
@@ -50,6 +52,8 @@ pub struct Lease {
     month_starts_at: i64,
     /// Requests are taken until then (Unix ms); the row expires a chat hold later.
     usable_until: i64,
+    /// A prepaid balance or a cap is behind it: money that must not be overspent.
+    guarded: bool,
     state: Mutex<State>,
     done: Arc<Mutex<Vec<Arc<Lease>>>>,
 }
@@ -143,6 +147,12 @@ impl Taken {
 
     pub fn charged_micros(&self) -> i64 {
         self.charged_micros
+    }
+
+    /// Whether a prepaid balance or a cap stands behind the money (an unlimited account
+    /// without caps has nothing to overspend).
+    pub fn guarded(&self) -> bool {
+        self.lease.guarded
     }
 }
 
@@ -250,6 +260,7 @@ impl Leases {
                         day_starts_at: periods::day_start(req.now),
                         month_starts_at: periods::month_start(req.now),
                         usable_until: req.now + config.chat_lease.as_millis() as i64,
+                        guarded: held_mask(&payer, &req) != 0,
                         state: Mutex::new(State {
                             remaining: size - need,
                             open: 1,

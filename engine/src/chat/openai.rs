@@ -25,6 +25,9 @@ pub struct OpenAiCompatible {
     upstream: Upstream,
     /// Where chat completions are posted.
     endpoint: String,
+    /// The field an answer limit the gateway sets goes in: OpenAI's reasoning models
+    /// refuse the older `max_tokens`; other hosts do not all know the newer name.
+    limit_field: &'static str,
 }
 
 impl ChatProvider for OpenAiCompatible {
@@ -43,9 +46,14 @@ impl ChatProvider for OpenAiCompatible {
             "openrouter" => "/api/v1/chat/completions",
             _ => "/chat/completions",
         };
+        let limit_field = match name {
+            "openai" => "max_completion_tokens",
+            _ => "max_tokens",
+        };
         Ok(OpenAiCompatible {
             endpoint: upstream.url(path),
             upstream,
+            limit_field,
         })
     }
 
@@ -94,7 +102,10 @@ impl OpenAiCompatible {
             .upstream
             .request(Method::POST, &self.endpoint)
             .header(CONTENT_TYPE, "application/json")
-            .body(call.request.upstream_body(&call.upstream_model));
+            .body(
+                call.request
+                    .upstream_body(&call.upstream_model, self.limit_field),
+            );
         if call.request.stream {
             request = request.header(ACCEPT, "text/event-stream");
         }

@@ -174,11 +174,14 @@ pub fn price_ceiling(engine: &SharedEngine, request: &ChatRequest, route: &[Rout
 
 /// Holds the most the request can cost (see [`price_ceiling`]) before anything is sent
 /// upstream, from the key's lease of money (`billing::lease`: no database round trip
-/// while the lease lasts); the request's usage record settles it.
+/// while the lease lasts); the request's usage record settles it. Where a balance or a
+/// cap stands behind the money and the request sets no `max_tokens`, the answer is
+/// limited to what was held for it (`[billing] chat_default_max_tokens`), so it cannot
+/// cost more than its hold.
 pub async fn hold(
     engine: &SharedEngine,
     caller: &Caller,
-    request: &ChatRequest,
+    request: &mut ChatRequest,
     route: &[RouteEntry],
 ) -> Result<Result<Admitted, Refusal>, crate::EngineError> {
     let ceiling = price_ceiling(engine, request, route);
@@ -194,10 +197,15 @@ pub async fn hold(
         )
         .await?;
     match taken {
-        Ok(money) => Ok(Ok(Admitted {
-            id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
-            money,
-        })),
+        Ok(money) => {
+            if money.as_ref().is_some_and(Taken::guarded) {
+                request.limit_answer(engine.config.billing.chat_default_max_tokens);
+            }
+            Ok(Ok(Admitted {
+                id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
+                money,
+            }))
+        }
         Err(refusal) => {
             billing::alerts::after_refusal(engine, &caller.account_id, &caller.key_id, &refusal)
                 .await;

@@ -141,8 +141,11 @@ pub struct ChatRequest {
     /// millionths of a dollar.
     pub max_price: MaxPrice,
     pub simulate: Option<Simulate>,
-    /// `max_completion_tokens` or `max_tokens`.
+    /// `max_completion_tokens` or `max_tokens`, or the limit the gateway set
+    /// ([`ChatRequest::limit_answer`]).
     pub max_tokens: Option<u64>,
+    /// The client set no answer limit and the gateway did: it is added to the body.
+    limited_by_gateway: bool,
     /// The conversation, byte for byte.
     pub messages: Box<RawValue>,
     /// `stream_options` as sent (its `include_usage` aside).
@@ -261,6 +264,7 @@ impl ChatRequest {
             max_price,
             simulate,
             max_tokens,
+            limited_by_gateway: false,
             messages,
             stream_options,
             rest,
@@ -280,12 +284,27 @@ impl ChatRequest {
     /// set to the upstream's name, our routing fields taken out, and on a stream the
     /// final usage chunk always asked for (we record usage; the relay drops the chunk
     /// again if the client did not ask for it).
-    pub fn upstream_body(&self, upstream_model: &str) -> Vec<u8> {
+    /// Limits the answer to `tokens` when the client set no limit: what a chat's hold of
+    /// money covers, so that an answer can never cost more than was held for it.
+    pub fn limit_answer(&mut self, tokens: u64) {
+        if self.max_tokens.is_none() {
+            self.max_tokens = Some(tokens);
+            self.limited_by_gateway = true;
+        }
+    }
+
+    /// The body for an OpenAI-compatible host: the client's, byte for byte, with its
+    /// model's name there, and the answer limit the gateway set under `limit_field` (hosts
+    /// differ in which name they take).
+    pub fn upstream_body(&self, upstream_model: &str, limit_field: &str) -> Vec<u8> {
         let mut body = RawObject::default();
         body.set("model", upstream_model);
         body.set_raw("messages", self.messages.clone());
         for (k, v) in &self.rest.fields {
             body.set_raw(k, v.clone());
+        }
+        if let (true, Some(tokens)) = (self.limited_by_gateway, self.max_tokens) {
+            body.set(limit_field, &tokens);
         }
         if self.stream {
             body.set("stream", &true);
@@ -562,6 +581,27 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_limit_is_added_only_where_the_client_set_none() {
+        let one = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let mut open = parse(&format!(r#"{{"model":"local/chat",{one}}}"#)).unwrap();
+        open.limit_answer(4096);
+        assert_eq!(open.max_tokens, Some(4096));
+        let up = String::from_utf8(open.upstream_body("m", "max_completion_tokens")).unwrap();
+        assert!(up.ends_with(r#","max_completion_tokens":4096}"#), "{up}");
+        let mut set = parse(&format!(r#"{{"model":"local/chat",{one},"max_tokens":7}}"#)).unwrap();
+        set.limit_answer(4096);
+        assert_eq!(set.max_tokens, Some(7));
+        let up = String::from_utf8(set.upstream_body("m", "max_completion_tokens")).unwrap();
+        assert!(
+            up.contains(r#""max_tokens":7"#) && !up.contains("max_completion_tokens"),
+            "{up}"
+        );
+        let plain = parse(&format!(r#"{{"model":"local/chat",{one}}}"#)).unwrap();
+        let up = String::from_utf8(plain.upstream_body("m", "max_tokens")).unwrap();
+        assert!(!up.contains("max_tokens"), "{up}");
+    }
+
+    #[test]
     fn unknown_fields_reach_the_upstream_byte_for_byte() {
         let tools =
             r#"[{"type":"function","function":{"name":"f","parameters":{"z":1.0,"a":1e2}}}]"#;
@@ -571,7 +611,7 @@ mod tests {
         let r = parse(&body).unwrap();
         assert_eq!(r.models, ["openai/gpt-4o-mini", "local/chat"]);
         assert!(r.stream && !r.include_usage);
-        let up = String::from_utf8(r.upstream_body("gpt-4o-mini")).unwrap();
+        let up = String::from_utf8(r.upstream_body("gpt-4o-mini", "max_tokens")).unwrap();
         assert!(up.contains(&format!(r#""tools":{tools}"#)), "{up}");
         assert!(
             up.starts_with(r#"{"model":"gpt-4o-mini","messages":[{"role":"user""#),
