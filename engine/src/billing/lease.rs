@@ -47,6 +47,8 @@ struct Slot {
 pub struct Lease {
     /// The reservation's id (`lease_…`).
     pub id: String,
+    account_id: String,
+    key_id: String,
     markup_bp: i64,
     day_starts_at: i64,
     month_starts_at: i64,
@@ -256,6 +258,8 @@ impl Leases {
                     tx.commit().await?;
                     let lease = Arc::new(Lease {
                         id: id.clone(),
+                        account_id: req.account_id.to_owned(),
+                        key_id: req.key_id.to_owned(),
                         markup_bp,
                         day_starts_at: periods::day_start(req.now),
                         month_starts_at: periods::month_start(req.now),
@@ -312,62 +316,96 @@ pub async fn close(db: &crate::db::Db, lease: &Lease) -> Result<(), sqlx::Error>
     tx.commit().await
 }
 
-/// Writes one request's charge against its lease, in the usage writer's transaction:
-/// the lease holds that much less (or, if the reaper let go of it, the charge is taken
-/// late, as a late settlement is), the balance and every window count it, and the
-/// ledger has it under the lease's id with the completion's id as its note. Returns the
-/// balance alert it raised, if any.
-pub async fn charge(
+/// One request's charge, for [`charge_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    pub taken: &'a Taken,
+    pub completion_id: &'a str,
+    pub model: &'a str,
+    pub units: i64,
+}
+
+/// Writes requests' charges against their leases, in the usage writer's transaction,
+/// with one update of each lease and of its account and windows however many requests it
+/// served: each lease holds that much less (or, if the reaper let go of it, the charges
+/// are taken late, as a late settlement is), the balance and every window count them,
+/// and the ledger has one settlement per request under the lease's id, with the
+/// completion's id as its note. The rows every request of an account shares are updated
+/// last, accounts in id order, so the batch holds their locks only for its last few
+/// statements and two writers never wait on each other in a circle. Returns the balance
+/// alerts raised.
+pub async fn charge_all(
     conn: &mut AnyConnection,
-    taken: &Taken,
-    completion_id: &str,
-    model: &str,
-    units: i64,
+    charges: &[Charge<'_>],
     now: i64,
-) -> Result<Option<alerts::Alert>, sqlx::Error> {
-    let charged = taken.charged_micros;
-    let lease_id = taken.lease.id.as_str();
-    if charged <= 0 {
-        return Ok(None);
+) -> Result<Vec<alerts::Alert>, sqlx::Error> {
+    let mut by_lease: Vec<(&Lease, Vec<&Charge<'_>>)> = Vec::new();
+    let mut sorted: Vec<&Charge<'_>> = charges
+        .iter()
+        .filter(|c| c.taken.charged_micros > 0)
+        .collect();
+    sorted.sort_by(|a, b| {
+        let (a, b) = (&a.taken.lease, &b.taken.lease);
+        (&a.account_id, &a.key_id, &a.id).cmp(&(&b.account_id, &b.key_id, &b.id))
+    });
+    for c in sorted {
+        match by_lease.last_mut() {
+            Some((lease, list)) if lease.id == c.taken.lease.id => list.push(c),
+            _ => by_lease.push((&c.taken.lease, vec![c])),
+        }
     }
-    let Some(found) = rows::find_reservation(&mut *conn, lease_id).await? else {
-        return Ok(None);
-    };
-    let give = charged.min(found.amount_micros);
-    let drawn = if found.state == "held" {
-        rows::draw_from_lease(&mut *conn, lease_id, give, charged).await?
-    } else {
-        None
-    };
-    let (row, given_back) = match drawn {
-        Some(row) => (row, give),
-        None => (found, 0),
-    };
-    let after = apply(conn, &row, given_back, -charged, false).await?;
-    let alert = match after {
-        Some(after) => alerts::balance_low(conn, &row.account_id, &after).await?,
-        None => None,
-    };
-    let unheld = if row.held_mask & held::BALANCE != 0 {
-        given_back
-    } else {
-        0
-    };
-    let entry = LedgerEntry {
-        id: new_id(IdKind::Ledger),
-        account_id: &row.account_id,
-        key_id: Some(&row.key_id),
-        kind: "settlement",
-        balance_delta: -charged,
-        reserved_delta: -unheld,
-        reservation_id: Some(lease_id),
-        model: Some(model),
-        units: Some(units),
-        actor: "system",
-        note: Some(completion_id),
-        created_at: now,
-        ..LedgerEntry::default()
-    };
-    rows::insert_ledger(&mut *conn, &entry).await?;
-    Ok(alert)
+    // The leases' own rows, and the ledger, first: nobody else waits on them.
+    let mut applied = Vec::with_capacity(by_lease.len());
+    for (lease, list) in &by_lease {
+        let total: i64 = list.iter().map(|c| c.taken.charged_micros).sum();
+        let Some(found) = rows::find_reservation(&mut *conn, &lease.id).await? else {
+            continue;
+        };
+        let give = total.min(found.amount_micros);
+        let drawn = if found.state == "held" {
+            rows::draw_from_lease(&mut *conn, &lease.id, give, total).await?
+        } else {
+            None
+        };
+        let (row, given_back) = match drawn {
+            Some(row) => (row, give),
+            None => (found, 0),
+        };
+        // Each request's share of what the lease gave back, in order, for its entry.
+        let mut unheld_left = if row.held_mask & held::BALANCE != 0 {
+            given_back
+        } else {
+            0
+        };
+        for c in list {
+            let unheld = c.taken.charged_micros.min(unheld_left);
+            unheld_left -= unheld;
+            let entry = LedgerEntry {
+                id: new_id(IdKind::Ledger),
+                account_id: &row.account_id,
+                key_id: Some(&row.key_id),
+                kind: "settlement",
+                balance_delta: -c.taken.charged_micros,
+                reserved_delta: -unheld,
+                reservation_id: Some(&lease.id),
+                model: Some(c.model),
+                units: Some(c.units),
+                actor: "system",
+                note: Some(c.completion_id),
+                created_at: now,
+                ..LedgerEntry::default()
+            };
+            rows::insert_ledger(&mut *conn, &entry).await?;
+        }
+        applied.push((row, given_back, total));
+    }
+    let mut raised = Vec::new();
+    for (row, given_back, total) in &applied {
+        if let Some(after) = apply(conn, row, *given_back, -total, false).await?
+            && let Some(alert) = alerts::balance_low(conn, &row.account_id, &after).await?
+        {
+            raised.push(alert);
+        }
+    }
+    Ok(raised)
 }

@@ -156,24 +156,30 @@ async fn store(engine: &SharedEngine, batch: &[Record]) {
     }
 }
 
-/// One transaction: the records, and each answered request's cost charged against its
-/// lease. Writing a batch again (a retry after a failed commit) changes nothing: a
-/// record stored already is not charged again.
+/// One transaction: the records, then each answered request's cost charged against its
+/// lease (`billing::lease::charge_all`: the rows shared with requests last). Writing a
+/// batch again (a retry after a failed commit) changes nothing: a record stored already
+/// is not charged again.
 async fn write_batch(engine: &SharedEngine, batch: &[Record]) -> Result<(), sqlx::Error> {
     let mut tx = engine.db.begin().await?;
     let now = crate::ids::now_ms();
-    let fast_lane_max = engine.config.delivery.fast_lane_max_fan_out;
-    let mut outbox = Vec::new();
+    let mut charges = Vec::new();
     for Record { usage: r, money } in batch {
         let stored = chat_usage::insert(&mut *tx, r).await?;
-        let Some(taken) = money.as_ref().filter(|_| stored) else {
-            continue;
-        };
-        let units = r.prompt_tokens + r.completion_tokens;
-        let alert = billing::lease::charge(&mut tx, taken, &r.id, &r.model, units, now).await?;
-        if let Some(alert) = alert {
-            outbox.extend(billing::alerts::write(&mut tx, &alert, fast_lane_max).await?);
+        if let Some(taken) = money.as_ref().filter(|_| stored) {
+            charges.push(billing::lease::Charge {
+                taken,
+                completion_id: &r.id,
+                model: &r.model,
+                units: r.prompt_tokens + r.completion_tokens,
+            });
         }
+    }
+    let alerts = billing::lease::charge_all(&mut tx, &charges, now).await?;
+    let fast_lane_max = engine.config.delivery.fast_lane_max_fan_out;
+    let mut outbox = Vec::new();
+    for alert in &alerts {
+        outbox.extend(billing::alerts::write(&mut tx, alert, fast_lane_max).await?);
     }
     tx.commit().await?;
     crate::webhooks::delivery::dispatch(engine, outbox).await;
