@@ -146,6 +146,10 @@ pub struct HttpConfig {
     /// Longest a client may take to send a whole request body, counted once its headers
     /// are read. Past it the answer is `408` and the connection is closed.
     pub body_timeout_secs: u64,
+    /// Longest one write of an answer may wait for the client to read (its socket buffer
+    /// to drain). Past it the connection is closed: a client that stops reading holds
+    /// nothing for long. A client that reads, however slowly, is never cut off.
+    pub write_timeout_secs: u64,
     /// Connections open at once. Past it new connections wait in the listen backlog
     /// (the kernel's queue) until one closes; they are not refused.
     pub max_connections: usize,
@@ -266,10 +270,14 @@ impl Config {
             ));
         }
         let h = &self.http;
-        if h.header_timeout_secs == 0 || h.body_timeout_secs == 0 || h.max_connections == 0 {
+        if h.header_timeout_secs == 0
+            || h.body_timeout_secs == 0
+            || h.write_timeout_secs == 0
+            || h.max_connections == 0
+        {
             return Err(ConfigError::Invalid(
-                "http.header_timeout_secs, body_timeout_secs and max_connections must be at \
-                 least 1"
+                "http.header_timeout_secs, body_timeout_secs, write_timeout_secs and \
+                 max_connections must be at least 1"
                     .into(),
             ));
         }

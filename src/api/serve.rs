@@ -8,6 +8,9 @@
 //!   waits for them (also the idle time allowed between keep-alive requests), at most
 //!   [`MAX_BUF_BYTES`] of them; past either, hyper closes the connection;
 //! - its body: `http.body_timeout_secs` (enforced where bodies are read, in `super::gate`);
+//! - its answer: each write may wait `http.write_timeout_secs` for the client to read
+//!   (`tokio-io-timeout` on the socket); past it the connection is closed, which drops
+//!   the request's work (a chat's upstream call with it);
 //! - a place among `http.max_connections` open connections; past that, new connections
 //!   are not accepted and wait in the kernel's listen backlog until one closes.
 
@@ -21,6 +24,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpConfig;
@@ -49,6 +53,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(limits.header_timeout_secs))
         .max_buf_size(MAX_BUF_BYTES)
         .max_headers(HYPER_MAX_HEADERS);
+    let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     // Cancelled once the drain time is over: connections still open are dropped.
@@ -72,8 +77,13 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        // Writes only: reads are bounded by the header and body timeouts, and a read
+        // timeout would also cut a long answer (hyper does not read while it writes).
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(write_timeout));
         let service = TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let conn =
+            graceful.watch(builder.serve_connection(TokioIo::new(Box::pin(stream)), service));
         let abandon = abandon.clone();
         tokio::spawn(async move {
             tokio::select! {

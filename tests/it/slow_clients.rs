@@ -22,6 +22,7 @@ on_embedded!(
     forged_callbacks_are_refused_before_their_body,
     connections_past_the_limit_wait_for_a_free_one,
     oversized_heads_and_unreadable_paths_get_spec_errors,
+    a_client_that_stops_reading_is_dropped,
 );
 
 /// Longest any step here may take before the test fails: far past every timeout set.
@@ -315,6 +316,35 @@ async fn connections_past_the_limit_wait_for_a_free_one(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(status, 200);
+}
+
+/// A client that sends requests and never reads the answers (pipelined, so the answers
+/// pile up until the socket's buffers are full and the server's write waits) is dropped
+/// after `http.write_timeout_secs`, and its connection's place goes to the next client.
+async fn a_client_that_stops_reading_is_dropped(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.http.max_connections = 1;
+        c.http.write_timeout_secs = 1;
+        c.http.header_timeout_secs = 60;
+    })
+    .await;
+    let (reader, mut writer) = TcpStream::connect(addr(&app)).await.unwrap().into_split();
+    let request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n".repeat(1000);
+    // Sends until the server stops reading (its write waits) or drops the connection.
+    let flood = tokio::spawn(async move { while writer.write_all(&request).await.is_ok() {} });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let status = tokio::time::timeout(PATIENCE, client.get(format!("{}/healthz", app.url)).send())
+        .await
+        .expect("the next client is served once the one that does not read is dropped")
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    flood.abort();
+    drop(reader);
 }
 
 /// Request targets and header blocks past our limits, and paths that do not decode, are
