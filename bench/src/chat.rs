@@ -42,14 +42,23 @@ pub async fn upstream(ready_file: &std::path::Path, token_interval_ms: u64) -> a
 }
 
 /// One load run.
+#[derive(Debug, clap::Args)]
 pub struct Load {
     /// Up to, not including, `/chat/completions`.
+    #[arg(long)]
     pub base: String,
+    #[arg(long, default_value = "")]
     pub key: String,
+    #[arg(long, default_value = "openai/gpt-4o-mini")]
     pub model: String,
+    #[arg(long, default_value_t = 100)]
     pub rate: u64,
+    #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    #[arg(long)]
     pub stream: bool,
+    /// Names the run in the report.
+    #[arg(long, default_value = "chat")]
     pub label: String,
 }
 

@@ -175,23 +175,7 @@ enum Command {
         token_interval_ms: u64,
     },
     /// Open-loop chat completions against `--base` (up to `/chat/completions`).
-    Chat {
-        #[arg(long)]
-        base: String,
-        #[arg(long, default_value = "")]
-        key: String,
-        #[arg(long, default_value = "openai/gpt-4o-mini")]
-        model: String,
-        #[arg(long, default_value_t = 100)]
-        rate: u64,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long)]
-        stream: bool,
-        /// Names the run in the report.
-        #[arg(long, default_value = "chat")]
-        label: String,
-    },
+    Chat(chat::Load),
     Providers {
         #[arg(long, value_enum)]
         mode: providers::Mode,
@@ -299,26 +283,7 @@ async fn main() -> anyhow::Result<()> {
             ready_file,
             token_interval_ms,
         } => chat::upstream(&ready_file, token_interval_ms).await,
-        Command::Chat {
-            base,
-            key,
-            model,
-            rate,
-            seconds,
-            stream,
-            label,
-        } => {
-            chat::load(chat::Load {
-                base,
-                key,
-                model,
-                rate,
-                seconds,
-                stream,
-                label,
-            })
-            .await
-        }
+        Command::Chat(run) => chat::load(run).await,
         Command::Providers {
             mode,
             url,

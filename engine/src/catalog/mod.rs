@@ -286,26 +286,10 @@ impl Model {
     }
 }
 
-/// `"0.0133"` → 13_300 millionths of a dollar.
+/// `"0.0133"` → 13_300 millionths of a dollar: a catalog price, read as every amount is
+/// (`billing::money::parse_usd`, never negative).
 pub fn parse_usd_micros(s: &str) -> Option<i64> {
-    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    if frac.len() > 6 || whole.is_empty() && frac.is_empty() {
-        return None;
-    }
-    let whole: i64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let frac_digits: i64 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().ok()?
-    };
-    if whole < 0 || frac_digits < 0 {
-        return None;
-    }
-    Some(whole * 1_000_000 + frac_digits * 10_i64.pow(6 - frac.len() as u32))
+    crate::billing::money::parse_usd(s, false).ok()
 }
 
 /// Millionths of a dollar as `"0.1234"` (four decimals, rounded half up).
