@@ -111,13 +111,18 @@ impl Lease {
         }
     }
 
+    /// Whether the lease may still take requests at `now`: within its time, and in the
+    /// UTC day and month its money is counted in.
+    fn in_time(&self, now: i64) -> bool {
+        now < self.usable_until
+            && periods::day_start(now) == self.day_starts_at
+            && periods::month_start(now) == self.month_starts_at
+    }
+
     /// Takes `list_micros` (at the lease's markup) for one request, if the lease still
     /// takes requests and holds that much.
     fn take(self: &Arc<Lease>, list_micros: i64, now: i64) -> Option<Taken> {
-        if now >= self.usable_until
-            || periods::day_start(now) != self.day_starts_at
-            || periods::month_start(now) != self.month_starts_at
-        {
+        if !self.in_time(now) {
             return None;
         }
         let amount = with_markup(list_micros.max(0), self.markup_bp);
@@ -138,17 +143,12 @@ impl Lease {
 impl Taken {
     /// The request ended costing `list_micros` at list price: its charge (markup added)
     /// replaces its ceiling in the lease, and is what the writer will write.
-    pub fn settle(&mut self, list_micros: i64) -> i64 {
+    pub fn settle(&mut self, list_micros: i64) {
         let charged = with_markup(list_micros.max(0), self.lease.markup_bp);
         let mut state = lock(&self.lease.state);
         state.remaining += self.amount_micros - charged;
         self.amount_micros = charged;
         self.charged_micros = charged;
-        charged
-    }
-
-    pub fn charged_micros(&self) -> i64 {
-        self.charged_micros
     }
 
     /// Whether a prepaid balance or a cap stands behind the money (an unlimited account
@@ -243,16 +243,14 @@ impl Leases {
             // Whole ceilings, so that where every request asks the same, no lease is
             // left with a piece too small for one.
             let mut ceilings = i64::from(config.chat_lease_requests.max(1));
-            if !only_need
-                && need > 0
-                && let Some(room) = headroom(&mut tx, &payer, &req).await?
-            {
-                ceilings = ceilings.min(room / 4 / need);
-            }
             if only_need {
                 ceilings = 1;
+            } else if need > 0
+                && let Some(room) = headroom(&mut tx, &payer, &req).await?
+            {
+                ceilings = ceilings.min(room / 4 / need).max(1);
             }
-            let size = need.saturating_mul(ceilings.max(1));
+            let size = need.saturating_mul(ceilings);
             match hold(&mut tx, &payer, &req, size, markup_bp).await? {
                 Ok(_) => {
                     tx.commit().await?;
@@ -292,9 +290,9 @@ impl Leases {
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
         for slot in slots {
             let mut current = lock(&slot.current);
-            let past = current.as_ref().is_some_and(|lease| {
-                all || now >= lease.usable_until || periods::day_start(now) != lease.day_starts_at
-            });
+            let past = current
+                .as_ref()
+                .is_some_and(|lease| all || !lease.in_time(now));
             if past && let Some(lease) = current.take() {
                 lease.retire();
             }

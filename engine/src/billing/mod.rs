@@ -308,13 +308,7 @@ fn windows<'a>(
     payer: &PayerRow,
     req: &HoldRequest<'a>,
 ) -> [(Scope, Period, Option<i64>, WindowKey<'a>); 4] {
-    let caps = [
-        (Scope::Account, Period::Day, payer.account_daily_micros),
-        (Scope::Account, Period::Month, payer.account_monthly_micros),
-        (Scope::Key, Period::Day, payer.key_daily_micros),
-        (Scope::Key, Period::Month, payer.key_monthly_micros),
-    ];
-    caps.map(|(scope, period, cap)| {
+    caps(payer).map(|(scope, period, cap)| {
         let owner = match scope {
             Scope::Account => req.account_id,
             Scope::Key => req.key_id,
@@ -329,19 +323,23 @@ fn windows<'a>(
     })
 }
 
+/// The payer's caps, in the windows' lock order (see [`held::WINDOWS`]).
+fn caps(payer: &PayerRow) -> [(Scope, Period, Option<i64>); 4] {
+    [
+        (Scope::Account, Period::Day, payer.account_daily_micros),
+        (Scope::Account, Period::Month, payer.account_monthly_micros),
+        (Scope::Key, Period::Day, payer.key_daily_micros),
+        (Scope::Key, Period::Month, payer.key_monthly_micros),
+    ]
+}
+
 /// The counters a hold of this request takes from (see [`held`]).
 fn held_mask(payer: &PayerRow, req: &HoldRequest<'_>) -> i64 {
     let mut mask = 0;
     if payer.mode == AccountMode::Prepaid {
         mask |= held::BALANCE;
     }
-    let caps = [
-        payer.account_daily_micros,
-        payer.account_monthly_micros,
-        payer.key_daily_micros,
-        payer.key_monthly_micros,
-    ];
-    for (bit, cap) in held::WINDOWS.iter().zip(caps) {
+    for (bit, (_, _, cap)) in held::WINDOWS.iter().zip(caps(payer)) {
         if cap.is_some() {
             mask |= bit;
         }
