@@ -1,6 +1,7 @@
 //! Chat completions: what a gateway adds to a request. `chat-upstream` serves the tests'
-//! fake OpenAI chat API (answers at once, or streams one word per `--token-interval-ms`);
-//! `chat` fires an open-loop load of `POST …/chat/completions` at any base URL — the fake
+//! fake OpenAI chat API (answers at once, or streams one word per `--token-interval-ms`;
+//! `--reply-bytes` makes every answer that large); `hop` is a bare TCP relay, the floor
+//! under any gateway's added latency on this machine (one more loopback hop); `chat` fires an open-loop load of `POST …/chat/completions` at any base URL — the fake
 //! itself, mediagate in front of it, or another gateway in front of it — and reports the
 //! latency from each request's due time to its whole answer (unstreamed) or to its first
 //! content chunk and to its end (streamed). The difference between a gateway's numbers and
@@ -21,9 +22,20 @@ use crate::{histogram, report};
 
 /// Serves the fake OpenAI chat API until killed; writes `export` lines pointing mediagate
 /// at it to `ready_file`.
-pub async fn upstream(ready_file: &std::path::Path, token_interval_ms: u64) -> anyhow::Result<()> {
+/// With `reply_bytes`, every answer is that much text, in words of about 100 bytes (a
+/// streamed answer is one chunk a word).
+pub async fn upstream(
+    ready_file: &std::path::Path,
+    token_interval_ms: u64,
+    reply_bytes: usize,
+) -> anyhow::Result<()> {
+    let chat_reply = (reply_bytes > 0).then(|| {
+        let word = "x".repeat(99);
+        vec![word; reply_bytes.div_ceil(100)].join(" ")
+    });
     let fake = fakes::openai::start(Behaviour {
         chat_token_interval: Duration::from_millis(token_interval_ms),
+        chat_reply,
         ..Behaviour::default()
     })
     .await;
@@ -38,6 +50,23 @@ pub async fn upstream(ready_file: &std::path::Path, token_interval_ms: u64) -> a
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         fake.state.requests.lock().unwrap().clear();
+    }
+}
+
+/// Relays every connection to `listen` on to `to`, byte for byte, until killed.
+pub async fn hop(listen: &str, to: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (mut client, _) = listener.accept().await?;
+        let to = to.to_owned();
+        tokio::spawn(async move {
+            let Ok(mut upstream) = tokio::net::TcpStream::connect(&to).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        });
     }
 }
 

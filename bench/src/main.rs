@@ -162,9 +162,6 @@ enum Command {
         )]
         body: String,
     },
-    /// Upstream providers against the tests' fakes, served from this process: webhook lag
-    /// with callbacks or polling, or the fallback after a 5xx. Writes where the fakes
-    /// listen to `--ready-file` (as `export` lines for mediagate), then waits for the API.
     /// Serves the fake OpenAI chat API until killed; writes where it listens to
     /// `--ready-file` (as `export` lines).
     ChatUpstream {
@@ -173,9 +170,23 @@ enum Command {
         /// Pause between two words of a streamed answer.
         #[arg(long, default_value_t = 0)]
         token_interval_ms: u64,
+        /// Answer every request with this many bytes of text (0: the fake's short reply).
+        #[arg(long, default_value_t = 0)]
+        reply_bytes: usize,
     },
     /// Open-loop chat completions against `--base` (up to `/chat/completions`).
     Chat(chat::Load),
+    /// A bare TCP relay from `--listen` to `--to`: what one more loopback hop costs on
+    /// this machine, with no HTTP work at all (the floor under any gateway's added latency).
+    Hop {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Upstream providers against the tests' fakes, served from this process: webhook lag
+    /// with callbacks or polling, or the fallback after a 5xx. Writes where the fakes
+    /// listen to `--ready-file` (as `export` lines for mediagate), then waits for the API.
     Providers {
         #[arg(long, value_enum)]
         mode: providers::Mode,
@@ -282,8 +293,10 @@ async fn main() -> anyhow::Result<()> {
         Command::ChatUpstream {
             ready_file,
             token_interval_ms,
-        } => chat::upstream(&ready_file, token_interval_ms).await,
+            reply_bytes,
+        } => chat::upstream(&ready_file, token_interval_ms, reply_bytes).await,
         Command::Chat(run) => chat::load(run).await,
+        Command::Hop { listen, to } => chat::hop(&listen, &to).await,
         Command::Providers {
             mode,
             url,
