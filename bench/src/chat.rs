@@ -1,7 +1,8 @@
 //! Chat completions: what a gateway adds to a request. `chat-upstream` serves the tests'
 //! fake OpenAI chat API (answers at once, or streams one word per `--token-interval-ms`;
 //! `--reply-bytes` makes every answer that large); `hop` is a bare TCP relay, the floor
-//! under any gateway's added latency on this machine (one more loopback hop); `chat` fires an open-loop load of `POST …/chat/completions` at any base URL — the fake
+//! under any gateway's added latency on this machine (one more loopback hop); `chat`
+//! fires an open-loop load of `POST …/chat/completions` at any base URL — the fake
 //! itself, mediagate in front of it, or another gateway in front of it — and reports the
 //! latency from each request's due time to its whole answer (unstreamed) or to its first
 //! content chunk and to its end (streamed). The difference between a gateway's numbers and
@@ -21,9 +22,8 @@ use tokio::sync::Mutex;
 use crate::{histogram, report};
 
 /// Serves the fake OpenAI chat API until killed; writes `export` lines pointing mediagate
-/// at it to `ready_file`.
-/// With `reply_bytes`, every answer is that much text, in words of about 100 bytes (a
-/// streamed answer is one chunk a word).
+/// at it to `ready_file`. With `reply_bytes`, every answer is that much text, in words
+/// of about 100 bytes (a streamed answer is one chunk a word).
 pub async fn upstream(
     ready_file: &std::path::Path,
     token_interval_ms: u64,
