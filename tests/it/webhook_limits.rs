@@ -1,5 +1,6 @@
 //! Webhooks under a careless or hostile tenant, on both backends: one account's stuck
-//! receivers cost another account nothing, URLs on one host share its limit, endpoints
+//! receivers cost another account nothing, URLs on one host share its limit, deliveries
+//! that could not start before a hold lapsed are put off in SQL unclaimed, endpoints
 //! are capped and paged, every attempt sent is in the log however many redeliveries are
 //! asked for at once, a destination the guard refuses fails at once, and `localhost` (or a
 //! name for a private address) is refused when submitted.
@@ -7,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use mediagate::config::Config;
+use mediagate_engine::ids::now_ms;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -17,6 +19,7 @@ use crate::support::{Backend, TestApp, new_key};
 on_both_backends!(
     a_stuck_account_does_not_delay_another_accounts_webhooks,
     urls_on_one_host_share_its_limit,
+    deliveries_that_cannot_start_in_time_are_put_off_unclaimed,
     endpoints_are_capped_and_paged,
     a_redelivery_storm_records_every_attempt_sent,
     a_blocked_destination_fails_at_once_with_the_reason,
@@ -161,6 +164,57 @@ async fn urls_on_one_host_share_its_limit(backend: Backend) {
         2,
         "six URLs on one host and port are one destination"
     );
+}
+
+/// One attempt under way per destination and per account, and a hold as long as the
+/// timeout: one delivery may wait in memory behind the attempt, and the rest cannot
+/// start before a hold on them would lapse. Those are put off in SQL without being
+/// claimed (their one write is the new due time): no attempt, no hold, the task's
+/// sequence unchanged, due again when the backlog ahead of them should be gone.
+async fn deliveries_that_cannot_start_in_time_are_put_off_unclaimed(backend: Backend) {
+    let timeout = Duration::from_secs(600);
+    let app = start(backend, |c| {
+        c.webhooks.per_url_concurrency = 1;
+        c.webhooks.per_account_concurrency = 1;
+        c.webhooks.timeout = timeout;
+    })
+    .await;
+    let hanging = Receiver::start(|_, _| Reply::ok().after(Duration::from_secs(120))).await;
+    for i in 0..4 {
+        let url = hanging.url(&format!("/h?i={i}"));
+        assert_eq!(
+            create_endpoint(&app, &app.key, &url).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let job = app.submit(image_job("put off")).await;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    hanging.wait_hits(1, Duration::from_secs(30)).await;
+    let pool = app.engine().db.pool();
+    let rows = eventually(Duration::from_secs(30), async || {
+        let rows = mediagate_engine::db::webhook_deliveries::for_job(pool, &job_id)
+            .await
+            .unwrap();
+        let settled = rows.len() == 4
+            && rows
+                .iter()
+                .all(|(d, _)| d.seq == 1 || d.next_attempt_at > Some(now_ms() + 1000));
+        settled.then_some(rows)
+    })
+    .await;
+    let now = now_ms();
+    let (held, put_off): (Vec<_>, Vec<_>) = rows.iter().partition(|(d, _)| d.seq == 1);
+    assert_eq!(held.len(), 2, "one attempt and one waiting: {rows:#?}");
+    assert!(held.iter().all(|(d, _)| d.claimed_until > now), "{rows:#?}");
+    // Due again after the backlog ahead (one whole timeout), give or take the jitter.
+    let least = now + (timeout.as_millis() as i64) * 8 / 10;
+    for (d, attempts) in &put_off {
+        assert_eq!(d.seq, 0, "put off without a claim: {d:#?}");
+        assert_eq!(d.claimed_until, 0, "{d:#?}");
+        assert!(d.next_attempt_at > Some(least), "{d:#?}");
+        assert!(attempts.is_empty(), "{d:#?}");
+    }
+    assert_eq!(hanging.hits().len(), 1, "one attempt at a time");
 }
 
 async fn endpoints_are_capped_and_paged(backend: Backend) {

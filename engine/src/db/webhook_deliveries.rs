@@ -257,20 +257,24 @@ pub async fn abandon<'e>(
     Ok(())
 }
 
-/// Puts a claimed delivery back without an attempt, due again at `at` (its receiver is
-/// busy). The next task carries the same `seq`. False if the delivery moved on meanwhile.
+/// Puts off a delivery nobody holds, without claiming it: due again at `at` (its
+/// receiver or its account is busy), so the sweeper leaves it alone until then. The next
+/// task carries the same `seq`. False if the delivery moved on, or an attempt holds it.
 pub async fn defer<'e>(
     conn: impl Executor<'e, Database = Any>,
-    d: &Delivery,
+    id: &str,
+    seq: i64,
     at: i64,
+    now: i64,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE webhook_deliveries SET next_attempt_at = $1, claimed_until = 0 \
-         WHERE id = $2 AND seq = $3 AND status = 'pending'",
+        "UPDATE webhook_deliveries SET next_attempt_at = $1 \
+         WHERE id = $2 AND seq = $3 AND status = 'pending' AND claimed_until < $4",
     )
     .bind(at)
-    .bind(&d.id)
-    .bind(d.seq)
+    .bind(id)
+    .bind(seq)
+    .bind(now)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -392,6 +396,15 @@ pub async fn rearm<'e>(
     .await
 }
 
+/// A delivery the sweeper hands out again: enough to push its task.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Overdue {
+    pub id: String,
+    pub seq: i64,
+    pub account_id: String,
+    pub url: String,
+}
+
 /// Pending deliveries whose attempt is overdue by more than `grace_ms` and that no
 /// attempt holds: their task was lost (or never pushed).
 pub async fn overdue<'e>(
@@ -399,9 +412,9 @@ pub async fn overdue<'e>(
     now: i64,
     grace_ms: i64,
     limit: i64,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
+) -> Result<Vec<Overdue>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, seq FROM webhook_deliveries WHERE status = 'pending' \
+        "SELECT id, seq, account_id, url FROM webhook_deliveries WHERE status = 'pending' \
          AND next_attempt_at < $1 AND claimed_until < $2 ORDER BY next_attempt_at LIMIT $3",
     )
     .bind(now - grace_ms)

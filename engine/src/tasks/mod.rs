@@ -94,6 +94,35 @@ pub struct Deliver {
     /// receivers pile up, other accounts' webhooks never queue behind them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bulk: bool,
+    /// Whose delivery it is and where it goes, so that an attempt can tell whether it may
+    /// start (or wait its turn in memory) before it writes anything. Absent in tasks
+    /// queued by an earlier version: then the row is read first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<DeliveryPlace>,
+}
+
+/// An account and one of its destinations (host and port, see
+/// [`delivery::destination`]): what the per-destination and per-account limits count.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeliveryPlace {
+    pub account_id: String,
+    pub destination: String,
+}
+
+impl Deliver {
+    /// The attempt of delivery `delivery_id` at fencing sequence `seq`, for `account_id`,
+    /// to `url`.
+    pub fn new(delivery_id: String, seq: i64, account_id: &str, url: &str, bulk: bool) -> Self {
+        Deliver {
+            delivery_id,
+            seq,
+            bulk,
+            place: Some(DeliveryPlace {
+                account_id: account_id.to_owned(),
+                destination: delivery::destination(url),
+            }),
+        }
+    }
 }
 
 impl Task for Deliver {

@@ -17,19 +17,21 @@ use crate::{Engine, EngineError};
 /// How much of a receiver's answer is kept in the delivery log.
 pub const RESPONSE_BODY_LIMIT: usize = 4096;
 
-/// The hold taken at the claim may have lapsed while waiting for a slot: renew it, or
-/// stand down if the delivery moved on (the sweeper handed it to someone else).
+/// The hold taken at the claim may not cover the attempt after a long wait for a slot:
+/// then renew it, or stand down if the delivery moved on (the sweeper handed it to
+/// someone else). Most waits are short, and cost no write here.
 pub(super) async fn attempt_after_waiting(
     engine: &Engine,
     delivery: &Delivery,
     held: Held,
 ) -> Result<(), EngineError> {
     let lease_until = now_ms() + (engine.config.delivery.timeout + LEASE_MARGIN).as_millis() as i64;
-    let mut conn = engine.db.pool().acquire().await?;
-    if !deliveries::renew(&mut *conn, delivery, lease_until).await? {
-        return Ok(());
+    if delivery.claimed_until < lease_until {
+        let mut conn = engine.db.pool().acquire().await?;
+        if !deliveries::renew(&mut *conn, delivery, lease_until).await? {
+            return Ok(());
+        }
     }
-    drop(conn);
     make_attempt(engine, delivery, held).await
 }
 

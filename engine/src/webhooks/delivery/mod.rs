@@ -24,11 +24,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::db::webhook_deliveries::{self as deliveries, Delivery};
 use crate::ids::now_ms;
-use crate::tasks::{self, Deliver};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::tasks::{self, Deliver, DeliveryPlace};
 use crate::{Engine, EngineError, SharedEngine};
 use attempt::{attempt_after_waiting, make_attempt, signing_keys};
-use gates::WAITING_HOLD;
-use schedule::{jitter, push_attempt};
+use gates::{Held, WAITING_HOLD};
+use schedule::jitter;
 
 pub use attempt::RESPONSE_BODY_LIMIT;
 pub use gates::{Destinations, Gate, Slot, Slots, Waiting, destination};
@@ -89,87 +91,149 @@ impl Default for DeliveryConfig {
 /// detached (tracked by `inflight`, so shutdown lets it finish) once its destination has
 /// a free slot and its account a fair share of the process's slots; until then it waits
 /// off the worker, so a delivery that cannot start yet costs the worker nothing.
+///
+/// Whether it can start, wait in memory, or must be put off is decided before anything
+/// is written, so each delivery costs one write here: the claim (held for the attempt,
+/// or for the wait), or for one put off, its new due time. An account whose receivers
+/// all hang thus adds as little as possible to the database every account shares.
 pub async fn attempt(
     engine: &SharedEngine,
     task: &Deliver,
     inflight: &TaskTracker,
 ) -> Result<(), EngineError> {
     let cfg = &engine.config.delivery;
-    let lease_until = now_ms() + (cfg.timeout + LEASE_MARGIN).as_millis() as i64;
-    let mut conn = engine.db.pool().acquire().await?;
-    let Some(delivery) =
-        deliveries::claim(&mut *conn, &task.delivery_id, task.seq, lease_until).await?
-    else {
+    let Some(place) = place_of(engine, task).await? else {
         return Ok(());
     };
-    drop(conn);
     let places = &engine.webhook_destinations;
     let gate = places.gate(
-        &delivery.account_id,
-        &destination(&delivery.url),
+        &place.account_id,
+        &place.destination,
         cfg.per_url_concurrency,
     );
     // The destination's slot first: one held while waiting for the account's turn
     // blocks only this account's other deliveries there.
-    let mut permit = gate.slots.clone().try_acquire_owned().ok();
+    let permit = gate.slots.clone().try_acquire_owned().ok();
     let slot = match permit {
-        Some(_) => places.slots.try_take(&delivery.account_id),
+        Some(_) => places.slots.try_take(&place.account_id),
         None => None,
     };
-    if let (Some(slot), Some(permit)) = (slot, permit.take()) {
-        let engine = Arc::clone(engine);
-        inflight.spawn(async move {
-            if let Err(e) = make_attempt(&engine, &delivery, (permit, slot)).await {
-                // The delivery stays due in SQL; the sweeper hands it out again.
-                tracing::warn!(delivery_id = %delivery.id, error = %e, "delivery attempt failed");
+    let start = match (permit, slot) {
+        (Some(permit), Some(slot)) => Start::Now((permit, slot)),
+        // The destination is busy with this account's earlier attempts, or the account
+        // has its share of slots in use: wait off the worker, unless so many already
+        // wait that this one could not start before its hold lapses.
+        (permit, _) => match places.start_waiting(&place.account_id, &gate, cfg) {
+            Some(waiting) => Start::AfterWaiting(permit, waiting),
+            None => {
+                // Left in SQL, due when the backlog ahead of it should be gone.
+                let at = now_ms()
+                    + jitter(places.backlog_delay(&place.account_id, &gate, cfg)).as_millis()
+                        as i64;
+                return put_off(engine, task, place, at).await;
             }
-        });
-        return Ok(());
-    }
-    // The destination is busy with this account's earlier attempts, or the account has
-    // its share of slots in use. Wait off the worker, unless so many already wait that
-    // this one could not start before its hold lapses: then it goes back to SQL, due
-    // when the backlog ahead of it should be gone.
-    let Some(waiting) = places.start_waiting(&delivery.account_id, &gate, cfg) else {
-        let at = now_ms()
-            + jitter(places.backlog_delay(&delivery.account_id, &gate, cfg)).as_millis() as i64;
-        let mut conn = engine.db.pool().acquire().await?;
-        if deliveries::defer(&mut *conn, &delivery, at).await? {
-            drop(conn);
-            push_attempt(engine, &delivery, at).await;
-        }
+        },
+    };
+    // Held for the attempt, or while it waits, so the sweeper does not hand it out again
+    // and again; if this process dies meanwhile, the hold lapses and the sweeper takes
+    // over.
+    let hold = match start {
+        Start::Now(_) => cfg.timeout + LEASE_MARGIN,
+        Start::AfterWaiting(..) => WAITING_HOLD,
+    };
+    let mut conn = engine.db.pool().acquire().await?;
+    let Some(delivery) = deliveries::claim(
+        &mut *conn,
+        &task.delivery_id,
+        task.seq,
+        now_ms() + hold.as_millis() as i64,
+    )
+    .await?
+    else {
         return Ok(());
     };
-    // Hold the delivery while it waits, so the sweeper does not hand it out again and
-    // again; if this process dies meanwhile, the hold lapses and the sweeper takes over.
-    let hold = now_ms() + WAITING_HOLD.as_millis() as i64;
+    drop(conn);
+    let engine = Arc::clone(engine);
+    match start {
+        Start::Now(held) => {
+            inflight.spawn(async move {
+                if let Err(e) = make_attempt(&engine, &delivery, held).await {
+                    // The delivery stays due in SQL; the sweeper hands it out again.
+                    tracing::warn!(delivery_id = %delivery.id, error = %e, "delivery attempt failed");
+                }
+            });
+        }
+        Start::AfterWaiting(permit, waiting) => {
+            let inflight = inflight.clone();
+            tokio::spawn(async move {
+                let permit = match permit {
+                    Some(p) => p,
+                    None => match gate.slots.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                let slot = engine
+                    .webhook_destinations
+                    .slots
+                    .take(&delivery.account_id)
+                    .await;
+                drop(waiting);
+                let made = attempt_after_waiting(&engine, &delivery, (permit, slot));
+                if let Err(e) = inflight.track_future(made).await {
+                    // The delivery stays due in SQL; the sweeper hands it out again.
+                    tracing::warn!(delivery_id = %delivery.id, error = %e, "delivery attempt failed");
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// How a claimed attempt starts: with its slots in hand, or after waiting for them
+/// (holding the destination's slot already, if it was free).
+enum Start {
+    Now(Held),
+    AfterWaiting(Option<OwnedSemaphorePermit>, Waiting),
+}
+
+/// Whose delivery `task` names and where it goes: from the task, or for a task queued
+/// before tasks carried it, from the row (`None` if the task is stale).
+async fn place_of(engine: &Engine, task: &Deliver) -> Result<Option<DeliveryPlace>, EngineError> {
+    if let Some(place) = &task.place {
+        return Ok(Some(place.clone()));
+    }
+    Ok(deliveries::find(engine.db.pool(), &task.delivery_id)
+        .await?
+        .filter(|d| d.seq == task.seq)
+        .map(|d| DeliveryPlace {
+            account_id: d.account_id,
+            destination: destination(&d.url),
+        }))
+}
+
+/// Puts an unclaimed delivery off until Unix ms `at`, and pushes its task for then.
+async fn put_off(
+    engine: &Engine,
+    task: &Deliver,
+    place: DeliveryPlace,
+    at: i64,
+) -> Result<(), EngineError> {
     let mut conn = engine.db.pool().acquire().await?;
-    if !deliveries::renew(&mut *conn, &delivery, hold).await? {
+    if !deliveries::defer(&mut *conn, &task.delivery_id, task.seq, at, now_ms()).await? {
         return Ok(());
     }
     drop(conn);
-    let engine = Arc::clone(engine);
-    let inflight = inflight.clone();
-    tokio::spawn(async move {
-        let permit = match permit {
-            Some(p) => p,
-            None => match gate.slots.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let slot = engine
-            .webhook_destinations
-            .slots
-            .take(&delivery.account_id)
-            .await;
-        drop(waiting);
-        let made = attempt_after_waiting(&engine, &delivery, (permit, slot));
-        if let Err(e) = inflight.track_future(made).await {
-            // The delivery stays due in SQL; the sweeper hands it out again.
-            tracing::warn!(delivery_id = %delivery.id, error = %e, "delivery attempt failed");
-        }
-    });
+    let again = Deliver {
+        delivery_id: task.delivery_id.clone(),
+        seq: task.seq,
+        // Put off for a busy receiver: not to be in the way of first attempts to
+        // receivers that answer.
+        bulk: true,
+        place: Some(place),
+    };
+    let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
+    tasks::hand_off(engine, &again, delay).await;
     Ok(())
 }
 
@@ -212,13 +276,10 @@ pub async fn redeliver(
             },
         );
     };
-    let task = Deliver {
-        delivery_id: armed.id.clone(),
-        seq: armed.seq,
-        // Redeliveries come in runs (after an outage, a client's loop): they must not
-        // crowd out first attempts.
-        bulk: true,
-    };
+    // Redeliveries come in runs (after an outage, a client's loop): they must not crowd
+    // out first attempts.
+    let bulk = true;
+    let task = Deliver::new(armed.id.clone(), armed.seq, account_id, &armed.url, bulk);
     tasks::hand_off(engine, &task, Duration::ZERO).await;
     Ok(Redelivery::Armed(Box::new(armed)))
 }

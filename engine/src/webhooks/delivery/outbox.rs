@@ -84,11 +84,7 @@ async fn fan_out_for(
             now: event.created_at,
         };
         deliveries::insert(&mut *conn, &new).await?;
-        tasks.push(Deliver {
-            delivery_id: id,
-            seq: 0,
-            bulk: large || *failing,
-        });
+        tasks.push(Deliver::new(id, 0, account_id, url, large || *failing));
     }
     Ok(tasks)
 }

@@ -64,13 +64,15 @@ pub(super) fn parse_retry_after(value: &str) -> Option<Duration> {
 /// Pushes the delivery's next attempt, due at Unix ms `at`, best effort
 /// ([`tasks::hand_off`]): the row says when it is due.
 pub(super) async fn push_attempt(engine: &Engine, delivery: &Delivery, at: i64) {
-    let task = Deliver {
-        delivery_id: delivery.id.clone(),
-        seq: delivery.seq,
-        // A retry, or a delivery put back for a busy receiver: not to be in the way of
-        // first attempts to receivers that answer.
-        bulk: true,
-    };
+    // A retry: not to be in the way of first attempts to receivers that answer.
+    let bulk = true;
+    let task = Deliver::new(
+        delivery.id.clone(),
+        delivery.seq,
+        &delivery.account_id,
+        &delivery.url,
+        bulk,
+    );
     let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
     tasks::hand_off(engine, &task, delay).await;
 }

@@ -14,17 +14,14 @@ pub async fn sweep_once(engine: &Engine) -> Result<usize, EngineError> {
     let grace = engine.config.jobs.reaper_grace.as_millis() as i64;
     let overdue = crate::db::webhook_deliveries::overdue(engine.db.pool(), now, grace, 500).await?;
     let mut handed_out = 0;
-    for (delivery_id, seq) in overdue {
+    for d in overdue {
         let mut conn = engine.db.pool().acquire().await?;
-        if !deliveries::reissue(&mut *conn, &delivery_id, seq, now).await? {
+        if !deliveries::reissue(&mut *conn, &d.id, d.seq, now).await? {
             continue;
         }
         drop(conn);
-        let task = Deliver {
-            delivery_id,
-            seq: seq + 1,
-            bulk: true,
-        };
+        let bulk = true;
+        let task = Deliver::new(d.id, d.seq + 1, &d.account_id, &d.url, bulk);
         engine.queue.push(&task, Duration::ZERO).await?;
         handed_out += 1;
     }
