@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Backend, TestApp};
+use crate::support::{Backend, TestApp, answer, status_of};
 use crate::{on_both_backends, on_embedded};
 
 on_embedded!(
@@ -147,15 +147,9 @@ async fn keys_are_required_and_checked(backend: Backend) {
             .status(),
         StatusCode::OK
     );
-    let ready: Value = app
-        .client
-        .get(format!("{}/readyz", app.url))
-        .send()
+    let ready: Value = answer(app.client.get(format!("{}/readyz", app.url)))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect(200);
     assert_eq!(
         ready,
         json!({"status": "ok", "database": "ok", "queue": "ok"})
@@ -185,13 +179,10 @@ async fn at_capacity_new_requests_get_503_at_once(backend: Backend) {
     let (_, err) = error_of(res).await;
     assert_eq!(err["error"]["code"], "overloaded");
     // Probes are never shed, and once the burst is over the slot is free again.
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(
+        status_of(app.client.get(format!("{}/healthz", app.url))).await,
+        StatusCode::OK
+    );
     let res = app.get("/v1/jobs").send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }

@@ -467,16 +467,9 @@ async fn openrouter_videos_are_polled_downloaded_and_called_back_signed(backend:
     assert!(polling_url.ends_with(&format!("/api/v1/videos/{id}")));
     let start = std::time::Instant::now();
     let status = loop {
-        let status: Value = app
-            .client
-            .get(polling_url)
-            .bearer_auth(&app.key)
-            .send()
+        let status: Value = answer(app.client.get(polling_url).bearer_auth(&app.key))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .expect(200);
         if !matches!(status["status"].as_str(), Some("pending" | "in_progress")) {
             break status;
         }

@@ -11,7 +11,7 @@ use mediagate_engine::jobs::routing::RouteEntry;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Backend, TestApp};
+use crate::support::{Backend, TestApp, answer, status_of};
 use crate::{on_both_backends, on_embedded};
 
 on_embedded!(
@@ -344,12 +344,10 @@ async fn integers_are_plain_digits(backend: Backend) {
     )
     .await;
     assert_eq!(e["param"], "index", "{e}");
-    let res = app
-        .get(&format!("/v1/jobs/{id}/content?index=0"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        status_of(app.get(&format!("/v1/jobs/{id}/content?index=0"))).await,
+        StatusCode::OK
+    );
 }
 
 /// Rows as large as a body could once make them (from before `input` had limits), written
@@ -466,14 +464,9 @@ async fn event_batches_stay_bounded_over_huge_rows(backend: Backend) {
     assert_eq!(seqs.len(), EVENTS);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     // The stream sends them all and ends after the terminal one.
-    let text = app
-        .get(&format!("/v1/jobs/{id}/events"))
-        .send()
+    let text = answer(app.get(&format!("/v1/jobs/{id}/events")))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text(200);
     let kinds: Vec<&str> = text
         .lines()
         .filter_map(|l| {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::on_both_backends;
-use crate::support::{Backend, TestApp, new_key};
+use crate::support::{Backend, TestApp, answer, new_key, status_of};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -88,26 +88,18 @@ async fn video_job_completes_and_downloads(backend: Backend) {
         format!("bytes 10-19/{len}")
     );
     assert_eq!(res.bytes().await.unwrap(), body.slice(10..20));
-    let res = app
+    let req = app
         .get(&format!("/v1/jobs/{id}/content"))
-        .header(header::RANGE, format!("bytes={len}-"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    let res = app
+        .header(header::RANGE, format!("bytes={len}-"));
+    assert_eq!(status_of(req).await, StatusCode::RANGE_NOT_SATISFIABLE);
+    let req = app
         .get(&format!("/v1/jobs/{id}/content"))
-        .header(header::IF_NONE_MATCH, &etag)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
-    let res = app
-        .get(&format!("/v1/jobs/{id}/content?index=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        .header(header::IF_NONE_MATCH, &etag);
+    assert_eq!(status_of(req).await, StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        status_of(app.get(&format!("/v1/jobs/{id}/content?index=1"))).await,
+        StatusCode::NOT_FOUND
+    );
 
     // The signed link works without a key; a tampered one does not.
     let url = out["url"].as_str().unwrap();
@@ -291,20 +283,13 @@ async fn cancel_stops_a_pending_job_once(backend: Backend) {
     let job = app.job(id).await;
     assert_eq!(job["status"], "cancelled");
     assert_eq!(job["outputs"], json!([]));
-    let res = app
-        .get(&format!("/v1/jobs/{id}/content"))
-        .send()
+    assert_eq!(
+        status_of(app.get(&format!("/v1/jobs/{id}/content"))).await,
+        StatusCode::CONFLICT
+    );
+    let events = answer(app.get(&format!("/v1/jobs/{id}/events")))
         .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CONFLICT);
-    let events = app
-        .get(&format!("/v1/jobs/{id}/events"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text(200);
     assert!(
         events.lines().any(|l| l == "event: job.cancelled"),
         "{events}"
@@ -331,23 +316,15 @@ async fn another_accounts_job_is_not_found(backend: Backend) {
             .unwrap();
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    let res = app
+    let req = app
         .client
         .post(format!("{}/v1/jobs/{id}/cancel", app.url))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    let list: Value = app
+        .bearer_auth(&other);
+    assert_eq!(status_of(req).await, StatusCode::NOT_FOUND);
+    let req = app
         .client
         .get(format!("{}/v1/jobs", app.url))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .bearer_auth(&other);
+    let list = answer(req).await.expect(200);
     assert_eq!(list["data"], json!([]));
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::receiver::{Receiver, Reply};
-use crate::support::{Backend, Proc, process_env};
+use crate::support::{Backend, Proc, answer, process_env, status_of};
 use mediagate_engine::billing::money::format_usd;
 
 on_both_backends!(
@@ -189,15 +189,10 @@ async fn jobs_survive_killed_and_stopped_workers(backend: Backend) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Exactly one result: one completed event, one output.
-        let events = client
+        let req = client
             .get(format!("{base}/v1/jobs/{id}/events"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            .bearer_auth(&key);
+        let events = answer(req).await.text(200);
         let completed = events
             .lines()
             .filter(|l| *l == "event: job.completed")
@@ -286,15 +281,10 @@ async fn webhook_survives_a_worker_killed_mid_delivery(backend: Backend) {
     assert_eq!(hits[1].json()["data"]["id"], id);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let log: Value = client
+        let req = client
             .get(format!("{base}/v1/jobs/{id}/deliveries"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .bearer_auth(&key);
+        let log = answer(req).await.expect(200);
         if log["data"][0]["status"] == "delivered" {
             break;
         }
@@ -327,14 +317,10 @@ async fn sigterm_waits_for_steps_one_drain_time(backend: Backend) {
     let key = cluster.create_key();
     let (_api, addr) = cluster.spawn("api");
     let (mut worker, _) = cluster.spawn("worker");
-    let res = reqwest::Client::new()
+    assert_eq!(status_of(reqwest::Client::new()
         .post(format!("http://{}/v1/jobs", addr.unwrap()))
         .bearer_auth(&key)
-        .json(&json!({"model": "black-forest-labs/flux-1.1-pro", "input": {"prompt": "never"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+        .json(&json!({"model": "black-forest-labs/flux-1.1-pro", "input": {"prompt": "never"}}))).await, StatusCode::ACCEPTED);
     // The worker's submission reaches the upstream, which holds it without answering.
     let (_held, _) = tokio::time::timeout(Duration::from_secs(30), hanging.accept())
         .await
@@ -496,15 +482,10 @@ async fn a_balance_holds_across_two_api_processes(backend: Backend) {
         let id = job["id"].as_str().unwrap();
         let start = Instant::now();
         loop {
-            let now: Value = client
+            let req = client
                 .get(format!("{}/v1/jobs/{id}", bases[0]))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                .bearer_auth(&key);
+            let now = answer(req).await.expect(200);
             if now["status"] == "completed" {
                 break;
             }

@@ -500,6 +500,14 @@ impl Answer {
         })
     }
 
+    /// Asserts `status`; returns the body as text.
+    #[track_caller]
+    pub fn text(self, status: u16) -> String {
+        let text = String::from_utf8_lossy(&self.body).into_owned();
+        assert_eq!(self.status.as_u16(), status, "{text}");
+        text
+    }
+
     #[track_caller]
     pub fn accepted(self) -> Value {
         self.expect(202)
@@ -509,6 +517,11 @@ impl Answer {
     pub fn bad_request(self) -> Value {
         self.expect(400)
     }
+}
+
+/// The status `req` is answered with (the body is not read: it may be a live stream).
+pub async fn status_of(req: reqwest::RequestBuilder) -> StatusCode {
+    req.send().await.expect("request").status()
 }
 
 /// A new key for `account` on a running app.

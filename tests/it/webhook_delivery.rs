@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::receiver::{Receiver, Reply};
-use crate::support::{Backend, TestApp};
+use crate::support::{Backend, TestApp, status_of};
 use crate::webhook_signing::verify_in_python;
 
 on_both_backends!(
@@ -355,14 +355,11 @@ async fn endpoints_get_matching_events_with_their_own_secret(backend: Backend) {
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     }
     // Deleted: later jobs are not delivered there.
-    let res = app
+    let req = app
         .client
         .delete(format!("{}/v1/webhook-endpoints/{ep_id}", app.url))
-        .bearer_auth(&app.key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+        .bearer_auth(&app.key);
+    assert_eq!(status_of(req).await, StatusCode::OK);
     let job = app
         .submit(json!({"model": "local/image", "input": {"prompt": "ep2", "size": "64x64"}}))
         .await;
@@ -425,15 +422,14 @@ async fn gone_and_long_failing_endpoints_are_disabled(backend: Backend) {
     assert_eq!(broken.hits().len(), 2);
 
     // Disabled endpoints get nothing more, and redelivery to them is refused.
-    let res = app
-        .post(&format!(
+    assert_eq!(
+        status_of(app.post(&format!(
             "/v1/deliveries/{}/redeliver",
             g["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CONFLICT);
+        )))
+        .await,
+        StatusCode::CONFLICT
+    );
     let job = app
         .submit(json!({"model": "local/image", "input": {"prompt": "dis2", "size": "64x64"}}))
         .await;
@@ -464,12 +460,10 @@ async fn redelivery_sends_the_same_event_again(backend: Backend) {
     let id = job["id"].as_str().unwrap();
     let log = wait_log(&app, id, all_settled).await;
     let delivery_id = log[0]["id"].as_str().unwrap();
-    let res = app
-        .post(&format!("/v1/deliveries/{delivery_id}/redeliver"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        status_of(app.post(&format!("/v1/deliveries/{delivery_id}/redeliver"))).await,
+        StatusCode::ACCEPTED
+    );
     let hits = rx.wait_hits(2, Duration::from_secs(30)).await;
     assert_eq!(hits[0].header("webhook-id"), hits[1].header("webhook-id"));
     assert_eq!(hits[0].body, hits[1].body, "the same event");
@@ -479,12 +473,10 @@ async fn redelivery_sends_the_same_event_again(backend: Backend) {
     .await;
     assert_eq!(log[0]["status"], "delivered", "{log:#?}");
     // Unknown ids and other accounts' deliveries are 404.
-    let res = app
-        .post("/v1/deliveries/dlv_0000/redeliver")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        status_of(app.post("/v1/deliveries/dlv_0000/redeliver")).await,
+        StatusCode::NOT_FOUND
+    );
     let path = format!("/v1/deliveries/{delivery_id}/redeliver");
     let status = app.status_for_stranger(Method::POST, &path).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

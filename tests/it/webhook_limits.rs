@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::receiver::{Receiver, Reply};
-use crate::support::{Backend, TestApp, new_key};
+use crate::support::{Backend, TestApp, new_key, status_of};
 
 on_both_backends!(
     a_stuck_account_does_not_delay_another_accounts_webhooks,
@@ -101,18 +101,15 @@ async fn a_stuck_account_does_not_delay_another_accounts_webhooks(backend: Backe
 
     let other = new_key(app.running.as_ref().unwrap(), "acct_quiet").await;
     let fast = Receiver::start(|_, _| Reply::ok()).await;
-    let res = app
+    let req = app
         .client
         .post(format!("{}/v1/jobs", app.url))
         .bearer_auth(&other)
         .json(
             &json!({"model": "local/image", "input": {"prompt": "quiet", "size": "64x64"},
                       "webhook": {"url": fast.url("/quiet")}}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+        );
+    assert_eq!(status_of(req).await, StatusCode::ACCEPTED);
     // Were the stuck account allowed every slot, this would wait for the 30 s timeout.
     fast.wait_hits(1, Duration::from_secs(60)).await;
     assert!(

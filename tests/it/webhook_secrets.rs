@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::on_both_backends;
 use crate::receiver::{Receiver, Reply};
-use crate::support::{Backend, TestApp, new_key};
+use crate::support::{Backend, TestApp, answer, new_key};
 
 on_both_backends!(
     default_secret_is_stable_and_rotation_signs_with_both,
@@ -28,16 +28,11 @@ async fn default_secret_is_stable_and_rotation_signs_with_both(backend: Backend)
 
     // Another account has its own secret.
     let other = new_key(app.running.as_ref().unwrap(), "acct_other").await;
-    let theirs: Value = app
+    let req = app
         .client
         .get(format!("{}/v1/webhook-secret", app.url))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .bearer_auth(&other);
+    let theirs = answer(req).await.expect(200);
     assert_ne!(theirs["secret"], first.as_str());
 
     let rotated = app.post_expect("/v1/webhook-secret/rotate", 200).await;

@@ -90,14 +90,7 @@ async fn reference_libraries_accept_our_signed_events(backend: Backend) {
     assert!(verify_in_python(&old, &headers, &tampered).is_err());
 
     // After a rotation both secrets sign; a receiver still holding the old one accepts.
-    let rotated: Value = app
-        .post("/v1/webhook-secret/rotate")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rotated = app.post_expect("/v1/webhook-secret/rotate", 200).await;
     let new = rotated["secret"].as_str().unwrap().to_owned();
     let headers = sign(
         &webhooks::signing_secrets(app.engine(), &account)
