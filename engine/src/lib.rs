@@ -138,6 +138,16 @@ impl Engine {
         }))
     }
 
+    /// Whether `provider` is configured here to serve models of `modality`: chat
+    /// providers serve text, media providers the rest (a provider such as `anthropic`
+    /// serves only chat; `openai` both).
+    pub fn serves(&self, modality: catalog::Modality, provider: &str) -> bool {
+        match modality {
+            catalog::Modality::Text => self.chat.providers.available(provider),
+            _ => self.providers.available(provider),
+        }
+    }
+
     pub fn public_view(&self) -> PublicView<'_> {
         PublicView {
             public_url: &self.config.public_url,

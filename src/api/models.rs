@@ -36,7 +36,7 @@ pub async fn list(State(state): State<AppState>, params: Params) -> ApiResult<Js
         .models()
         .filter(|m| modality.is_none_or(|k| k == m.modality))
         .map(|m| {
-            let mut entry = m.to_public(|p| engine.providers.available(p));
+            let mut entry = m.to_public(|p| engine.serves(m.modality, p));
             entry["created"] = json!(super::compat::models::CREATED);
             entry
         })

@@ -1284,6 +1284,32 @@ async fn anthropic_answers_are_translated_plain_and_streamed(_: Backend) {
             .all(|r| r.provider == "anthropic" && r.prompt_tokens == 5),
         "{rows:?}"
     );
+
+    // The catalog shows a chat-only provider as serving its models when it is set up.
+    let listed = app.get_expect("/v1/models?output_modality=text", 200).await;
+    let claude = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == CLAUDE)
+        .unwrap();
+    let served: Vec<(&str, bool)> = claude["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["available"] == true))
+        .collect();
+    assert!(served.contains(&("anthropic", true)), "{claude}");
+    assert_eq!(claude["available"], true, "{claude}");
+    let openrouter = app.get_expect("/api/v1/models", 200).await;
+    assert!(
+        openrouter["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == CLAUDE),
+        "{openrouter}"
+    );
 }
 
 async fn anthropic_tool_calls_go_both_ways(_: Backend) {

@@ -24,7 +24,7 @@ pub async fn openrouter_list(State(state): State<AppState>) -> ApiResult<Json<Va
         .filter(|m| {
             m.providers
                 .iter()
-                .any(|s| engine.providers.available(&s.provider))
+                .any(|s| engine.serves(m.modality, &s.provider))
         })
         .map(openrouter_model)
         .collect();
