@@ -37,6 +37,8 @@ use super::{FakeState, chat, google};
 pub const TOOL_PREAMBLE: &str = "Let me check.";
 /// The thinking tokens of an answer when the model thinks.
 pub const THOUGHTS: u64 = 8;
+/// The thought signature on the function calls the fake makes.
+pub const THOUGHT_SIGNATURE: &str = "ZmFrZSB0aG91Z2h0cw==";
 /// A picture's (or other blob's) tokens in the prompt.
 pub const BLOB_TOKENS: u64 = 258;
 
@@ -294,7 +296,7 @@ pub async fn generate(
             pieces.push(json!({"text": TOOL_PREAMBLE}));
             pieces.push(
                 json!({"functionCall": {"name": name, "args": {"city": "Paris"}},
-                "thoughtSignature": "ZmFrZSB0aG91Z2h0cw=="}),
+                "thoughtSignature": THOUGHT_SIGNATURE}),
             );
         }
         None => {

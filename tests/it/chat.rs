@@ -1019,6 +1019,17 @@ async fn the_openai_sdk_drives_chat(_: Backend) {
             "usage": {"prompt_tokens": 5, "completion_tokens": 10 + thoughts,
                 "reasoning_tokens": thoughts}})
     );
+    assert_eq!(
+        report["gemini_tool"],
+        json!({"signature": {"google": {"thought_signature": fakes::gemini::THOUGHT_SIGNATURE}},
+            "answer": "The get_weather tool said {\"output\":\"sunny\"}"})
+    );
+    let sent: Value = serde_json::from_str(&google.state.requests().last().unwrap().body).unwrap();
+    assert_eq!(
+        sent["contents"][1]["parts"][1]["thoughtSignature"],
+        fakes::gemini::THOUGHT_SIGNATURE,
+        "{sent}"
+    );
     // The first tool call went to OpenRouter (OpenAI's second failure), the streamed one
     // to OpenAI, each with the tools as the SDK sent them.
     for fake in [&openai, &openrouter] {

@@ -216,15 +216,18 @@ async fn gemini_tool_calls_go_both_ways(_: Backend) {
     let call = message["tool_calls"][0].clone();
     let id = call["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("call_"), "{call}");
+    // The call's thought signature rides where Google's OpenAI-compatible API puts it.
+    let signed = json!({"google": {"thought_signature": fakes::gemini::THOUGHT_SIGNATURE}});
     assert_eq!(
         call,
         json!({"id": id, "type": "function",
-            "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}})
+            "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"},
+            "extra_content": signed})
     );
     assert_eq!(plain["choices"][0]["finish_reason"], "tool_calls");
 
-    // The call and its result go back: a functionCall in the model's turn, and a
-    // functionResponse named after the function the id called.
+    // The call and its result go back: a functionCall in the model's turn, with its
+    // thought signature, and a functionResponse named after the function the id called.
     let mut conversation = question.as_array().unwrap().clone();
     conversation.push(message);
     conversation.push(json!({"role": "tool", "tool_call_id": id, "content": "{\"celsius\": 21}"}));
@@ -239,7 +242,8 @@ async fn gemini_tool_calls_go_both_ways(_: Backend) {
         json!([
             {"role": "user", "parts": [{"text": "weather in Paris?"}]},
             {"role": "model", "parts": [{"text": fakes::gemini::TOOL_PREAMBLE},
-                {"functionCall": {"id": id, "name": "weather", "args": {"city": "Paris"}}}]},
+                {"functionCall": {"id": id, "name": "weather", "args": {"city": "Paris"}},
+                    "thoughtSignature": fakes::gemini::THOUGHT_SIGNATURE}]},
             {"role": "user", "parts": [{"functionResponse": {"id": id, "name": "weather",
                 "response": {"celsius": 21}}}]},
         ])
@@ -278,6 +282,7 @@ async fn gemini_tool_calls_go_both_ways(_: Backend) {
         )
     );
     assert!(calls[0][0]["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(calls[0][0]["extra_content"], signed);
     assert_eq!(streamed_text(&sse), fakes::gemini::TOOL_PREAMBLE);
     let finish: Vec<&str> = sse
         .events

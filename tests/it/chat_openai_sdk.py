@@ -92,6 +92,19 @@ report["gemini"] = {"provider": gemini.to_dict()["provider"],
                               "completion_tokens": usage.completion_tokens,
                               "reasoning_tokens": usage.completion_tokens_details.reasoning_tokens}}
 
+# A Gemini tool call and its result go back the way customers write it: the SDK's own
+# message object appended to the conversation. Its thought signature (in the call's
+# `extra_content`) must survive the round trip, or Gemini 3 refuses the next turn.
+called = client.chat.completions.create(
+    model="google/gemini-2.5-flash", messages=messages, tools=tools, tool_choice="required")
+message = called.choices[0].message
+call = message.tool_calls[0]
+followed = client.chat.completions.create(
+    model="google/gemini-2.5-flash", tools=tools,
+    messages=messages + [message, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}])
+report["gemini_tool"] = {"signature": call.to_dict().get("extra_content"),
+                         "answer": followed.choices[0].message.content}
+
 # local/chat fails as an outage would: the next model of `models` serves.
 moved = client.chat.completions.create(
     model="local/chat", messages=messages,

@@ -17,7 +17,9 @@
 //! naming the field, never silently dropped.
 //!
 //! Answer: each candidate is a choice; a `functionCall` part is a tool call (Gemini names
-//! no id, so one is made), and thinking tokens count as answer tokens, as Google bills
+//! no id, so one is made) carrying its thought signature in `extra_content`, where
+//! Google's OpenAI-compatible endpoint puts it, so that the next turn can send it back
+//! (Gemini 3 requires it); thinking tokens count as answer tokens, as Google bills
 //! them. Errors are google.rpc.Status bodies, sorted by HTTP status as every upstream's
 //! are (429 and 5xx fall back; 400 and 404 refuse), after `providers::google` has read
 //! them for a refused key or a `RetryInfo` delay; a Status sent in place of an event
@@ -242,7 +244,11 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<String>, Vec<Value>), P
                         called.insert(id, call.name);
                         function_call["id"] = json!(id);
                     }
-                    parts.push(json!({"functionCall": function_call}));
+                    let mut part = json!({"functionCall": function_call});
+                    if let Some(signature) = thought_signature(&m["tool_calls"][j], j) {
+                        part["thoughtSignature"] = json!(signature);
+                    }
+                    parts.push(part);
                 }
                 ("model", parts)
             }
@@ -439,8 +445,25 @@ fn finish_reason(reason: &str, called: bool) -> &'static str {
     }
 }
 
+/// Gemini 3 refuses a conversation whose earlier function calls come back without the
+/// thought signature they were answered with. Our answers carry it where Google's own
+/// OpenAI-compatible endpoint does (`extra_content.google.thought_signature` of the
+/// tool call), and it goes back on the call's part. A turn's first call that has none
+/// (a history from another model, or a client that dropped the field) gets the value
+/// Google documents for skipping the check, so such histories still work.
+fn thought_signature(tool_call: &Value, index: usize) -> Option<&str> {
+    match tool_call["extra_content"]["google"]["thought_signature"].as_str() {
+        Some(signature) => Some(signature),
+        None if index == 0 => Some(SKIP_SIGNATURE_CHECK),
+        None => None,
+    }
+}
+
+/// The thought signature Google documents for function calls that have none of their own.
+const SKIP_SIGNATURE_CHECK: &str = "skip_thought_signature_validator";
+
 /// A candidate's parts read: the answer's text (thoughts left out) and its function
-/// calls as OpenAI tool calls.
+/// calls as OpenAI tool calls, each with its thought signature if it has one.
 fn read_parts(candidate: &Value) -> (String, Vec<Value>) {
     let parts = candidate["content"]["parts"]
         .as_array()
@@ -453,8 +476,8 @@ fn read_parts(candidate: &Value) -> (String, Vec<Value>) {
         .collect();
     let calls = parts
         .iter()
-        .filter_map(|p| p.get("functionCall"))
-        .map(|call| {
+        .filter_map(|part| Some((part, part.get("functionCall")?)))
+        .map(|(part, call)| {
             let id = call["id"].as_str().map_or_else(
                 || format!("call_{}", uuid::Uuid::now_v7().simple()),
                 str::to_owned,
@@ -464,8 +487,12 @@ fn read_parts(candidate: &Value) -> (String, Vec<Value>) {
             } else {
                 "{}".to_owned()
             };
-            json!({"id": id, "type": "function",
-                "function": {"name": call["name"], "arguments": arguments}})
+            let mut tool_call = json!({"id": id, "type": "function",
+                "function": {"name": call["name"], "arguments": arguments}});
+            if let Some(signature) = part["thoughtSignature"].as_str() {
+                tool_call["extra_content"] = json!({"google": {"thought_signature": signature}});
+            }
+            tool_call
         })
         .collect();
     (text, calls)
@@ -711,6 +738,14 @@ mod tests {
                 {"role": "assistant", "content": "Let me look.", "tool_calls": [{"id": "call_1",
                     "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]},
                 {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_2", "type": "function",
+                        "function": {"name": "weather", "arguments": "{\"city\":\"Rome\"}"},
+                        "extra_content": {"google": {"thought_signature": "c2ln"}}},
+                    {"id": "call_3", "type": "function",
+                        "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_2", "content": "warm"},
+                {"role": "tool", "tool_call_id": "call_3", "content": "cold"},
                 {"role": "user", "content": "thanks"}
             ],
             "temperature": 0.5, "top_p": 0.9, "stop": "END", "max_completion_tokens": 100,
@@ -732,11 +767,23 @@ mod tests {
                         {"inlineData": {"mimeType": "image/png", "data": "iVBO"}},
                         {"fileData": {"fileUri": "https://x.test/a.jpg?v=1", "mimeType": "image/jpeg"}},
                         {"inlineData": {"mimeType": "audio/wav", "data": "UklG"}}]},
+                    // A first call without a signature of its own gets the one that skips
+                    // the check; a signature given comes back on its part.
                     {"role": "model", "parts": [{"text": "Let me look."},
-                        {"functionCall": {"id": "call_1", "name": "weather", "args": {"city": "Paris"}}}]},
+                        {"functionCall": {"id": "call_1", "name": "weather", "args": {"city": "Paris"}},
+                            "thoughtSignature": "skip_thought_signature_validator"}]},
                     {"role": "user", "parts": [
                         {"functionResponse": {"id": "call_1", "name": "weather",
-                            "response": {"output": "sunny"}}},
+                            "response": {"output": "sunny"}}}]},
+                    {"role": "model", "parts": [
+                        {"functionCall": {"id": "call_2", "name": "weather", "args": {"city": "Rome"}},
+                            "thoughtSignature": "c2ln"},
+                        {"functionCall": {"id": "call_3", "name": "weather", "args": {"city": "Oslo"}}}]},
+                    {"role": "user", "parts": [
+                        {"functionResponse": {"id": "call_2", "name": "weather",
+                            "response": {"output": "warm"}}},
+                        {"functionResponse": {"id": "call_3", "name": "weather",
+                            "response": {"output": "cold"}}},
                         {"text": "thanks"}]}
                 ],
                 "systemInstruction": {"parts": [{"text": "be brief"}, {"text": "in French"}]},
@@ -821,6 +868,11 @@ mod tests {
         assert_eq!(
             call["function"],
             json!({"name": "weather", "arguments": "{\"city\":\"Paris\"}"})
+        );
+        // Where Google's OpenAI-compatible endpoint puts it, for the next turn.
+        assert_eq!(
+            call["extra_content"],
+            json!({"google": {"thought_signature": "c2ln"}})
         );
         assert_eq!(choice["finish_reason"], "tool_calls");
         assert_eq!(
