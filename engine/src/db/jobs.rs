@@ -535,16 +535,7 @@ pub async fn find_for_account<'e>(
     account_id: &str,
     id: &str,
 ) -> Result<Option<Job>, sqlx::Error> {
-    let row = sqlx::query_as(concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM jobs WHERE id = $1 AND account_id = $2"
-    ))
-    .bind(id)
-    .bind(account_id)
-    .fetch_optional(db)
-    .await?;
-    job(row)
+    Ok(find(db, id).await?.filter(|j| j.account_id == account_id))
 }
 
 /// Pending jobs whose scheduled check is overdue by more than the grace period, or whose
