@@ -407,6 +407,14 @@ async fn chat_is_held_by_its_ceiling_and_charged_by_its_tokens(backend: Backend)
     assert_eq!(big.0, 402, "{:?}", big.2);
     assert_eq!(big.2["error"]["code"], "insufficient_credits");
     assert_eq!(reconciled(&app, &account).await.reserved, 0);
+    // An image's tokens are not in its link's few bytes: each counts for
+    // IMAGE_PROMPT_TOKENS in the ceiling, which this balance does not cover.
+    let image = json!({"model": "local/chat", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "https://x.test/fox.jpg"}}]}]});
+    let pictured = send(app.post("/v1/chat/completions").json(&image)).await;
+    assert_eq!(pictured.0, 402, "{:?}", pictured.2);
+    assert_eq!(reconciled(&app, &account).await.reserved, 0);
     let done = answer(app.post("/v1/chat/completions").json(&ask(json!({}))))
         .await
         .expect(200);

@@ -155,10 +155,11 @@ pub struct Admitted {
 
 /// The most a request can cost at list price, for its hold: for the dearest model it may
 /// be served by, a prompt of a token per three bytes of the messages (more than any
-/// tokenizer makes of text) and the answer's `max_tokens` (or `default_max_tokens`,
-/// within the model's context).
+/// tokenizer makes of text) plus [`IMAGE_PROMPT_TOKENS`] for each image part, and the
+/// answer's `max_tokens` (or `default_max_tokens`, within the model's context).
 pub fn price_ceiling(engine: &SharedEngine, request: &ChatRequest, route: &[RouteEntry]) -> i64 {
-    let prompt = (request.messages.get().len() as u64).div_ceil(3);
+    let prompt = (request.messages.get().len() as u64).div_ceil(3)
+        + request.images.saturating_mul(IMAGE_PROMPT_TOKENS);
     let default_answer = engine.config.billing.chat_default_max_tokens;
     route
         .iter()
@@ -171,6 +172,12 @@ pub fn price_ceiling(engine: &SharedEngine, request: &ChatRequest, route: &[Rout
         .max()
         .unwrap_or(0)
 }
+
+/// What one image in the messages may add to the prompt, beyond its link's bytes: more
+/// than the providers bill for one image at its largest (OpenAI's high detail about
+/// 1 100 to 2 500 tokens by model, Anthropic's about 1 600, Gemini's 258 a 768-pixel
+/// tile, 16 tiles for a 3072-pixel square).
+pub const IMAGE_PROMPT_TOKENS: u64 = 4_500;
 
 /// Holds the most the request can cost (see [`price_ceiling`]) before anything is sent
 /// upstream, from the key's lease of money (`billing::lease`: no database round trip

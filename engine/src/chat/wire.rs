@@ -148,6 +148,8 @@ pub struct ChatRequest {
     limited_by_gateway: bool,
     /// The conversation, byte for byte.
     pub messages: Box<RawValue>,
+    /// How many image parts the conversation holds (their tokens are not in its bytes).
+    pub images: u64,
     /// `stream_options` as sent (its `include_usage` aside).
     stream_options: RawObject,
     /// Every other field, byte for byte, in the client's order.
@@ -234,7 +236,7 @@ impl ChatRequest {
         let messages = rest
             .remove("messages")
             .ok_or_else(|| InvalidField::new("messages", "messages is required"))?;
-        check_messages(&messages)?;
+        let images = check_messages(&messages)?;
         let stream: Option<bool> = take(&mut rest, "stream", "stream must be true or false")?;
         let stream = stream.unwrap_or(false);
         let mut stream_options: RawObject = take(
@@ -266,6 +268,7 @@ impl ChatRequest {
             max_tokens,
             limited_by_gateway: false,
             messages,
+            images,
             stream_options,
             rest,
         })
@@ -364,7 +367,7 @@ fn take<T: serde::de::DeserializeOwned>(
 
 /// `messages`: a non-empty array of objects, each with a known `role` and a `content`
 /// that is text, an array of parts, or (for an assistant's tool calls) absent or null.
-fn check_messages(raw: &RawValue) -> Result<(), InvalidField> {
+fn check_messages(raw: &RawValue) -> Result<u64, InvalidField> {
     let Ok(messages) = serde_json::from_str::<Vec<Value>>(raw.get()) else {
         return Err(InvalidField::new(
             "messages",
@@ -377,6 +380,7 @@ fn check_messages(raw: &RawValue) -> Result<(), InvalidField> {
             "messages must hold at least one message",
         ));
     }
+    let mut images = 0;
     for (i, m) in messages.iter().enumerate() {
         let at = |field: &str| {
             if field.is_empty() {
@@ -422,8 +426,11 @@ fn check_messages(raw: &RawValue) -> Result<(), InvalidField> {
         if let Some(bad) = fields::find_unstorable(m) {
             return Err(InvalidField::new(&at(""), bad.message).with_code(bad.code));
         }
+        if let Some(Value::Array(parts)) = obj.get("content") {
+            images += parts.iter().filter(|p| p["type"] == "image_url").count() as u64;
+        }
     }
-    Ok(())
+    Ok(images)
 }
 
 /// `max_completion_tokens` (or the older `max_tokens`), left in the body for the upstream.
