@@ -1,11 +1,13 @@
 //! Webhook delivery end to end, on both backends: signed deliveries to a real receiver,
 //! retries on the (shortened) schedule, Retry-After, redirects, hanging receivers, the
 //! SSRF guard at delivery time, account endpoints with their own secret and filter, the
-//! delivery log and redelivery.
+//! delivery log and redelivery (and tasks queued by an earlier version).
 
 use std::time::Duration;
 
 use mediagate::config::Config;
+use mediagate_engine::ids::now_ms;
+use mediagate_engine::tasks::Deliver;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -472,6 +474,39 @@ async fn redelivery_sends_the_same_event_again(backend: Backend) {
     })
     .await;
     assert_eq!(log[0]["status"], "delivered", "{log:#?}");
+    // A task queued by an earlier version carries no account or destination: the
+    // attempt reads them from the row. Stale ones (an older sequence) do nothing.
+    let pool = app.engine().db.pool();
+    let account = app.account_id().await;
+    let armed =
+        mediagate_engine::db::webhook_deliveries::rearm(pool, &account, delivery_id, now_ms())
+            .await
+            .unwrap()
+            .expect("armed");
+    for seq in [armed.seq - 1, armed.seq] {
+        let task = Deliver {
+            delivery_id: delivery_id.to_owned(),
+            seq,
+            bulk: true,
+            place: None,
+        };
+        app.engine()
+            .queue
+            .push(&task, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    rx.wait_hits(3, Duration::from_secs(30)).await;
+    let log = wait_log(&app, id, |l| {
+        l[0]["attempts"].as_array().is_some_and(|a| a.len() == 3) && l[0]["status"] == "delivered"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rx.hits().len(),
+        3,
+        "the stale task made no attempt: {log:#?}"
+    );
     // Unknown ids and other accounts' deliveries are 404.
     assert_eq!(
         status_of(app.post("/v1/deliveries/dlv_0000/redeliver")).await,
@@ -532,7 +567,7 @@ async fn progress_events_are_opt_in_and_throttled(backend: Backend) {
         assert!(start.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let t = mediagate_engine::ids::now_ms() + 10_000;
+    let t = now_ms() + 10_000;
     let mut announced = Vec::new();
     for (progress, at) in [
         (10, t),
