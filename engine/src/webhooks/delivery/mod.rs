@@ -20,12 +20,11 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
 use crate::db::webhook_deliveries::{self as deliveries, Delivery};
 use crate::ids::now_ms;
-use tokio::sync::OwnedSemaphorePermit;
-
 use crate::tasks::{self, Deliver, DeliveryPlace};
 use crate::{Engine, EngineError, SharedEngine};
 use attempt::{attempt_after_waiting, make_attempt, signing_keys};
