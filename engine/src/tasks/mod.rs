@@ -103,7 +103,7 @@ pub struct Deliver {
 
 /// An account and one of its destinations (host and port, see
 /// [`delivery::destination`]): what the per-destination and per-account limits count.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryPlace {
     pub account_id: String,
     pub destination: String,

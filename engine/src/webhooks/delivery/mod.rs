@@ -29,7 +29,7 @@ use crate::tasks::{self, Deliver, DeliveryPlace};
 use crate::{Engine, EngineError, SharedEngine};
 use attempt::{attempt_after_waiting, make_attempt, signing_keys};
 use gates::{Held, WAITING_HOLD};
-use schedule::jitter;
+use schedule::{jitter, push_at};
 
 pub use attempt::RESPONSE_BODY_LIMIT;
 pub use gates::{Destinations, Gate, Slot, Slots, Waiting, destination};
@@ -231,8 +231,7 @@ async fn put_off(
         bulk: true,
         place: Some(place),
     };
-    let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
-    tasks::hand_off(engine, &again, delay).await;
+    push_at(engine, &again, at).await;
     Ok(())
 }
 

@@ -73,8 +73,14 @@ pub(super) async fn push_attempt(engine: &Engine, delivery: &Delivery, at: i64) 
         &delivery.url,
         bulk,
     );
+    push_at(engine, &task, at).await;
+}
+
+/// Pushes `task` to run at Unix ms `at` (at once if that has passed), best effort
+/// ([`tasks::hand_off`]): the delivery's row says when it is due.
+pub(super) async fn push_at(engine: &Engine, task: &Deliver, at: i64) {
     let delay = Duration::from_millis((at - now_ms()).max(0) as u64);
-    tasks::hand_off(engine, &task, delay).await;
+    tasks::hand_off(engine, task, delay).await;
 }
 
 #[cfg(test)]
