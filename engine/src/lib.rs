@@ -63,6 +63,8 @@ pub struct Engine {
     pub webhook_destinations: Destinations,
     /// Every key's `requests_per_minute`, counted across the deployment's API processes.
     pub rate_limiter: rate_limit::RateLimiter,
+    /// This process's leases of money for chat requests and jobs.
+    pub leases: billing::lease::Leases,
     /// Ids of jobs that just changed in this process, so live streams react at once
     /// (changes made by other processes are picked up by their polling).
     changes: broadcast::Sender<String>,
@@ -115,7 +117,6 @@ impl Engine {
             providers: chat::ChatProviders::from_settings(&config.providers, &config.catalog)
                 .map_err(|e| EngineError::Internal(e.to_string()))?,
             usage: chat::usage::UsageSink::new(config.chat.usage_queue),
-            leases: billing::lease::Leases::default(),
         };
         let (changes, _) = broadcast::channel(4096);
         let webhook_destinations = Destinations::new(&config.delivery);
@@ -134,6 +135,7 @@ impl Engine {
             webhook_client,
             webhook_destinations,
             rate_limiter,
+            leases: billing::lease::Leases::default(),
             changes,
         }))
     }

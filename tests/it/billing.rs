@@ -22,6 +22,7 @@ on_both_backends!(
     a_key_runs_at_most_its_jobs_in_flight,
     chat_is_held_by_its_ceiling_and_charged_by_its_tokens,
     chat_requests_share_a_lease,
+    jobs_of_a_key_share_a_lease,
     a_chat_without_max_tokens_is_limited_to_its_hold,
     expired_holds_are_released_and_late_answers_still_charged,
     money_alerts_reach_the_endpoints_that_asked_once,
@@ -64,7 +65,7 @@ async fn priced_app(backend: Backend) -> (TestApp, tempfile::TempDir) {
     priced_app_with(backend, |_| {}).await
 }
 
-/// [`priced_app`] with more settings. Chat leases finish within a second unless `tweak`
+/// [`priced_app`] with more settings. Leases finish within a second unless `tweak`
 /// says otherwise, so the tests see their money come back.
 async fn priced_app_with(
     backend: Backend,
@@ -76,6 +77,7 @@ async fn priced_app_with(
     let app = TestApp::start_with(backend, move |c| {
         c.catalog = Some(path);
         c.billing.chat_lease = Duration::from_secs(1);
+        c.billing.job_lease = Duration::from_secs(1);
         tweak(c);
     })
     .await;
@@ -484,6 +486,75 @@ async fn chat_requests_share_a_lease(backend: Backend) {
 /// A chat without `max_tokens` on an account whose money is guarded (prepaid) is
 /// limited upstream to the answer its hold covers, so it cannot cost more than was held;
 /// an unlimited account without caps has nothing to overspend, and is not limited.
+/// The state and amount of the account's one lease of money, and how many there are.
+async fn the_lease(app: &TestApp, account: &str) -> (String, i64, Option<i64>) {
+    let leases: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT state, amount_micros, expires_at FROM reservations \
+         WHERE account_id = $1 AND id LIKE 'lease_%'",
+    )
+    .bind(account)
+    .fetch_all(app.engine().db.pool())
+    .await
+    .unwrap();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    leases.into_iter().next().unwrap()
+}
+
+/// With room for many, a key's jobs are held from one lease: the lease holds a quarter
+/// of the balance in whole jobs, each job's own hold takes nothing more, and each job's
+/// end gives its share back out of the lease. Closed while a job still runs, the lease
+/// gives back the rest and keeps the job's share until that job ends it.
+async fn jobs_of_a_key_share_a_lease(backend: Backend) {
+    let (app, _dir) =
+        priced_app_with(backend, |c| c.billing.job_lease = Duration::from_secs(3)).await;
+    let account = fund(&app, 100 * MICROS_PER_USD).await;
+    // A quarter of $100 is 17 whole jobs of $1.40.
+    let lease = 17 * ONE_IMAGE;
+    for _ in 0..3 {
+        let job = app.submit(image_job()).await;
+        let done = app
+            .wait_terminal(job["id"].as_str().unwrap(), Duration::from_secs(30))
+            .await;
+        assert_eq!(done["status"], "completed");
+    }
+    let slow = json!({"model": "local/image", "input": {"prompt": "x", "size": "64x64",
+        "simulate": {"latency_ms": 6000}}});
+    let slow = app.submit(slow).await;
+    assert_eq!(
+        reconciled(&app, &account).await,
+        Money {
+            balance: 100 * MICROS_PER_USD - 3 * ONE_IMAGE,
+            reserved: lease - 3 * ONE_IMAGE
+        },
+        "the three that ran gave their shares back; the lease holds the rest"
+    );
+    let (state, amount, expires) = the_lease(&app, &account).await;
+    assert_eq!((state.as_str(), amount), ("held", lease - 3 * ONE_IMAGE));
+    assert!(expires.is_some());
+    // Past its time, the lease keeps only what the running job holds.
+    wait_for(&app, &account, |m| m.reserved == ONE_IMAGE).await;
+    assert_eq!(
+        the_lease(&app, &account).await,
+        ("held".to_owned(), ONE_IMAGE, None)
+    );
+    let done = app
+        .wait_terminal(slow["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        reconciled(&app, &account).await,
+        Money {
+            balance: 100 * MICROS_PER_USD - 4 * ONE_IMAGE,
+            reserved: 0
+        }
+    );
+    assert_eq!(
+        the_lease(&app, &account).await,
+        ("released".to_owned(), 0, None)
+    );
+    app.finish().await;
+}
+
 async fn a_chat_without_max_tokens_is_limited_to_its_hold(backend: Backend) {
     let (app, _dir) = priced_app_with(backend, |c| c.billing.chat_default_max_tokens = 3).await;
     let ask = || {

@@ -381,6 +381,8 @@ on_both_backends!(
     a_balance_holds_across_two_api_processes,
     holds_of_a_killed_api_process_come_back,
     chat_leases_hold_across_two_api_processes,
+    job_leases_hold_across_two_api_processes,
+    a_killed_api_process_s_job_lease_comes_back,
 );
 
 /// `mediagate ARGS…` in the cluster's environment; fails the test unless it succeeds, and
@@ -458,19 +460,7 @@ async fn a_balance_holds_across_two_api_processes(backend: Backend) {
     let (_api2, addr2) = cluster.spawn("api");
     let (_worker, _) = cluster.spawn("worker");
     let bases = [addr1.unwrap(), addr2.unwrap()].map(|a| format!("http://{a}"));
-    let client = reqwest::Client::new();
-    let requests = (0..200).map(|i| {
-        let req = client
-            .post(format!("{}/v1/jobs", bases[i % 2]))
-            .bearer_auth(&key)
-            .json(&json!({"model": "local/image", "input": {"prompt": format!("fox {i}"), "size": "64x64"}}));
-        async move {
-            let res = req.send().await.unwrap();
-            let status = res.status().as_u16();
-            (status, res.json::<Value>().await.unwrap())
-        }
-    });
-    let answers = futures::future::join_all(requests).await;
+    let answers = image_burst(&bases, &key, 200).await;
     let accepted: Vec<&Value> = answers
         .iter()
         .filter(|(s, _)| *s == 202)
@@ -479,19 +469,7 @@ async fn a_balance_holds_across_two_api_processes(backend: Backend) {
     assert_eq!(accepted.len(), 10, "exactly ten fit the balance");
     assert_eq!(answers.iter().filter(|(s, _)| *s == 402).count(), 190);
     for job in &accepted {
-        let id = job["id"].as_str().unwrap();
-        let start = Instant::now();
-        loop {
-            let req = client
-                .get(format!("{}/v1/jobs/{id}", bases[0]))
-                .bearer_auth(&key);
-            let now = answer(req).await.expect(200);
-            if now["status"] == "completed" {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "{now}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_completed(&bases[0], &key, job["id"].as_str().unwrap()).await;
     }
     let acme = account(&cluster, "acme");
     assert_eq!(acme["balance_usd"], "0.000000", "{acme}");
@@ -610,4 +588,153 @@ async fn holds_of_a_killed_api_process_come_back(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `n` local image jobs submitted at once, spread over the API processes at `bases`:
+/// each answer's status and body.
+async fn image_burst(bases: &[String], key: &str, n: usize) -> Vec<(u16, Value)> {
+    let client = reqwest::Client::new();
+    let requests = (0..n).map(|i| {
+        let req = client
+            .post(format!("{}/v1/jobs", bases[i % bases.len()]))
+            .bearer_auth(key)
+            .json(&json!({"model": "local/image", "input": {"prompt": format!("fox {i}"), "size": "64x64"}}));
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    });
+    futures::future::join_all(requests).await
+}
+
+/// Waits (a minute at most) until job `id` has completed, asking the API at `base`.
+async fn wait_completed(base: &str, key: &str, id: &str) {
+    let start = Instant::now();
+    loop {
+        let req = reqwest::Client::new()
+            .get(format!("{base}/v1/jobs/{id}"))
+            .bearer_auth(key);
+        let now = answer(req).await.expect(200);
+        if now["status"] == "completed" {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ledger entries of `kind` under a lease's id: how many leases were taken (`reservation`)
+/// or closed (`release`, `expiry`).
+async fn lease_entries(cluster: &Cluster, kind: &str) -> i64 {
+    let url = cluster
+        .env
+        .iter()
+        .find(|(k, _)| k == "MEDIAGATE_DATABASE_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                cluster.data_dir.join("mediagate.db").display()
+            )
+        });
+    let db = mediagate_engine::db::Db::connect(&url, 1).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM ledger WHERE kind = $1 AND reservation_id LIKE 'lease_%'",
+    )
+    .bind(kind)
+    .fetch_one(db.pool())
+    .await
+    .unwrap()
+}
+
+/// 200 submissions split over two API processes against a balance of exactly 40 jobs —
+/// room enough that each process draws its jobs from leases — are exactly 40 accepted:
+/// no lease is left with money another process was refused. Once the jobs have run and
+/// the processes stopped, the balance is spent to the micro-dollar and nothing is held.
+async fn job_leases_hold_across_two_api_processes(backend: Backend) {
+    let cluster = priced_cluster(backend, &[]).await;
+    let key = funded_key(&cluster, "56");
+    let (mut api1, addr1) = cluster.spawn("api");
+    let (mut api2, addr2) = cluster.spawn("api");
+    let (_worker, _) = cluster.spawn("worker");
+    let bases = [addr1.unwrap(), addr2.unwrap()].map(|a| format!("http://{a}"));
+    let answers = image_burst(&bases, &key, 200).await;
+    let accepted: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(accepted.len(), 40, "exactly forty fit the balance");
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 402).count(), 160);
+    assert!(
+        lease_entries(&cluster, "reservation").await >= 2,
+        "the jobs were drawn from leases"
+    );
+    for job in &accepted {
+        wait_completed(&bases[0], &key, job["id"].as_str().unwrap()).await;
+    }
+    // A stopping process closes its leases.
+    for api in [&mut api1, &mut api2] {
+        signal(api, "-TERM");
+        api.wait().unwrap();
+    }
+    assert_eq!(
+        lease_entries(&cluster, "release").await,
+        lease_entries(&cluster, "reservation").await,
+        "every lease was closed"
+    );
+    let acme = account(&cluster, "acme");
+    assert_eq!(acme["balance_usd"], "0.000000", "{acme}");
+    assert_eq!(acme["reserved_usd"], "0.000000", "{acme}");
+}
+
+/// An API process killed while its job lease holds money for more jobs than it took: the
+/// reaper gives back what no job holds once the lease expires, the job still running keeps
+/// its share, and when it completes it is charged and nothing is left held.
+async fn a_killed_api_process_s_job_lease_comes_back(backend: Backend) {
+    let cluster = priced_cluster(
+        backend,
+        &[
+            ("MEDIAGATE_BILLING__CHAT_HOLD_SECS", "1"),
+            ("MEDIAGATE_BILLING__JOB_LEASE_SECS", "1"),
+        ],
+    )
+    .await;
+    let key = funded_key(&cluster, "100");
+    let (mut api, addr) = cluster.spawn("api");
+    let (_worker, _) = cluster.spawn("worker");
+    let base = format!("http://{}", addr.unwrap());
+    let req = reqwest::Client::new()
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(&key)
+        .json(
+            &json!({"model": "local/image", "input": {"prompt": "slow fox", "size": "64x64",
+            "simulate": {"latency_ms": 8000}}}),
+        );
+    let job = answer(req).await.expect(202);
+    signal(&api, "-KILL");
+    api.wait().unwrap();
+    // The lease held more than the one job (a quarter of $100, in whole $1.40 jobs).
+    let held = account(&cluster, "acme");
+    assert_eq!(held["reserved_usd"], "23.800000", "{held}");
+    let start = Instant::now();
+    loop {
+        let acme = account(&cluster, "acme");
+        if acme["reserved_usd"] == "1.400000" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(7),
+            "the lease's money was not given back while its job ran: {acme}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lease_entries(&cluster, "expiry").await, 1);
+    let (_api, addr) = cluster.spawn("api");
+    let base = format!("http://{}", addr.unwrap());
+    wait_completed(&base, &key, job["id"].as_str().unwrap()).await;
+    let acme = account(&cluster, "acme");
+    assert_eq!(acme["balance_usd"], "98.600000", "{acme}");
+    assert_eq!(acme["reserved_usd"], "0.000000", "{acme}");
 }

@@ -1,18 +1,29 @@
-//! Leases of money for chat requests, so that a chat's hold costs no database round trip.
+//! Leases of money, so that a request's hold costs no shared row lock: a chat request's
+//! no database round trip at all, a job's no lock another submission waits on.
 //!
-//! A process holds a *lease* per key — one reservation row, made by the same guarded
-//! [`hold`](super::hold) as any request's, for several requests' ceilings at once — and
-//! takes each chat's ceiling from it in memory. The lease's money is held in the database
-//! the whole time, so no cap or balance can be passed however many processes lease at
-//! once: the database still counts every micro-dollar a process may spend. The usage
-//! writer charges each request's cost against the lease in its batch transaction; a
-//! lease stops taking requests after `chat_lease_secs` (or at a day's end), and once the
-//! last of its requests is written the writer releases what is left. The lease row
-//! expires like any chat hold, so a dead process's lease comes back through the reaper.
+//! A process holds a *lease* per key and kind — one reservation row, made by the same
+//! guarded [`hold`](super::hold) as any request's, for several requests' ceilings at once
+//! — and takes each request's ceiling from it in memory. The lease's money is held in the
+//! database the whole time, so no cap or balance can be passed however many processes
+//! lease at once: the database still counts every micro-dollar a process may spend.
 //!
-//! A lease asks for at most `chat_lease_requests` ceilings and never more than a quarter
-//! of what the account or key has left, so near a limit leases shrink to single requests
-//! and one process cannot sit on money another needs.
+//! - Chat: the usage writer charges each request's cost against the lease in its batch
+//!   transaction.
+//! - Jobs: a job's own hold row is written in its transaction, naming the lease and
+//!   taking nothing from the counters; it ends with its job (in any process, minutes
+//!   later), giving its share back out of the lease ([`give_back_for`]).
+//!
+//! A lease stops taking requests after `chat_lease_secs` / `job_lease_secs` (or at a
+//! day's end); once the last request this process took from it is written, [`close`]
+//! gives back what no job of it still holds, and the last of its jobs to end ends it. The
+//! lease row expires like a chat hold, so a dead process's lease comes back through the
+//! reaper, by the same [`close`].
+//!
+//! A lease asks for at most `*_lease_requests` ceilings and never more than a quarter of
+//! what the account or key has left, so one process cannot sit on money another needs.
+//! Near a limit a chat lease shrinks to a single request; a job is then held by itself in
+//! its job's transaction (so is every job of a key with `max_concurrent_jobs`), exact to
+//! the last job.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,26 +32,33 @@ use sqlx::AnyConnection;
 
 use super::money::with_markup;
 use super::{
-    HoldKind, HoldRequest, Refusal, alerts, apply, headroom, held, held_mask, hold, periods,
+    Held, HoldKind, HoldRequest, Refusal, Release, alerts, apply, headroom, held, held_mask, hold,
+    periods,
 };
-use crate::db::money::{self as rows, LedgerEntry};
+use crate::db::money::{self as rows, LedgerEntry, Reservation};
 use crate::ids::{IdKind, new_id, now_ms};
 
-/// This process's leases, by key.
+/// The fewest jobs' ceilings worth a lease; with less room, jobs are held one by one.
+const MIN_JOB_LEASE: i64 = 4;
+
+/// This process's leases, by key and kind.
 #[derive(Debug, Default)]
 pub struct Leases {
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<(String, HoldKind), Arc<Slot>>>,
     /// Leases that take no more requests and have none left to write: the writer
     /// releases what they still hold.
     done: Arc<Mutex<Vec<Arc<Lease>>>>,
 }
 
-/// One key's current lease, and the gate that lets one request at a time ask for a new
-/// one (the others wait and take from it).
+/// One key's current lease of a kind, and the gate that lets one request at a time ask
+/// for a new one (the others wait and take from it).
 #[derive(Debug, Default)]
 struct Slot {
     gate: tokio::sync::Mutex<()>,
     current: Mutex<Option<Arc<Lease>>>,
+    /// Jobs: until then (Unix ms) each job is held by itself — the key limits its jobs in
+    /// flight, or too little is left for a lease.
+    alone_until: Mutex<i64>,
 }
 
 /// Money held for a key's chat requests in this process.
@@ -50,6 +68,8 @@ pub struct Lease {
     account_id: String,
     key_id: String,
     markup_bp: i64,
+    /// The counters the lease took from, which its jobs' holds give back to.
+    held_mask: i64,
     day_starts_at: i64,
     month_starts_at: i64,
     /// Requests are taken until then (Unix ms); the row expires a chat hold later.
@@ -167,88 +187,134 @@ impl Drop for Taken {
 }
 
 impl Leases {
-    /// Takes the money for one chat request of at most `list_micros` at list price from
-    /// the key's lease, asking the database for a new lease when there is none that
-    /// covers it. `None` with billing off.
+    /// Takes the money for one chat request (`req`: kind `Chat`, its ceiling at list
+    /// price) from the key's lease, asking the database for a new lease when there is
+    /// none that covers it. `None` with billing off.
     pub async fn take(
         &self,
         engine: &crate::Engine,
-        account_id: &str,
-        key_id: &str,
-        model: &str,
-        list_micros: i64,
+        req: &HoldRequest<'_>,
     ) -> Result<Result<Option<Taken>, Refusal>, sqlx::Error> {
         if !engine.config.billing.enabled {
             return Ok(Ok(None));
         }
+        match self.take_or_lease(engine, req).await? {
+            Leased::Taken(taken) => Ok(Ok(Some(taken))),
+            Leased::Refused(refusal) => Ok(Err(refusal)),
+            // Never: a chat lease shrinks to one request instead. Were it reached, refusing
+            // is the answer that cannot overspend.
+            Leased::HoldAlone => Ok(Err(Refusal::NoPayer)),
+        }
+    }
+
+    /// Takes the money for one job (`req`: kind `Job`) from the key's job lease, asking
+    /// the database for a new lease when there is none that covers it. `None`: hold the
+    /// job by itself in its own transaction ([`super::reserve`], which also answers a
+    /// refusal) — billing is off, the key limits its jobs in flight, or too little is left
+    /// for a lease.
+    pub async fn take_for_job(
+        &self,
+        engine: &crate::Engine,
+        req: &HoldRequest<'_>,
+    ) -> Result<Option<Taken>, sqlx::Error> {
+        let config = &engine.config.billing;
+        if !config.enabled || config.job_lease_requests <= 1 {
+            return Ok(None);
+        }
+        Ok(match self.take_or_lease(engine, req).await? {
+            Leased::Taken(taken) => Some(taken),
+            Leased::Refused(_) | Leased::HoldAlone => None,
+        })
+    }
+
+    async fn take_or_lease(
+        &self,
+        engine: &crate::Engine,
+        req: &HoldRequest<'_>,
+    ) -> Result<Leased, sqlx::Error> {
         let slot = lock(&self.slots)
-            .entry(key_id.to_owned())
+            .entry((req.key_id.to_owned(), req.kind))
             .or_default()
             .clone();
-        let now = now_ms();
-        if let Some(taken) = slot.take(list_micros, now) {
-            return Ok(Ok(Some(taken)));
+        if let Some(taken) = slot.take(req.list_micros, req.now) {
+            return Ok(Leased::Taken(taken));
+        }
+        if *lock(&slot.alone_until) > req.now {
+            return Ok(Leased::HoldAlone);
         }
         let _gate = slot.gate.lock().await;
-        let now = now_ms();
-        if let Some(taken) = slot.take(list_micros, now) {
-            return Ok(Ok(Some(taken)));
-        }
         let req = HoldRequest {
-            id: "",
-            account_id,
-            key_id,
-            kind: HoldKind::Chat,
-            model,
-            list_micros,
-            expires_at: None,
-            now,
+            now: now_ms(),
+            ..*req
         };
-        let taken = match self.acquire(engine, &req).await? {
-            Ok(taken) => taken,
-            Err(refusal) => return Ok(Err(refusal)),
-        };
-        let old = lock(&slot.current).replace(taken.lease.clone());
-        if let Some(old) = old {
-            old.retire();
+        if let Some(taken) = slot.take(req.list_micros, req.now) {
+            return Ok(Leased::Taken(taken));
         }
-        Ok(Ok(Some(taken)))
+        if *lock(&slot.alone_until) > req.now {
+            return Ok(Leased::HoldAlone);
+        }
+        let leased = self.acquire(engine, &req).await?;
+        match &leased {
+            Leased::Taken(taken) => {
+                let old = lock(&slot.current).replace(taken.lease.clone());
+                if let Some(old) = old {
+                    old.retire();
+                }
+            }
+            Leased::HoldAlone => {
+                *lock(&slot.alone_until) = req.now + lease_secs(engine, req.kind);
+            }
+            Leased::Refused(_) => {}
+        }
+        Ok(leased)
     }
 
     /// Holds a new lease for `req`'s key, sized as the module says, with `req` already
-    /// taken from it. When the wished-for size is refused, asks once more for just the
-    /// request's own ceiling: the answer to that is the request's answer.
+    /// taken from it. When a chat lease of the wished-for size is refused, asks once more
+    /// for just the request's own ceiling: the answer to that is the request's answer.
+    /// A job that cannot have a lease is to be held by itself.
     async fn acquire(
         &self,
         engine: &crate::Engine,
         req: &HoldRequest<'_>,
-    ) -> Result<Result<Taken, Refusal>, sqlx::Error> {
+    ) -> Result<Leased, sqlx::Error> {
         let config = &engine.config.billing;
         let id = new_id(IdKind::Lease);
-        let expires_at =
-            req.now + (config.chat_lease.as_millis() + config.chat_hold.as_millis()) as i64;
+        let usable_until = req.now + lease_secs(engine, req.kind);
+        let expires_at = usable_until + config.chat_hold.as_millis() as i64;
         let req = HoldRequest {
             id: &id,
             expires_at: Some(expires_at),
             ..*req
         };
+        let most = i64::from(match req.kind {
+            HoldKind::Chat => config.chat_lease_requests,
+            HoldKind::Job => config.job_lease_requests,
+        });
         let mut only_need = false;
         loop {
             let mut tx = engine.db.begin().await?;
             let Some(payer) = rows::payer(&mut *tx, req.account_id, req.key_id).await? else {
-                return Ok(Err(Refusal::NoPayer));
+                return Ok(Leased::Refused(Refusal::NoPayer));
             };
+            let mask = held_mask(&payer, &req);
+            if req.kind == HoldKind::Job && mask & held::JOB_SLOT != 0 {
+                return Ok(Leased::HoldAlone);
+            }
             let (markup_bp, _) = config.tier_for(payer.rolling_30d_micros);
             let need = with_markup(req.list_micros.max(0), markup_bp);
             // Whole ceilings, so that where every request asks the same, no lease is
             // left with a piece too small for one.
-            let mut ceilings = i64::from(config.chat_lease_requests.max(1));
+            let mut ceilings = most.max(1);
             if only_need {
                 ceilings = 1;
             } else if need > 0
                 && let Some(room) = headroom(&mut tx, &payer, &req).await?
             {
                 ceilings = ceilings.min(room / 4 / need).max(1);
+            }
+            if req.kind == HoldKind::Job && ceilings < MIN_JOB_LEASE {
+                return Ok(Leased::HoldAlone);
             }
             let size = need.saturating_mul(ceilings);
             match hold(&mut tx, &payer, &req, size, markup_bp).await? {
@@ -259,10 +325,11 @@ impl Leases {
                         account_id: req.account_id.to_owned(),
                         key_id: req.key_id.to_owned(),
                         markup_bp,
+                        held_mask: mask,
                         day_starts_at: periods::day_start(req.now),
                         month_starts_at: periods::month_start(req.now),
-                        usable_until: req.now + config.chat_lease.as_millis() as i64,
-                        guarded: held_mask(&payer, &req) != 0,
+                        usable_until,
+                        guarded: mask != 0,
                         state: Mutex::new(State {
                             remaining: size - need,
                             open: 1,
@@ -271,15 +338,16 @@ impl Leases {
                         }),
                         done: self.done.clone(),
                     });
-                    return Ok(Ok(Taken {
+                    return Ok(Leased::Taken(Taken {
                         lease,
                         amount_micros: need,
                         charged_micros: 0,
                     }));
                 }
                 // The transaction wrote part of the hold: it is dropped, rolled back.
+                Err(_) if req.kind == HoldKind::Job => return Ok(Leased::HoldAlone),
                 Err(_) if size > need => only_need = true,
-                Err(refusal) => return Ok(Err(refusal)),
+                Err(refusal) => return Ok(Leased::Refused(refusal)),
             }
         }
     }
@@ -307,11 +375,145 @@ impl Slot {
     }
 }
 
-/// Releases what a finished lease still holds; its requests' charges are all written.
-pub async fn close(db: &crate::db::Db, lease: &Lease) -> Result<(), sqlx::Error> {
+/// What [`Leases`] answers a request: its share of a lease, a refusal, or (a job) that it
+/// is to be held by itself.
+#[derive(Debug)]
+enum Leased {
+    Taken(Taken),
+    Refused(Refusal),
+    HoldAlone,
+}
+
+fn lease_secs(engine: &crate::Engine, kind: HoldKind) -> i64 {
+    let config = &engine.config.billing;
+    match kind {
+        HoldKind::Chat => config.chat_lease.as_millis() as i64,
+        HoldKind::Job => config.job_lease.as_millis() as i64,
+    }
+}
+
+/// Holds a job's share of a lease, in the job's transaction: a hold row naming the
+/// lease, with the lease's markup, counters and spending windows, that takes nothing
+/// from the counters (the lease did). Its ledger entry moves no money.
+pub async fn hold_job(
+    conn: &mut AnyConnection,
+    taken: &Taken,
+    job_id: &str,
+    model: &str,
+    now: i64,
+) -> Result<Held, sqlx::Error> {
+    let lease = &taken.lease;
+    let hold = Reservation {
+        id: job_id.to_owned(),
+        account_id: lease.account_id.clone(),
+        key_id: lease.key_id.clone(),
+        kind: HoldKind::Job.as_str().to_owned(),
+        model: model.to_owned(),
+        amount_micros: taken.amount_micros,
+        markup_bp: lease.markup_bp,
+        day_starts_at: lease.day_starts_at,
+        month_starts_at: lease.month_starts_at,
+        state: "held".to_owned(),
+        settled_micros: None,
+        created_at: now,
+        expires_at: None,
+        ended_at: None,
+        held_mask: lease.held_mask,
+        lease_id: Some(lease.id.clone()),
+    };
+    rows::insert_reservation(&mut *conn, &hold).await?;
+    let entry = LedgerEntry {
+        id: new_id(IdKind::Ledger),
+        account_id: &lease.account_id,
+        key_id: Some(&lease.key_id),
+        kind: "reservation",
+        reservation_id: Some(job_id),
+        model: Some(model),
+        actor: "system",
+        created_at: now,
+        ..LedgerEntry::default()
+    };
+    rows::insert_ledger(&mut *conn, &entry).await?;
+    Ok(Held {
+        amount_micros: taken.amount_micros,
+        markup_bp: lease.markup_bp,
+    })
+}
+
+/// What the lease `lease_id` gives back to the counters for one of its jobs' holds of
+/// `amount` as the job ends: that much, taken off what the lease holds. The lease may
+/// hold less — a job whose transaction committed after the lease was closed, or after
+/// the reaper let go of it — and then gives what it has. The last job of a closed lease
+/// to end ends it.
+pub(super) async fn give_back_for(
+    conn: &mut AnyConnection,
+    lease_id: &str,
+    amount: i64,
+    now: i64,
+) -> Result<i64, sqlx::Error> {
+    let mut want = amount;
+    while want > 0 {
+        if let Some(lease) = rows::draw_from_lease(&mut *conn, lease_id, want, 0).await? {
+            if lease.expires_at.is_none() && lease.amount_micros == 0 {
+                let settled = lease.settled_micros;
+                rows::end_reservation(&mut *conn, lease_id, "held", "released", settled, now)
+                    .await?;
+            }
+            return Ok(want);
+        }
+        match rows::find_reservation(&mut *conn, lease_id).await? {
+            Some(lease) if lease.state == "held" && lease.amount_micros < want => {
+                want = lease.amount_micros;
+            }
+            _ => return Ok(0),
+        }
+    }
+    Ok(0)
+}
+
+/// Closes a lease that takes no more requests: gives back to the counters what it holds
+/// beyond its jobs' holds (all of it for a chat lease), and ends it — released, or
+/// `Expired` when the reaper lets go of a dead process's lease, so a late chat charge
+/// still finds it — unless its jobs still hold money; then it no longer expires and the
+/// last of them ends it. False if it was not held (closed already).
+pub async fn close(db: &crate::db::Db, lease_id: &str, how: Release) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
     let mut tx = db.begin().await?;
-    super::release(&mut tx, &lease.id, super::Release::Released, now_ms()).await?;
-    tx.commit().await
+    // Locked first: a job of it that ends meanwhile waits, so the sum below is exact.
+    let Some(lease) = rows::stop_lease(&mut *tx, lease_id).await? else {
+        return Ok(false);
+    };
+    let jobs_hold = rows::held_by_lease_jobs(&mut *tx, lease_id).await?;
+    let give = (lease.amount_micros - jobs_hold).max(0);
+    let (state, kind) = match how {
+        Release::Released => ("released", "release"),
+        Release::Expired => ("expired", "expiry"),
+    };
+    if jobs_hold == 0 {
+        rows::end_reservation(&mut *tx, lease_id, "held", state, lease.settled_micros, now).await?;
+    } else if give > 0 {
+        rows::draw_from_lease(&mut *tx, lease_id, give, 0).await?;
+    }
+    apply(&mut tx, &lease, give, 0, false).await?;
+    let entry = LedgerEntry {
+        id: new_id(IdKind::Ledger),
+        account_id: &lease.account_id,
+        key_id: Some(&lease.key_id),
+        kind,
+        reserved_delta: if lease.held_mask & held::BALANCE != 0 {
+            -give
+        } else {
+            0
+        },
+        reservation_id: Some(lease_id),
+        model: Some(&lease.model),
+        actor: "system",
+        created_at: now,
+        ..LedgerEntry::default()
+    };
+    rows::insert_ledger(&mut *tx, &entry).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// One request's charge, for [`charge_all`].

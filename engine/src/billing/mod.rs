@@ -52,6 +52,13 @@ pub struct BillingConfig {
     /// How many chat requests' ceilings one lease holds at most (never more than a
     /// quarter of what the account or key has left).
     pub chat_lease_requests: u32,
+    /// How long a process draws a key's jobs' holds from one lease of money (see
+    /// `lease`).
+    #[serde(rename = "job_lease_secs", with = "crate::config::secs")]
+    pub job_lease: Duration,
+    /// How many jobs' ceilings one lease holds at most (never more than a quarter of what
+    /// the account or key has left; where that is under four, each job is held by itself).
+    pub job_lease_requests: u32,
 }
 
 impl Default for BillingConfig {
@@ -231,7 +238,7 @@ pub struct HoldRequest<'a> {
     pub now: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HoldKind {
     Job,
     Chat,
@@ -400,6 +407,7 @@ pub(crate) async fn hold(
         expires_at: req.expires_at,
         ended_at: None,
         held_mask: mask,
+        lease_id: None,
     };
     rows::insert_reservation(&mut *conn, &hold).await?;
     let entry = LedgerEntry {
@@ -502,9 +510,13 @@ pub async fn settle(
     };
     // Money still held only if the reaper has not let go of it already.
     let was_held = from == "held";
-    let given_back = if was_held { hold.amount_micros } else { 0 };
+    let given_back = if was_held {
+        give_back(conn, &hold, now).await?
+    } else {
+        0
+    };
     let after = apply(conn, &hold, given_back, -charged, was_held).await?;
-    let unheld = if was_held { balance_held(&hold) } else { 0 };
+    let unheld = balance_held(&hold, given_back);
     let alert = match after {
         Some(after) => alerts::balance_low(conn, &hold.account_id, &after).await?,
         None => None,
@@ -554,13 +566,14 @@ pub async fn release(
     let Some(hold) = rows::end_reservation(&mut *conn, id, "held", state, None, now).await? else {
         return Ok(false);
     };
-    apply(conn, &hold, hold.amount_micros, 0, true).await?;
+    let given_back = give_back(conn, &hold, now).await?;
+    apply(conn, &hold, given_back, 0, true).await?;
     let entry = LedgerEntry {
         id: new_id(IdKind::Ledger),
         account_id: &hold.account_id,
         key_id: Some(&hold.key_id),
         kind,
-        reserved_delta: -balance_held(&hold),
+        reserved_delta: -balance_held(&hold, given_back),
         reservation_id: Some(id),
         model: Some(&hold.model),
         actor: "system",
@@ -571,18 +584,30 @@ pub async fn release(
     Ok(true)
 }
 
-/// Lets go of holds whose time ran out (their process is presumed dead; a late
-/// settlement still charges); the reaper calls it every sweep.
+/// What ending `hold` gives back to the counters it took from: all it holds, or, for a
+/// job drawn from a lease, its share out of the lease.
+async fn give_back(
+    conn: &mut AnyConnection,
+    hold: &Reservation,
+    now: i64,
+) -> Result<i64, sqlx::Error> {
+    match &hold.lease_id {
+        None => Ok(hold.amount_micros),
+        Some(lease_id) => lease::give_back_for(conn, lease_id, hold.amount_micros, now).await,
+    }
+}
+
+/// Lets go of holds whose time ran out (leases of a process presumed dead; a late chat
+/// charge still finds them, and their jobs' holds still end with their jobs); the reaper
+/// calls it every sweep.
 pub async fn expire_holds(db: &crate::db::Db) -> Result<usize, sqlx::Error> {
     let now = crate::ids::now_ms();
     let expired = rows::expired_holds(db.pool(), now, 500).await?;
     let mut released = 0;
     for id in &expired {
-        let mut tx = db.begin().await?;
-        if release(&mut tx, id, Release::Expired, now).await? {
+        if lease::close(db, id, Release::Expired).await? {
             released += 1;
         }
-        tx.commit().await?;
     }
     if released > 0 {
         tracing::warn!(
@@ -607,10 +632,11 @@ pub async fn recompute_tiers(
     Ok(())
 }
 
-/// What a hold took from its account's balance (nothing for an unlimited account's).
-fn balance_held(hold: &Reservation) -> i64 {
+/// What of `given_back` returns to its account's balance (nothing for an unlimited
+/// account's hold).
+fn balance_held(hold: &Reservation, given_back: i64) -> i64 {
     if hold.held_mask & held::BALANCE != 0 {
-        hold.amount_micros
+        given_back
     } else {
         0
     }

@@ -157,8 +157,6 @@ chat_providers! {
 pub struct Chat {
     pub providers: ChatProviders,
     pub usage: usage::UsageSink,
-    /// This process's leases of money for chat requests.
-    pub leases: crate::billing::lease::Leases,
 }
 
 /// The chat upstreams this deployment can use, by provider name, and every name a

@@ -34,7 +34,7 @@ use tokio::time::{Instant as Deadline, sleep_until};
 use super::wire::{RawObject, Usage, embedded_error};
 use super::{ChatAdapter, ChatCall, ChatError, ChatRequest, ChunkStream};
 use crate::billing::lease::Taken;
-use crate::billing::{self, Refusal};
+use crate::billing::{self, HoldKind, HoldRequest, Refusal};
 use crate::catalog::{InvalidField, Modality, Model};
 use crate::db::chat_usage::ChatUsage;
 use crate::db::keys::Caller;
@@ -192,17 +192,17 @@ pub async fn hold(
     route: &[RouteEntry],
 ) -> Result<Result<Admitted, Refusal>, crate::EngineError> {
     let ceiling = price_ceiling(engine, request, route);
-    let taken = engine
-        .chat
-        .leases
-        .take(
-            engine,
-            &caller.account_id,
-            &caller.key_id,
-            &route[0].model,
-            ceiling,
-        )
-        .await?;
+    let req = HoldRequest {
+        id: "",
+        account_id: &caller.account_id,
+        key_id: &caller.key_id,
+        kind: HoldKind::Chat,
+        model: &route[0].model,
+        list_micros: ceiling,
+        expires_at: None,
+        now: crate::ids::now_ms(),
+    };
+    let taken = engine.leases.take(engine, &req).await?;
     match taken {
         Ok(money) => {
             if money.as_ref().is_some_and(Taken::guarded) {

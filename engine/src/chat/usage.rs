@@ -131,8 +131,10 @@ pub async fn write(engine: SharedEngine, stop: CancellationToken) {
 /// Releases what finished leases (every lease, when `all`: the process is stopping) have
 /// left. A lease that cannot be released now is released by the reaper when it expires.
 async fn close_leases(engine: &SharedEngine, all: bool) {
-    for lease in engine.chat.leases.finished(crate::ids::now_ms(), all) {
-        if let Err(e) = billing::lease::close(&engine.db, &lease).await {
+    for lease in engine.leases.finished(crate::ids::now_ms(), all) {
+        if let Err(e) =
+            billing::lease::close(&engine.db, &lease.id, billing::Release::Released).await
+        {
             tracing::warn!(lease = %lease.id, error = %e, "releasing a chat lease failed; the reaper will when it expires");
         }
     }

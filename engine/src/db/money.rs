@@ -282,12 +282,16 @@ pub struct Reservation {
     pub ended_at: Option<i64>,
     /// The counters it took from (see the migration; `billing::held`).
     pub held_mask: i64,
+    /// The lease a job's hold was drawn from: the lease, not this hold, took the money
+    /// from the counters (see `billing::lease`).
+    pub lease_id: Option<String>,
 }
 
 macro_rules! reservation_columns {
     () => {
         "id, account_id, key_id, kind, model, amount_micros, markup_bp, day_starts_at, \
-         month_starts_at, state, settled_micros, created_at, expires_at, ended_at, held_mask"
+         month_starts_at, state, settled_micros, created_at, expires_at, ended_at, held_mask, \
+         lease_id"
     };
 }
 
@@ -298,7 +302,7 @@ pub async fn insert_reservation<'e>(
     sqlx::query(concat!(
         "INSERT INTO reservations (",
         reservation_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
     ))
     .bind(&r.id)
     .bind(&r.account_id)
@@ -315,6 +319,7 @@ pub async fn insert_reservation<'e>(
     .bind(r.expires_at)
     .bind(r.ended_at)
     .bind(r.held_mask)
+    .bind(&r.lease_id)
     .execute(db)
     .await?;
     Ok(())
@@ -379,6 +384,35 @@ pub async fn draw_from_lease<'e>(
     .bind(given_back)
     .bind(charged)
     .fetch_optional(db)
+    .await
+}
+
+/// Marks a held lease as taking no more jobs (it no longer expires: what its jobs hold
+/// comes back as they end), locking its row so that no job of it ends meanwhile.
+pub async fn stop_lease<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+) -> Result<Option<Reservation>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE reservations SET expires_at = NULL WHERE id = $1 AND state = 'held' RETURNING ",
+        reservation_columns!()
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// What the jobs drawn from a lease still hold.
+pub async fn held_by_lease_jobs<'e>(
+    db: impl Executor<'e, Database = Any>,
+    lease_id: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(amount_micros), 0) AS BIGINT) FROM reservations \
+         WHERE lease_id = $1 AND state = 'held'",
+    )
+    .bind(lease_id)
+    .fetch_one(db)
     .await
 }
 

@@ -329,7 +329,11 @@ async fn insert_job(
         created_at: now,
         deadline_at: now + engine.config.jobs.deadline.as_millis() as i64,
     };
-    let mut tx = engine.db.begin().await?;
+    // From the key's lease when it can: then the job's transaction locks no row another
+    // submission of the account needs. Else held by itself, last, just before the
+    // commit: the account's rows it locks are every request's of that account, so they
+    // are held for as short a time as can be. A refusal drops the transaction, and the
+    // job with it.
     let hold = HoldRequest {
         id: &new.id,
         account_id: &caller.account_id,
@@ -340,17 +344,21 @@ async fn insert_job(
         expires_at: None,
         now,
     };
+    let leased = engine.leases.take_for_job(engine, &hold).await?;
+    let mut tx = engine.db.begin().await?;
     let job = jobs::insert(&mut *tx, &new).await?;
     if let Some(k) = key {
         idempotency::bind(&mut *tx, &caller.account_id, &k.key, &job.id).await?;
     }
-    // Held last, just before the commit: the account's rows it locks are every request's
-    // of that account, so they are held for as short a time as can be. A refusal drops
-    // the transaction, and the job with it.
-    if let Err(refusal) = billing::reserve(&mut tx, &engine.config.billing, &hold).await? {
+    if let Some(taken) = &leased {
+        billing::lease::hold_job(&mut tx, taken, &new.id, &new.model, now).await?;
+    } else if let Err(refusal) = billing::reserve(&mut tx, &engine.config.billing, &hold).await? {
         return Ok(Err(refusal));
     }
     tx.commit().await?;
+    // Dropping the share lets its lease close once it takes no more jobs; had the
+    // transaction failed, the share's money would come back with what the lease has left.
+    drop(leased);
     Ok(Ok(job))
 }
 
