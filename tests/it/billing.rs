@@ -417,6 +417,22 @@ async fn chat_is_held_by_its_ceiling_and_charged_by_its_tokens(backend: Backend)
     let pictured = send(app.post("/v1/chat/completions").json(&image)).await;
     assert_eq!(pictured.0, 402, "{:?}", pictured.2);
     assert_eq!(reconciled(&app, &account).await.reserved, 0);
+    // Nor are a file's, by id or inline: such a part may fill the model's whole context
+    // window (32 768 tokens here), which this balance does not cover either.
+    for part in [
+        json!({"type": "file", "file": {"file_id": "file-abc123"}}),
+        json!({"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}}),
+        json!({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}),
+    ] {
+        let body = json!({"model": "local/chat", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "summarise this"}, part]}]});
+        let filed = send(app.post("/v1/chat/completions").json(&body)).await;
+        assert_eq!(filed.0, 402, "{:?}", filed.2);
+        let requested = filed.2["error"]["limit"]["requested_usd"].as_str().unwrap();
+        // (32 768 + 4 096) tokens at $1 a million, + 40 %.
+        assert_eq!(requested, "0.051610", "{:?}", filed.2);
+    }
+    assert_eq!(reconciled(&app, &account).await.reserved, 0);
     let done = answer(app.post("/v1/chat/completions").json(&ask(json!({}))))
         .await
         .expect(200);
@@ -902,13 +918,24 @@ async fn a_mixed_run_reconciles_to_the_micro(backend: Backend) {
             .unwrap()
         }
     };
-    assert_eq!(count("reservation", "job_").await, 5);
+    // With room for many, the jobs were held from a lease: each has its own hold row,
+    // which moved no money, and each ended once.
+    let holds: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT state, lease_id FROM reservations WHERE account_id = $1 AND id LIKE 'job_%'",
+    )
+    .bind(&account)
+    .fetch_all(app.engine().db.pool())
+    .await
+    .unwrap();
+    assert_eq!(holds.len(), 5);
+    assert!(holds.iter().all(|(_, lease)| lease.is_some()), "{holds:?}");
+    assert_eq!(count("reservation", "job_").await, 0);
     assert_eq!(count("settlement", "job_").await, completed);
     assert_eq!(count("release", "job_").await, 5 - completed);
-    // The six chats took from leases (a few at most: they ran at once), each charged once,
-    // and every lease let go of what it had left.
+    // The jobs' lease and the six chats' (a few at most: they ran at once), each chat
+    // charged once, and every lease let go of what it had left.
     let leases = count("reservation", "lease_").await;
-    assert!((1..=6).contains(&leases), "{leases} leases");
+    assert!((2..=7).contains(&leases), "{leases} leases");
     assert_eq!(count("settlement", "lease_").await, 6);
     assert_eq!(count("release", "lease_").await, leases);
     assert!(settled.balance < 100 * MICROS_PER_USD - 3 * ONE_IMAGE + 1);

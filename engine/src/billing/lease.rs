@@ -26,6 +26,7 @@
 //! the last job.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sqlx::AnyConnection;
@@ -35,6 +36,7 @@ use super::{
     Held, HoldKind, HoldRequest, Refusal, Release, alerts, apply, headroom, held, held_mask, hold,
     periods,
 };
+use crate::SharedEngine;
 use crate::db::money::{self as rows, LedgerEntry, Reservation};
 use crate::ids::{IdKind, new_id, now_ms};
 
@@ -50,21 +52,36 @@ pub struct Leases {
     done: Arc<Mutex<Vec<Arc<Lease>>>>,
 }
 
-/// One key's current lease of a kind, and the gate that lets one request at a time ask
-/// for a new one (the others wait and take from it).
+/// One key's leases of a kind, and the gate that lets one request (or refill) at a time
+/// ask for a new one (the others wait and take from it).
 #[derive(Debug, Default)]
 struct Slot {
     gate: tokio::sync::Mutex<()>,
-    current: Mutex<Option<Arc<Lease>>>,
-    /// Jobs: until then (Unix ms) each job is held by itself — the key limits its jobs in
-    /// flight, or too little is left for a lease.
-    alone_until: Mutex<i64>,
+    leases: Mutex<SlotLeases>,
+    /// A refill is under way (see [`Leases::refill`]).
+    refilling: AtomicBool,
 }
 
-/// Money held for a key's chat requests in this process.
+#[derive(Debug, Default)]
+struct SlotLeases {
+    /// Requests take from this one while it covers them.
+    current: Option<Arc<Lease>>,
+    /// Asked for ahead, while `current` ran low: takes over when `current` cannot cover.
+    next: Option<Arc<Lease>>,
+    /// Jobs: until then (Unix ms) each job is held by itself — the key limits its jobs in
+    /// flight, or too little is left for a lease.
+    alone_until: i64,
+}
+
+/// Money held for a key's chat requests or jobs in this process.
 pub struct Lease {
     /// The reservation's id (`lease_…`).
     pub id: String,
+    /// What it held when made.
+    size: i64,
+    /// It was as large as a lease may be: the account is far from any limit, so asking
+    /// for the next one ahead strands nothing another request needs.
+    full_size: bool,
     account_id: String,
     key_id: String,
     markup_bp: i64,
@@ -139,6 +156,12 @@ impl Lease {
             && periods::month_start(now) == self.month_starts_at
     }
 
+    /// Whether it is worth asking for the next lease ahead: a full-size lease with less
+    /// than a quarter of it left.
+    fn running_low(&self) -> bool {
+        self.full_size && lock(&self.state).remaining < self.size / 4
+    }
+
     /// Takes `list_micros` (at the lease's markup) for one request, if the lease still
     /// takes requests and holds that much.
     fn take(self: &Arc<Lease>, list_micros: i64, now: i64) -> Option<Taken> {
@@ -192,7 +215,7 @@ impl Leases {
     /// none that covers it. `None` with billing off.
     pub async fn take(
         &self,
-        engine: &crate::Engine,
+        engine: &SharedEngine,
         req: &HoldRequest<'_>,
     ) -> Result<Result<Option<Taken>, Refusal>, sqlx::Error> {
         if !engine.config.billing.enabled {
@@ -214,7 +237,7 @@ impl Leases {
     /// for a lease.
     pub async fn take_for_job(
         &self,
-        engine: &crate::Engine,
+        engine: &SharedEngine,
         req: &HoldRequest<'_>,
     ) -> Result<Option<Taken>, sqlx::Error> {
         let config = &engine.config.billing;
@@ -229,7 +252,7 @@ impl Leases {
 
     async fn take_or_lease(
         &self,
-        engine: &crate::Engine,
+        engine: &SharedEngine,
         req: &HoldRequest<'_>,
     ) -> Result<Leased, sqlx::Error> {
         let slot = lock(&self.slots)
@@ -237,9 +260,12 @@ impl Leases {
             .or_default()
             .clone();
         if let Some(taken) = slot.take(req.list_micros, req.now) {
+            if taken.lease.running_low() {
+                refill(engine, &slot, req);
+            }
             return Ok(Leased::Taken(taken));
         }
-        if *lock(&slot.alone_until) > req.now {
+        if slot.alone_at(req.now) {
             return Ok(Leased::HoldAlone);
         }
         let _gate = slot.gate.lock().await;
@@ -250,34 +276,33 @@ impl Leases {
         if let Some(taken) = slot.take(req.list_micros, req.now) {
             return Ok(Leased::Taken(taken));
         }
-        if *lock(&slot.alone_until) > req.now {
+        if slot.alone_at(req.now) {
             return Ok(Leased::HoldAlone);
         }
-        let leased = self.acquire(engine, &req).await?;
-        match &leased {
-            Leased::Taken(taken) => {
-                let old = lock(&slot.current).replace(taken.lease.clone());
-                if let Some(old) = old {
-                    old.retire();
-                }
+        Ok(match self.acquire(engine, &req).await? {
+            Acquired::Lease(lease) => {
+                let taken = lease.take(req.list_micros, req.now);
+                slot.install(lease, &req);
+                // A lease is made for at least this request, in its time and periods.
+                taken.map_or(Leased::Refused(Refusal::NoPayer), Leased::Taken)
             }
-            Leased::HoldAlone => {
-                *lock(&slot.alone_until) = req.now + lease_secs(engine, req.kind);
+            Acquired::HoldAlone => {
+                lock(&slot.leases).alone_until = req.now + lease_secs(engine, req.kind);
+                Leased::HoldAlone
             }
-            Leased::Refused(_) => {}
-        }
-        Ok(leased)
+            Acquired::Refused(refusal) => Leased::Refused(refusal),
+        })
     }
 
-    /// Holds a new lease for `req`'s key, sized as the module says, with `req` already
-    /// taken from it. When a chat lease of the wished-for size is refused, asks once more
-    /// for just the request's own ceiling: the answer to that is the request's answer.
-    /// A job that cannot have a lease is to be held by itself.
+    /// Holds a new lease for `req`'s key, sized as the module says, nothing taken from it
+    /// yet. When a chat lease of the wished-for size is refused, asks once more for just
+    /// the request's own ceiling: the answer to that is the request's answer. A job that
+    /// cannot have a lease is to be held by itself.
     async fn acquire(
         &self,
         engine: &crate::Engine,
         req: &HoldRequest<'_>,
-    ) -> Result<Leased, sqlx::Error> {
+    ) -> Result<Acquired, sqlx::Error> {
         let config = &engine.config.billing;
         let id = new_id(IdKind::Lease);
         let usable_until = req.now + lease_secs(engine, req.kind);
@@ -290,22 +315,23 @@ impl Leases {
         let most = i64::from(match req.kind {
             HoldKind::Chat => config.chat_lease_requests,
             HoldKind::Job => config.job_lease_requests,
-        });
+        })
+        .max(1);
         let mut only_need = false;
         loop {
             let mut tx = engine.db.begin().await?;
             let Some(payer) = rows::payer(&mut *tx, req.account_id, req.key_id).await? else {
-                return Ok(Leased::Refused(Refusal::NoPayer));
+                return Ok(Acquired::Refused(Refusal::NoPayer));
             };
             let mask = held_mask(&payer, &req);
             if req.kind == HoldKind::Job && mask & held::JOB_SLOT != 0 {
-                return Ok(Leased::HoldAlone);
+                return Ok(Acquired::HoldAlone);
             }
             let (markup_bp, _) = config.tier_for(payer.rolling_30d_micros);
             let need = with_markup(req.list_micros.max(0), markup_bp);
             // Whole ceilings, so that where every request asks the same, no lease is
             // left with a piece too small for one.
-            let mut ceilings = most.max(1);
+            let mut ceilings = most;
             if only_need {
                 ceilings = 1;
             } else if need > 0
@@ -314,14 +340,16 @@ impl Leases {
                 ceilings = ceilings.min(room / 4 / need).max(1);
             }
             if req.kind == HoldKind::Job && ceilings < MIN_JOB_LEASE {
-                return Ok(Leased::HoldAlone);
+                return Ok(Acquired::HoldAlone);
             }
             let size = need.saturating_mul(ceilings);
             match hold(&mut tx, &payer, &req, size, markup_bp).await? {
                 Ok(_) => {
                     tx.commit().await?;
-                    let lease = Arc::new(Lease {
+                    return Ok(Acquired::Lease(Arc::new(Lease {
                         id: id.clone(),
+                        size,
+                        full_size: ceilings == most,
                         account_id: req.account_id.to_owned(),
                         key_id: req.key_id.to_owned(),
                         markup_bp,
@@ -331,23 +359,18 @@ impl Leases {
                         usable_until,
                         guarded: mask != 0,
                         state: Mutex::new(State {
-                            remaining: size - need,
-                            open: 1,
+                            remaining: size,
+                            open: 0,
                             retired: false,
                             queued: false,
                         }),
                         done: self.done.clone(),
-                    });
-                    return Ok(Leased::Taken(Taken {
-                        lease,
-                        amount_micros: need,
-                        charged_micros: 0,
-                    }));
+                    })));
                 }
                 // The transaction wrote part of the hold: it is dropped, rolled back.
-                Err(_) if req.kind == HoldKind::Job => return Ok(Leased::HoldAlone),
+                Err(_) if req.kind == HoldKind::Job => return Ok(Acquired::HoldAlone),
                 Err(_) if size > need => only_need = true,
-                Err(refusal) => return Ok(Leased::Refused(refusal)),
+                Err(refusal) => return Ok(Acquired::Refused(refusal)),
             }
         }
     }
@@ -357,22 +380,114 @@ impl Leases {
     pub fn finished(&self, now: i64, all: bool) -> Vec<Arc<Lease>> {
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
         for slot in slots {
-            let mut current = lock(&slot.current);
-            let past = current
-                .as_ref()
-                .is_some_and(|lease| all || !lease.in_time(now));
-            if past && let Some(lease) = current.take() {
-                lease.retire();
+            let mut guard = lock(&slot.leases);
+            let leases = &mut *guard;
+            for place in [&mut leases.current, &mut leases.next] {
+                let past = place
+                    .as_ref()
+                    .is_some_and(|lease| all || !lease.in_time(now));
+                if past && let Some(lease) = place.take() {
+                    lease.retire();
+                }
             }
         }
         std::mem::take(&mut *lock(&self.done))
     }
 }
 
-impl Slot {
-    fn take(&self, list_micros: i64, now: i64) -> Option<Taken> {
-        lock(&self.current).as_ref()?.take(list_micros, now)
+/// Asks for `slot`'s next lease ahead, off the request's path, so that requests do not
+/// wait on the gate when the current one runs out: once at a time, and only while the
+/// current lease is full-size (far from any limit).
+fn refill(engine: &SharedEngine, slot: &Arc<Slot>, req: &HoldRequest<'_>) {
+    if lock(&slot.leases).next.is_some() || slot.refilling.swap(true, Ordering::AcqRel) {
+        return;
     }
+    let (engine, slot) = (engine.clone(), slot.clone());
+    let (account_id, key_id, model) = (
+        req.account_id.to_owned(),
+        req.key_id.to_owned(),
+        req.model.to_owned(),
+    );
+    let (kind, list_micros) = (req.kind, req.list_micros);
+    tokio::spawn(async move {
+        let gate = slot.gate.lock().await;
+        let wanted = {
+            let leases = lock(&slot.leases);
+            leases.next.is_none() && leases.current.as_ref().is_some_and(|l| l.running_low())
+        };
+        if wanted {
+            let req = HoldRequest {
+                id: "",
+                account_id: &account_id,
+                key_id: &key_id,
+                kind,
+                model: &model,
+                list_micros,
+                expires_at: None,
+                now: now_ms(),
+            };
+            match engine.leases.acquire(&engine, &req).await {
+                Ok(Acquired::Lease(lease)) => slot.install(lease, &req),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "asking for the next lease of money failed; the next request will");
+                }
+            }
+        }
+        drop(gate);
+        slot.refilling.store(false, Ordering::Release);
+    });
+}
+
+impl Slot {
+    /// Takes from the current lease, or from the next one, which then becomes current.
+    fn take(&self, list_micros: i64, now: i64) -> Option<Taken> {
+        let mut leases = lock(&self.leases);
+        if let Some(taken) = leases
+            .current
+            .as_ref()
+            .and_then(|l| l.take(list_micros, now))
+        {
+            return Some(taken);
+        }
+        let taken = leases.next.as_ref()?.take(list_micros, now)?;
+        let next = leases.next.take();
+        let old = std::mem::replace(&mut leases.current, next);
+        if let Some(old) = old {
+            old.retire();
+        }
+        Some(taken)
+    }
+
+    fn alone_at(&self, now: i64) -> bool {
+        lock(&self.leases).alone_until > now
+    }
+
+    /// Puts a new lease in place: next, if the current one still covers requests (a
+    /// refill), else current, retiring what it replaces.
+    fn install(&self, lease: Arc<Lease>, req: &HoldRequest<'_>) {
+        let mut leases = lock(&self.leases);
+        let current_covers = leases.current.as_ref().is_some_and(|l| {
+            l.in_time(req.now)
+                && lock(&l.state).remaining >= with_markup(req.list_micros.max(0), l.markup_bp)
+        });
+        let old = if current_covers {
+            leases.next.replace(lease)
+        } else {
+            leases.current.replace(lease)
+        };
+        if let Some(old) = old {
+            old.retire();
+        }
+    }
+}
+
+/// What [`Leases::acquire`] made of a request.
+#[derive(Debug)]
+enum Acquired {
+    Lease(Arc<Lease>),
+    Refused(Refusal),
+    HoldAlone,
 }
 
 /// What [`Leases`] answers a request: its share of a lease, a refusal, or (a job) that it
@@ -394,7 +509,9 @@ fn lease_secs(engine: &crate::Engine, kind: HoldKind) -> i64 {
 
 /// Holds a job's share of a lease, in the job's transaction: a hold row naming the
 /// lease, with the lease's markup, counters and spending windows, that takes nothing
-/// from the counters (the lease did). Its ledger entry moves no money.
+/// from the counters (the lease did). It moves no money, so it writes no ledger entry:
+/// the lease's `reservation` did, and the job's `settlement` or `release` (under its own
+/// id) will.
 pub async fn hold_job(
     conn: &mut AnyConnection,
     taken: &Taken,
@@ -422,18 +539,6 @@ pub async fn hold_job(
         lease_id: Some(lease.id.clone()),
     };
     rows::insert_reservation(&mut *conn, &hold).await?;
-    let entry = LedgerEntry {
-        id: new_id(IdKind::Ledger),
-        account_id: &lease.account_id,
-        key_id: Some(&lease.key_id),
-        kind: "reservation",
-        reservation_id: Some(job_id),
-        model: Some(model),
-        actor: "system",
-        created_at: now,
-        ..LedgerEntry::default()
-    };
-    rows::insert_ledger(&mut *conn, &entry).await?;
     Ok(Held {
         amount_micros: taken.amount_micros,
         markup_bp: lease.markup_bp,

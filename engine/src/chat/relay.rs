@@ -155,8 +155,10 @@ pub struct Admitted {
 
 /// The most a request can cost at list price, for its hold: for the dearest model it may
 /// be served by, a prompt of a token per three bytes of the messages (more than any
-/// tokenizer makes of text) plus [`IMAGE_PROMPT_TOKENS`] for each image part, and the
-/// answer's `max_tokens` (or `default_max_tokens`, within the model's context).
+/// tokenizer makes of text) plus [`IMAGE_PROMPT_TOKENS`] for each image part — or the
+/// model's whole context window when a part's tokens are bounded by nothing in the
+/// request (a file, audio) — and the answer's `max_tokens` (or `default_max_tokens`,
+/// within the model's context).
 pub fn price_ceiling(engine: &SharedEngine, request: &ChatRequest, route: &[RouteEntry]) -> i64 {
     let prompt = (request.messages.get().len() as u64).div_ceil(3)
         + request.images.saturating_mul(IMAGE_PROMPT_TOKENS);
@@ -167,7 +169,13 @@ pub fn price_ceiling(engine: &SharedEngine, request: &ChatRequest, route: &[Rout
         .map(|model| {
             let context = model.context_length.map_or(u64::MAX, u64::from);
             let answer = request.max_tokens.unwrap_or(default_answer).min(context);
-            model.token_cost_micros(prompt.min(context), answer)
+            // A part whose tokens nothing bounds may fill the whole window.
+            let prompt = if request.unbounded_parts {
+                context
+            } else {
+                prompt.min(context)
+            };
+            model.token_cost_micros(prompt, answer)
         })
         .max()
         .unwrap_or(0)

@@ -150,6 +150,10 @@ pub struct ChatRequest {
     pub messages: Box<RawValue>,
     /// How many image parts the conversation holds (their tokens are not in its bytes).
     pub images: u64,
+    /// The conversation holds a part whose tokens nothing in the request bounds: a file
+    /// (by `file_id`, or a document whose compressed bytes make more tokens than they
+    /// weigh), audio, or a kind of part not known here.
+    pub unbounded_parts: bool,
     /// `stream_options` as sent (its `include_usage` aside).
     stream_options: RawObject,
     /// Every other field, byte for byte, in the client's order.
@@ -236,7 +240,10 @@ impl ChatRequest {
         let messages = rest
             .remove("messages")
             .ok_or_else(|| InvalidField::new("messages", "messages is required"))?;
-        let images = check_messages(&messages)?;
+        let MediaParts {
+            images,
+            unbounded: unbounded_parts,
+        } = check_messages(&messages)?;
         let stream: Option<bool> = take(&mut rest, "stream", "stream must be true or false")?;
         let stream = stream.unwrap_or(false);
         let mut stream_options: RawObject = take(
@@ -269,6 +276,7 @@ impl ChatRequest {
             limited_by_gateway: false,
             messages,
             images,
+            unbounded_parts,
             stream_options,
             rest,
         })
@@ -365,9 +373,17 @@ fn take<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// What a conversation's parts add to its prompt beyond its bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MediaParts {
+    images: u64,
+    /// A part neither text nor an image (see [`ChatRequest::unbounded_parts`]).
+    unbounded: bool,
+}
+
 /// `messages`: a non-empty array of objects, each with a known `role` and a `content`
 /// that is text, an array of parts, or (for an assistant's tool calls) absent or null.
-fn check_messages(raw: &RawValue) -> Result<u64, InvalidField> {
+fn check_messages(raw: &RawValue) -> Result<MediaParts, InvalidField> {
     let Ok(messages) = serde_json::from_str::<Vec<Value>>(raw.get()) else {
         return Err(InvalidField::new(
             "messages",
@@ -380,7 +396,7 @@ fn check_messages(raw: &RawValue) -> Result<u64, InvalidField> {
             "messages must hold at least one message",
         ));
     }
-    let mut images = 0;
+    let mut media = MediaParts::default();
     for (i, m) in messages.iter().enumerate() {
         let at = |field: &str| {
             if field.is_empty() {
@@ -427,10 +443,16 @@ fn check_messages(raw: &RawValue) -> Result<u64, InvalidField> {
             return Err(InvalidField::new(&at(""), bad.message).with_code(bad.code));
         }
         if let Some(Value::Array(parts)) = obj.get("content") {
-            images += parts.iter().filter(|p| p["type"] == "image_url").count() as u64;
+            for part in parts {
+                match part["type"].as_str() {
+                    Some("text" | "refusal") => {}
+                    Some("image_url") => media.images += 1,
+                    _ => media.unbounded = true,
+                }
+            }
         }
     }
-    Ok(images)
+    Ok(media)
 }
 
 /// `max_completion_tokens` (or the older `max_tokens`), left in the body for the upstream.

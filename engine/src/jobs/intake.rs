@@ -21,7 +21,7 @@ use crate::jobs::routing::{self, ProviderPrefs, RouteEntry};
 use crate::providers::Providers;
 use crate::tasks::{self, Advance};
 use crate::webhooks::{endpoints, openrouter};
-use crate::{Engine, EngineError};
+use crate::{Engine, EngineError, SharedEngine};
 
 /// A create request that passed every check.
 #[derive(Debug, Clone)]
@@ -260,7 +260,7 @@ const KEY_POLICY: KeyPolicy = KeyPolicy {
 /// and its idempotency key, then the first task. If that push fails the job still exists
 /// and the reaper pushes it.
 pub async fn create_job(
-    engine: &Engine,
+    engine: &SharedEngine,
     caller: &Caller,
     req: JobRequest,
     key: Option<&IdempotencyKey>,
@@ -308,7 +308,7 @@ pub async fn create_job(
 
 /// Writes the job with the hold on its money; a refused hold writes nothing.
 async fn insert_job(
-    engine: &Engine,
+    engine: &SharedEngine,
     caller: &Caller,
     req: JobRequest,
     key: Option<&IdempotencyKey>,
