@@ -50,6 +50,9 @@ pub struct Leases {
     /// Leases that take no more requests and have none left to write: the writer
     /// releases what they still hold.
     done: Arc<Mutex<Vec<Arc<Lease>>>>,
+    /// The process is stopping: its leases are closed, and a refill still under way
+    /// closes what it got instead of keeping it.
+    stopping: AtomicBool,
 }
 
 /// One key's leases of a kind, and the gate that lets one request (or refill) at a time
@@ -378,6 +381,9 @@ impl Leases {
     /// Retires leases past their time (all of them, when the process stops) and hands
     /// back those with nothing left to write, for [`close`].
     pub fn finished(&self, now: i64, all: bool) -> Vec<Arc<Lease>> {
+        if all {
+            self.stopping.store(true, Ordering::Release);
+        }
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
         for slot in slots {
             let mut guard = lock(&slot.leases);
@@ -415,7 +421,7 @@ fn refill(engine: &SharedEngine, slot: &Arc<Slot>, req: &HoldRequest<'_>) {
             let leases = lock(&slot.leases);
             leases.next.is_none() && leases.current.as_ref().is_some_and(|l| l.running_low())
         };
-        if wanted {
+        if wanted && !engine.leases.stopping.load(Ordering::Acquire) {
             let req = HoldRequest {
                 id: "",
                 account_id: &account_id,
@@ -427,6 +433,11 @@ fn refill(engine: &SharedEngine, slot: &Arc<Slot>, req: &HoldRequest<'_>) {
                 now: now_ms(),
             };
             match engine.leases.acquire(&engine, &req).await {
+                Ok(Acquired::Lease(lease)) if engine.leases.stopping.load(Ordering::Acquire) => {
+                    if let Err(e) = close(&engine.db, &lease.id, Release::Released).await {
+                        tracing::warn!(lease = %lease.id, error = %e, "releasing a lease failed; the reaper will when it expires");
+                    }
+                }
                 Ok(Acquired::Lease(lease)) => slot.install(lease, &req),
                 Ok(_) => {}
                 Err(e) => {
