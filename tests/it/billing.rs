@@ -36,7 +36,7 @@ crate::on_embedded!(with_billing_off_nothing_is_held_or_refused);
 
 /// The local models with prices: an image a dollar, a million chat tokens a dollar
 /// each way (a request's hold is then easy to reckon).
-const PRICED_CATALOG: &str = r#"
+pub(crate) const PRICED_CATALOG: &str = r#"
 [[models]]
 id = "local/image"
 name = "Local test image (PNG)"

@@ -414,32 +414,25 @@ fn funded_key(cluster: &Cluster, usd: &str) -> String {
     key.trim().to_owned()
 }
 
+/// A priced cluster with `extra` settings, account `acme` funded with `usd` and a key of
+/// it, an API process and a worker: the key, the two processes and the API's base URL.
+async fn funded_api(
+    backend: Backend,
+    extra: &[(&str, &str)],
+    usd: &str,
+) -> (Cluster, String, [Proc; 2], String) {
+    let cluster = priced_cluster(backend, extra).await;
+    let key = funded_key(&cluster, usd);
+    let (api, addr) = cluster.spawn("api");
+    let (worker, _) = cluster.spawn("worker");
+    let base = format!("http://{}", addr.unwrap());
+    (cluster, key, [api, worker], base)
+}
+
 async fn priced_cluster(backend: Backend, extra: &[(&str, &str)]) -> Cluster {
     let mut cluster = Cluster::new(backend).await;
     let catalog = cluster.data_dir.join("catalog.toml");
-    std::fs::write(
-        &catalog,
-        r#"
-[[models]]
-id = "local/image"
-name = "Local test image (PNG)"
-modality = "image"
-sizes = true
-simulate = true
-price = { unit = "image", usd = "1" }
-providers = [{ provider = "local", model = "image" }]
-
-[[models]]
-id = "local/chat"
-name = "Local chat (built in)"
-modality = "text"
-context_length = 32768
-simulate = true
-price = { unit = "million_tokens", usd = "1", output_usd = "1" }
-providers = [{ provider = "local", model = "chat" }]
-"#,
-    )
-    .unwrap();
+    std::fs::write(&catalog, crate::billing::PRICED_CATALOG).unwrap();
     cluster
         .env
         .push(("MEDIAGATE_CATALOG".into(), catalog.display().to_string()));
@@ -454,22 +447,12 @@ providers = [{ provider = "local", model = "chat" }]
 /// run the balance is spent to the micro-dollar, nothing is left held, and nothing went
 /// below zero.
 async fn a_balance_holds_across_two_api_processes(backend: Backend) {
-    let cluster = priced_cluster(backend, &[]).await;
-    let key = funded_key(&cluster, "14");
-    let (_api1, addr1) = cluster.spawn("api");
-    let (_api2, addr2) = cluster.spawn("api");
-    let (_worker, _) = cluster.spawn("worker");
-    let bases = [addr1.unwrap(), addr2.unwrap()].map(|a| format!("http://{a}"));
-    let answers = image_burst(&bases, &key, 200).await;
-    let accepted: Vec<&Value> = answers
-        .iter()
-        .filter(|(s, _)| *s == 202)
-        .map(|(_, b)| b)
-        .collect();
+    let (cluster, key, _procs, bases) = two_apis_and_a_worker(backend, "14").await;
+    let (accepted, refused) = image_burst(&bases, &key, 200).await;
     assert_eq!(accepted.len(), 10, "exactly ten fit the balance");
-    assert_eq!(answers.iter().filter(|(s, _)| *s == 402).count(), 190);
-    for job in &accepted {
-        wait_completed(&bases[0], &key, job["id"].as_str().unwrap()).await;
+    assert_eq!(refused, 190);
+    for id in &accepted {
+        wait_completed(&bases[0], &key, id).await;
     }
     let acme = account(&cluster, "acme");
     assert_eq!(acme["balance_usd"], "0.000000", "{acme}");
@@ -544,18 +527,11 @@ async fn chat_leases_hold_across_two_api_processes(backend: Backend) {
 /// behind; the reaper (in a worker) lets go of it once it expires, and the balance is
 /// whole again.
 async fn holds_of_a_killed_api_process_come_back(backend: Backend) {
-    let cluster = priced_cluster(
-        backend,
-        &[
-            ("MEDIAGATE_BILLING__CHAT_HOLD_SECS", "2"),
-            ("MEDIAGATE_BILLING__CHAT_LEASE_SECS", "2"),
-        ],
-    )
-    .await;
-    let key = funded_key(&cluster, "1");
-    let (mut api, addr) = cluster.spawn("api");
-    let (_worker, _) = cluster.spawn("worker");
-    let base = format!("http://{}", addr.unwrap());
+    let leases = [
+        ("MEDIAGATE_BILLING__CHAT_HOLD_SECS", "2"),
+        ("MEDIAGATE_BILLING__CHAT_LEASE_SECS", "2"),
+    ];
+    let (cluster, key, [mut api, _worker], base) = funded_api(backend, &leases, "1").await;
     let stream = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(&key)
@@ -590,9 +566,25 @@ async fn holds_of_a_killed_api_process_come_back(backend: Backend) {
     }
 }
 
+/// A priced cluster, account `acme` funded with `usd` and a key of it, two API processes
+/// and a worker: the key, the processes and the two APIs' base URLs.
+async fn two_apis_and_a_worker(
+    backend: Backend,
+    usd: &str,
+) -> (Cluster, String, [Proc; 3], [String; 2]) {
+    let cluster = priced_cluster(backend, &[]).await;
+    let key = funded_key(&cluster, usd);
+    let (api1, addr1) = cluster.spawn("api");
+    let (api2, addr2) = cluster.spawn("api");
+    let (worker, _) = cluster.spawn("worker");
+    let bases = [addr1.unwrap(), addr2.unwrap()].map(|a| format!("http://{a}"));
+    (cluster, key, [api1, api2, worker], bases)
+}
+
 /// `n` local image jobs submitted at once, spread over the API processes at `bases`:
-/// each answer's status and body.
-async fn image_burst(bases: &[String], key: &str, n: usize) -> Vec<(u16, Value)> {
+/// the ids of those accepted, and how many were refused with 402. Any other answer
+/// fails the test.
+async fn image_burst(bases: &[String], key: &str, n: usize) -> (Vec<String>, usize) {
     let client = reqwest::Client::new();
     let requests = (0..n).map(|i| {
         let req = client
@@ -605,7 +597,15 @@ async fn image_burst(bases: &[String], key: &str, n: usize) -> Vec<(u16, Value)>
             (status, res.json::<Value>().await.unwrap())
         }
     });
-    futures::future::join_all(requests).await
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    for (status, body) in futures::future::join_all(requests).await {
+        match status {
+            202 => accepted.push(body["id"].as_str().unwrap().to_owned()),
+            402 => refused += 1,
+            _ => panic!("{status}: {body}"),
+        }
+    }
+    (accepted, refused)
 }
 
 /// Waits (a minute at most) until job `id` has completed, asking the API at `base`.
@@ -653,26 +653,17 @@ async fn lease_entries(cluster: &Cluster, kind: &str) -> i64 {
 /// no lease is left with money another process was refused. Once the jobs have run and
 /// the processes stopped, the balance is spent to the micro-dollar and nothing is held.
 async fn job_leases_hold_across_two_api_processes(backend: Backend) {
-    let cluster = priced_cluster(backend, &[]).await;
-    let key = funded_key(&cluster, "56");
-    let (mut api1, addr1) = cluster.spawn("api");
-    let (mut api2, addr2) = cluster.spawn("api");
-    let (_worker, _) = cluster.spawn("worker");
-    let bases = [addr1.unwrap(), addr2.unwrap()].map(|a| format!("http://{a}"));
-    let answers = image_burst(&bases, &key, 200).await;
-    let accepted: Vec<&Value> = answers
-        .iter()
-        .filter(|(s, _)| *s == 202)
-        .map(|(_, b)| b)
-        .collect();
+    let (cluster, key, [mut api1, mut api2, _worker], bases) =
+        two_apis_and_a_worker(backend, "56").await;
+    let (accepted, refused) = image_burst(&bases, &key, 200).await;
     assert_eq!(accepted.len(), 40, "exactly forty fit the balance");
-    assert_eq!(answers.iter().filter(|(s, _)| *s == 402).count(), 160);
+    assert_eq!(refused, 160);
     assert!(
         lease_entries(&cluster, "reservation").await >= 2,
         "the jobs were drawn from leases"
     );
-    for job in &accepted {
-        wait_completed(&bases[0], &key, job["id"].as_str().unwrap()).await;
+    for id in &accepted {
+        wait_completed(&bases[0], &key, id).await;
     }
     // A stopping process closes its leases.
     for api in [&mut api1, &mut api2] {
@@ -693,18 +684,11 @@ async fn job_leases_hold_across_two_api_processes(backend: Backend) {
 /// reaper gives back what no job holds once the lease expires, the job still running keeps
 /// its share, and when it completes it is charged and nothing is left held.
 async fn a_killed_api_process_s_job_lease_comes_back(backend: Backend) {
-    let cluster = priced_cluster(
-        backend,
-        &[
-            ("MEDIAGATE_BILLING__CHAT_HOLD_SECS", "1"),
-            ("MEDIAGATE_BILLING__JOB_LEASE_SECS", "1"),
-        ],
-    )
-    .await;
-    let key = funded_key(&cluster, "100");
-    let (mut api, addr) = cluster.spawn("api");
-    let (_worker, _) = cluster.spawn("worker");
-    let base = format!("http://{}", addr.unwrap());
+    let leases = [
+        ("MEDIAGATE_BILLING__CHAT_HOLD_SECS", "1"),
+        ("MEDIAGATE_BILLING__JOB_LEASE_SECS", "1"),
+    ];
+    let (cluster, key, [mut api, _worker], base) = funded_api(backend, &leases, "100").await;
     let req = reqwest::Client::new()
         .post(format!("{base}/v1/jobs"))
         .bearer_auth(&key)

@@ -34,7 +34,7 @@ use sqlx::AnyConnection;
 use super::money::with_markup;
 use super::{
     Held, HoldKind, HoldRequest, Refusal, Release, alerts, apply, headroom, held, held_mask, hold,
-    periods,
+    periods, unhold,
 };
 use crate::SharedEngine;
 use crate::db::money::{self as rows, LedgerEntry, Reservation};
@@ -601,33 +601,13 @@ pub async fn close(db: &crate::db::Db, lease_id: &str, how: Release) -> Result<b
     };
     let jobs_hold = rows::held_by_lease_jobs(&mut *tx, lease_id).await?;
     let give = (lease.amount_micros - jobs_hold).max(0);
-    let (state, kind) = match how {
-        Release::Released => ("released", "release"),
-        Release::Expired => ("expired", "expiry"),
-    };
     if jobs_hold == 0 {
-        rows::end_reservation(&mut *tx, lease_id, "held", state, lease.settled_micros, now).await?;
+        let settled = lease.settled_micros;
+        rows::end_reservation(&mut *tx, lease_id, "held", how.state(), settled, now).await?;
     } else if give > 0 {
         rows::draw_from_lease(&mut *tx, lease_id, give, 0).await?;
     }
-    apply(&mut tx, &lease, give, 0, false).await?;
-    let entry = LedgerEntry {
-        id: new_id(IdKind::Ledger),
-        account_id: &lease.account_id,
-        key_id: Some(&lease.key_id),
-        kind,
-        reserved_delta: if lease.held_mask & held::BALANCE != 0 {
-            -give
-        } else {
-            0
-        },
-        reservation_id: Some(lease_id),
-        model: Some(&lease.model),
-        actor: "system",
-        created_at: now,
-        ..LedgerEntry::default()
-    };
-    rows::insert_ledger(&mut *tx, &entry).await?;
+    unhold(&mut tx, &lease, how, give, now).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -552,6 +552,24 @@ pub enum Release {
     Expired,
 }
 
+impl Release {
+    /// The hold's state after.
+    fn state(self) -> &'static str {
+        match self {
+            Release::Released => "released",
+            Release::Expired => "expired",
+        }
+    }
+
+    /// The kind of its ledger entry.
+    fn entry_kind(self) -> &'static str {
+        match self {
+            Release::Released => "release",
+            Release::Expired => "expiry",
+        }
+    }
+}
+
 /// Frees a hold without charging; false if it was not held (ended already).
 pub async fn release(
     conn: &mut AnyConnection,
@@ -559,29 +577,38 @@ pub async fn release(
     how: Release,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let (state, kind) = match how {
-        Release::Released => ("released", "release"),
-        Release::Expired => ("expired", "expiry"),
-    };
-    let Some(hold) = rows::end_reservation(&mut *conn, id, "held", state, None, now).await? else {
+    let Some(hold) = rows::end_reservation(&mut *conn, id, "held", how.state(), None, now).await?
+    else {
         return Ok(false);
     };
     let given_back = give_back(conn, &hold, now).await?;
-    apply(conn, &hold, given_back, 0, true).await?;
+    unhold(conn, &hold, how, given_back, now).await?;
+    Ok(true)
+}
+
+/// Gives `given_back` of what `hold` holds back to the counters it took from (and its
+/// job slot), uncharged, with the ledger entry that says so.
+async fn unhold(
+    conn: &mut AnyConnection,
+    hold: &Reservation,
+    how: Release,
+    given_back: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    apply(conn, hold, given_back, 0, true).await?;
     let entry = LedgerEntry {
         id: new_id(IdKind::Ledger),
         account_id: &hold.account_id,
         key_id: Some(&hold.key_id),
-        kind,
-        reserved_delta: -balance_held(&hold, given_back),
-        reservation_id: Some(id),
+        kind: how.entry_kind(),
+        reserved_delta: -balance_held(hold, given_back),
+        reservation_id: Some(&hold.id),
         model: Some(&hold.model),
         actor: "system",
         created_at: now,
         ..LedgerEntry::default()
     };
-    rows::insert_ledger(&mut *conn, &entry).await?;
-    Ok(true)
+    rows::insert_ledger(&mut *conn, &entry).await
 }
 
 /// What ending `hold` gives back to the counters it took from: all it holds, or, for a
