@@ -21,6 +21,8 @@
 //!
 //! A lease asks for at most `*_lease_requests` ceilings and never more than a quarter of
 //! what the account or key has left, so one process cannot sit on money another needs.
+//! A lease that got the most and has a quarter left asks for the next one off the request
+//! path, so requests seldom wait for the database; near a limit nothing is asked ahead.
 //! Near a limit a chat lease shrinks to a single request; a job is then held by itself in
 //! its job's transaction (so is every job of a key with `max_concurrent_jobs`), exact to
 //! the last job.
@@ -112,9 +114,10 @@ struct State {
     queued: bool,
 }
 
-/// One chat request's share of a lease: its ceiling, until [`Taken::settle`] says what
-/// it costs. Dropping it (after its charge is written, or when the request never got
-/// that far) tells the lease the request is over.
+/// One request's share of a lease: its ceiling — until [`Taken::settle`] says what a chat
+/// cost, or for a job, as its own hold row ([`hold_job`]). Dropping it (after a chat's
+/// charge or a job's row is written, or when the request never got that far) tells the
+/// lease this process is done with the request.
 #[derive(Debug)]
 pub struct Taken {
     lease: Arc<Lease>,
