@@ -23,6 +23,7 @@ on_both_backends!(
     chat_is_held_by_its_ceiling_and_charged_by_its_tokens,
     chat_requests_share_a_lease,
     jobs_of_a_key_share_a_lease,
+    a_lease_running_low_has_the_next_one_ready,
     a_chat_without_max_tokens_is_limited_to_its_hold,
     expired_holds_are_released_and_late_answers_still_charged,
     money_alerts_reach_the_endpoints_that_asked_once,
@@ -567,6 +568,83 @@ async fn jobs_of_a_key_share_a_lease(backend: Backend) {
     assert_eq!(
         the_lease(&app, &account).await,
         ("released".to_owned(), 0, None)
+    );
+    app.finish().await;
+}
+
+/// Far from any limit, a lease with a quarter left asks for the next one off the request
+/// path; the request that finds the first one spent takes from the next, and the first,
+/// its jobs done, is closed.
+async fn a_lease_running_low_has_the_next_one_ready(backend: Backend) {
+    let (app, _dir) = priced_app_with(backend, |c| {
+        c.billing.job_lease_requests = 8;
+        c.billing.job_lease = Duration::from_secs(60);
+    })
+    .await;
+    let account = fund(&app, 10_000 * MICROS_PER_USD).await;
+    let pool = app.engine().db.pool().clone();
+    let leases = || async {
+        sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT id, state, amount_micros FROM reservations \
+             WHERE account_id = $1 AND id LIKE 'lease_%' ORDER BY created_at, id",
+        )
+        .bind(&account)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let mut jobs = Vec::new();
+    for _ in 0..7 {
+        let job = app.submit(image_job()).await;
+        jobs.push(job["id"].as_str().unwrap().to_owned());
+    }
+    // Seven of eight taken: one left, under a quarter. The next lease is asked for.
+    let start = std::time::Instant::now();
+    while leases().await.len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no next lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..2 {
+        let job = app.submit(image_job()).await;
+        jobs.push(job["id"].as_str().unwrap().to_owned());
+    }
+    for id in &jobs {
+        let done = app.wait_terminal(id, Duration::from_secs(30)).await;
+        assert_eq!(done["status"], "completed");
+    }
+    let held_from: Vec<String> = sqlx::query_scalar(
+        "SELECT lease_id FROM reservations WHERE account_id = $1 AND id LIKE 'job_%' \
+         ORDER BY created_at, id",
+    )
+    .bind(&account)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let all = leases().await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let (first, next) = (&all[0], &all[1]);
+    assert!(
+        held_from[..8].iter().all(|l| *l == first.0),
+        "eight from the first: {held_from:?}"
+    );
+    assert_eq!(held_from[8], next.0, "the ninth from the next");
+    // The first, spent and its jobs done, is closed by the usage writer; the next holds
+    // seven ceilings.
+    let start = std::time::Instant::now();
+    while leases().await[0].1 != "released" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            leases().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = leases().await;
+    assert_eq!((all[1].1.as_str(), all[1].2), ("held", 7 * ONE_IMAGE));
+    assert_eq!(reconciled(&app, &account).await.reserved, 7 * ONE_IMAGE);
+    assert_eq!(
+        reconciled(&app, &account).await.balance,
+        10_000 * MICROS_PER_USD - 9 * ONE_IMAGE
     );
     app.finish().await;
 }
