@@ -382,13 +382,14 @@ impl Leases {
     }
 
     /// Retires leases past their time (all of them, when the process stops) and hands
-    /// back those with nothing left to write, for [`close`].
+    /// back those with nothing left to write, for [`close`]. Forgets the slots of keys
+    /// left with no lease, so a process that served many keys does not keep one per key.
     pub fn finished(&self, now: i64, all: bool) -> Vec<Arc<Lease>> {
         if all {
             self.stopping.store(true, Ordering::Release);
         }
-        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
-        for slot in slots {
+        let mut slots = lock(&self.slots);
+        slots.retain(|_, slot| {
             let mut guard = lock(&slot.leases);
             let leases = &mut *guard;
             for place in [&mut leases.current, &mut leases.next] {
@@ -399,7 +400,12 @@ impl Leases {
                     lease.retire();
                 }
             }
-        }
+            // Slots are handed out under this lock, so with no other holder now none can
+            // get this one while it is dropped; a request or refill that holds it keeps it.
+            let idle = leases.current.is_none() && leases.next.is_none();
+            !(idle && leases.alone_until <= now && Arc::strong_count(slot) == 1)
+        });
+        drop(slots);
         std::mem::take(&mut *lock(&self.done))
     }
 }
@@ -707,4 +713,76 @@ pub async fn charge_all(
         }
     }
     Ok(raised)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(usable_until: i64, done: &Arc<Mutex<Vec<Arc<Lease>>>>) -> Arc<Lease> {
+        Arc::new(Lease {
+            id: new_id(IdKind::Lease),
+            size: 100,
+            full_size: true,
+            account_id: "acct".into(),
+            key_id: "key".into(),
+            markup_bp: 0,
+            held_mask: held::BALANCE,
+            day_starts_at: periods::day_start(0),
+            month_starts_at: periods::month_start(0),
+            usable_until,
+            guarded: true,
+            state: Mutex::new(State {
+                remaining: 100,
+                open: 0,
+                retired: false,
+                queued: false,
+            }),
+            done: done.clone(),
+        })
+    }
+
+    fn slot_with(leases: &Leases, key: &str, current: Option<Arc<Lease>>) -> Arc<Slot> {
+        let slot = Arc::new(Slot::default());
+        lock(&slot.leases).current = current;
+        lock(&leases.slots).insert((key.to_owned(), HoldKind::Job), slot.clone());
+        slot
+    }
+
+    #[test]
+    fn a_spent_slot_takes_from_the_next_lease_and_retires_the_first() {
+        let leases = Leases::default();
+        let first = lease(1_000, &leases.done);
+        let slot = slot_with(&leases, "k", Some(first.clone()));
+        let taken = slot.take(100, 10).expect("the first covers it");
+        assert!(first.running_low());
+        assert!(slot.take(1, 10).is_none(), "the first is spent");
+        lock(&slot.leases).next = Some(lease(1_000, &leases.done));
+        let from_next = slot.take(60, 10).expect("the next covers it");
+        assert!(!Arc::ptr_eq(&from_next.lease, &first));
+        assert!(lock(&slot.leases).next.is_none(), "the next became current");
+        // Retired, the first is closed only once its last request is done.
+        assert!(leases.finished(10, false).is_empty());
+        drop(taken);
+        let done = leases.finished(10, false);
+        assert_eq!(done.len(), 1);
+        assert!(Arc::ptr_eq(&done[0], &first));
+    }
+
+    #[test]
+    fn slots_left_with_no_lease_are_forgotten() {
+        let leases = Leases::default();
+        slot_with(&leases, "idle", None);
+        slot_with(&leases, "leased", Some(lease(1_000, &leases.done)));
+        let held = slot_with(&leases, "in use", None);
+        slot_with(&leases, "past", Some(lease(5, &leases.done)));
+        let done = leases.finished(10, false);
+        assert_eq!(done.len(), 1, "the lease past its time, with nothing open");
+        let mut kept: Vec<String> = lock(&leases.slots).keys().map(|(k, _)| k.clone()).collect();
+        kept.sort();
+        assert_eq!(kept, ["in use", "leased"]);
+        drop(held);
+        leases.finished(2_000, false);
+        assert!(lock(&leases.slots).is_empty());
+    }
 }
