@@ -35,7 +35,7 @@ use sqlx::AnyConnection;
 
 use super::money::with_markup;
 use super::{
-    Held, HoldKind, HoldRequest, Refusal, Release, alerts, apply, headroom, held, held_mask, hold,
+    HoldKind, HoldRequest, Refusal, Release, alerts, apply, headroom, held, held_mask, hold,
     periods, unhold,
 };
 use crate::SharedEngine;
@@ -63,7 +63,7 @@ pub struct Leases {
 struct Slot {
     gate: tokio::sync::Mutex<()>,
     leases: Mutex<SlotLeases>,
-    /// A refill is under way (see [`Leases::refill`]).
+    /// A refill is under way (see [`refill`]).
     refilling: AtomicBool,
 }
 
@@ -228,11 +228,11 @@ impl Leases {
             return Ok(Ok(None));
         }
         match self.take_or_lease(engine, req).await? {
-            Leased::Taken(taken) => Ok(Ok(Some(taken))),
-            Leased::Refused(refusal) => Ok(Err(refusal)),
+            Answer::Got(taken) => Ok(Ok(Some(taken))),
+            Answer::Refused(refusal) => Ok(Err(refusal)),
             // Never: a chat lease shrinks to one request instead. Were it reached, refusing
             // is the answer that cannot overspend.
-            Leased::HoldAlone => Ok(Err(Refusal::NoPayer)),
+            Answer::HoldAlone => Ok(Err(Refusal::NoPayer)),
         }
     }
 
@@ -251,8 +251,8 @@ impl Leases {
             return Ok(None);
         }
         Ok(match self.take_or_lease(engine, req).await? {
-            Leased::Taken(taken) => Some(taken),
-            Leased::Refused(_) | Leased::HoldAlone => None,
+            Answer::Got(taken) => Some(taken),
+            Answer::Refused(_) | Answer::HoldAlone => None,
         })
     }
 
@@ -260,7 +260,7 @@ impl Leases {
         &self,
         engine: &SharedEngine,
         req: &HoldRequest<'_>,
-    ) -> Result<Leased, sqlx::Error> {
+    ) -> Result<Answer<Taken>, sqlx::Error> {
         let slot = lock(&self.slots)
             .entry((req.key_id.to_owned(), req.kind))
             .or_default()
@@ -269,10 +269,10 @@ impl Leases {
             if taken.lease.running_low() {
                 refill(engine, &slot, req);
             }
-            return Ok(Leased::Taken(taken));
+            return Ok(Answer::Got(taken));
         }
         if slot.alone_at(req.now) {
-            return Ok(Leased::HoldAlone);
+            return Ok(Answer::HoldAlone);
         }
         let _gate = slot.gate.lock().await;
         let req = HoldRequest {
@@ -280,23 +280,23 @@ impl Leases {
             ..*req
         };
         if let Some(taken) = slot.take(req.list_micros, req.now) {
-            return Ok(Leased::Taken(taken));
+            return Ok(Answer::Got(taken));
         }
         if slot.alone_at(req.now) {
-            return Ok(Leased::HoldAlone);
+            return Ok(Answer::HoldAlone);
         }
         Ok(match self.acquire(engine, &req).await? {
-            Acquired::Lease(lease) => {
+            Answer::Got(lease) => {
                 let taken = lease.take(req.list_micros, req.now);
                 slot.install(lease, &req);
                 // A lease is made for at least this request, in its time and periods.
-                taken.map_or(Leased::Refused(Refusal::NoPayer), Leased::Taken)
+                taken.map_or(Answer::Refused(Refusal::NoPayer), Answer::Got)
             }
-            Acquired::HoldAlone => {
+            Answer::HoldAlone => {
                 lock(&slot.leases).alone_until = req.now + lease_secs(engine, req.kind);
-                Leased::HoldAlone
+                Answer::HoldAlone
             }
-            Acquired::Refused(refusal) => Leased::Refused(refusal),
+            Answer::Refused(refusal) => Answer::Refused(refusal),
         })
     }
 
@@ -308,7 +308,7 @@ impl Leases {
         &self,
         engine: &crate::Engine,
         req: &HoldRequest<'_>,
-    ) -> Result<Acquired, sqlx::Error> {
+    ) -> Result<Answer<Arc<Lease>>, sqlx::Error> {
         let config = &engine.config.billing;
         let id = new_id(IdKind::Lease);
         let usable_until = req.now + lease_secs(engine, req.kind);
@@ -327,11 +327,11 @@ impl Leases {
         loop {
             let mut tx = engine.db.begin().await?;
             let Some(payer) = rows::payer(&mut *tx, req.account_id, req.key_id).await? else {
-                return Ok(Acquired::Refused(Refusal::NoPayer));
+                return Ok(Answer::Refused(Refusal::NoPayer));
             };
             let mask = held_mask(&payer, &req);
             if req.kind == HoldKind::Job && mask & held::JOB_SLOT != 0 {
-                return Ok(Acquired::HoldAlone);
+                return Ok(Answer::HoldAlone);
             }
             let (markup_bp, _) = config.tier_for(payer.rolling_30d_micros);
             let need = with_markup(req.list_micros.max(0), markup_bp);
@@ -346,13 +346,13 @@ impl Leases {
                 ceilings = ceilings.min(room / 4 / need).max(1);
             }
             if req.kind == HoldKind::Job && ceilings < MIN_JOB_LEASE {
-                return Ok(Acquired::HoldAlone);
+                return Ok(Answer::HoldAlone);
             }
             let size = need.saturating_mul(ceilings);
             match hold(&mut tx, &payer, &req, size, markup_bp).await? {
                 Ok(_) => {
                     tx.commit().await?;
-                    return Ok(Acquired::Lease(Arc::new(Lease {
+                    return Ok(Answer::Got(Arc::new(Lease {
                         id: id.clone(),
                         size,
                         full_size: ceilings == most,
@@ -374,9 +374,9 @@ impl Leases {
                     })));
                 }
                 // The transaction wrote part of the hold: it is dropped, rolled back.
-                Err(_) if req.kind == HoldKind::Job => return Ok(Acquired::HoldAlone),
+                Err(_) if req.kind == HoldKind::Job => return Ok(Answer::HoldAlone),
                 Err(_) if size > need => only_need = true,
-                Err(refusal) => return Ok(Acquired::Refused(refusal)),
+                Err(refusal) => return Ok(Answer::Refused(refusal)),
             }
         }
     }
@@ -442,12 +442,12 @@ fn refill(engine: &SharedEngine, slot: &Arc<Slot>, req: &HoldRequest<'_>) {
                 now: now_ms(),
             };
             match engine.leases.acquire(&engine, &req).await {
-                Ok(Acquired::Lease(lease)) if engine.leases.stopping.load(Ordering::Acquire) => {
+                Ok(Answer::Got(lease)) if engine.leases.stopping.load(Ordering::Acquire) => {
                     if let Err(e) = close(&engine.db, &lease.id, Release::Released).await {
                         tracing::warn!(lease = %lease.id, error = %e, "releasing a lease failed; the reaper will when it expires");
                     }
                 }
-                Ok(Acquired::Lease(lease)) => slot.install(lease, &req),
+                Ok(Answer::Got(lease)) => slot.install(lease, &req),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "asking for the next lease of money failed; the next request will");
@@ -502,19 +502,11 @@ impl Slot {
     }
 }
 
-/// What [`Leases::acquire`] made of a request.
+/// What [`Leases`] answers a request: what it got (a new lease, or the request's share
+/// of one), a refusal, or (a job) that it is to be held by itself.
 #[derive(Debug)]
-enum Acquired {
-    Lease(Arc<Lease>),
-    Refused(Refusal),
-    HoldAlone,
-}
-
-/// What [`Leases`] answers a request: its share of a lease, a refusal, or (a job) that it
-/// is to be held by itself.
-#[derive(Debug)]
-enum Leased {
-    Taken(Taken),
+enum Answer<T> {
+    Got(T),
     Refused(Refusal),
     HoldAlone,
 }
@@ -538,7 +530,7 @@ pub async fn hold_job(
     job_id: &str,
     model: &str,
     now: i64,
-) -> Result<Held, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     let lease = &taken.lease;
     let hold = Reservation {
         id: job_id.to_owned(),
@@ -558,11 +550,7 @@ pub async fn hold_job(
         held_mask: lease.held_mask,
         lease_id: Some(lease.id.clone()),
     };
-    rows::insert_reservation(&mut *conn, &hold).await?;
-    Ok(Held {
-        amount_micros: taken.amount_micros,
-        markup_bp: lease.markup_bp,
-    })
+    rows::insert_reservation(&mut *conn, &hold).await
 }
 
 /// What the lease `lease_id` gives back to the counters for one of its jobs' holds of
