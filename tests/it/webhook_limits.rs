@@ -3,7 +3,8 @@
 //! that could not start before a hold lapsed are put off in SQL unclaimed, endpoints
 //! are capped and paged, every attempt sent is in the log however many redeliveries are
 //! asked for at once, a destination the guard refuses fails at once, and `localhost` (or a
-//! name for a private address) is refused when submitted.
+//! name for a private address) is refused when submitted. An event for hundreds of
+//! endpoints (written and pushed in batches) reaches each of them once.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ on_both_backends!(
     a_redelivery_storm_records_every_attempt_sent,
     a_blocked_destination_fails_at_once_with_the_reason,
     localhost_and_private_names_are_refused_at_submission,
+    an_event_for_hundreds_of_endpoints_reaches_each_once,
 );
 
 /// Loopback receivers are reachable, and the schedule is short.
@@ -484,4 +486,62 @@ async fn loopback_alias() -> Option<String> {
         }
     }
     None
+}
+
+async fn an_event_for_hundreds_of_endpoints_reaches_each_once(backend: Backend) {
+    // More endpoints than one batch of the fan-out's insert holds (100), twice over.
+    const ENDPOINTS: usize = 230;
+    let app = start(backend, |c| {
+        c.webhooks.max_endpoints_per_account = ENDPOINTS
+    })
+    .await;
+    let rx = Receiver::start(|_, _| Reply::ok()).await;
+    for i in 0..ENDPOINTS {
+        let res = app
+            .client
+            .post(format!("{}/v1/webhook-endpoints", app.url))
+            .bearer_auth(&app.key)
+            .json(&json!({"url": rx.url(&format!("/e{i}")), "events": ["job.completed"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let mut job = image_job("many");
+    job["webhook"] = json!({"url": rx.url("/own")});
+    let job = app.submit(job).await;
+    let job_id = job["id"].as_str().unwrap();
+    let hits = rx.wait_hits(ENDPOINTS + 1, Duration::from_secs(60)).await;
+    // Each once: no more arrive, and every path is its own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits = rx.hits().len().max(hits.len());
+    assert_eq!(hits, ENDPOINTS + 1);
+    let mut paths: Vec<String> = rx.hits().into_iter().map(|h| h.path).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), ENDPOINTS + 1);
+    for hit in rx.hits() {
+        assert!(hit.body.contains(job_id), "{}", hit.body);
+        assert!(hit.body.contains("job.completed"), "{}", hit.body);
+    }
+    // The log has each delivery, to its own endpoint, delivered at its first attempt.
+    let log = eventually(Duration::from_secs(10), async || {
+        let log = deliveries(&app, job_id).await;
+        log.iter()
+            .all(|d| d["status"] == "delivered")
+            .then_some(log)
+    })
+    .await;
+    assert_eq!(log.len(), ENDPOINTS + 1);
+    let mut endpoints: Vec<&str> = log
+        .iter()
+        .filter_map(|d| d["endpoint_id"].as_str())
+        .collect();
+    endpoints.sort();
+    endpoints.dedup();
+    assert_eq!(endpoints.len(), ENDPOINTS);
+    assert!(
+        log.iter()
+            .all(|d| d["attempts"].as_array().unwrap().len() == 1)
+    );
 }

@@ -43,7 +43,7 @@ macro_rules! push {
     ($storage:expr, $task:expr) => {
         $storage
             .clone()
-            .push_task($task)
+            .push_all($task)
             .await
             .map_err(|e| QueueError::Push(e.to_string()))
     };
@@ -236,31 +236,31 @@ impl Queue {
     /// Pushes `task` to run after `delay`, rounded as `T::DUE` asks. Pushes with the key
     /// of a task pushed within the hour are dropped.
     pub async fn push<T: Task>(&self, task: &T, delay: Duration) -> Result<(), QueueError> {
-        let args = match serde_json::to_value(task) {
-            Ok(serde_json::Value::Object(args)) => args,
-            Ok(other) => return Err(QueueError::Encode(format!("{other}"))),
-            Err(e) => return Err(QueueError::Encode(e.to_string())),
-        };
-        let mut envelope = Envelope { args, due_ms: 0 };
-        let run_at = (!delay.is_zero()).then(|| {
-            let due = since_epoch(delay);
-            match T::DUE {
-                Due::Exact => {
-                    envelope.due_ms = due.as_millis() as i64;
-                    due.as_secs()
-                }
-                Due::NotBefore => due.as_secs() + u64::from(due.subsec_nanos() > 0),
-            }
-        });
-        let built = build(envelope, task.key(), run_at);
-        let name = lane_name::<T>(task.lane().min(T::LANES.saturating_sub(1)));
-        let lane = self.lane(&name);
-        match &lane.storage {
-            Storage::Embedded(storage) => push!(storage, built)?,
-            Storage::Redis(storage) => push!(storage, built)?,
+        self.push_all(std::slice::from_ref(task), delay).await
+    }
+
+    /// Pushes `tasks` as [`Queue::push`] does, with one round trip per lane instead of one
+    /// per task, and one wake-up: a webhook event fanned out to hundreds of endpoints is
+    /// one push. On an error some of them may have been pushed.
+    pub async fn push_all<T: Task>(&self, tasks: &[T], delay: Duration) -> Result<(), QueueError> {
+        let mut by_lane: HashMap<String, Vec<apalis::prelude::Task<Envelope>>> = HashMap::new();
+        for task in tasks {
+            let name = lane_name::<T>(task.lane().min(T::LANES.saturating_sub(1)));
+            by_lane
+                .entry(name)
+                .or_default()
+                .push(build_task(task, delay)?);
         }
-        if delay.is_zero() {
-            self.announce(&name, &lane).await;
+        for (name, built) in by_lane {
+            let lane = self.lane(&name);
+            let built = futures::stream::iter(built);
+            match &lane.storage {
+                Storage::Embedded(storage) => push!(storage, built)?,
+                Storage::Redis(storage) => push!(storage, built)?,
+            }
+            if delay.is_zero() {
+                self.announce(&name, &lane).await;
+            }
         }
         Ok(())
     }
@@ -419,12 +419,33 @@ pub(crate) fn lane_name<T: Task>(lane: usize) -> String {
 /// A task due at `run_at` (Unix seconds; `None`: now), deduplicated by `key`. apalis
 /// retries a failed task at now + attempt seconds; a few tries cover a blip in the
 /// database, and past that the task's owner must re-issue it.
-fn build(envelope: Envelope, key: String, run_at: Option<u64>) -> apalis::prelude::Task<Envelope> {
+/// `task` as the queue stores it: its arguments, when it is due (rounded as `T::DUE`
+/// asks) and its key.
+fn build_task<T: Task>(
+    task: &T,
+    delay: Duration,
+) -> Result<apalis::prelude::Task<Envelope>, QueueError> {
+    let args = match serde_json::to_value(task) {
+        Ok(serde_json::Value::Object(args)) => args,
+        Ok(other) => return Err(QueueError::Encode(format!("{other}"))),
+        Err(e) => return Err(QueueError::Encode(e.to_string())),
+    };
+    let mut envelope = Envelope { args, due_ms: 0 };
+    let run_at = (!delay.is_zero()).then(|| {
+        let due = since_epoch(delay);
+        match T::DUE {
+            Due::Exact => {
+                envelope.due_ms = due.as_millis() as i64;
+                due.as_secs()
+            }
+            Due::NotBefore => due.as_secs() + u64::from(due.subsec_nanos() > 0),
+        }
+    });
     let mut builder = TaskBuilder::new(envelope);
     if let Some(secs) = run_at {
         builder = builder.run_at_timestamp(secs);
     }
-    builder.idempotency_key(key).max_attempts(3).build()
+    Ok(builder.idempotency_key(task.key()).max_attempts(3).build())
 }
 
 /// Now + `delay`, since the Unix epoch.

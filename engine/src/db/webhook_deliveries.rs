@@ -61,17 +61,16 @@ pub struct Delivery {
     pub delivered_at: Option<i64>,
 }
 
-/// A delivery about to be written alongside its event.
+/// The deliveries of one event about to be written alongside it: what they share, and
+/// each one's `(delivery id, endpoint id, url)` (no endpoint: the job's own webhook).
 #[derive(Debug, Clone)]
-pub struct NewDelivery<'a> {
-    pub id: String,
+pub struct NewDeliveries<'a> {
     pub account_id: &'a str,
     pub job_id: &'a str,
     pub event_id: &'a str,
     pub event_type: &'a str,
-    pub endpoint_id: Option<&'a str>,
-    pub url: &'a str,
     pub now: i64,
+    pub to: Vec<(&'a str, Option<&'a str>, &'a str)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,26 +133,45 @@ struct DeliveryAttemptRow {
     response_body: Option<String>,
 }
 
-/// Writes a pending delivery, due at once (in the event's transaction).
-pub async fn insert<'e>(
-    conn: impl Executor<'e, Database = Any>,
-    d: &NewDelivery<'_>,
+/// Rows per INSERT of [`insert_all`]: a fan-out to hundreds of endpoints is a few
+/// statements, not one round trip per endpoint inside the event's transaction (and well
+/// under either database's limit on bound parameters).
+const ROWS_PER_INSERT: usize = 100;
+
+/// Writes pending deliveries of one event, due at once (in the event's transaction).
+pub async fn insert_all(
+    conn: &mut AnyConnection,
+    d: &NewDeliveries<'_>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (id, account_id, job_id, event_id, event_type, \
-         endpoint_id, url, status, next_attempt_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, $8)",
-    )
-    .bind(&d.id)
-    .bind(d.account_id)
-    .bind(d.job_id)
-    .bind(d.event_id)
-    .bind(d.event_type)
-    .bind(d.endpoint_id)
-    .bind(d.url)
-    .bind(d.now)
-    .execute(conn)
-    .await?;
+    use std::fmt::Write;
+    for chunk in d.to.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO webhook_deliveries (id, account_id, job_id, event_id, event_type, \
+             endpoint_id, url, status, next_attempt_at, created_at, updated_at) VALUES ",
+        );
+        // $1–$5 are the event's, shared by every row; then three per row.
+        for i in 0..chunk.len() {
+            let p = 6 + 3 * i;
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(
+                sql,
+                "{sep}(${p}, $1, $2, $3, $4, ${}, ${}, 'pending', $5, $5, $5)",
+                p + 1,
+                p + 2
+            );
+        }
+        // Built from constants and counters only: every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(d.account_id)
+            .bind(d.job_id)
+            .bind(d.event_id)
+            .bind(d.event_type)
+            .bind(d.now);
+        for (id, endpoint_id, url) in chunk {
+            query = query.bind(*id).bind(*endpoint_id).bind(*url);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

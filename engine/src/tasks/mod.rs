@@ -46,6 +46,23 @@ pub(crate) async fn hand_off<T: Recovered>(engine: &Engine, task: &T, delay: Dur
     }
 }
 
+/// [`hand_off`] for many tasks at once, in one push per queue.
+pub(crate) async fn hand_off_all<T: Recovered>(engine: &Engine, tasks: &[T], delay: Duration) {
+    if tasks.is_empty() {
+        return;
+    }
+    if let Err(e) = engine.queue.push_all(tasks, delay).await {
+        tracing::warn!(
+            task = T::NAME,
+            tasks = tasks.len(),
+            first_key = %tasks[0].key(),
+            error = %e,
+            "could not push tasks; {} will",
+            T::RECOVERED_BY
+        );
+    }
+}
+
 /// "Look at job `job_id` again." `seq` is the job's fencing sequence at scheduling time;
 /// a task whose `seq` no longer matches the row is stale and does nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

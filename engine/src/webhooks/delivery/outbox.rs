@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 
 use crate::Engine;
 use crate::db::events::EventRow;
-use crate::db::webhook_deliveries::{self as deliveries, NewDelivery};
+use crate::db::webhook_deliveries::{self as deliveries, NewDeliveries};
 use crate::db::webhook_endpoints as endpoints;
 use crate::ids::{IdKind, new_id};
 use crate::jobs::job::Job;
@@ -69,30 +69,41 @@ async fn fan_out_for(
         }
     }
     let large = targets.len() > fast_lane_max_fan_out;
-    let mut tasks = Vec::with_capacity(targets.len());
-    for (endpoint_id, url, failing) in &targets {
-        let id = new_id(IdKind::Delivery);
-        let new = NewDelivery {
-            id: id.clone(),
+    let to: Vec<_> = targets
+        .iter()
+        .map(|(endpoint_id, url, failing)| {
+            (
+                new_id(IdKind::Delivery),
+                endpoint_id.as_deref(),
+                url.as_str(),
+                *failing,
+            )
+        })
+        .collect();
+    deliveries::insert_all(
+        &mut *conn,
+        &NewDeliveries {
             account_id,
             // The event's subject: the job, or for an account's own event the account.
             job_id: &event.job_id,
             event_id: &event.id,
             event_type: &event.kind,
-            endpoint_id: endpoint_id.as_deref(),
-            url,
             now: event.created_at,
-        };
-        deliveries::insert(&mut *conn, &new).await?;
-        tasks.push(Deliver::new(id, 0, account_id, url, large || *failing));
-    }
-    Ok(tasks)
+            to: to
+                .iter()
+                .map(|(id, endpoint_id, url, _)| (id.as_str(), *endpoint_id, *url))
+                .collect(),
+        },
+    )
+    .await?;
+    Ok(to
+        .into_iter()
+        .map(|(id, _, url, failing)| Deliver::new(id, 0, account_id, url, large || failing))
+        .collect())
 }
 
 /// Pushes the first attempts of deliveries just committed, best effort
 /// ([`tasks::hand_off`]): a push that fails leaves the delivery due in SQL.
 pub(crate) async fn dispatch(engine: &Engine, outbox: Vec<Deliver>) {
-    for task in outbox {
-        tasks::hand_off(engine, &task, Duration::ZERO).await;
-    }
+    tasks::hand_off_all(engine, &outbox, Duration::ZERO).await;
 }
