@@ -24,6 +24,7 @@ on_both_backends!(
     chat_requests_share_a_lease,
     jobs_of_a_key_share_a_lease,
     a_lease_running_low_has_the_next_one_ready,
+    a_key_that_limits_its_jobs_takes_their_money_from_a_lease,
     a_chat_without_max_tokens_is_limited_to_its_hold,
     expired_holds_are_released_and_late_answers_still_charged,
     money_alerts_reach_the_endpoints_that_asked_once,
@@ -568,6 +569,83 @@ async fn jobs_of_a_key_share_a_lease(backend: Backend) {
     assert_eq!(
         the_lease(&app, &account).await,
         ("released".to_owned(), 0, None)
+    );
+    app.finish().await;
+}
+
+/// A key with `max_concurrent_jobs` takes its jobs' money from a lease like any key, and
+/// each job's slot on the key's row; a job refused for want of a slot gives its share
+/// back to the lease, so refusals do not use leases up.
+async fn a_key_that_limits_its_jobs_takes_their_money_from_a_lease(backend: Backend) {
+    let (app, _dir) = priced_app_with(backend, |c| {
+        c.billing.job_lease_requests = 8;
+        c.billing.job_lease = Duration::from_secs(60);
+    })
+    .await;
+    let account = fund(&app, 10_000 * MICROS_PER_USD).await;
+    let key = key_id(&app, &app.key).await;
+    let pool = app.engine().db.pool().clone();
+    sqlx::query("UPDATE api_keys SET max_concurrent_jobs = 2 WHERE id = $1")
+        .bind(&key)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let slow = json!({"model": "local/image", "input": {"prompt": "x", "size": "64x64",
+        "simulate": {"latency_ms": 3000}}});
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        running.push(
+            app.submit(slow.clone()).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // More refusals than the lease has ceilings: each gives its share back.
+    for _ in 0..10 {
+        let (status, _, body) = send(app.post("/v1/jobs").json(&slow)).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["error"]["code"], "too_many_concurrent_jobs");
+    }
+    let leases: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, amount_micros FROM reservations WHERE account_id = $1 AND id LIKE 'lease_%'",
+    )
+    .bind(&account)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].1, 8 * ONE_IMAGE);
+    for id in &running {
+        let (lease, mask): (Option<String>, i64) =
+            sqlx::query_as("SELECT lease_id, held_mask FROM reservations WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(lease.as_deref(), Some(leases[0].0.as_str()));
+        assert_ne!(mask & 32, 0, "the job holds a slot of its key");
+    }
+    let in_flight = || async {
+        sqlx::query_scalar::<_, i64>("SELECT jobs_in_flight FROM api_keys WHERE id = $1")
+            .bind(&key)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(in_flight().await, 2);
+    for id in &running {
+        let done = app.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "completed");
+    }
+    assert_eq!(in_flight().await, 0);
+    // The two charged; the lease holds the rest of its eight.
+    assert_eq!(
+        reconciled(&app, &account).await,
+        Money {
+            balance: 10_000 * MICROS_PER_USD - 2 * ONE_IMAGE,
+            reserved: 6 * ONE_IMAGE
+        }
     );
     app.finish().await;
 }

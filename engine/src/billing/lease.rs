@@ -24,8 +24,12 @@
 //! A lease that got the most and has a quarter left asks for the next one off the request
 //! path, so requests seldom wait for the database; near a limit nothing is asked ahead.
 //! Near a limit a chat lease shrinks to a single request; a job is then held by itself in
-//! its job's transaction (so is every job of a key with `max_concurrent_jobs`), exact to
-//! the last job.
+//! its job's transaction, exact to the last job.
+//!
+//! A lease holds money only. A key's jobs in flight (`max_concurrent_jobs`) are counted
+//! on the key's row, one slot taken in each job's transaction: a slot must come back the
+//! moment its job ends, in whichever process, and a count split across processes'
+//! leases would refuse jobs while another process sits on free slots.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +96,9 @@ pub struct Lease {
     markup_bp: i64,
     /// The counters the lease took from, which its jobs' holds give back to.
     held_mask: i64,
+    /// The key's `max_concurrent_jobs` when the lease was made (jobs only): each job
+    /// then also takes one of the key's slots in its own transaction.
+    job_slots: Option<i64>,
     day_starts_at: i64,
     month_starts_at: i64,
     /// Requests are taken until then (Unix ms); the row expires a chat hold later.
@@ -198,6 +205,12 @@ impl Taken {
         state.remaining += self.amount_micros - charged;
         self.amount_micros = charged;
         self.charged_micros = charged;
+    }
+
+    /// The request was refused before anything of it was written: its share goes back
+    /// to the lease for the next one.
+    pub fn unused(mut self) {
+        self.settle(0);
     }
 
     /// Whether a prepaid balance or a cap stands behind the money (an unlimited account
@@ -329,10 +342,11 @@ impl Leases {
             let Some(payer) = rows::payer(&mut *tx, req.account_id, req.key_id).await? else {
                 return Ok(Answer::Refused(Refusal::NoPayer));
             };
-            let mask = held_mask(&payer, &req);
-            if req.kind == HoldKind::Job && mask & held::JOB_SLOT != 0 {
-                return Ok(Answer::HoldAlone);
-            }
+            // A lease holds money only; a job's slot is its own (see `hold_job`).
+            let mask = held_mask(&payer, &req) & !held::JOB_SLOT;
+            let job_slots = payer
+                .max_concurrent_jobs
+                .filter(|_| req.kind == HoldKind::Job);
             let (markup_bp, _) = config.tier_for(payer.rolling_30d_micros);
             let need = with_markup(req.list_micros.max(0), markup_bp);
             // Whole ceilings, so that where every request asks the same, no lease is
@@ -349,7 +363,7 @@ impl Leases {
                 return Ok(Answer::HoldAlone);
             }
             let size = need.saturating_mul(ceilings);
-            match hold(&mut tx, &payer, &req, size, markup_bp).await? {
+            match hold(&mut tx, &payer, &req, mask, size, markup_bp).await? {
                 Ok(_) => {
                     tx.commit().await?;
                     return Ok(Answer::Got(Arc::new(Lease {
@@ -360,6 +374,7 @@ impl Leases {
                         key_id: req.key_id.to_owned(),
                         markup_bp,
                         held_mask: mask,
+                        job_slots,
                         day_starts_at: periods::day_start(req.now),
                         month_starts_at: periods::month_start(req.now),
                         usable_until,
@@ -520,18 +535,24 @@ fn lease_secs(engine: &crate::Engine, kind: HoldKind) -> i64 {
 }
 
 /// Holds a job's share of a lease, in the job's transaction: a hold row naming the
-/// lease, with the lease's markup, counters and spending windows, that takes nothing
+/// lease, with the lease's markup, counters and spending windows, that takes no money
 /// from the counters (the lease did). It moves no money, so it writes no ledger entry:
 /// the lease's `reservation` did, and the job's `settlement` or `release` (under its own
-/// id) will.
+/// id) will. A key that limits its jobs in flight gives the job one of its slots here,
+/// last (it locks the key's row until the commit), or refuses it.
 pub async fn hold_job(
     conn: &mut AnyConnection,
     taken: &Taken,
     job_id: &str,
     model: &str,
     now: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<Result<(), Refusal>, sqlx::Error> {
     let lease = &taken.lease;
+    let slot = if lease.job_slots.is_some() {
+        held::JOB_SLOT
+    } else {
+        0
+    };
     let hold = Reservation {
         id: job_id.to_owned(),
         account_id: lease.account_id.clone(),
@@ -547,10 +568,16 @@ pub async fn hold_job(
         created_at: now,
         expires_at: None,
         ended_at: None,
-        held_mask: lease.held_mask,
+        held_mask: lease.held_mask | slot,
         lease_id: Some(lease.id.clone()),
     };
-    rows::insert_reservation(&mut *conn, &hold).await
+    rows::insert_reservation(&mut *conn, &hold).await?;
+    if let Some(limit) = lease.job_slots
+        && !rows::take_job_slot(&mut *conn, &lease.key_id).await?
+    {
+        return Ok(Err(Refusal::TooManyJobs { limit }));
+    }
+    Ok(Ok(()))
 }
 
 /// What the lease `lease_id` gives back to the counters for one of its jobs' holds of
@@ -716,6 +743,7 @@ mod tests {
             key_id: "key".into(),
             markup_bp: 0,
             held_mask: held::BALANCE,
+            job_slots: None,
             day_starts_at: periods::day_start(0),
             month_starts_at: periods::month_start(0),
             usable_until,

@@ -306,7 +306,7 @@ pub async fn reserve(
     };
     let (markup_bp, _) = config.tier_for(payer.rolling_30d_micros);
     let amount = with_markup(req.list_micros.max(0), markup_bp);
-    hold(conn, &payer, req, amount, markup_bp).await
+    hold(conn, &payer, req, held_mask(&payer, req), amount, markup_bp).await
 }
 
 /// The four spend windows a request of this key falls in, in lock order (account day,
@@ -378,17 +378,17 @@ pub(crate) async fn headroom(
     Ok(room.map(|r| r.max(0)))
 }
 
-/// Holds `amount` (markup included) for the request against every counter that guards
-/// it, in the one lock order; see [`reserve`].
+/// Holds `amount` (markup included) for the request against the counters of `mask`
+/// (see [`held_mask`]), in the one lock order; see [`reserve`].
 pub(crate) async fn hold(
     conn: &mut AnyConnection,
     payer: &PayerRow,
     req: &HoldRequest<'_>,
+    mask: i64,
     amount: i64,
     markup_bp: i64,
 ) -> Result<Result<Held, Refusal>, sqlx::Error> {
     let windows = windows(payer, req);
-    let mask = held_mask(payer, req);
     // The new rows first: nobody else waits on them. Then the guarded updates of the
     // rows every request of the account shares, in the one lock order.
     let hold = Reservation {
