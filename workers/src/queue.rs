@@ -416,11 +416,10 @@ pub(crate) fn lane_name<T: Task>(lane: usize) -> String {
     }
 }
 
-/// A task due at `run_at` (Unix seconds; `None`: now), deduplicated by `key`. apalis
-/// retries a failed task at now + attempt seconds; a few tries cover a blip in the
-/// database, and past that the task's owner must re-issue it.
-/// `task` as the queue stores it: its arguments, when it is due (rounded as `T::DUE`
-/// asks) and its key.
+/// `task` as the queue stores it: its arguments, due after `delay` (rounded as `T::DUE`
+/// asks), deduplicated by its key. apalis retries a failed task at now + attempt
+/// seconds; a few tries cover a blip in the database, and past that the task's owner
+/// must re-issue it.
 fn build_task<T: Task>(
     task: &T,
     delay: Duration,

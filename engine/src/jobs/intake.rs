@@ -344,21 +344,22 @@ async fn insert_job(
         expires_at: None,
         now,
     };
-    let mut leased = engine.leases.take_for_job(engine, &hold).await?;
+    let leased = engine.leases.take_for_job(engine, &hold).await?;
     let mut tx = engine.db.begin().await?;
     let job = jobs::insert(&mut *tx, &new).await?;
     if let Some(k) = key {
         idempotency::bind(&mut *tx, &caller.account_id, &k.key, &job.id).await?;
     }
-    if let Some(taken) = leased.take() {
+    if let Some(taken) = &leased {
         if let Err(refusal) =
-            billing::lease::hold_job(&mut tx, &taken, &new.id, &new.model, now).await?
+            billing::lease::hold_job(&mut tx, taken, &new.id, &new.model, now).await?
         {
             // Nothing of the job will be written: its share serves the next one.
-            taken.unused();
+            if let Some(taken) = leased {
+                taken.unused();
+            }
             return Ok(Err(refusal));
         }
-        leased = Some(taken);
     } else if let Err(refusal) = billing::reserve(&mut tx, &engine.config.billing, &hold).await? {
         return Ok(Err(refusal));
     }

@@ -35,15 +35,7 @@ impl Recovered for Deliver {
 /// Pushes `task` to run after `delay`, best effort: its row, already committed, says when
 /// it is due, so a push that fails is logged and left to [`Recovered::RECOVERED_BY`].
 pub(crate) async fn hand_off<T: Recovered>(engine: &Engine, task: &T, delay: Duration) {
-    if let Err(e) = engine.queue.push(task, delay).await {
-        tracing::warn!(
-            task = T::NAME,
-            key = %task.key(),
-            error = %e,
-            "could not push a task; {} will",
-            T::RECOVERED_BY
-        );
-    }
+    hand_off_all(engine, std::slice::from_ref(task), delay).await;
 }
 
 /// [`hand_off`] for many tasks at once, in one push per queue.
@@ -55,7 +47,7 @@ pub(crate) async fn hand_off_all<T: Recovered>(engine: &Engine, tasks: &[T], del
         tracing::warn!(
             task = T::NAME,
             tasks = tasks.len(),
-            first_key = %tasks[0].key(),
+            key = %tasks[0].key(),
             error = %e,
             "could not push tasks; {} will",
             T::RECOVERED_BY
