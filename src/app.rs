@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mediagate_engine::db::Db;
+use mediagate_engine::db::{Db, PoolSize};
 use mediagate_engine::media::storage::Storage;
 use mediagate_engine::{Engine, SharedEngine};
 use mediagate_workers::Queue;
@@ -63,13 +63,13 @@ impl Running {
 }
 
 /// Opens the database (creating the embedded one's directory) and applies migrations.
-pub async fn open_store(config: &Config, max_connections: u32) -> anyhow::Result<Db> {
+pub async fn open_store(config: &Config, size: PoolSize) -> anyhow::Result<Db> {
     let db_url = config.database_url();
     if db_url.starts_with("sqlite:") {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
-    let store = Db::connect(&db_url, max_connections)
+    let store = Db::connect(&db_url, size)
         .await
         .context("connecting to the database")?;
     store
@@ -81,7 +81,14 @@ pub async fn open_store(config: &Config, max_connections: u32) -> anyhow::Result
 
 /// Connects the store (migrating it), the queue and storage.
 pub async fn connect(config: &Config, public_url: String) -> anyhow::Result<SharedEngine> {
-    let store = open_store(config, config.database_max_connections).await?;
+    let store = open_store(
+        config,
+        PoolSize {
+            max: config.database_max_connections,
+            min: config.database_min_connections,
+        },
+    )
+    .await?;
     let queue = Queue::connect(
         config.redis_url.as_deref(),
         &config.queue_file(),

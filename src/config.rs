@@ -40,6 +40,9 @@ pub struct Config {
     /// Postgres connections per process. Few and busy beats many and contended: on a
     /// small machine, fewer connections mean fewer backends competing for the CPU.
     pub database_max_connections: u32,
+    /// Postgres connections each process opens at start and keeps open, ready for a
+    /// burst (at most `database_max_connections`).
+    pub database_min_connections: u32,
     /// Unset: the embedded queue in `<data_dir>/queue.db`; `redis://…`: the Redis queue.
     pub redis_url: Option<String>,
     /// `file://…` or `s3://bucket`; defaults to `file://<data_dir>/media`.

@@ -15,6 +15,7 @@ use mediagate::app::{self, Roles};
 use mediagate::config::Config;
 use mediagate::telemetry;
 use mediagate_engine::billing::money::format_usd;
+use mediagate_engine::db::PoolSize;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -153,7 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api => Roles::API,
         Command::Worker => Roles::WORKER,
         Command::Migrate => {
-            let store = app::open_store(&config, 2).await?;
+            let store = app::open_store(&config, PoolSize::few(2)).await?;
             drop(store);
             eprintln!("migrations applied");
             return Ok(());
@@ -173,7 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
     let database = config.database_display();
     let created_database = config.embedded_database_path().is_some_and(|p| !p.exists());
-    let store = app::open_store(config, 2).await?;
+    let store = app::open_store(config, PoolSize::few(2)).await?;
     match cmd {
         KeysCommand::Create {
             name,
@@ -256,7 +257,7 @@ async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
 
 /// `accounts`, `credits` and `usage`: each prints the admin API's JSON for it.
 async fn money_command(config: &Config, cmd: Command) -> anyhow::Result<()> {
-    let store = app::open_store(config, 2).await?;
+    let store = app::open_store(config, PoolSize::few(2)).await?;
     let billing = &config.billing;
     let shown = match cmd {
         Command::Accounts(AccountsCommand::Create {

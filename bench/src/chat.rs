@@ -6,7 +6,10 @@
 //! itself, mediagate in front of it, or another gateway in front of it — and reports the
 //! latency from each request's due time to its whole answer (unstreamed) or to its first
 //! content chunk and to its end (streamed). The difference between a gateway's numbers and
-//! the fake's own, measured in the same run, is what the gateway adds.
+//! the fake's own, measured in the same run, is what the gateway adds. `chat-pair` measures
+//! that difference at concurrency 1 without the run-to-run drift of this VM: it sends one
+//! request straight to the upstream and one through the gateway, back to back, pair after
+//! pair, and reports both and their difference per pair.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,6 +152,113 @@ pub async fn load(run: Load) -> anyhow::Result<()> {
         report(&format!("{} first token", run.label), &*first.lock().await);
     }
     report(&format!("{} whole answer", run.label), &*whole.lock().await);
+    Ok(())
+}
+
+/// One request at a time, in pairs: one to `base_a` (the upstream itself) and one to
+/// `base_b` (a gateway in front of it), back to back, the pair's order alternating so
+/// neither always goes first onto a warm path.
+#[derive(Debug, clap::Args)]
+pub struct Pair {
+    /// The upstream itself, up to `/chat/completions`.
+    #[arg(long)]
+    pub base_a: String,
+    #[arg(long, default_value = "")]
+    pub key_a: String,
+    #[arg(long, default_value = "gpt-4o-mini")]
+    pub model_a: String,
+    /// The gateway in front of it.
+    #[arg(long)]
+    pub base_b: String,
+    #[arg(long, default_value = "")]
+    pub key_b: String,
+    #[arg(long, default_value = "openai/gpt-4o-mini")]
+    pub model_b: String,
+    #[arg(long, default_value_t = 2000)]
+    pub pairs: u64,
+    /// Pause between pairs, so each pair meets an idle machine as a lone request does.
+    #[arg(long, default_value_t = 10)]
+    pub gap_ms: u64,
+    #[arg(long)]
+    pub stream: bool,
+    #[arg(long, default_value = "pair")]
+    pub label: String,
+}
+
+pub async fn pair(run: Pair) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let request = |base: &str, key: &str, model: &str| {
+        let body = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+            "stream": run.stream,
+            "max_tokens": 64,
+        });
+        client
+            .post(format!("{base}/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+    };
+    let timed = |base: &str, key: &str, model: &str| {
+        let req = request(base, key, model);
+        async move {
+            let sent = Instant::now();
+            let (to_first, to_end) = one(req, sent).await?;
+            anyhow::Ok(if run.stream {
+                to_first.unwrap_or(to_end)
+            } else {
+                to_end
+            })
+        }
+    };
+    // Warm both connections (and the gateway's own to the upstream) before measuring.
+    for _ in 0..50 {
+        timed(&run.base_a, &run.key_a, &run.model_a).await?;
+        timed(&run.base_b, &run.key_b, &run.model_b).await?;
+    }
+    let (mut a, mut b) = (histogram(), histogram());
+    // The difference can be negative; it is kept offset by a minute to fit the histogram.
+    const OFFSET: i64 = 60_000_000;
+    let mut added = histogram();
+    for i in 0..run.pairs {
+        let (ta, tb) = if i % 2 == 0 {
+            let ta = timed(&run.base_a, &run.key_a, &run.model_a).await?;
+            (ta, timed(&run.base_b, &run.key_b, &run.model_b).await?)
+        } else {
+            let tb = timed(&run.base_b, &run.key_b, &run.model_b).await?;
+            (timed(&run.base_a, &run.key_a, &run.model_a).await?, tb)
+        };
+        let (ua, ub) = (ta.as_micros() as i64, tb.as_micros() as i64);
+        a.record(ua.max(1) as u64).ok();
+        b.record(ub.max(1) as u64).ok();
+        added.record((OFFSET + ub - ua).max(1) as u64).ok();
+        tokio::time::sleep(Duration::from_millis(run.gap_ms)).await;
+    }
+    let what = if run.stream {
+        "first token"
+    } else {
+        "whole answer"
+    };
+    println!(
+        "{}: {} pairs, one request at a time ({what})",
+        run.label, run.pairs
+    );
+    report(&format!("{} upstream alone", run.label), &a);
+    report(&format!("{} through the gateway", run.label), &b);
+    let us = |q: f64| (added.value_at_quantile(q) as i64 - OFFSET) as f64 / 1000.0;
+    println!(
+        "{} added per pair (gateway minus upstream): p50={:.3}ms p90={:.3}ms p99={:.3}ms; \
+         p50 of each: {:+.3}ms, p99 of each: {:+.3}ms",
+        run.label,
+        us(0.5),
+        us(0.9),
+        us(0.99),
+        (b.value_at_quantile(0.5) as f64 - a.value_at_quantile(0.5) as f64) / 1000.0,
+        (b.value_at_quantile(0.99) as f64 - a.value_at_quantile(0.99) as f64) / 1000.0,
+    );
     Ok(())
 }
 

@@ -176,6 +176,8 @@ enum Command {
     },
     /// Open-loop chat completions against `--base` (up to `/chat/completions`).
     Chat(chat::Load),
+    /// Chat at concurrency 1, upstream and gateway in alternating pairs: what the gateway adds.
+    ChatPair(chat::Pair),
     /// A bare TCP relay from `--listen` to `--to`: what one more loopback hop costs on
     /// this machine, with no HTTP work at all (the floor under any gateway's added latency).
     Hop {
@@ -296,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
             reply_bytes,
         } => chat::upstream(&ready_file, token_interval_ms, reply_bytes).await,
         Command::Chat(run) => chat::load(run).await,
+        Command::ChatPair(run) => chat::pair(run).await,
         Command::Hop { listen, to } => chat::hop(&listen, &to).await,
         Command::Providers {
             mode,
@@ -355,6 +358,10 @@ async fn submit(url: &str, key: &str, rate: u64, seconds: u64, body: &str) -> an
     let total = rate * seconds;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let latencies = Arc::new(Mutex::new(histogram()));
+    // Each second's slowest answer, by due time: a stall shows as one bad second (and
+    // when in the run it came), where the histogram alone cannot tell a stall from a
+    // slow server.
+    let slowest = Arc::new(std::sync::Mutex::new(vec![0u64; seconds as usize + 1]));
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let endpoint = format!("{url}/v1/jobs");
@@ -370,6 +377,7 @@ async fn submit(url: &str, key: &str, rate: u64, seconds: u64, body: &str) -> an
             body.clone(),
         );
         let (latencies, accepted, failed) = (latencies.clone(), accepted.clone(), failed.clone());
+        let (slowest, second) = (slowest.clone(), (i / rate) as usize);
         tasks.push(tokio::spawn(async move {
             let res = client
                 .post(&endpoint)
@@ -382,11 +390,10 @@ async fn submit(url: &str, key: &str, rate: u64, seconds: u64, body: &str) -> an
                 Ok(r) if r.status().as_u16() == 202 => {
                     let _ = r.bytes().await;
                     accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    latencies
-                        .lock()
-                        .await
-                        .record(took.as_micros().max(1) as u64)
-                        .ok();
+                    let micros = took.as_micros().max(1) as u64;
+                    latencies.lock().await.record(micros).ok();
+                    let mut slowest = slowest.lock().expect("not poisoned");
+                    slowest[second] = slowest[second].max(micros);
                 }
                 Ok(r) => {
                     if failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
@@ -419,6 +426,12 @@ async fn submit(url: &str, key: &str, rate: u64, seconds: u64, body: &str) -> an
         failed.load(std::sync::atomic::Ordering::Relaxed)
     );
     report("submit latency (from due time)", &*latencies.lock().await);
+    let slowest = slowest.lock().expect("not poisoned");
+    let line: Vec<String> = slowest[..seconds as usize]
+        .iter()
+        .map(|us| format!("{:.0}", *us as f64 / 1000.0))
+        .collect();
+    println!("slowest answer in each second, ms: {}", line.join(" "));
     Ok(())
 }
 
@@ -483,7 +496,9 @@ async fn fixture(
 ) -> anyhow::Result<()> {
     use mediagate_engine::db::jobs::{self, NewJob};
     use mediagate_engine::ids::{IdKind, new_id, now_ms};
-    let store = mediagate_engine::db::Db::connect(database_url, 2).await?;
+    let store =
+        mediagate_engine::db::Db::connect(database_url, mediagate_engine::db::PoolSize::few(2))
+            .await?;
     let storage =
         mediagate_engine::media::storage::Storage::open(storage_url, &Default::default())?;
     let key_hash = hex::encode(Sha256::digest(key.as_bytes()));

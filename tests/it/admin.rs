@@ -9,7 +9,7 @@ use std::time::Duration;
 use mediagate::config::Secret;
 use mediagate_engine::billing::Tier;
 use mediagate_engine::billing::money::parse_usd;
-use mediagate_engine::db::{Db, accounts, money};
+use mediagate_engine::db::{Db, PoolSize, accounts, money};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -1115,7 +1115,7 @@ impl Cli {
                 format!("sqlite://{data}/mediagate.db")
             }
         };
-        Db::connect(&url, 2).await.unwrap()
+        Db::connect(&url, PoolSize::few(2)).await.unwrap()
     }
 }
 

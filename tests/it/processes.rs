@@ -340,6 +340,45 @@ async fn sigterm_waits_for_steps_one_drain_time(backend: Backend) {
     );
 }
 
+crate::on_production!(an_api_process_opens_its_database_connections_at_start);
+
+/// A started API process already holds `database_min_connections` Postgres connections,
+/// before any request: a burst right after a start then waits for none to open (each
+/// costs a backend start and a TLS handshake). A minimum above the maximum is held to it.
+async fn an_api_process_opens_its_database_connections_at_start() {
+    use sqlx::Connection;
+    for (min, max, held) in [("5", "8", 5..=8), ("20", "3", 3..=3)] {
+        let mut cluster = Cluster::new(Backend::Production).await;
+        // Names the process's connections, to count them.
+        let name = format!("mg{}", uuid::Uuid::now_v7().simple());
+        for (k, v) in cluster.env.iter_mut() {
+            match k.as_str() {
+                "MEDIAGATE_DATABASE_URL" => v.push_str(&format!("&application_name={name}")),
+                "MEDIAGATE_DATABASE_MIN_CONNECTIONS" => *v = min.to_owned(),
+                _ => {}
+            }
+        }
+        cluster
+            .env
+            .push(("MEDIAGATE_DATABASE_MAX_CONNECTIONS".into(), max.into()));
+        let (mut api, _) = cluster.spawn("api");
+        let mut admin = sqlx::PgConnection::connect(&crate::support::postgres_url())
+            .await
+            .unwrap();
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        assert!(
+            held.contains(&open),
+            "min {min}, max {max}: {open} connections open"
+        );
+        let _ = api.kill();
+    }
+}
+
 crate::on_embedded!(keys_create_names_its_database);
 
 /// `keys create` says which database it wrote the key to, and warns when that database
@@ -638,7 +677,9 @@ async fn lease_entries(cluster: &Cluster, kind: &str) -> i64 {
                 cluster.data_dir.join("mediagate.db").display()
             )
         });
-    let db = mediagate_engine::db::Db::connect(&url, 1).await.unwrap();
+    let db = mediagate_engine::db::Db::connect(&url, mediagate_engine::db::PoolSize::few(1))
+        .await
+        .unwrap();
     sqlx::query_scalar(
         "SELECT COUNT(*) FROM ledger WHERE kind = $1 AND reservation_id LIKE 'lease_%'",
     )

@@ -102,6 +102,8 @@ pub fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config {
     c.jobs.reaper_grace = Duration::from_millis(3000);
     c.jobs.submit_grace = Duration::from_millis(3000);
     c.shutdown_drain_secs = 5;
+    // Many apps share the one test Postgres (100 connections): each opens what it uses.
+    c.database_min_connections = 1;
     if backend == Backend::Production {
         c.redis_url = Some(redis_url());
     }
@@ -605,6 +607,11 @@ pub async fn process_env(backend: Backend, data_dir: &std::path::Path) -> Vec<(S
     ];
     if backend == Backend::Production {
         env.push(("MEDIAGATE_DATABASE_URL".to_owned(), fresh_schema().await));
+        // As test_config: the processes share the test Postgres with every other test.
+        env.push((
+            "MEDIAGATE_DATABASE_MIN_CONNECTIONS".to_owned(),
+            "1".to_owned(),
+        ));
         env.push(("MEDIAGATE_REDIS_URL".to_owned(), redis_url()));
         // Media in S3, configured the usual way: AWS_* variables.
         env.push((

@@ -54,11 +54,29 @@ pub struct Db {
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
+/// How many Postgres connections a process may hold (`max`), and how many it opens at
+/// start and keeps open (`min`, at most `max`). Kept-open connections matter under load:
+/// one opened on demand costs a backend start and a TLS handshake, and a burst of
+/// requests right after a start (or after the pool went idle) waited 150–270 ms for
+/// them (docs/PERFORMANCE.md).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSize {
+    pub max: u32,
+    pub min: u32,
+}
+
+impl PoolSize {
+    /// A small pool for a one-off command: nothing kept open.
+    pub const fn few(max: u32) -> PoolSize {
+        PoolSize { max, min: 0 }
+    }
+}
+
 impl Db {
     /// Connects to `url` (`sqlite://…` or `postgres://…`), creating the SQLite file if needed.
-    /// `max_connections` sizes the Postgres pool; SQLite, with its single writer, uses a
-    /// few connections whatever it says.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+    /// `size` sizes the Postgres pool; SQLite, with its single writer, uses a few
+    /// connections whatever it says.
+    pub async fn connect(url: &str, size: PoolSize) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -99,7 +117,8 @@ impl Db {
             }
             Dialect::Postgres => {
                 pool_options
-                    .max_connections(max_connections)
+                    .max_connections(size.max)
+                    .min_connections(size.min.min(size.max))
                     .connect_with(options)
                     .await?
             }
