@@ -41,7 +41,8 @@ const IGNORED: &[&str] = &["seed", "store", "metadata", "service_tier"];
 #[derive(Debug, Clone)]
 pub struct Anthropic {
     upstream: Upstream,
-    endpoint: String,
+    /// Where messages are posted (parsed once, not per request).
+    endpoint: reqwest::Url,
 }
 
 impl ChatProvider for Anthropic {
@@ -56,7 +57,7 @@ impl ChatProvider for Anthropic {
     ) -> Result<Anthropic, SetupError> {
         let upstream = Upstream::streaming(name, settings)?;
         Ok(Anthropic {
-            endpoint: upstream.url("/v1/messages"),
+            endpoint: upstream.endpoint("/v1/messages")?,
             upstream,
         })
     }
@@ -82,9 +83,14 @@ impl Anthropic {
     /// Translates and posts the request; a non-2xx answer is a classified error.
     async fn send(&self, call: &ChatCall) -> Result<Response, ProviderError> {
         let body = request_body(call)?;
-        let request = translate::post(&self.upstream, &self.endpoint, &body, call.request.stream)
-            .header("x-api-key", self.upstream.key())
-            .header("anthropic-version", VERSION);
+        let request = translate::post(
+            &self.upstream,
+            self.endpoint.clone(),
+            &body,
+            call.request.stream,
+        )
+        .header("x-api-key", self.upstream.key())
+        .header("anthropic-version", VERSION);
         self.upstream.send(request).await
     }
 }

@@ -23,8 +23,8 @@ use crate::providers::{ErrorClass, ProviderError, ProviderSettings, SetupError};
 #[derive(Debug, Clone)]
 pub struct OpenAiCompatible {
     upstream: Upstream,
-    /// Where chat completions are posted.
-    endpoint: String,
+    /// Where chat completions are posted (parsed once, not per request).
+    endpoint: reqwest::Url,
     /// The field an answer limit the gateway sets goes in: OpenAI's reasoning models
     /// refuse the older `max_tokens`; other hosts do not all know the newer name.
     limit_field: &'static str,
@@ -51,7 +51,7 @@ impl ChatProvider for OpenAiCompatible {
             _ => "max_tokens",
         };
         Ok(OpenAiCompatible {
-            endpoint: upstream.url(path),
+            endpoint: upstream.endpoint(path)?,
             upstream,
             limit_field,
         })
@@ -100,7 +100,7 @@ impl OpenAiCompatible {
     async fn send(&self, call: &ChatCall) -> Result<Response, ProviderError> {
         let mut request = self
             .upstream
-            .request(Method::POST, &self.endpoint)
+            .request(Method::POST, self.endpoint.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(
                 call.request

@@ -32,7 +32,12 @@ pub fn refusal(api: &str, field: &str, why: &str) -> ProviderError {
 
 /// A translated request's POST to `url`, asking for SSE when the call streams; the
 /// adapter adds its key and headers.
-pub fn post(upstream: &Upstream, url: &str, body: &Value, stream: bool) -> RequestBuilder {
+pub fn post(
+    upstream: &Upstream,
+    url: impl reqwest::IntoUrl,
+    body: &Value,
+    stream: bool,
+) -> RequestBuilder {
     let request = upstream
         .request(Method::POST, url)
         .header(CONTENT_TYPE, "application/json")

@@ -151,7 +151,20 @@ impl Upstream {
         format!("{}{path}", self.base_url)
     }
 
-    pub fn request(&self, method: reqwest::Method, url: &str) -> RequestBuilder {
+    /// [`Upstream::url`] parsed, for an endpoint every request goes to: a base URL that
+    /// is no URL is refused at start, not at each request.
+    pub fn endpoint(&self, path: &str) -> Result<reqwest::Url, SetupError> {
+        let url = self.url(path);
+        reqwest::Url::parse(&url).map_err(|e| SetupError::BadUrl {
+            name: self.name,
+            url,
+            why: e.to_string(),
+        })
+    }
+
+    /// A request to `url`: a `reqwest::Url` parsed once (a chat adapter's endpoint) saves
+    /// parsing it again for every request.
+    pub fn request(&self, method: reqwest::Method, url: impl reqwest::IntoUrl) -> RequestBuilder {
         self.client.request(method, url)
     }
 

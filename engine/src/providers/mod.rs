@@ -195,6 +195,12 @@ pub enum SetupError {
     NoAdapter(String),
     #[error("provider {0} has no key")]
     NoKey(&'static str),
+    #[error("provider {name}: {url:?} is not a URL ({why})")]
+    BadUrl {
+        name: &'static str,
+        url: String,
+        why: String,
+    },
     #[error("HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
 }
