@@ -125,3 +125,28 @@ fn broken(name: &str, why: &str) -> ProviderError {
         format!("{name}: {why}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_url_that_is_no_url_is_refused_at_start() {
+        let refused =
+            OpenAiCompatible::from_settings("vllm", &ProviderSettings::for_tests("vllm:8000"));
+        assert!(
+            matches!(&refused, Err(SetupError::BadUrl { name: "vllm", .. })),
+            "{refused:?}"
+        );
+        let endpoint = OpenAiCompatible::from_settings(
+            "vllm",
+            &ProviderSettings::for_tests("http://127.0.0.1:8000/v1"),
+        )
+        .unwrap()
+        .endpoint;
+        assert_eq!(
+            endpoint.as_str(),
+            "http://127.0.0.1:8000/v1/chat/completions"
+        );
+    }
+}

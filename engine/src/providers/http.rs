@@ -152,13 +152,18 @@ impl Upstream {
     }
 
     /// [`Upstream::url`] parsed, for an endpoint every request goes to: a base URL that
-    /// is no URL is refused at start, not at each request.
+    /// is no HTTP(S) URL is refused at start, not at each request.
     pub fn endpoint(&self, path: &str) -> Result<reqwest::Url, SetupError> {
         let url = self.url(path);
-        reqwest::Url::parse(&url).map_err(|e| SetupError::BadUrl {
+        let why = match reqwest::Url::parse(&url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => return Ok(parsed),
+            Ok(parsed) => format!("the scheme {:?} is not http or https", parsed.scheme()),
+            Err(e) => e.to_string(),
+        };
+        Err(SetupError::BadUrl {
             name: self.name,
             url,
-            why: e.to_string(),
+            why,
         })
     }
 
