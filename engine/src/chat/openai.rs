@@ -132,12 +132,15 @@ mod tests {
 
     #[test]
     fn a_base_url_that_is_no_url_is_refused_at_start() {
-        let refused =
-            OpenAiCompatible::from_settings("vllm", &ProviderSettings::for_tests("vllm:8000"));
-        assert!(
-            matches!(&refused, Err(SetupError::BadUrl { name: "vllm", .. })),
-            "{refused:?}"
-        );
+        // No scheme at all, and a scheme that is not HTTP's.
+        for careless in ["127.0.0.1:8000/v1", "vllm:8000"] {
+            let refused =
+                OpenAiCompatible::from_settings("vllm", &ProviderSettings::for_tests(careless));
+            assert!(
+                matches!(&refused, Err(SetupError::BadUrl { name: "vllm", .. })),
+                "{careless}: {refused:?}"
+            );
+        }
         let endpoint = OpenAiCompatible::from_settings(
             "vllm",
             &ProviderSettings::for_tests("http://127.0.0.1:8000/v1"),
