@@ -361,7 +361,7 @@ async fn submit(url: &str, key: &str, rate: u64, seconds: u64, body: &str) -> an
     // Each second's slowest answer, by due time: a stall shows as one bad second (and
     // when in the run it came), where the histogram alone cannot tell a stall from a
     // slow server.
-    let slowest = Arc::new(std::sync::Mutex::new(vec![0u64; seconds as usize + 1]));
+    let slowest = Arc::new(std::sync::Mutex::new(vec![0u64; seconds as usize]));
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let endpoint = format!("{url}/v1/jobs");
@@ -427,7 +427,7 @@ async fn submit(url: &str, key: &str, rate: u64, seconds: u64, body: &str) -> an
     );
     report("submit latency (from due time)", &*latencies.lock().await);
     let slowest = slowest.lock().expect("not poisoned");
-    let line: Vec<String> = slowest[..seconds as usize]
+    let line: Vec<String> = slowest
         .iter()
         .map(|us| format!("{:.0}", *us as f64 / 1000.0))
         .collect();

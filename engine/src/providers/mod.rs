@@ -195,7 +195,7 @@ pub enum SetupError {
     NoAdapter(String),
     #[error("provider {0} has no key")]
     NoKey(&'static str),
-    #[error("provider {name}: {url:?} is not a URL ({why})")]
+    #[error("provider {name}: {url:?} is not an http(s) URL ({why})")]
     BadUrl {
         name: &'static str,
         url: String,
