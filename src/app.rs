@@ -69,9 +69,20 @@ pub async fn open_store(config: &Config, size: PoolSize) -> anyhow::Result<Db> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
-    let store = Db::connect(&db_url, size)
-        .await
-        .context("connecting to the database")?;
+    let store = Db::connect(&db_url, size).await.with_context(|| {
+        if size.min > 1 && !db_url.starts_with("sqlite:") {
+            // The pool waits for its first connections; Postgres out of room for them
+            // reads as a timeout, so say what was asked for.
+            format!(
+                "connecting to the database (opening {} connections at start: every \
+                 process's database_min_connections must fit within Postgres's \
+                 max_connections)",
+                size.min.min(size.max)
+            )
+        } else {
+            "connecting to the database".to_owned()
+        }
+    })?;
     store
         .migrate()
         .await
