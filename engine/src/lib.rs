@@ -61,6 +61,8 @@ pub struct Engine {
     /// Webhook attempts under way in this process: slots shared fairly among accounts,
     /// and per account and destination.
     pub webhook_destinations: Destinations,
+    /// Writes the claims and put-offs of deliveries that cannot start yet, batched.
+    pub webhook_parking: webhooks::delivery::Parking,
     /// Every key's `requests_per_minute`, counted across the deployment's API processes.
     pub rate_limiter: rate_limit::RateLimiter,
     /// This process's leases of money for chat requests and jobs.
@@ -120,6 +122,7 @@ impl Engine {
         };
         let (changes, _) = broadcast::channel(4096);
         let webhook_destinations = Destinations::new(&config.delivery);
+        let webhook_parking = webhooks::delivery::Parking::start(&db);
         let rate_limiter = rate_limit::RateLimiter::new(&queue);
         Ok(Arc::new(Engine {
             db,
@@ -134,6 +137,7 @@ impl Engine {
             callback_signer,
             webhook_client,
             webhook_destinations,
+            webhook_parking,
             rate_limiter,
             leases: billing::lease::Leases::default(),
             changes,

@@ -4,7 +4,9 @@
 //! are capped and paged, every attempt sent is in the log however many redeliveries are
 //! asked for at once, a destination the guard refuses fails at once, and `localhost` (or a
 //! name for a private address) is refused when submitted. An event for hundreds of
-//! endpoints (written and pushed in batches) reaches each of them once.
+//! endpoints (written and pushed in batches) reaches each of them once, and a burst of
+//! deliveries that cannot start yet is claimed or put off in a few statements, each
+//! fenced as one at a time would be.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,7 @@ on_both_backends!(
     a_blocked_destination_fails_at_once_with_the_reason,
     localhost_and_private_names_are_refused_at_submission,
     an_event_for_hundreds_of_endpoints_reaches_each_once,
+    a_burst_of_parked_deliveries_is_written_in_a_few_statements,
 );
 
 /// Loopback receivers are reachable, and the schedule is short.
@@ -544,4 +547,79 @@ async fn an_event_for_hundreds_of_endpoints_reaches_each_once(backend: Backend) 
         log.iter()
             .all(|d| d["attempts"].as_array().unwrap().len() == 1)
     );
+}
+
+async fn a_burst_of_parked_deliveries_is_written_in_a_few_statements(backend: Backend) {
+    use mediagate_engine::db::webhook_deliveries::{self as deliveries, NewDeliveries};
+    let app = start(backend, |_| {}).await;
+    let engine = app.engine();
+    let now = now_ms();
+    let ids: Vec<String> = (0..300).map(|i| format!("whd_parked_{i:03}")).collect();
+    let url = "http://127.0.0.1:9/parked";
+    let rows = NewDeliveries {
+        account_id: "acct_parked",
+        job_id: "job_parked",
+        event_id: "evt_parked",
+        event_type: "job.completed",
+        now,
+        to: ids.iter().map(|id| (id.as_str(), None, url)).collect(),
+    };
+    let mut conn = engine.db.pool().acquire().await.unwrap();
+    deliveries::insert_all(&mut conn, &rows).await.unwrap();
+    drop(conn);
+    let parking = &engine.webhook_parking;
+    let before = parking.statements();
+
+    // 0–149 claimed to wait, twice each (a duplicate task); 150–199 asked at a stale seq;
+    // 200–299 put off, each to its own time.
+    let claims = (0..200).chain(0..150).map(|i| {
+        let seq = if i < 150 { 0 } else { 7 };
+        parking.claim_to_wait(&ids[i], seq)
+    });
+    let put_offs = (200..300).map(|i| parking.put_off(&ids[i], 0, now + 60_000 + i as i64));
+    let (claimed, put) = tokio::join!(
+        futures::future::join_all(claims),
+        futures::future::join_all(put_offs)
+    );
+    let written = parking.statements() - before;
+    assert!(
+        written <= 12,
+        "450 writes asked for at once took {written} statements"
+    );
+
+    let claimed: Vec<_> = claimed.into_iter().map(|r| r.unwrap()).collect();
+    let (first, rest) = claimed.split_at(200);
+    let (stale, again) = (&first[150..], rest);
+    for (i, d) in first[..150].iter().zip(again).enumerate() {
+        // Exactly one of the two tasks for a delivery takes it.
+        let d = d.0.as_ref().or(d.1.as_ref());
+        let d = d.unwrap_or_else(|| panic!("delivery {i} not claimed"));
+        assert_eq!(d.seq, 1, "{d:?}");
+        assert!(d.claimed_until > now + 590_000, "held for the wait: {d:?}");
+    }
+    let both = first[..150]
+        .iter()
+        .zip(again)
+        .filter(|(a, b)| a.is_some() && b.is_some())
+        .count();
+    assert_eq!(both, 0, "a delivery claimed twice");
+    assert!(stale.iter().all(Option::is_none), "a stale task claimed");
+    assert!(put.iter().all(|r| *r.as_ref().unwrap()), "{put:?}");
+
+    let pool = engine.db.pool();
+    for (i, id) in ids.iter().enumerate() {
+        let d = deliveries::find(pool, id).await.unwrap().unwrap();
+        match i {
+            0..150 => assert_eq!((d.seq, d.next_attempt_at), (1, Some(now)), "{d:?}"),
+            150..200 => assert_eq!((d.seq, d.claimed_until), (0, 0), "{d:?}"),
+            _ => {
+                assert_eq!(d.seq, 0, "put off unclaimed: {d:?}");
+                assert_eq!(d.next_attempt_at, Some(now + 60_000 + i as i64), "{d:?}");
+            }
+        }
+    }
+    // A delivery held by an attempt is not put off, nor one that moved on.
+    let held = parking.put_off(&ids[0], 1, now + 1).await.unwrap();
+    let moved_on = parking.put_off(&ids[200], 3, now + 1).await.unwrap();
+    assert!(!held && !moved_on);
 }

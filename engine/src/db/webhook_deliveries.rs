@@ -275,27 +275,74 @@ pub async fn abandon<'e>(
     Ok(())
 }
 
-/// Puts off a delivery nobody holds, without claiming it: due again at `at` (its
-/// receiver or its account is busy), so the sweeper leaves it alone until then. The next
-/// task carries the same `seq`. False if the delivery moved on, or an attempt holds it.
-pub async fn defer<'e>(
+/// Rows per statement of [`claim_all`] and [`defer_all`] (well under either database's
+/// limit on bound parameters).
+pub const ROWS_PER_UPDATE: usize = 100;
+
+/// `(`$a`, `$b`…`), (…)` for `rows` rows of `width` parameters each, numbered from `first`:
+/// the VALUES list of a batched statement, built from counters only.
+fn values_list(rows: usize, width: usize, first: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::new();
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..width {
+            let sep = if col == 0 { "" } else { ", " };
+            let _ = write!(sql, "{sep}${}", first + row * width + col);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// [`claim`] for many deliveries at once (`(id, seq)` pairs, at most
+/// [`ROWS_PER_UPDATE`]), each held until `lease_until`: one statement and one commit
+/// for a burst of deliveries that will wait for a slot. Returns those taken; a pair
+/// whose delivery moved on is left out.
+pub async fn claim_all<'e>(
     conn: impl Executor<'e, Database = Any>,
-    id: &str,
-    seq: i64,
-    at: i64,
+    pairs: &[(&str, i64)],
+    lease_until: i64,
+) -> Result<Vec<Delivery>, sqlx::Error> {
+    let sql = format!(
+        concat!(
+            "UPDATE webhook_deliveries SET seq = seq + 1, claimed_until = $1 \
+             WHERE status = 'pending' AND (id, seq) IN (VALUES {}) RETURNING ",
+            delivery_columns!()
+        ),
+        values_list(pairs.len(), 2, 2)
+    );
+    // Built from constants and counters only: every value is bound.
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(lease_until);
+    for (id, seq) in pairs {
+        query = query.bind(*id).bind(*seq);
+    }
+    query.fetch_all(conn).await
+}
+
+/// Puts off deliveries nobody holds, without claiming them (`(id, seq, at)`, at most
+/// [`ROWS_PER_UPDATE`]): each due again at its `at` (its receiver or its account is
+/// busy), so the sweeper leaves it alone until then; its next task carries the same
+/// `seq`. One statement for a burst of them. Returns the ids put off; one that moved on,
+/// or that an attempt holds, is left out.
+pub async fn defer_all<'e>(
+    conn: impl Executor<'e, Database = Any>,
+    rows: &[(&str, i64, i64)],
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE webhook_deliveries SET next_attempt_at = $1 \
-         WHERE id = $2 AND seq = $3 AND status = 'pending' AND claimed_until < $4",
-    )
-    .bind(at)
-    .bind(id)
-    .bind(seq)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+) -> Result<Vec<String>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE webhook_deliveries SET next_attempt_at = v.column3 FROM (VALUES {}) AS v \
+         WHERE webhook_deliveries.id = v.column1 AND webhook_deliveries.seq = v.column2 \
+         AND webhook_deliveries.status = 'pending' AND webhook_deliveries.claimed_until < $1 \
+         RETURNING webhook_deliveries.id",
+        values_list(rows.len(), 3, 2)
+    );
+    // Built from constants and counters only: every value is bound.
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(now);
+    for (id, seq, at) in rows {
+        query = query.bind(*id).bind(*seq).bind(*at);
+    }
+    query.fetch_all(conn).await
 }
 
 /// Extends the hold of a claimed delivery to `until`, if it is still held at `d.seq`.

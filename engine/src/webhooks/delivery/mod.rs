@@ -7,12 +7,14 @@
 //! The stages, each in its own module: [`outbox`] writes an event's deliveries and
 //! dispatches their first attempts; [`gates`] keeps each account's attempts to one
 //! destination, and its share of the process's slots, within bounds; [`attempt`] signs,
-//! sends and records one attempt; [`schedule`] decides what follows it; [`sweep`] hands
+//! sends and records one attempt; [`parking`] batches the writes of deliveries that
+//! cannot start yet; [`schedule`] decides what follows it; [`sweep`] hands
 //! out deliveries whose task was lost. This module holds the tuning and the entry points.
 
 mod attempt;
 mod gates;
 mod outbox;
+mod parking;
 mod schedule;
 mod sweep;
 
@@ -28,12 +30,13 @@ use crate::ids::now_ms;
 use crate::tasks::{self, Deliver, DeliveryPlace};
 use crate::{Engine, EngineError, SharedEngine};
 use attempt::{attempt_after_waiting, make_attempt, signing_keys};
-use gates::{Held, WAITING_HOLD};
+use gates::Held;
 use schedule::{jitter, push_at};
 
 pub use attempt::RESPONSE_BODY_LIMIT;
 pub use gates::{Destinations, Gate, Slot, Slots, Waiting, destination};
 pub(crate) use outbox::{dispatch, fan_out, fan_out_account};
+pub use parking::Parking;
 pub use sweep::sweep_once;
 
 /// Beyond the request timeout, how long an attempt holds its delivery (time to record the
@@ -135,23 +138,23 @@ pub async fn attempt(
     };
     // Held for the attempt, or while it waits, so the sweeper does not hand it out again
     // and again; if this process dies meanwhile, the hold lapses and the sweeper takes
-    // over.
-    let hold = match start {
-        Start::Now(_) => cfg.timeout + LEASE_MARGIN,
-        Start::AfterWaiting(..) => WAITING_HOLD,
+    // over. A claim to wait is in no hurry, and comes in bursts: it is batched.
+    let claimed = match start {
+        Start::Now(_) => {
+            let until = now_ms() + (cfg.timeout + LEASE_MARGIN).as_millis() as i64;
+            let mut conn = engine.db.pool().acquire().await?;
+            deliveries::claim(&mut *conn, &task.delivery_id, task.seq, until).await?
+        }
+        Start::AfterWaiting(..) => {
+            engine
+                .webhook_parking
+                .claim_to_wait(&task.delivery_id, task.seq)
+                .await?
+        }
     };
-    let mut conn = engine.db.pool().acquire().await?;
-    let Some(delivery) = deliveries::claim(
-        &mut *conn,
-        &task.delivery_id,
-        task.seq,
-        now_ms() + hold.as_millis() as i64,
-    )
-    .await?
-    else {
+    let Some(delivery) = claimed else {
         return Ok(());
     };
-    drop(conn);
     let engine = Arc::clone(engine);
     match start {
         Start::Now(held) => {
@@ -218,11 +221,10 @@ async fn put_off(
     place: DeliveryPlace,
     at: i64,
 ) -> Result<(), EngineError> {
-    let mut conn = engine.db.pool().acquire().await?;
-    if !deliveries::defer(&mut *conn, &task.delivery_id, task.seq, at, now_ms()).await? {
+    let parking = &engine.webhook_parking;
+    if !parking.put_off(&task.delivery_id, task.seq, at).await? {
         return Ok(());
     }
-    drop(conn);
     let again = Deliver {
         delivery_id: task.delivery_id.clone(),
         seq: task.seq,
